@@ -1,0 +1,180 @@
+"""The `dslc` command: compile, viz, run, eval, ops.
+
+Exit codes: 0 ok, 1 errors in the program (or data, or a checkpoint), 2 bad usage
+(missing file, bad flag). A Python traceback is never shown for user mistakes; an
+unexpected internal failure prints one line saying so and exits 3.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .compiler import UsageError, compile_file, parse_override
+from .diagnostics import CompileError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad usage raises instead of exiting, so main() owns every exit code."""
+
+    def error(self, message):
+        raise UsageError(message, help=f"run `{self.prog} --help`")
+
+
+def _overrides(pairs):
+    out = {}
+    for p in pairs or []:
+        k, v = parse_override(p)
+        out[k] = v
+    return out
+
+
+def _print_warnings(warnings):
+    for w in warnings:
+        print(w.render(), file=sys.stderr)
+        print(file=sys.stderr)
+
+
+def cmd_compile(args) -> int:
+    from . import summary
+    net, warnings = compile_file(args.file, _overrides(args.set))
+    _print_warnings(warnings)
+    if args.format == "json":
+        print(json.dumps(summary.to_json(net), indent=1))
+    else:
+        print(summary.to_text(net))
+    if args.output:
+        from .artifact import save_artifact
+        try:
+            save_artifact(net, args.output)
+        except OSError as e:
+            raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_viz(args) -> int:
+    from .viz import render
+    net, warnings = compile_file(args.file, _overrides(args.set))
+    _print_warnings(warnings)
+    msg = render(net, args.output, depth=args.depth)
+    print(msg, file=sys.stderr)
+    return 0
+
+
+def cmd_ops(args) -> int:
+    from .ops import OPS
+    from .elaborate import _signature
+    names = [args.name] if args.name else sorted(OPS)
+    for n in names:
+        if n not in OPS:
+            from .diagnostics import did_you_mean
+            raise UsageError(f"no op named `{n}`", help=did_you_mean(n, OPS) or "run `dslc ops` for the list")
+        op = OPS[n]
+        print(f"{_signature(op)[len('signature: '):]:60s} [{op.family}] {op.doc}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from runtime.train import run_command
+    return run_command(args, _overrides(args.set))
+
+
+def cmd_eval(args) -> int:
+    from runtime.train import eval_command
+    return eval_command(args, _overrides(args.set))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dslc", description="Compile, check, draw and train neural networks written in the dslc language.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="check a .net file and print its summary")
+    c.add_argument("file")
+    c.add_argument("--set", action="append", metavar="K=V", help="override a network parameter (repeatable)")
+    c.add_argument("--format", choices=("text", "json"), default="text")
+    c.add_argument("-o", "--output", metavar="OUT", help="write the compiled network (JSON) here")
+    c.set_defaults(func=cmd_compile)
+
+    v = sub.add_parser("viz", help="draw a .net file with Graphviz")
+    v.add_argument("file")
+    v.add_argument("-o", "--output", required=True, metavar="OUT", help="out.svg, out.png, out.pdf or out.dot")
+    v.add_argument("--depth", type=int, default=None, metavar="N", help="collapse blocks nested deeper than N")
+    v.add_argument("--set", action="append", metavar="K=V")
+    v.set_defaults(func=cmd_viz)
+
+    o = sub.add_parser("ops", help="list the built-in ops and their arguments")
+    o.add_argument("name", nargs="?")
+    o.set_defaults(func=cmd_ops)
+
+    r = sub.add_parser("run", help="train a network")
+    r.add_argument("file")
+    r.add_argument("--data", default="digits", help="digits, synthetic, chars, or a path (.npz, idx, .txt)")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--batch", type=int)
+    r.add_argument("--lr", type=float)
+    r.add_argument("--optimizer")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--set", action="append", metavar="K=V")
+    r.add_argument("--checkpoint", metavar="DIR", help="save a checkpoint here after every epoch")
+    r.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint")
+    r.add_argument("--metrics", metavar="FILE.jsonl", help="append one JSON object per epoch")
+    r.add_argument("--limit", type=int, help="use only the first N samples of the data")
+    r.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    r.add_argument("--weights", metavar="CKPT", help="start from these parameters (transfer learning)")
+    r.add_argument("--freeze", action="append", metavar="PREFIX", help="freeze parameters under this name")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("eval", help="evaluate trained weights")
+    e.add_argument("file")
+    e.add_argument("--weights", required=True, metavar="CKPT")
+    e.add_argument("--data", default="digits")
+    e.add_argument("--batch", type=int)
+    e.add_argument("--set", action="append", metavar="K=V")
+    e.add_argument("--limit", type=int)
+    e.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return args.func(args)
+    except CompileError as e:
+        for d in e.diagnostics:
+            print(d.render(), file=sys.stderr)
+            print(file=sys.stderr)
+        n = len(e.diagnostics)
+        print(f"{n} error{'s' * (n != 1)}", file=sys.stderr)
+        return 1
+    except UsageError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.help:
+            print(f"  = help: {e.help}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback for the user
+        from runtime.errors import RuntimeUserError
+        if isinstance(e, RuntimeUserError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if os.environ.get("DSLC_DEBUG"):
+            raise
+        print(f"internal error: {type(e).__name__}: {e}\n  = help: this is a bug in dslc; "
+              f"rerun with DSLC_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The front end's pipeline: read -> parse -> elaborate (with shape inference) -> check."""
+from __future__ import annotations
+
+from .diagnostics import CompileError, Diagnostic, Diagnostics, Source
+from .elaborate import Network, elaborate
+from .parser import parse, read_source
+
+
+class UsageError(Exception):
+    """Bad command-line use (missing file, bad flag value): exit code 2."""
+
+    def __init__(self, message, help=""):
+        super().__init__(message)
+        self.message, self.help = message, help
+
+
+def parse_override(text: str):
+    """`--set k=v`: v is a whole number, a number, true/false, or a word."""
+    if "=" not in text:
+        raise UsageError(f"`--set {text}` is not of the form name=value", help="e.g. --set classes=10")
+    k, v = text.split("=", 1)
+    k, v = k.strip(), v.strip()
+    if not k.isidentifier():
+        raise UsageError(f"`--set {text}`: `{k}` is not a parameter name", help="e.g. --set classes=10")
+    for conv in (int, float):
+        try:
+            return k, conv(v)
+        except ValueError:
+            pass
+    if v in ("true", "false"):
+        return k, v == "true"
+    if v.isidentifier():
+        from .values import Word
+        return k, Word(v)
+    raise UsageError(f"`--set {text}`: `{v}` is not a number, true/false or a name", help="e.g. --set classes=10")
+
+
+def load_source(path: str) -> Source:
+    try:
+        return read_source(path)
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {path}", help="check the path; the model zoo is in models/") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a .net file") from None
+    except UnicodeDecodeError as e:
+        raise CompileError([Diagnostic(f"{path} is not UTF-8 text (bad byte at offset {e.start})",
+                                       help="a .net file is plain text")]) from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def compile_source(source: Source, overrides: dict | None = None) -> tuple[Network, list[Diagnostic]]:
+    """Everything up to a checked network; raises CompileError with all errors found."""
+    program = parse(source)
+    diags = Diagnostics()
+    try:
+        net = elaborate(program, overrides, diags)
+    except RecursionError:
+        diags.error("the program nests too deeply to compile", help="flatten deeply nested groups or blocks")
+        net = None
+    diags.raise_if_any()
+    return net, diags.warnings
+
+
+def compile_file(path: str, overrides: dict | None = None):
+    return compile_source(load_source(path), overrides)

@@ -1,0 +1,769 @@
+"""Syntax tree -> graph of primitive ops, with every tensor's type inferred as nodes are made.
+
+Shape inference runs while elaborating (one traversal, like an FX interpreter): sugar such
+as `shortcut auto` depends on shapes, and each error is reported at the call that caused it.
+A failed node yields no value; everything downstream of it is skipped silently so that only
+independent mistakes are reported, one message per root cause.
+
+Graph: a networkx.DiGraph whose nodes are named hierarchically (`layer1.0.conv1`) and carry
+  op       primitive op name (docs/OPS.md), or "input"
+  attrs    canonical attributes
+  inputs   ordered input node names (edges carry no order)
+  type     TensorType of the node's output
+  params   {param name: ParamSpec}
+  macs     multiply-accumulates per sample
+  span     source Span of the call that made it
+  scope    tuple of (scope name, block kind) from the outermost, for clusters and --depth
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from . import ast
+from .diagnostics import Diagnostics, Span, did_you_mean
+from .ops import OPS, ShapeError, TensorType
+from .parser import parse, read_source
+from .values import CoerceError, EvalError, Word, coerce, describe, evaluate
+
+MAX_TENSOR_BYTES = 8 << 30      # per sample; refuse before anything is allocated
+MAX_PARAMS = 4 << 30
+MAX_REPEAT = 1000
+BLOCK_INPUT = "in"              # the name of a block's input inside its body
+TRAIN_KEYS = {
+    "optimizer": "an optimizer such as `adam(lr = 1e-3)` or `sgd`",
+    "lr": "a learning rate", "epochs": "a number of epochs", "batch": "a batch size",
+    "weight_decay": "an L2 coefficient", "momentum": "a momentum coefficient",
+    "schedule": "`step(step_size = 30, gamma = 0.1)`, `exponential(gamma = 0.95)` or `cosine`",
+    "clip_grad_norm": "a maximum gradient norm", "clip_grad_value": "a maximum gradient value",
+    "augment": "e.g. `augment(crop = 4, flip = true, brightness = 0.1)`",
+    "seed": "a random seed", "val_fraction": "the share of data held out for validation",
+    "init": "`he` or `xavier`",
+}
+
+
+@dataclass
+class Network:
+    """What elaboration produces: the graph and the facts around it."""
+    name: str
+    graph: nx.DiGraph
+    params: dict                       # network parameter values after --set
+    inputs: list[str]
+    outputs: list[str]
+    loss: str | None                   # node name of the total loss
+    train: dict                        # train section values
+    symbols: dict                      # symbolic dims -> bound value or None
+    source_path: str = ""
+    warnings: list = field(default_factory=list)
+    tensors: dict = field(default_factory=dict)   # top-level tensor name -> node name
+
+    def tensor_name(self, node: str) -> str:
+        """The name the user gave a node's output, else the node's own name."""
+        for t, n in self.tensors.items():
+            if n == node:
+                return t
+        return node
+
+
+class _Scope:
+    """Naming and tensor environment of one block body (or the top level)."""
+
+    def __init__(self, prefix: str, path: tuple, env: dict, tensors: dict):
+        self.prefix = prefix           # "layer1.0." or ""
+        self.path = path               # ((name, kind), ...)
+        self.env = env                 # parameter values
+        self.tensors = tensors         # tensor name -> node name (or None when poisoned)
+        self.counters: dict[str, int] = {}
+        self.labels: set[str] = set()
+
+    def fresh(self, kind: str) -> str:
+        self.counters[kind] = self.counters.get(kind, 0) + 1
+        return f"{kind}{self.counters[kind]}"
+
+    def child(self, name: str, kind: str, env=None, tensors=None):
+        return _Scope(f"{self.prefix}{name}.", self.path + ((f"{self.prefix}{name}", kind),),
+                      self.env if env is None else env, self.tensors if tensors is None else tensors)
+
+
+class _Poison(Exception):
+    """An error was already reported for this value; skip what depends on it."""
+
+
+class Elaborator:
+    def __init__(self, program: ast.Program, overrides: dict | None = None, diags: Diagnostics | None = None):
+        self.program = program
+        self.overrides = dict(overrides or {})
+        self.d = diags or Diagnostics()
+        self.g = nx.DiGraph()
+        self.blocks: dict[str, ast.BlockDef] = {}
+        self.block_stack: list[str] = []
+        self.symbols: dict[str, object] = {}
+        self.used: set[str] = set()
+
+    # ---- entry -------------------------------------------------------------------------
+    def run(self) -> Network:
+        items = self.program.items
+        self._load_imports(self.program, seen={str(Path(self.program.source.path).resolve())})
+        for it in items:
+            if isinstance(it, ast.BlockDef):
+                self._add_block(it)
+        decls = [it for it in items if isinstance(it, ast.NetworkDecl)]
+        for extra in decls[1:]:
+            self.d.error("a file declares one network", extra.span, label="second `network` here",
+                         notes=[f"first declared at {decls[0].span.where}"], help="put each network in its own file")
+        name = decls[0].name if decls else Path(self.program.source.path).stem
+        params = self._network_params(decls[0] if decls else None)
+        top = _Scope("", (), params, {})
+        inputs = [self._input(it, top) for it in items if isinstance(it, ast.InputDecl)]
+        inputs = [i for i in inputs if i]
+        assigns = [it for it in items if isinstance(it, ast.Assign)]
+        for a in self._order(assigns, top):
+            self._assign(a, top)
+        loss = None
+        loss_decls = [it for it in items if isinstance(it, ast.LossDecl)]
+        for extra in loss_decls[1:]:
+            self.d.error("a network has one `loss` statement", extra.span, label="second `loss` here",
+                         help="add terms to one loss: `loss a(...) + 0.5 * b(...)`")
+        loss_inputs = []
+        if loss_decls:
+            loss, loss_inputs = self._loss(loss_decls[0], top)
+        outputs = self._outputs(items, top, loss_inputs, assigns)
+        train = self._train([it for it in items if isinstance(it, ast.TrainSection)], top)
+        warnings = self._unused(assigns, top, outputs)
+        self._check_overrides_used(params)
+        net = Network(name, self.g, params, inputs, outputs, loss, train, self.symbols,
+                      self.program.source.path, warnings,
+                      {t: n for t, n in top.tensors.items() if n is not None})
+        return net
+
+    # ---- imports and blocks ----------------------------------------------------------------
+    def _load_imports(self, program, seen):
+        for it in program.items:
+            if not isinstance(it, ast.Import):
+                continue
+            base = Path(program.source.path).parent
+            path = (base / it.path)
+            key = str(path.resolve())
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                src = read_source(str(path))
+            except OSError as e:
+                self.d.error(f"cannot import `{it.path}`: {e.strerror or e}", it.span, label="imported here",
+                             help=f"paths are relative to {base or '.'}")
+                continue
+            except UnicodeDecodeError:
+                self.d.error(f"cannot import `{it.path}`: not UTF-8 text", it.span, label="imported here")
+                continue
+            from .diagnostics import CompileError
+            try:
+                sub = parse(src)
+            except CompileError as e:
+                self.d.items.extend(e.diagnostics)
+                continue
+            self._load_imports(sub, seen)
+            for s in sub.items:
+                if isinstance(s, ast.BlockDef):
+                    self._add_block(s)
+
+    def _add_block(self, b: ast.BlockDef):
+        if b.name in self.blocks:
+            self.d.error(f"block `{b.name}` is defined twice", b.name_span, label="second definition",
+                         notes=[f"first defined at {self.blocks[b.name].name_span.where}"], help="rename one of them")
+            return
+        if b.name in OPS:
+            self.d.error(f"block `{b.name}` has the name of a built-in op", b.name_span, label="shadows the op",
+                         help="choose another name")
+            return
+        self.blocks[b.name] = b
+
+    # ---- network header, --set ---------------------------------------------------------------
+    def _network_params(self, decl):
+        params = {}
+        for p in (decl.params if decl else []):
+            if p.name in params:
+                self.d.error(f"parameter `{p.name}` is declared twice", p.span, label="again here")
+                continue
+            if p.name in self.overrides:
+                params[p.name] = self.overrides[p.name]
+                continue
+            if p.default is None:
+                self.d.error(f"network parameter `{p.name}` has no default and was not set", p.span,
+                             label="needs a value", help=f"give a default (`{p.name} = ...`) or pass `--set {p.name}=...`")
+                continue
+            try:
+                params[p.name] = evaluate(p.default, params)
+            except EvalError as e:
+                self.d.error(e.message, e.span, help=e.help)
+        return params
+
+    def _check_overrides_used(self, params):
+        for k in self.overrides:
+            if k not in params and k not in self.symbols:
+                hint = did_you_mean(k, list(params) + list(self.symbols))
+                self.d.error(f"`--set {k}=...` names no network parameter or symbolic dimension",
+                             notes=[f"parameters: {', '.join(params) or 'none'}"
+                                    + (f"; dimensions: {', '.join(self.symbols)}" if self.symbols else "")],
+                             help=hint or "check the `network` line of the file")
+
+    # ---- inputs ----------------------------------------------------------------------------
+    def _input(self, it: ast.InputDecl, top: _Scope):
+        if it.name in top.tensors or self.g.has_node(it.name):
+            self.d.error(f"input `{it.name}` is declared twice", it.name_span, label="again here")
+            return None
+        dims = []
+        for e in it.shape or []:
+            if isinstance(e, ast.Name) and e.id not in top.env and e.id not in ("true", "false"):
+                # an unbound name in a shape is a symbolic dimension (a sequence length `T`)
+                if e.id in self.overrides:
+                    v = self.overrides[e.id]
+                    self.symbols[e.id] = v
+                    dims.append(v)
+                else:
+                    self.symbols.setdefault(e.id, None)
+                    dims.append(e.id)
+                continue
+            try:
+                v = evaluate(e, top.env)
+            except EvalError as err:
+                self.d.error(err.message, err.span, help=err.help)
+                return None
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                self.d.error(f"an input dimension must be a positive whole number, found {describe(v)}", e.span,
+                             label="here")
+                return None
+            dims.append(v)
+        t = TensorType(("N", *dims), "int64" if it.dtype == "int" else "float32")
+        if not self._size_ok(t, it.span):
+            return None
+        self.g.add_node(it.name, op="input", attrs={}, inputs=[], type=t, params={}, macs=0,
+                        span=it.span, scope=())
+        top.tensors[it.name] = it.name
+        return it.name
+
+    # ---- statements ------------------------------------------------------------------------
+    def _order(self, assigns, top):
+        """Top-level statements in dependency order, so they may be written in any order; cycles are errors."""
+        names = {}
+        for a in assigns:
+            if a.name in names or a.name in top.tensors:
+                self.d.error(f"tensor `{a.name}` is assigned twice", a.name_span, label="again here",
+                             notes=[f"first assigned at {names[a.name].name_span.where}" if a.name in names
+                                    else f"`{a.name}` is an input"],
+                             help="give each tensor its own name")
+                continue
+            names[a.name] = a
+        dep = nx.DiGraph()
+        for a in names.values():
+            dep.add_node(a.name)
+            for ref in _tensor_refs(a.chain):
+                if ref in names:
+                    dep.add_edge(ref, a.name)
+        try:
+            order = list(nx.lexicographical_topological_sort(dep, key=lambda n: names[n].span.line))
+        except nx.NetworkXUnfeasible:
+            cycle = nx.find_cycle(dep)
+            path = " -> ".join(f"`{u}`" for u, _ in cycle) + f" -> `{cycle[0][0]}`"
+            first = names[cycle[0][0]]
+            self.d.error("tensors depend on each other in a cycle", first.name_span, label="part of the cycle",
+                         notes=[f"cycle: {path}"], help="a network is acyclic: break the cycle (recurrence goes in `lstm`/`gru`/`rnn`)")
+            cyc = {u for u, _ in cycle}
+            order = [n for n in sorted(names, key=lambda n: names[n].span.line) if n not in cyc]
+            for n in cyc:
+                top.tensors[n] = None
+        return [names[n] for n in order]
+
+    def _assign(self, a: ast.Assign, scope: _Scope):
+        if a.name in OPS or a.name in self.blocks:
+            self.d.error(f"tensor name `{a.name}` is also the name of an {'op' if a.name in OPS else 'block'}",
+                         a.name_span, label="ambiguous", help="choose another name")
+        try:
+            node = self._chain(a.chain, scope, None)
+        except _Poison:
+            node = None
+        scope.tensors[a.name] = node
+        return node
+
+    def _body(self, stmts, scope: _Scope, current):
+        """A block or residual body: statements run in order, each continuing from the last value."""
+        if not stmts:
+            return current
+        for s in stmts:
+            if isinstance(s, ast.Assign):
+                if s.name in scope.tensors:
+                    self.d.error(f"tensor `{s.name}` is assigned twice", s.name_span, label="again here")
+                try:
+                    current = self._chain(s.chain, scope, current)
+                except _Poison:
+                    current = None
+                scope.tensors[s.name] = current
+                if current is None:
+                    raise _Poison()
+            else:
+                current = self._chain(s, scope, current)
+        return current
+
+    # ---- chains ----------------------------------------------------------------------------
+    def _chain(self, chain: ast.Chain, scope: _Scope, current):
+        for i, term in enumerate(chain.terms):
+            current = self._term(term, scope, current, first=(i == 0))
+        return current
+
+    def _term(self, term, scope: _Scope, current, first: bool, label: str | None = None):
+        if isinstance(term, ast.Call):
+            return self._call(term, scope, current, first, label)
+        if isinstance(term, ast.Group):
+            return self._chain(term.chain, scope if label is None else scope.child(label, "group"), current)
+        if isinstance(term, ast.Labelled):
+            if term.label in scope.labels:
+                self.d.error(f"label `{term.label}` is used twice in this scope", term.span, label="again here",
+                             help="labels name scopes and must be unique")
+                raise _Poison()
+            scope.labels.add(term.label)
+            return self._term(term.term, scope, current, first, term.label)
+        if isinstance(term, ast.Repeat):
+            return self._repeat(term, scope, current, first, label)
+        if isinstance(term, ast.Residual):
+            return self._residual(term, scope, current, label)
+        if isinstance(term, ast.Branches):
+            return self._branches(term, scope, current, label)
+        raise AssertionError(f"unknown term {term!r}")  # grammar and AST are out of sync: a bug, not user input
+
+    def _repeat(self, term: ast.Repeat, scope, current, first, label):
+        try:
+            n = evaluate(term.count, scope.env)
+        except EvalError as e:
+            self.d.error(e.message, e.span, help=e.help)
+            raise _Poison()
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_REPEAT:
+            self.d.error(f"a repeat count must be a whole number from 1 to {MAX_REPEAT}, found {describe(n)}",
+                         term.count.span, label="here")
+            raise _Poison()
+        inner = term.term.term if isinstance(term.term, ast.Labelled) else term.term
+        base = label or (term.term.label if isinstance(term.term, ast.Labelled) else None)
+        if base is None:
+            base = scope.fresh(inner.name if isinstance(inner, ast.Call) else "repeat")
+        group = scope.child(base, "repeat")
+        for i in range(n):
+            current = self._term(inner, group, current, first and i == 0, label=str(i))
+        return current
+
+    def _call(self, call: ast.Call, scope: _Scope, current, first, label):
+        name = call.name
+        if name in scope.tensors and not call.args:
+            if not first:
+                self.d.error(f"tensor `{name}` cannot follow `->`", call.span, label="a tensor, not an op",
+                             help=f"combine tensors with `add({name})` or `concat({name})`")
+                raise _Poison()
+            node = scope.tensors[name]
+            if node is None:
+                raise _Poison()
+            self.used.add(node)
+            return node
+        if first and current is None and scope.prefix == "" and (name in OPS or name in self.blocks) \
+                and not any(self._is_tensor_arg(a, scope) for a in call.args):
+            self.d.error(f"`{name}` has no input", call.span, label="nothing flows into this",
+                         help="start the chain from an input or a named tensor: `x = image -> ...`")
+            raise _Poison()
+        if name in self.blocks:
+            return self._instantiate(self.blocks[name], call, scope, current, label)
+        if name in OPS:
+            return self._op(OPS[name], call, scope, current, label)
+        candidates = list(OPS) + list(self.blocks) + [t for t in scope.tensors]
+        hint = did_you_mean(name, candidates)
+        what = "tensor, op or block"
+        if name == BLOCK_INPUT and scope.prefix == "":
+            hint = "`in` names a block's input and exists only inside `block` bodies"
+        self.d.error(f"unknown {what} `{name}`", call.name_span, label="not defined",
+                     help=hint or "see `dslc ops` for the list of ops; blocks must be defined or imported")
+        raise _Poison()
+
+    def _is_tensor_arg(self, arg, scope):
+        return arg.name is None and isinstance(arg.value, ast.Name) and arg.value.id in scope.tensors
+
+    # ---- ops -------------------------------------------------------------------------------
+    def _op(self, op, call: ast.Call, scope: _Scope, current, label):
+        inputs = [] if current is None else [current]
+        attrs, arg_spans, ok = {}, {}, True
+        positional = [a for a in call.args if a.name is None]
+        keyword = [a for a in call.args if a.name is not None]
+        specs = list(op.attrs)
+        pos_specs = list(specs)
+        for a in positional:
+            if self._is_tensor_arg(a, scope):
+                node = scope.tensors[a.value.id]
+                if node is None:
+                    raise _Poison()
+                self.used.add(node)
+                inputs.append(node)
+                continue
+            try:
+                v = evaluate(a.value, scope.env)
+            except EvalError as e:
+                self.d.error(e.message, e.span, help=e.help)
+                ok = False
+                continue
+            if not pos_specs:
+                self.d.error(f"`{op.name}` takes {len(specs)} argument{'s' * (len(specs) != 1)}, found an extra one",
+                             a.span, label="extra argument", notes=[_signature(op)],
+                             help=did_you_mean(str(v), scope.tensors) if isinstance(v, Word) else "remove it")
+                ok = False
+                continue
+            spec = pos_specs[0]
+            if spec.kind == "ints":
+                attrs[spec.name] = attrs.get(spec.name, ()) + (v if isinstance(v, tuple) else (v,))
+                arg_spans[spec.name] = a.span
+                continue
+            pos_specs.pop(0)
+            attrs[spec.name] = v
+            arg_spans[spec.name] = a.span
+        by_name = {s.name: s for s in specs}
+        for a in keyword:
+            if a.name not in by_name:
+                self.d.error(f"`{op.name}` has no argument `{a.name}`", a.span, label="unknown argument",
+                             notes=[_signature(op)], help=did_you_mean(a.name, by_name) or "remove it")
+                ok = False
+                continue
+            if a.name in attrs:
+                self.d.error(f"argument `{a.name}` is given twice", a.span, label="again here",
+                             notes=[_signature(op)], help="keep one")
+                ok = False
+                continue
+            try:
+                attrs[a.name] = evaluate(a.value, scope.env)
+            except EvalError as e:
+                self.d.error(e.message, e.span, help=e.help)
+                ok = False
+                continue
+            arg_spans[a.name] = a.span
+        for s in specs:
+            if s.name in attrs:
+                try:
+                    attrs[s.name] = coerce(s.kind, attrs[s.name], s.choices)
+                except CoerceError as e:
+                    v = attrs[s.name]
+                    hint = did_you_mean(v, scope.env) if isinstance(v, Word) else ""
+                    self.d.error(f"`{op.name}` argument `{s.name}` expects {e}, found {describe(v)}",
+                                 arg_spans[s.name], label="wrong type", notes=[_signature(op)],
+                                 help=hint or (s.doc or f"see `dslc ops {op.name}`"))
+                    ok = False
+            elif s.required:
+                self.d.error(f"`{op.name}` is missing its argument `{s.name}`", call.span, label="needs more",
+                             notes=[_signature(op)], help=s.doc or f"e.g. `{op.name}({s.name} = ...)`")
+                ok = False
+            else:
+                attrs[s.name] = coerce(s.kind, s.default, s.choices)
+        if not ok:
+            raise _Poison()
+        return self._make_node(op, attrs, inputs, call, scope, label, arg_spans)
+
+    def _make_node(self, op, attrs, inputs, call, scope: _Scope, label, arg_spans=None):
+        arg_spans = arg_spans or {}
+        try:
+            op_name, attrs = op.variant(attrs)
+            prim = OPS[op_name]
+            attrs, inputs = prim.link(attrs, inputs, self.g)
+            if len(inputs) < prim.min_inputs or (prim.max_inputs is not None and len(inputs) > prim.max_inputs):
+                want = prim.min_inputs if prim.max_inputs == prim.min_inputs else \
+                    f"{prim.min_inputs} or more" if prim.max_inputs is None else f"{prim.min_inputs} to {prim.max_inputs}"
+                raise ShapeError(f"`{op.name}` takes {want} input tensor{'s' * (want != 1)}, found {len(inputs)}",
+                                 help="tensors flow in with `->` or are passed by name, e.g. `add(x)`")
+            in_types = [self.g.nodes[i]["type"] for i in inputs]
+            out = prim.shape(attrs, in_types)
+            params = prim.params(attrs, in_types)
+            macs = prim.macs(attrs, in_types, out)
+        except ShapeError as e:
+            span = arg_spans.get(e.arg, call.span) if e.arg else call.span
+            notes = []
+            if e.expected:
+                notes.append(f"expected {e.expected}")
+            if e.found:
+                notes.append(f"found    {e.found}")
+            for i in inputs:
+                if self.g.has_node(i):
+                    notes.append(f"input `{i}` is {self.g.nodes[i]['type']}")
+            self.d.error(f"{op.name}: {e.message}", span, label="here", notes=notes, help=e.help)
+            raise _Poison()
+        name = self._node_name(scope, label, op.name)
+        if not self._size_ok(out, call.span, name):
+            raise _Poison()
+        self.g.add_node(name, op=prim.name, attrs=attrs, inputs=list(inputs), type=out, params=params, macs=macs,
+                        span=call.span, scope=scope.path)
+        for i in inputs:
+            self.g.add_edge(i, name)
+            self.used.add(i)
+        return name
+
+    def _node_name(self, scope, label, kind):
+        name = scope.prefix + (label if label is not None else scope.fresh(kind))
+        while self.g.has_node(name):      # a label equal to an automatic name
+            name = scope.prefix + scope.fresh(kind)
+        return name
+
+    def _size_ok(self, t: TensorType, span, name=""):
+        n = t.per_sample_elements()
+        if n is not None and n * 4 > MAX_TENSOR_BYTES:
+            self.d.error(f"tensor {t} is too large: {n * 4 / 2**30:.1f} GiB per sample", span,
+                         label="output of this step", notes=[f"limit: {MAX_TENSOR_BYTES >> 30} GiB per sample"],
+                         help="check the input size and the channel counts")
+            return False
+        return True
+
+    # ---- blocks ----------------------------------------------------------------------------
+    def _instantiate(self, b: ast.BlockDef, call: ast.Call, scope: _Scope, current, label):
+        if b.name in self.block_stack:
+            chain = " -> ".join(self.block_stack + [b.name])
+            self.d.error(f"block `{b.name}` uses itself", call.span, label="recursive use",
+                         notes=[f"expansion: {chain}"], help="blocks expand at compile time; use repetition (`* n`) instead")
+            raise _Poison()
+        env = dict(self._globals(scope))
+        given, ok = {}, True
+        pos = [a for a in call.args if a.name is None]
+        names = [p.name for p in b.params]
+        for i, a in enumerate(pos):
+            if self._is_tensor_arg(a, scope) and current is None and i == 0:
+                current = scope.tensors[a.value.id]
+                if current is None:
+                    raise _Poison()
+                continue
+            if len(given) >= len(names):
+                self.d.error(f"block `{b.name}` takes {len(names)} argument{'s' * (len(names) != 1)}, found more",
+                             a.span, label="extra argument", notes=[_block_signature(b)], help="remove it")
+                ok = False
+                continue
+            given[names[len(given)]] = a
+        for a in call.args:
+            if a.name is None:
+                continue
+            if a.name not in names:
+                self.d.error(f"block `{b.name}` has no parameter `{a.name}`", a.span, label="unknown argument",
+                             notes=[_block_signature(b)], help=did_you_mean(a.name, names) or "remove it")
+                ok = False
+            elif a.name in given:
+                self.d.error(f"argument `{a.name}` is given twice", a.span, label="again here",
+                             notes=[_block_signature(b)])
+                ok = False
+            else:
+                given[a.name] = a
+        for p in b.params:
+            try:
+                if p.name in given:
+                    env[p.name] = evaluate(given[p.name].value, scope.env)
+                elif p.default is not None:
+                    env[p.name] = evaluate(p.default, env)
+                else:
+                    self.d.error(f"block `{b.name}` is missing its argument `{p.name}`", call.span, label="needs more",
+                                 notes=[_block_signature(b)])
+                    ok = False
+            except EvalError as e:
+                self.d.error(e.message, e.span, help=e.help)
+                ok = False
+        if not ok:
+            raise _Poison()
+        if current is None:
+            self.d.error(f"block `{b.name}` has no input", call.span, label="nothing flows into this",
+                         help="write `x -> block(...)`")
+            raise _Poison()
+        inst = label if label is not None else scope.fresh(b.name)
+        inner = scope.child(inst, b.name, env=env, tensors={BLOCK_INPUT: current})
+        self.block_stack.append(b.name)
+        try:
+            out = self._body(b.body, inner, current)
+        finally:
+            self.block_stack.pop()
+        return out
+
+    def _globals(self, scope):
+        return {k: v for k, v in scope.env.items()}
+
+    # ---- residual and branches -------------------------------------------------------------
+    def _residual(self, term: ast.Residual, scope: _Scope, current, label):
+        if current is None:
+            self.d.error("`residual` has no input", term.span, label="nothing flows into this")
+            raise _Poison()
+        rs = scope if label is None else scope.child(label, "residual")
+        branch = self._body(term.body, rs, current)
+        bt, xt = self.g.nodes[branch]["type"], self.g.nodes[current]["type"]
+        if term.shortcut is None:
+            short = current
+        elif term.shortcut == "auto":
+            short = current if bt == xt else self._projection(term, rs, current, bt, xt)
+        else:
+            short = self._body(term.shortcut, rs.child("shortcut", "shortcut"), current)
+        st = self.g.nodes[short]["type"]
+        if st != bt:
+            last = self.g.nodes[branch]["span"]
+            self.d.error("residual branch and shortcut disagree", last, label=f"gives {bt}",
+                         notes=[f"shortcut carries {st}"],
+                         help="add `shortcut auto` for a 1x1 projection" if term.shortcut is None
+                         else "make the shortcut produce the branch's shape")
+            raise _Poison()
+        return self._make_node(OPS["add"], {}, [branch, short], ast.Call("add", [], term.span, term.span), rs, None)
+
+    def _projection(self, term, scope, x, bt: TensorType, xt: TensorType):
+        """`shortcut auto`: a 1x1 conv (stride = size ratio, no bias) and batchnorm, like torchvision's downsample."""
+        span = term.shortcut_span or term.span
+        ok = bt.rank == 4 and xt.rank == 4 and all(isinstance(d, int) for d in bt.shape[1:] + xt.shape[1:]) \
+            and xt.shape[2] % bt.shape[2] == 0 and xt.shape[3] % bt.shape[3] == 0 \
+            and xt.shape[2] // bt.shape[2] == xt.shape[3] // bt.shape[3]
+        if not ok:
+            self.d.error("`shortcut auto` cannot project this input onto the branch's shape", span,
+                         label="no 1x1 projection fits", notes=[f"input {xt}", f"branch gives {bt}"],
+                         help="projections need [N, C, H, W] tensors whose sizes differ by a whole stride; write the shortcut explicitly")
+            raise _Poison()
+        stride = xt.shape[2] // bt.shape[2]
+        ss = scope.child("shortcut", "shortcut")
+        call = ast.Call("conv", [], span, span)
+        conv = self._make_node(OPS["conv"], {"channels": bt.shape[1], "kernel": (1, 1), "stride": (stride, stride),
+                                             "pad": (0, 0), "dilation": (1, 1), "groups": 1, "bias": False},
+                               [x], call, ss, None)
+        bn = OPS["batchnorm"]
+        return self._make_node(bn, _defaults(bn), [conv], ast.Call("batchnorm", [], span, span), ss, None)
+
+    def _branches(self, term: ast.Branches, scope: _Scope, current, label):
+        bs = scope if label is None else scope.child(label, term.kind)
+        outs, bad = [], False
+        for chain in term.branches:
+            name = bs.fresh("branch")
+            sub = bs.child(name, "branch")
+            try:
+                outs.append(self._chain(chain, sub, current))
+            except _Poison:
+                bad = True
+        if bad:
+            raise _Poison()
+        op = OPS["concat"] if term.kind == "concat" else OPS["add"]
+        return self._make_node(op, _defaults(op), outs, ast.Call(term.kind, [], term.span, term.span), bs, None)
+
+    # ---- loss, outputs, train --------------------------------------------------------------
+    def _loss(self, decl: ast.LossDecl, top: _Scope):
+        scope = top.child("loss", "loss")
+        nodes, weights, loss_inputs = [], [], []
+        for t in decl.terms:
+            op = OPS.get(t.call.name)
+            if op is None or not op.is_loss or op.name == "loss_sum":
+                losses = [n for n, o in OPS.items() if o.is_loss and n != "loss_sum"]
+                self.d.error(f"`{t.call.name}` is not a loss", t.call.name_span, label="here",
+                             notes=["losses: " + ", ".join(losses)],
+                             help=did_you_mean(t.call.name, losses) or "use one of the losses above")
+                continue
+            for a in t.call.args:
+                if a.name is None and isinstance(a.value, ast.Name) and a.value.id not in top.tensors:
+                    self.d.error(f"unknown tensor `{a.value.id}`", a.span, label="not defined",
+                                 help=did_you_mean(a.value.id, top.tensors) or "define it with `name = ...` first")
+            try:
+                n = self._op(op, t.call, scope, None, None if len(decl.terms) > 1 else None)
+            except _Poison:
+                continue
+            nodes.append(n)
+            weights.append(t.weight)
+            first = self.g.nodes[n]["inputs"][0]
+            loss_inputs.append(first)
+        if not nodes or len(nodes) != len(decl.terms):
+            return None, loss_inputs
+        call = ast.Call("loss_sum", [], decl.span, decl.span)
+        total = self._make_node(OPS["loss_sum"], {"weights": tuple(weights)}, nodes, call, top, "loss")
+        return total, loss_inputs
+
+    def _outputs(self, items, top, loss_inputs, assigns):
+        outs = []
+        for it in items:
+            if isinstance(it, ast.OutputDecl):
+                for name, span in it.names:
+                    if name not in top.tensors:
+                        self.d.error(f"unknown tensor `{name}`", span, label="not defined",
+                                     help=did_you_mean(name, top.tensors) or "outputs name tensors assigned with `=`")
+                    elif top.tensors[name] is not None:
+                        outs.append(top.tensors[name])
+                        self.used.add(top.tensors[name])
+        if not outs:
+            outs = [n for n in dict.fromkeys(loss_inputs) if self.g.nodes[n]["op"] != "input"]
+        if not outs and assigns and top.tensors.get(assigns[-1].name):
+            outs = [top.tensors[assigns[-1].name]]
+        return outs
+
+    def _train(self, sections, top):
+        train = {}
+        for sec in sections:
+            for it in sec.items:
+                if it.key not in TRAIN_KEYS:
+                    self.d.error(f"unknown training setting `{it.key}`", it.span, label="here",
+                                 notes=["settings: " + ", ".join(sorted(TRAIN_KEYS))],
+                                 help=did_you_mean(it.key, TRAIN_KEYS) or "remove it")
+                    continue
+                try:
+                    train[it.key] = evaluate(it.value, top.env)
+                except EvalError as e:
+                    self.d.error(e.message, e.span, help=e.help)
+        return train
+
+    def _unused(self, assigns, top, outputs):
+        warnings = []
+        for a in assigns:
+            node = top.tensors.get(a.name)
+            if node is not None and node not in self.used and node not in outputs:
+                warnings.append(self.d.warn(f"tensor `{a.name}` is computed but never used", a.name_span,
+                                            label="unused", help="use it, list it in `output`, or remove it"))
+        return warnings
+
+
+def _tensor_refs(chain: ast.Chain):
+    """Every name a chain may read as a tensor (first-term calls and positional name arguments)."""
+    out = []
+
+    def visit(x):
+        if isinstance(x, ast.Call):
+            if not x.args:
+                out.append(x.name)
+            for a in x.args:
+                if a.name is None and isinstance(a.value, ast.Name):
+                    out.append(a.value.id)
+        elif isinstance(x, ast.Chain):
+            for t in x.terms:
+                visit(t)
+        elif isinstance(x, (ast.Repeat, ast.Labelled)):
+            visit(x.term)
+        elif isinstance(x, ast.Group):
+            visit(x.chain)
+        elif isinstance(x, ast.Residual):
+            for s in x.body:
+                visit(s.chain if isinstance(s, ast.Assign) else s)
+            if isinstance(x.shortcut, list):
+                for s in x.shortcut:
+                    visit(s.chain if isinstance(s, ast.Assign) else s)
+        elif isinstance(x, ast.Branches):
+            for c in x.branches:
+                visit(c)
+    visit(chain)
+    return out
+
+
+def _defaults(op) -> dict:
+    """Canonical default attributes of an op used by sugar (shortcuts, branches)."""
+    return {a.name: coerce(a.kind, a.default, a.choices) for a in op.attrs if not a.required}
+
+
+def _signature(op) -> str:
+    parts = []
+    for a in op.attrs:
+        parts.append(a.name if a.required else f"{a.name} = {_show_default(a.default)}")
+    return f"signature: {op.name}({', '.join(parts)})"
+
+
+def _show_default(v):
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, tuple):
+        return "x".join(map(str, v)) if v and all(isinstance(x, int) for x in v) else str(v)
+    return str(v)
+
+
+def _block_signature(b: ast.BlockDef) -> str:
+    return f"signature: block {b.name}({', '.join(p.name for p in b.params)})"
+
+
+def elaborate(program: ast.Program, overrides=None, diags=None) -> Network:
+    return Elaborator(program, overrides, diags).run()

@@ -1,0 +1,134 @@
+"""Exact accounting of a checked network: per-layer table and totals, as text or JSON.
+
+Units: MACs are multiply-accumulates per sample; FLOPs = 2 x MACs. Memory figures assume
+float32 (4 bytes) for activations and parameters; activation memory is the sum of every
+node's output per sample (what training keeps for the backward pass, before any reuse).
+"""
+from __future__ import annotations
+
+
+from .elaborate import Network
+
+
+def _fmt_shape(t):
+    return str(t) if t.shape else "scalar"
+
+
+def layers(net: Network) -> list[dict]:
+    g = net.graph
+    rows = []
+    for name in _order(net):
+        n = g.nodes[name]
+        nparams = sum(p.size for p in n["params"].values())
+        trainable = sum(p.size for p in n["params"].values() if p.trainable)
+        rows.append({"name": name, "op": n["op"], "shape": list(n["type"].shape), "dtype": n["type"].dtype,
+                     "params": nparams, "trainable_params": trainable, "macs": n["macs"],
+                     "inputs": list(n["inputs"]),
+                     "attrs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in n["attrs"].items()},
+                     "line": n["span"].line if n["span"] is not None else None})
+    return rows
+
+
+def _order(net):
+    import networkx as nx
+    line = {n: (d["span"].line if d["span"] is not None else 0) for n, d in net.graph.nodes(data=True)}
+    return list(nx.lexicographical_topological_sort(net.graph, key=lambda n: (line[n], n)))
+
+
+def totals(net: Network) -> dict:
+    g = net.graph
+    params = trainable = macs = act = 0
+    for _, n in g.nodes(data=True):
+        params += sum(p.size for p in n["params"].values())
+        trainable += sum(p.size for p in n["params"].values() if p.trainable)
+        macs += n["macs"]
+        if n["op"] != "input" and n["type"].shape:
+            e = n["type"].per_sample_elements()
+            act += (e or 0) * 4
+    return {"parameters": params, "trainable_parameters": trainable, "macs": macs, "flops": 2 * macs,
+            "activation_bytes_per_sample": act, "parameter_bytes": params * 4}
+
+
+def to_json(net: Network) -> dict:
+    g = net.graph
+    t = totals(net)
+    return {
+        "network": net.name,
+        "source": net.source_path,
+        **t,
+        "units": {"macs": "multiply-accumulates per sample", "flops": "2 x macs per sample",
+                  "activation_bytes_per_sample": "float32 bytes of every layer output for one sample"},
+        "inputs": [{"name": i, "shape": list(g.nodes[i]["type"].shape), "dtype": g.nodes[i]["type"].dtype}
+                   for i in net.inputs],
+        "outputs": [{"name": net.tensor_name(o), "node": o, "shape": list(g.nodes[o]["type"].shape)}
+                    for o in net.outputs],
+        "loss": net.loss,
+        "params": {k: v for k, v in net.params.items()},
+        "symbols": {k: v for k, v in net.symbols.items()},
+        "train": {k: _jsonable(v) for k, v in net.train.items()},
+        "layers": layers(net),
+    }
+
+
+def _jsonable(v):
+    if isinstance(v, tuple) and v and v[0] == "call":
+        return {"name": v[1], "args": list(v[2]), "kwargs": {k: _jsonable(x) for k, x in v[3].items()}}
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def human(n: float, unit="") -> str:
+    for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {suf}{unit}".rstrip()
+    return f"{n:g} {unit}".rstrip()
+
+
+def human_bytes(n: int) -> str:
+    for div, suf in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= div:
+            return f"{n / div:.2f} {suf}"
+    return f"{n} B"
+
+
+def to_text(net: Network) -> str:
+    rows = [r for r in layers(net)]
+    head = ("name", "op", "output shape", "params", "MACs")
+    table = [head]
+    for r in rows:
+        shape = "[" + ", ".join(str(d) for d in r["shape"]) + "]" if r["shape"] else "scalar"
+        if r["dtype"] == "int64":
+            shape = "int" + shape
+        table.append((r["name"], r["op"], shape, f"{r['params']:,}" if r["params"] else "-",
+                      f"{r['macs']:,}" if r["macs"] else "-"))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    lines = [f"network {net.name}" + (f"  ({net.source_path})" if net.source_path else "")]
+    sep = "  "
+    fmt = lambda row: sep.join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    lines.append(fmt(head))
+    lines.append(sep.join("-" * w for w in widths))
+    lines += [fmt(r) for r in table[1:]]
+    lines.append(sep.join("-" * w for w in widths))
+    t = totals(net)
+    lines += [
+        f"parameters:            {t['parameters']:,}",
+        f"trainable parameters:  {t['trainable_parameters']:,}",
+        f"MACs per sample:       {t['macs']:,}  ({human(t['macs'])})",
+        f"FLOPs per sample:      {t['flops']:,}  ({human(t['flops'])}; FLOPs = 2 x MACs)",
+        f"activations per sample: {human_bytes(t['activation_bytes_per_sample'])} (float32, all layer outputs)",
+        f"parameter memory:      {human_bytes(t['parameter_bytes'])} (float32)",
+    ]
+    ins = ", ".join(f"{i}: {_fmt_shape(net.graph.nodes[i]['type'])}" for i in net.inputs)
+    outs = ", ".join(f"{net.tensor_name(o)} ({o}): {_fmt_shape(net.graph.nodes[o]['type'])}" for o in net.outputs)
+    lines.append(f"inputs:  {ins or '-'}")
+    lines.append(f"outputs: {outs or '-'}")
+    if net.loss:
+        lines.append(f"loss:    {net.loss}")
+    return "\n".join(lines)
+
+
+def param_count(net: Network) -> int:
+    return totals(net)["parameters"]
+
+

@@ -1,0 +1,1 @@
+"""dslc's runtime: kernels, execution plans, optimizers, data, checkpoints, training."""
