@@ -1,0 +1,91 @@
+"""Sequences: embed, and the recurrent layers rnn (tanh), lstm, gru.
+Kernels: runtime/{cpu,cuda}/recurrent.py.
+
+Sequences are batch first, [N, T, F]; the length T may be symbolic and passes through.
+Parameters follow torch's names, layouts, gate order (LSTM i, f, g, o; GRU r, z, n) and
+initialisation: every recurrent weight and bias is U(-1/sqrt(H), 1/sqrt(H)) (`uniform_fan_in`
+with fan_in = H). MACs count the recurrent layers' matmuls, not the gates' elementwise work;
+embed is a lookup and counts none.
+"""
+from __future__ import annotations
+
+from .conv import _check_positive
+from .registry import Attr, OpDef, ParamSpec, ShapeError, TensorType, fixed, need_float, need_rank, register
+
+
+@register
+class Embed(OpDef):
+    name, family = "embed", "recurrent"
+    attrs = (Attr("vocab", "int", doc="number of distinct ids, 0 .. vocab-1"),
+             Attr("dim", "int", doc="length of each id's vector"))
+    doc = "looks up a learned vector per integer id: int [N, T] -> [N, T, dim]"
+
+    def shape(self, a, ins):
+        (ids,) = ins
+        if ids.dtype != "int64":
+            raise ShapeError(f"embed takes integer ids, found a float tensor {ids}",
+                             expected="int [N, T]", found=str(ids),
+                             help="declare the input as `int[T]`; a float sequence goes straight to a recurrent layer")
+        need_rank(ids, 2, "id sequence", layout="[N, T]")
+        _check_positive(a, ("vocab", "dim"))
+        return TensorType(("N", ids.shape[1], a["dim"]))
+
+    def params(self, a, ins):
+        return {"weight": ParamSpec((a["vocab"], a["dim"]), "normal:1.0")}
+
+
+class _Recurrent(OpDef):
+    """A stack of `layers` recurrent layers over [N, T, F]; subclasses set the gate count."""
+    family = "recurrent"
+    attrs = (Attr("hidden", "int", doc="state size H"),
+             Attr("layers", "int", 1, doc="stacked layers, each reading the previous one's states"),
+             Attr("sequence", "bool", True, doc="true: every step's state [N, T, H]; false: the last [N, H]"))
+    gates = 1   # G: each weight stacks G blocks of H rows
+
+    def shape(self, a, ins):
+        (x,) = ins
+        need_float(x)
+        need_rank(x, 3, "sequence", layout="[N, T, F]")
+        fixed(x.shape[2], f"{self.name}'s input features (the last axis of [N, T, F])")
+        _check_positive(a, ("hidden", "layers"))
+        if a["sequence"]:
+            return TensorType(("N", x.shape[1], a["hidden"]))
+        return TensorType(("N", a["hidden"]))
+
+    def params(self, a, ins):
+        h, rows = a["hidden"], self.gates * a["hidden"]
+        p = {}
+        for layer in range(a["layers"]):
+            inputs = ins[0].shape[2] if layer == 0 else h
+            p[f"weight_ih_l{layer}"] = ParamSpec((rows, inputs), "uniform_fan_in", fan_in=h)
+            p[f"weight_hh_l{layer}"] = ParamSpec((rows, h), "uniform_fan_in", fan_in=h)
+            p[f"bias_ih_l{layer}"] = ParamSpec((rows,), "uniform_fan_in", fan_in=h)
+            p[f"bias_hh_l{layer}"] = ParamSpec((rows,), "uniform_fan_in", fan_in=h)
+        return p
+
+    def macs(self, a, ins, out):
+        """G*H x (F + H) per step per layer; None when the length T is symbolic."""
+        steps, features = ins[0].shape[1], ins[0].shape[2]
+        if not isinstance(steps, int):
+            return None
+        h, rows = a["hidden"], self.gates * a["hidden"]
+        per_step = sum(rows * ((features if layer == 0 else h) + h) for layer in range(a["layers"]))
+        return steps * per_step
+
+
+@register
+class Rnn(_Recurrent):
+    name, gates = "rnn", 1
+    doc = "Elman recurrent layer(s), h' = tanh(W_ih x + b_ih + W_hh h + b_hh)"
+
+
+@register
+class Lstm(_Recurrent):
+    name, gates = "lstm", 4
+    doc = "long short-term memory layer(s), torch gate order i, f, g, o"
+
+
+@register
+class Gru(_Recurrent):
+    name, gates = "gru", 3
+    doc = "gated recurrent unit layer(s), torch gate order r, z, n"

@@ -1,0 +1,433 @@
+"""Datasets: loading them in the shapes a network expects, splitting off validation, batching.
+
+A source is a built-in name or a path:
+  "digits"     scikit-learn's bundled 8x8 handwritten digits (no download), 1797 samples;
+  "synthetic"  random inputs and labels/targets of the network's shapes, for benchmarks;
+  "chars"      the character corpus in runtime/corpus/corpus.txt, for language models;
+  *.txt        any UTF-8 text, as a character corpus;
+  *.npz        arrays `x` (inputs) and `y` (labels or targets), used as they are;
+  MNIST idx    an images file such as train-images-idx3-ubyte (optionally .gz) with its labels
+               file next to it, or a directory holding such a pair.
+Image sources (digits, idx) are scaled to [0, 1] and resized to the network's input; .npz data
+must already have the network's shapes. Every problem a user can cause raises DataError,
+naming the file and saying how to fix it.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from runtime.errors import DataError
+
+BUILTIN_DATASETS = ("digits", "synthetic", "chars")
+CORPUS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "corpus.txt")
+SYNTHETIC_SAMPLES = 512
+# Label range of synthetic data when the caller does not say how many classes the network has.
+SYNTHETIC_CLASSES = 10
+DTYPES = ("float32", "int64")
+
+_SOURCES_HINT = ("give the path of a .npz file (arrays x and y), a .txt file, an MNIST idx images file "
+                 "or a directory holding one, or a built-in dataset: " + ", ".join(BUILTIN_DATASETS))
+# idx element types by the header's type code (data is big-endian).
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_NAME = re.compile(r"[.-]idx[1-4]-ubyte(\.gz)?$")
+_IDX_IMAGES_NAME = re.compile(r"images[.-]idx3-ubyte(\.gz)?$")
+
+
+@dataclass
+class Dataset:
+    """Samples along axis 0: x float32 or int64, y int64 class labels or float32 targets.
+
+    classes: number of classes of integer labels (None for float targets). vocab: for text
+    datasets, the characters whose ids the samples hold (id i is vocab[i]).
+    """
+    x: np.ndarray
+    y: np.ndarray
+    name: str
+    classes: int | None
+    vocab: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y_dtype: str,
+                 val_fraction: float = 0.2, seed: int = 0, limit: int | None = None,
+                 classes: int | None = None) -> tuple[Dataset, Dataset]:
+    """(train, validation) from `source`, shaped for a network whose per-sample input is
+    `x_shape`/`x_dtype` and whose per-sample label or target is `y_shape`/`y_dtype`.
+
+    `classes` is the number of classes the network predicts (its output size), when known;
+    integer labels must lie in [0, classes). `limit` caps the number of samples used
+    (for "synthetic", it is the number generated). `val_fraction` of the samples (at least
+    one, unless it is 0) are held out for validation: a random subset picked with `seed`,
+    except for text, where the last windows are held out so that validation text is unseen.
+    """
+    x_shape, y_shape = tuple(x_shape), tuple(y_shape)
+    for dtype in (x_dtype, y_dtype):
+        if dtype not in DTYPES:
+            raise ValueError(f"network dtype must be one of {DTYPES}, got {dtype!r}")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}",
+                        "give a fraction such as 0.2, or 0 to train on every sample")
+    if limit is not None and limit < 1:
+        raise DataError(f"sample limit must be at least 1, got {limit}",
+                        "give a positive number of samples, or no limit")
+    shapes = _NetworkShapes(x_shape, x_dtype, y_shape, y_dtype, classes)
+
+    if source == "synthetic":
+        full = _synthetic(shapes, limit or SYNTHETIC_SAMPLES, seed)
+        return _split_random(full, val_fraction, seed, None)
+    if source == "chars":
+        return _split_ordered(_text(CORPUS_PATH, "chars", shapes), val_fraction, limit)
+    if source == "digits":
+        return _split_random(_digits(shapes), val_fraction, seed, limit)
+
+    path = source
+    if not os.path.exists(path):
+        raise DataError(f"dataset '{path}' not found: there is no such file or directory", _SOURCES_HINT)
+    name = os.path.basename(os.path.normpath(path))
+    if os.path.isdir(path):
+        return _split_random(_idx_pair(_images_file_in(path), shapes), val_fraction, seed, limit)
+    if path.endswith(".txt"):
+        return _split_ordered(_text(path, name, shapes), val_fraction, limit)
+    if path.endswith(".npz"):
+        return _split_random(_npz(path, name, shapes), val_fraction, seed, limit)
+    if _IDX_NAME.search(name):
+        return _split_random(_idx_pair(path, shapes), val_fraction, seed, limit)
+    raise DataError(f"dataset '{path}' has an unknown format: its name is not *.npz, *.txt or an "
+                    "MNIST idx name", _SOURCES_HINT)
+
+
+def batches(ds: Dataset, batch: int, *, shuffle: bool, rng: np.random.Generator,
+            drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(x, y) batches of `batch` samples covering `ds` once, in a random order drawn from
+    `rng` when `shuffle`. The last, smaller batch is dropped when `drop_last`. Arrays are
+    C-contiguous; without shuffling they are views of the dataset, so do not modify them."""
+    if batch < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch}")
+    n = len(ds)
+    order = rng.permutation(n) if shuffle else None
+    stop = n - n % batch if drop_last else n
+    for start in range(0, stop, batch):
+        if order is None:
+            xb, yb = ds.x[start:start + batch], ds.y[start:start + batch]
+        else:
+            picked = order[start:start + batch]
+            xb, yb = ds.x[picked], ds.y[picked]
+        yield np.ascontiguousarray(xb), np.ascontiguousarray(yb)
+
+
+@dataclass(frozen=True)
+class _NetworkShapes:
+    """What the network expects of one sample."""
+    x_shape: tuple
+    x_dtype: str
+    y_shape: tuple
+    y_dtype: str
+    classes: int | None
+
+    def describe_x(self) -> str:
+        return f"{self.x_dtype} of shape {self.x_shape}"
+
+    def describe_y(self) -> str:
+        return f"{self.y_dtype} of shape {self.y_shape}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting
+
+def _subset(ds: Dataset, index) -> Dataset:
+    return Dataset(np.ascontiguousarray(ds.x[index]), np.ascontiguousarray(ds.y[index]), ds.name,
+                   ds.classes, ds.vocab)
+
+
+def _validation_size(ds: Dataset, n: int, val_fraction: float) -> int:
+    """Number of validation samples out of n; raises when either part would be empty."""
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    if n - n_val < 1:
+        raise DataError(
+            f"dataset '{ds.name}' has {n} sample{'s' if n != 1 else ''}, too few to train on"
+            + (f" after holding out {val_fraction:g} of them for validation" if n_val else ""),
+            "use a larger dataset (or a larger sample limit), or a smaller validation fraction")
+    return n_val
+
+
+def _split_random(ds: Dataset, val_fraction: float, seed: int, limit: int | None) -> tuple[Dataset, Dataset]:
+    order = np.random.default_rng(seed).permutation(len(ds))[:limit]
+    n_val = _validation_size(ds, len(order), val_fraction)
+    return _subset(ds, order[n_val:]), _subset(ds, order[:n_val])
+
+
+def _split_ordered(ds: Dataset, val_fraction: float, limit: int | None) -> tuple[Dataset, Dataset]:
+    n = min(len(ds), limit) if limit else len(ds)
+    n_val = _validation_size(ds, n, val_fraction)
+    return _subset(ds, slice(0, n - n_val)), _subset(ds, slice(n - n_val, n))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting images and labels to the network
+
+def _resize_axis(n_in: int, n_out: int):
+    """Source indices and weights of bilinear resampling along one axis, as torch's
+    interpolate(mode="bilinear", align_corners=False) computes them."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = (src - lo).astype(np.float32)
+    return lo, hi, frac
+
+
+def _resize_bilinear(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (N, H, W) float32 images to (N, height, width)."""
+    if images.shape[1:] == (height, width):
+        return images
+    lo, hi, frac = _resize_axis(images.shape[1], height)
+    rows = images[:, lo, :] * (1 - frac)[:, None] + images[:, hi, :] * frac[:, None]
+    lo, hi, frac = _resize_axis(images.shape[2], width)
+    return (rows[:, :, lo] * (1 - frac) + rows[:, :, hi] * frac).astype(np.float32)
+
+
+def _fit_images(images: np.ndarray, what: str, shapes: _NetworkShapes) -> np.ndarray:
+    """(N, H, W) images in [0, 1] as the network's input: (C, H', W') repeats the image over
+    the channels, (H', W') is one channel, (F,) is the flattened image (resized to
+    sqrt(F) x sqrt(F) when F is a square other than H * W)."""
+    if shapes.x_dtype != "float32":
+        raise DataError(f"{what} holds images, but the network input is {shapes.describe_x()}",
+                        "train an image network (float32 input) on this dataset")
+    shape = shapes.x_shape
+    n, h, w = images.shape
+    side = int(round(np.sqrt(shape[0]))) if len(shape) == 1 else 0
+    if len(shape) == 3:
+        resized = _resize_bilinear(images, shape[1], shape[2])
+        return np.ascontiguousarray(np.repeat(resized[:, None], shape[0], axis=1))
+    if len(shape) == 2:
+        return np.ascontiguousarray(_resize_bilinear(images, *shape))
+    if len(shape) == 1 and shape[0] == h * w:
+        return images.reshape(n, h * w)
+    if len(shape) == 1 and side * side == shape[0]:
+        return _resize_bilinear(images, side, side).reshape(n, shape[0])
+    raise DataError(
+        f"{what} holds {h}x{w} images, which cannot be fitted to the network input's shape {shape}",
+        "give the network an image input of shape (C, H, W), (H, W), or (H*W,)")
+
+
+def _fit_labels(labels: np.ndarray, what: str, shapes: _NetworkShapes) -> tuple[np.ndarray, int]:
+    """Integer class labels (N,) as the network's target: int64 labels for a () target, or
+    one-hot float32 rows for a (K,) float32 target. Returns (y, number of classes)."""
+    top = int(labels.max()) if len(labels) else -1
+    if shapes.y_shape == () and shapes.y_dtype == "int64":
+        n_classes = shapes.classes if shapes.classes is not None else top + 1
+        _check_label_range(labels, what, n_classes, shapes.classes)
+        return labels.astype(np.int64), n_classes
+    if len(shapes.y_shape) == 1 and shapes.y_dtype == "float32":
+        n_classes = shapes.y_shape[0]
+        _check_label_range(labels, what, n_classes, n_classes)
+        one_hot = np.zeros((len(labels), n_classes), dtype=np.float32)
+        one_hot[np.arange(len(labels)), labels] = 1.0
+        return one_hot, n_classes
+    raise DataError(
+        f"{what} has one integer class label per sample, but the network's target is {shapes.describe_y()}",
+        "use a network whose loss takes class labels (cross_entropy, hinge), or a one-hot float32 target")
+
+
+def _check_label_range(labels: np.ndarray, what: str, n_classes: int, network_classes: int | None) -> None:
+    if not len(labels):
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise DataError(f"{what} has a negative class label ({low})",
+                        "class labels must be integers 0, 1, ..., classes - 1")
+    if network_classes is not None and high >= n_classes:
+        raise DataError(
+            f"{what} has class labels up to {high}, but the network has {network_classes} classes",
+            f"give the network's output at least {high + 1} classes, or use labels below {network_classes}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+def _digits(shapes: _NetworkShapes) -> Dataset:
+    from sklearn.datasets import load_digits     # imported here: slow, and only this source needs it
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    x = _fit_images(images, "dataset 'digits'", shapes)
+    y, n_classes = _fit_labels(digits.target, "dataset 'digits'", shapes)
+    return Dataset(x, y, "digits", n_classes)
+
+
+def _synthetic(shapes: _NetworkShapes, n: int, seed: int) -> Dataset:
+    """Random data: float inputs ~ N(0, 1), integer inputs and labels uniform over the classes,
+    float targets uniform in [0, 1) (valid for both mse and bce)."""
+    rng = np.random.default_rng(seed)
+    n_classes = shapes.classes if shapes.classes is not None else SYNTHETIC_CLASSES
+    if shapes.x_dtype == "float32":
+        x = rng.standard_normal((n, *shapes.x_shape), dtype=np.float32)
+    else:
+        x = rng.integers(0, n_classes, size=(n, *shapes.x_shape), dtype=np.int64)
+    if shapes.y_dtype == "int64":
+        y = rng.integers(0, n_classes, size=(n, *shapes.y_shape), dtype=np.int64)
+        return Dataset(x, y, "synthetic", n_classes)
+    y = rng.random((n, *shapes.y_shape), dtype=np.float32)
+    return Dataset(x, y, "synthetic", None)
+
+
+def _text(path: str, name: str, shapes: _NetworkShapes) -> Dataset:
+    """Non-overlapping windows of T character ids; y is each window shifted by one character."""
+    if not (len(shapes.x_shape) == 1 and shapes.y_shape == shapes.x_shape
+            and shapes.x_dtype == shapes.y_dtype == "int64"):
+        raise DataError(
+            f"text dataset '{name}' gives sequences of character ids (input and target int64 of shape "
+            f"(T,)), but the network input is {shapes.describe_x()} and its target {shapes.describe_y()}",
+            "train a language model (an int64 input of shape (T,) and a (T,) target) on text")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise DataError(f"text dataset '{path}' is not UTF-8 text ({err.reason} at byte {err.start})",
+                        "convert the file to UTF-8") from err
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    # np.unique sorts by code point, so ids follow the sorted set of characters.
+    chars, ids = np.unique(codes, return_inverse=True)
+    vocab = "".join(map(chr, chars))
+    if shapes.classes is not None and len(vocab) > shapes.classes:
+        raise DataError(
+            f"text dataset '{name}' has {len(vocab)} distinct characters, but the network has "
+            f"{shapes.classes} classes",
+            f"give the network's vocabulary and output at least {len(vocab)} classes")
+    (length,) = shapes.x_shape
+    n_windows = max(len(ids) - 1, 0) // length
+    starts = np.arange(n_windows)[:, None] * length + np.arange(length)
+    ids = ids.astype(np.int64)
+    return Dataset(ids[starts], ids[starts + 1], name, len(vocab), vocab)
+
+
+def _npz(path: str, name: str, shapes: _NetworkShapes) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in ("x", "y") if key not in archive.files]
+            if missing:
+                raise DataError(
+                    f"dataset '{path}' has no array '{missing[0]}' (it holds: "
+                    f"{', '.join(archive.files) or 'nothing'})",
+                    "save inputs as x and labels or targets as y: numpy.savez(path, x=inputs, y=labels)")
+            x, y = archive["x"], archive["y"]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"dataset '{path}' could not be read as an .npz archive ({err})",
+                        "save it with numpy.savez(path, x=inputs, y=labels) from numeric arrays") from err
+    if len(x) != len(y):
+        raise DataError(f"dataset '{path}' has {len(x)} inputs (x) but {len(y)} labels or targets (y)",
+                        "x and y need one entry per sample, in the same order")
+    x = _checked_array(x, "x", path, shapes.x_shape, shapes.x_dtype, "input")
+    y = _checked_array(y, "y", path, shapes.y_shape, shapes.y_dtype, "target")
+    n_classes = None
+    if shapes.y_dtype == "int64":
+        n_classes = shapes.classes if shapes.classes is not None else int(y.max(initial=-1)) + 1
+        _check_label_range(y.ravel(), f"dataset '{path}'", n_classes, shapes.classes)
+    return Dataset(x, y, name, n_classes)
+
+
+def _checked_array(arr: np.ndarray, key: str, path: str, shape: tuple, dtype: str, role: str) -> np.ndarray:
+    """`arr` cast to `dtype` when it is of the same kind (float or integer), else DataError."""
+    kinds = "f" if dtype == "float32" else "iu"
+    if arr.dtype.kind not in kinds:
+        raise DataError(f"{key} in dataset '{path}' has dtype {arr.dtype}, but the network {role} is {dtype}",
+                        f"convert it before saving: {key}.astype(numpy.{dtype})")
+    if arr.shape[1:] != shape:
+        raise DataError(
+            f"{key} in dataset '{path}' has samples of shape {arr.shape[1:]}, but the network {role} "
+            f"expects {shape}",
+            f"reshape {key} to (N, {', '.join(map(str, shape))}{',' if len(shape) == 1 else ''}) "
+            f"or change the network's {role} shape")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _images_file_in(directory: str) -> str:
+    """The MNIST images file in `directory`, preferring the training set (train-*)."""
+    found = sorted(f for f in os.listdir(directory) if _IDX_IMAGES_NAME.search(f))
+    if not found:
+        raise DataError(f"dataset directory '{directory}' holds no MNIST idx images file",
+                        "expected files such as train-images-idx3-ubyte and train-labels-idx1-ubyte "
+                        "(optionally .gz)")
+    training = [f for f in found if f.startswith("train")]
+    return os.path.join(directory, (training or found)[0])
+
+
+def _idx_pair(path: str, shapes: _NetworkShapes) -> Dataset:
+    """An MNIST images file and the labels file named after it (either may be given)."""
+    directory, name = os.path.split(path)
+    images_name = re.sub(r"labels([.-])idx1", r"images\1idx3", name)
+    if not _IDX_IMAGES_NAME.search(images_name):
+        raise DataError(f"cannot tell whether '{path}' holds MNIST images or labels from its name",
+                        "use the standard MNIST names, e.g. train-images-idx3-ubyte with "
+                        "train-labels-idx1-ubyte (optionally .gz)")
+    labels_name = re.sub(r"images([.-])idx3", r"labels\1idx1", images_name)
+    images_path = _with_or_without_gz(directory, images_name)
+    labels_path = _with_or_without_gz(directory, labels_name)
+    for found, wanted in ((images_path, images_name), (labels_path, labels_name)):
+        if found is None:
+            raise DataError(f"MNIST dataset '{path}' needs '{os.path.join(directory, wanted)}', which is missing",
+                            "put the images file and its labels file (optionally .gz) in the same directory")
+    images = _read_idx(images_path)
+    labels = _read_idx(labels_path)
+    if images.ndim != 3:
+        raise DataError(f"MNIST images file '{images_path}' has {images.ndim} dimensions, expected 3 "
+                        "(images, rows, columns)", "give an idx3 images file")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"MNIST labels file '{labels_path}' does not hold one integer label per image",
+                        "give an idx1 labels file of unsigned bytes")
+    if len(images) != len(labels):
+        raise DataError(f"'{images_path}' has {len(images)} images but '{labels_path}' has {len(labels)} labels",
+                        "use the labels file that belongs to these images")
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0
+    what = f"dataset '{images_path}'"
+    x = _fit_images(images.astype(np.float32, copy=False), what, shapes)
+    y, n_classes = _fit_labels(labels.astype(np.int64), what, shapes)
+    return Dataset(x, y, os.path.basename(images_path), n_classes)
+
+
+def _with_or_without_gz(directory: str, name: str) -> str | None:
+    """The path of `name` in `directory`, compressed or not, or None when neither exists."""
+    stem = name.removesuffix(".gz")
+    return next((p for p in (os.path.join(directory, stem), os.path.join(directory, stem + ".gz"))
+                 if os.path.exists(p)), None)
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """The array in an idx file (gzip-compressed when the name ends in .gz)."""
+    def corrupt(reason: str) -> DataError:
+        return DataError(f"'{path}' is not a valid MNIST idx file: {reason}",
+                         "re-download or re-extract the file; an idx file starts with two zero bytes, "
+                         "a type code, the number of dimensions, and each size as a big-endian uint32")
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except (OSError, EOFError) as err:          # gzip reports a damaged stream as OSError/EOFError
+        raise corrupt(f"the gzip stream is damaged ({err})") from err
+    if len(data) < 4 or data[:2] != b"\0\0":
+        raise corrupt("it does not start with the idx magic number")
+    dtype = _IDX_TYPES.get(data[2])
+    if dtype is None:
+        raise corrupt(f"unknown element type code 0x{data[2]:02x}")
+    ndim = data[3]
+    header_size = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header_size:
+        raise corrupt("the header is truncated")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(dims)) * np.dtype(dtype).itemsize
+    if len(data) - header_size != expected:
+        raise corrupt(f"the header announces {'x'.join(map(str, dims))} elements ({expected} bytes), "
+                      f"but {len(data) - header_size} bytes follow")
+    return np.frombuffer(data, dtype=dtype, offset=header_size).reshape(dims).astype(np.dtype(dtype).newbyteorder("="))

@@ -1,0 +1,291 @@
+"""The Python API: a compiled network with parameters, ready to run forward, backward and fit.
+
+    net = dslc.compile("models/lenet5.net", classes=10)
+    net.params["conv1.weight"]           # numpy arrays, named hierarchically
+    out = net.forward(image=x)            # {"logits": array}
+    net.forward(image=x, label=y, training=True); net.backward(); net.grads
+    net.fit(x, y, epochs=3)
+    net.save("lenet.ckpt"); net2 = dslc.load("lenet.ckpt")
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from .devices import get_device
+from .errors import RuntimeUserError
+from .kernel_api import Context
+from .plan import Plan
+
+# activation ops after which He initialisation (fan-in, gain sqrt(2)) is right; otherwise Xavier
+_RELU_LIKE = {"relu", "leaky_relu", "prelu", "elu", "maxout"}
+_PASS_THROUGH = {"batchnorm", "dropout", "identity", "flatten", "reshape", "maxpool", "avgpool", "global_avgpool"}
+
+
+class LoadReport:
+    """What a partial parameter load matched; printed for transfer learning."""
+
+    def __init__(self, loaded, missing, unexpected, mismatched):
+        self.loaded, self.missing, self.unexpected, self.mismatched = loaded, missing, unexpected, mismatched
+
+    def __str__(self):
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        if self.mismatched:
+            lines.append("skipped (shape differs): " + ", ".join(f"{n} {a}->{b}" for n, a, b in self.mismatched))
+        if self.missing:
+            lines.append(f"kept initial values ({len(self.missing)}): " + ", ".join(self.missing[:8])
+                         + (" ..." if len(self.missing) > 8 else ""))
+        if self.unexpected:
+            lines.append(f"not in this network ({len(self.unexpected)}): " + ", ".join(self.unexpected[:8])
+                         + (" ..." if len(self.unexpected) > 8 else ""))
+        return "\n".join(lines)
+
+
+class Model:
+    def __init__(self, net, device: str = "cpu", seed: int = 0, init: str | None = None):
+        self.net = net
+        self.device = get_device(device)
+        self.frozen: set[str] = set()
+        self.specs = OrderedDict()
+        for n in net.graph.nodes:
+            for k, p in net.graph.nodes[n]["params"].items():
+                self.specs[f"{n}.{k}"] = (n, p)
+        self._host = OrderedDict((name, self._init(n, p, np.random.default_rng([seed, i]), init))
+                                 for i, (name, (n, p)) in enumerate(self.specs.items()))
+        self._dev = OrderedDict((k, self.device.from_host(v)) for k, v in self._host.items()) \
+            if self.device.name != "cpu" else self._host
+        self._plans: dict = {}
+        self._last = None
+        self.ctx = Context(training=False, rng=np.random.default_rng(seed))
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path, overrides=None, device="cpu", seed=0):
+        from dslc.compiler import compile_file
+        net, _ = compile_file(path, overrides or {})
+        return cls(net, device=device, seed=seed)
+
+    def _init(self, node, spec, rng, scheme):
+        if spec.init == "zeros":
+            return np.zeros(spec.shape, np.float32)
+        if spec.init == "ones":
+            return np.ones(spec.shape, np.float32)
+        if spec.init.startswith("const:"):
+            return np.full(spec.shape, float(spec.init[6:]), np.float32)
+        if spec.init.startswith("normal:"):
+            return (rng.standard_normal(spec.shape) * float(spec.init[7:])).astype(np.float32)
+        if spec.init == "uniform_fan_in":
+            b = 1.0 / math.sqrt(max(spec.fan_in, 1))
+            return rng.uniform(-b, b, spec.shape).astype(np.float32)
+        scheme = scheme or ("he" if self._followed_by_relu(node) else "xavier")
+        if scheme == "he":
+            std = math.sqrt(2.0 / max(spec.fan_in, 1))
+        else:
+            std = math.sqrt(2.0 / max(spec.fan_in + spec.fan_out, 1))
+        return (rng.standard_normal(spec.shape) * std).astype(np.float32)
+
+    def _followed_by_relu(self, node) -> bool:
+        g = self.net.graph
+        frontier = list(g.successors(node))
+        for _ in range(4):                      # look through batchnorm / dropout / pooling
+            nxt = []
+            for s in frontier:
+                op = g.nodes[s]["op"]
+                if op in _RELU_LIKE:
+                    return True
+                if op in _PASS_THROUGH:
+                    nxt += list(g.successors(s))
+            frontier = nxt
+        return False
+
+    # ---- parameters ---------------------------------------------------------------------------
+    @property
+    def params(self) -> "OrderedDict[str, np.ndarray]":
+        """Hierarchical name -> numpy array (a copy from the device when on a GPU)."""
+        if self.device.name == "cpu":
+            return self._host
+        return OrderedDict((k, self.device.to_host(v)) for k, v in self._dev.items())
+
+    def trainable_names(self):
+        return [k for k, (n, p) in self.specs.items() if p.trainable and not self._is_frozen(k)]
+
+    def _is_frozen(self, name):
+        return any(name == f or name.startswith(f + ".") for f in self.frozen)
+
+    def freeze(self, *prefixes):
+        """Stop training every parameter under these names (e.g. "layer1", "conv1.weight")."""
+        for p in prefixes:
+            if not any(k == p or k.startswith(p + ".") for k in self.specs):
+                from dslc.diagnostics import did_you_mean
+                layers = sorted({k.rsplit(".", 1)[0] for k in self.specs})
+                raise RuntimeUserError(f"nothing to freeze under `{p}`",
+                                       did_you_mean(p, layers) or "names look like " + ", ".join(layers[:4]))
+            self.frozen.add(p)
+        self._plans.clear()
+
+    def unfreeze(self, *prefixes):
+        self.frozen -= set(prefixes) if prefixes else set(self.frozen)
+        self._plans.clear()
+
+    def load_params(self, source, strict: bool = False) -> LoadReport:
+        """Load from a dict of arrays or a checkpoint path; unmatched names and shapes are reported, not fatal."""
+        if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+            from .checkpoint import load_checkpoint
+            arrays, _ = load_checkpoint(source)
+            source = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")} or arrays
+        loaded, missing, mismatched = [], [], []
+        for k in self.specs:
+            if k not in source:
+                missing.append(k)
+                continue
+            v = np.asarray(source[k])
+            if tuple(v.shape) != tuple(self._host[k].shape):
+                mismatched.append((k, tuple(v.shape), tuple(self._host[k].shape)))
+                continue
+            self.set_param(k, v)
+            loaded.append(k)
+        unexpected = [k for k in source if k not in self.specs]
+        report = LoadReport(loaded, missing, unexpected, mismatched)
+        if strict and (missing or unexpected or mismatched):
+            raise RuntimeUserError("parameters do not match this network:\n" + str(report),
+                                   "load with strict=False for a partial (transfer-learning) load")
+        return report
+
+    def set_param(self, name, value):
+        value = np.asarray(value, dtype=np.float32)
+        if self.device.name == "cpu":
+            np.copyto(self._host[name], value)
+        else:
+            self.device.from_host(value, out=self._dev[name])
+
+    # ---- running ----------------------------------------------------------------------------
+    def _bindings(self, feeds):
+        """Batch size and symbolic dims (T) read off the fed arrays."""
+        g = self.net.graph
+        batch, symbols = None, {k: v for k, v in self.net.symbols.items() if v is not None}
+        for name in self.net.inputs:
+            if name not in feeds:
+                continue
+            a, t = feeds[name], g.nodes[name]["type"]
+            if a.ndim != len(t.shape):
+                raise RuntimeUserError(f"input `{name}` expects {len(t.shape)} dimensions {t}, got shape {a.shape}",
+                                       "the first dimension is the batch")
+            for d, s in zip(t.shape, a.shape):
+                if d == "N":
+                    d = "__batch"
+                if isinstance(d, str):
+                    key = "N" if d == "__batch" else d
+                    prev = batch if key == "N" else symbols.get(key)
+                    if prev is not None and prev != s:
+                        raise RuntimeUserError(f"input `{name}` has {key} = {s}, but another input has {prev}",
+                                               "feed arrays with matching batch and sequence sizes")
+                    if key == "N":
+                        batch = s
+                    else:
+                        symbols[key] = s
+                elif d != s:
+                    raise RuntimeUserError(f"input `{name}` expects shape {t}, got {a.shape}",
+                                           "resize the data or change the network's input declaration")
+        if batch is None:
+            raise RuntimeUserError("no input fed", f"pass {', '.join(self.net.inputs)}")
+        return batch, symbols
+
+    def plan(self, batch, symbols, training, with_loss=True):
+        key = (batch, tuple(sorted(symbols.items())), training, with_loss, frozenset(self.frozen))
+        if key not in self._plans:
+            self._plans[key] = Plan(self.net, self._dev, self.device, batch, symbols, training,
+                                    set(self.trainable_names()) if training else None, with_loss)
+        return self._plans[key]
+
+    def _feeds(self, kw):
+        g = self.net.graph
+        out = {}
+        for k, v in kw.items():
+            if k not in self.net.inputs:
+                raise RuntimeUserError(f"`{k}` is not an input of {self.net.name}",
+                                       f"inputs: {', '.join(self.net.inputs)}")
+            dt = np.int64 if g.nodes[k]["type"].dtype == "int64" else np.float32
+            out[k] = np.ascontiguousarray(v, dtype=dt)
+        return out
+
+    def forward(self, training: bool = False, **inputs) -> dict:
+        """Run the network on named inputs; returns {output name: array} (and "loss" when labels were fed)."""
+        feeds = self._feeds(inputs)
+        batch, symbols = self._bindings(feeds)
+        needs_all = self.net.loss is not None and all(i in feeds for i in self.net.inputs)
+        plan = self.plan(batch, symbols, training and needs_all, needs_all)
+        missing = [i for i in self.net.inputs if i not in feeds and self._needed(i, needs_all)]
+        if missing:
+            raise RuntimeUserError(f"missing input{'s' * (len(missing) > 1)} {', '.join(missing)}",
+                                   f"call forward({', '.join(f'{i}=...' for i in self.net.inputs)})")
+        plan.set_inputs(feeds)
+        self.ctx.training = training
+        plan.forward(self.ctx)
+        self._last = plan
+        out = {self.net.tensor_name(o): self.device.to_host(plan.out[o]).copy() for o in self.net.outputs}
+        if needs_all:
+            out["loss"] = plan.loss_value()
+        return out
+
+    def _needed(self, input_name, with_loss):
+        if with_loss:
+            return True
+        import networkx as nx
+        g = self.net.graph
+        return any(input_name in nx.ancestors(g, o) or input_name == o for o in self.net.outputs)
+
+    def backward(self) -> dict:
+        """Gradients of the last training forward's loss; returns (and keeps in .grads) name -> array."""
+        plan = self._last
+        if plan is None or not plan.training:
+            raise RuntimeUserError("backward() needs a forward pass with training=True and every input (labels too)",
+                                   "call net.forward(training=True, image=x, label=y) first")
+        plan.backward(self.ctx)
+        self._grads_plan = plan
+        return self.grads
+
+    @property
+    def grads(self) -> dict:
+        plan = getattr(self, "_grads_plan", None)
+        if plan is None:
+            return {}
+        return OrderedDict((k, self.device.to_host(v).copy()) for k, v in plan.param_grads.items())
+
+    # ---- training ---------------------------------------------------------------------------
+    def fit(self, x, y, epochs: int = 1, batch: int | None = None, lr: float | None = None,
+            optimizer: str | None = None, val: tuple | None = None, seed: int = 0, progress: bool = True, **kw):
+        """Train on arrays; returns the per-epoch metrics (a list of dicts)."""
+        from .data import Dataset
+        from .train import TrainConfig, Trainer
+        train = Dataset(np.asarray(x), np.asarray(y), "arrays", None)
+        valid = Dataset(np.asarray(val[0]), np.asarray(val[1]), "validation", None) if val else None
+        cfg = TrainConfig.from_network(self.net, epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, seed=seed, **kw)
+        return Trainer(self, cfg, train, valid, progress=progress).fit()
+
+    def save(self, path, extra_meta: dict | None = None):
+        from .checkpoint import save_checkpoint
+        from dslc.artifact import to_dict
+        import json
+        arrays = {f"param/{k}": v for k, v in self.params.items()}
+        meta = {"kind": "dslc-model", "network": json.dumps(to_dict(self.net)), **(extra_meta or {})}
+        save_checkpoint(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path, device="cpu"):
+        from .checkpoint import load_checkpoint
+        from dslc.artifact import from_dict
+        import json
+        arrays, meta = load_checkpoint(path)
+        if meta.get("kind") != "dslc-model" or "network" not in meta:
+            from .errors import CheckpointError
+            raise CheckpointError(f"{path} holds parameters but not a network",
+                                  "load it into a compiled network with net.load_params(path)")
+        m = cls(from_dict(json.loads(meta["network"])), device=device)
+        m.load_params({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}, strict=True)
+        return m
+
+    def summary(self) -> str:
+        from dslc.summary import to_text
+        return to_text(self.net)
