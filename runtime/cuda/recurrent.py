@@ -1,0 +1,463 @@
+"""CUDA kernels of the recurrent family: embed, rnn (tanh), lstm, gru (docs/OPS.md).
+
+The structure follows the CPU kernels (runtime/cpu/recurrent.py): user-facing tensors are
+batch first (N, T, F), every per-layer buffer is time major (T, N, ...), so each step's hidden
+state is a contiguous (N, H) matrix and "all steps" a contiguous (T*N, ...) matrix. The matrix
+products run on the shared tiled GEMM (runtime/cuda/gemm.py):
+
+    forward   projected (T*N, G*H) = inputs (T*N, F) @ W_ih^T          one GEMM per layer
+              per step: recurrent (N, G*H) = h_{t-1} (N, H) @ W_hh^T     one GEMM per step
+    backward  per step: dh_{t-1} (N, H) = dgates_t (N, G*H) @ W_hh        one GEMM per step
+              dW_ih = dgates^T @ inputs, dW_hh = dgates[1:]^T @ h[:-1],
+              dinputs = dgates @ W_ih                                     one GEMM each per layer
+
+Between the per-step GEMMs, one cell kernel per step (one thread per (n, j) hidden unit) adds
+the biases, applies the gate nonlinearities and saves what backward needs (activated gates,
+LSTM cell states, GRU's W_hn h + b_hn, hidden states); backward is backpropagation through time
+over those saves, one cell-gradient kernel per step.
+"""
+import math
+
+from numba import cuda, float32
+
+from runtime.cuda.devicekernels import fill
+from runtime.cuda.gemm import gemm
+from runtime.cuda.launch import THREADS_1D, blocks_1d
+from runtime.cuda.norm import block_sum, reduction_threads
+from runtime.kernel_api import Kernel, register
+
+
+# ---------------------------------------------------------------------------------------------
+# embed
+# ---------------------------------------------------------------------------------------------
+
+@cuda.jit
+def _embed_forward(ids, weight, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        vocab, dim = weight.shape
+        position = i // dim
+        k = i % dim
+        row = ids[position // ids.shape[1], position % ids.shape[1]]
+        # A kernel cannot raise: an id outside [0, vocab) (the CPU kernel's IndexError) reads
+        # as a zero row instead of reading other memory.
+        out[position // ids.shape[1], position % ids.shape[1], k] = \
+            weight[row, k] if 0 <= row < vocab else float32(0)
+
+
+@cuda.jit
+def _embed_backward(ids, gout, gweight):
+    # Repeated ids add into the same row from different threads: atomics make that race-free.
+    i = cuda.grid(1)
+    if i < gout.size:
+        vocab, dim = gweight.shape
+        position = i // dim
+        k = i % dim
+        n = position // ids.shape[1]
+        t = position % ids.shape[1]
+        row = ids[n, t]
+        if 0 <= row < vocab:
+            cuda.atomic.add(gweight, (row, k), gout[n, t, k])
+
+
+@register("cuda", "embed")
+class EmbedKernel(Kernel):
+    def forward(self, ctx, xs, params, out, ws):
+        _embed_forward[blocks_1d(out.size), THREADS_1D](xs[0], params["weight"], out)
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        # ids are integers: there is never an input gradient.
+        gweight = gparams.get("weight")
+        if gweight is not None:
+            fill(gweight, 0)
+            _embed_backward[blocks_1d(gout.size), THREADS_1D](xs[0], gout, gweight)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces of the recurrent layers
+# ---------------------------------------------------------------------------------------------
+
+@cuda.jit(device=True)
+def _sigmoid(v):
+    return float32(1) / (float32(1) + math.exp(-v))
+
+
+@cuda.jit
+def _swap_leading_axes(src, dst):
+    """dst[b, a, k] = src[a, b, k]: batch first <-> time major."""
+    i = cuda.grid(1)
+    if i < dst.size:
+        rows, cols, width = dst.shape
+        b = i // (cols * width)
+        a = (i // width) % cols
+        k = i % width
+        dst[b, a, k] = src[a, b, k]
+
+
+@cuda.jit
+def _column_sums(matrix, out):
+    """out[k] = sum over rows of matrix[:, k]: one block per column, a tree reduction over rows."""
+    scratch = cuda.shared.array(THREADS_1D, float32)
+    column = cuda.blockIdx.x
+    partial = float32(0)
+    for r in range(cuda.threadIdx.x, matrix.shape[0], cuda.blockDim.x):
+        partial += matrix[r, column]
+    total = block_sum(scratch, partial)
+    if cuda.threadIdx.x == 0:
+        out[column] = total
+
+
+# ---------------------------------------------------------------------------------------------
+# cells: one thread per (n, j); `t > 0` says whether h_{t-1} (and `recurrent`) exist, and in
+# backward `has_next` says whether step t+1 passed a gradient back (else it is zero).
+# ---------------------------------------------------------------------------------------------
+
+# rnn (tanh): h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). `hidden` holds the projection
+# and is activated in place; backward needs only h (tanh' = 1 - h^2).
+
+@cuda.jit
+def _rnn_step(t, hidden, recurrent, b_ih, b_hh):
+    i = cuda.grid(1)
+    _, batch, size = hidden.shape
+    if i < batch * size:
+        n = i // size
+        j = i % size
+        v = hidden[t, n, j] + b_ih[j] + b_hh[j]
+        if t > 0:
+            v += recurrent[n, j]
+        hidden[t, n, j] = math.tanh(v)
+
+
+@cuda.jit
+def _rnn_step_backward(t, has_next, hidden, dhidden, dh_recurrent, dgates):
+    i = cuda.grid(1)
+    _, batch, size = hidden.shape
+    if i < batch * size:
+        n = i // size
+        j = i % size
+        dh = dhidden[t, n, j]
+        if has_next:
+            dh += dh_recurrent[n, j]
+        h = hidden[t, n, j]
+        dgates[t, n, j] = dh * (float32(1) - h * h)
+
+
+# lstm, gates i, f, g, o: c_t = f c_{t-1} + i g, h_t = o tanh(c_t). `gates` holds the
+# projection and is overwritten with the activated gates.
+
+@cuda.jit
+def _lstm_step(t, gates, recurrent, b_ih, b_hh, cells, hidden):
+    i = cuda.grid(1)
+    _, batch, size = hidden.shape
+    if i < batch * size:
+        n = i // size
+        j = i % size
+        pre_i = gates[t, n, j] + b_ih[j] + b_hh[j]
+        pre_f = gates[t, n, size + j] + b_ih[size + j] + b_hh[size + j]
+        pre_g = gates[t, n, 2 * size + j] + b_ih[2 * size + j] + b_hh[2 * size + j]
+        pre_o = gates[t, n, 3 * size + j] + b_ih[3 * size + j] + b_hh[3 * size + j]
+        if t > 0:
+            pre_i += recurrent[n, j]
+            pre_f += recurrent[n, size + j]
+            pre_g += recurrent[n, 2 * size + j]
+            pre_o += recurrent[n, 3 * size + j]
+        gi = _sigmoid(pre_i)
+        gf = _sigmoid(pre_f)
+        gg = math.tanh(pre_g)
+        go = _sigmoid(pre_o)
+        c = gi * gg
+        if t > 0:
+            c += gf * cells[t - 1, n, j]
+        gates[t, n, j] = gi
+        gates[t, n, size + j] = gf
+        gates[t, n, 2 * size + j] = gg
+        gates[t, n, 3 * size + j] = go
+        cells[t, n, j] = c
+        hidden[t, n, j] = go * math.tanh(c)
+
+
+@cuda.jit
+def _lstm_step_backward(t, has_next, gates, cells, dhidden, dh_recurrent, dcell, dgates):
+    i = cuda.grid(1)
+    _, batch, size = cells.shape
+    if i < batch * size:
+        n = i // size
+        j = i % size
+        gi = gates[t, n, j]
+        gf = gates[t, n, size + j]
+        gg = gates[t, n, 2 * size + j]
+        go = gates[t, n, 3 * size + j]
+        tanh_c = math.tanh(cells[t, n, j])
+        c_prev = cells[t - 1, n, j] if t > 0 else float32(0)
+        dh = dhidden[t, n, j]
+        if has_next:
+            dh += dh_recurrent[n, j]
+        dc = dh * go * (float32(1) - tanh_c * tanh_c)
+        if has_next:
+            dc += dcell[n, j]
+        dgates[t, n, j] = dc * gg * gi * (float32(1) - gi)
+        dgates[t, n, size + j] = dc * c_prev * gf * (float32(1) - gf)
+        dgates[t, n, 2 * size + j] = dc * gi * (float32(1) - gg * gg)
+        dgates[t, n, 3 * size + j] = dh * tanh_c * go * (float32(1) - go)
+        # This thread alone reads and writes dcell[n, j]: in place is safe.
+        dcell[n, j] = dc * gf
+
+
+# gru, gates r, z, n (torch): n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1-z) n + z h.
+# `gates` holds the projection and is overwritten with the activated r, z, n; hidden_proj
+# saves W_hn h + b_hn, which the gradient of r needs.
+
+@cuda.jit
+def _gru_step(t, gates, recurrent, b_ih, b_hh, hidden_proj, hidden):
+    i = cuda.grid(1)
+    _, batch, size = hidden.shape
+    if i < batch * size:
+        n = i // size
+        j = i % size
+        pre_r = gates[t, n, j] + b_ih[j] + b_hh[j]
+        pre_z = gates[t, n, size + j] + b_ih[size + j] + b_hh[size + j]
+        hn = b_hh[2 * size + j]
+        h_prev = float32(0)
+        if t > 0:
+            pre_r += recurrent[n, j]
+            pre_z += recurrent[n, size + j]
+            hn += recurrent[n, 2 * size + j]
+            h_prev = hidden[t - 1, n, j]
+        r = _sigmoid(pre_r)
+        z = _sigmoid(pre_z)
+        new = math.tanh(gates[t, n, 2 * size + j] + b_ih[2 * size + j] + r * hn)
+        gates[t, n, j] = r
+        gates[t, n, size + j] = z
+        gates[t, n, 2 * size + j] = new
+        hidden_proj[t, n, j] = hn
+        hidden[t, n, j] = (float32(1) - z) * new + z * h_prev
+
+
+@cuda.jit
+def _gru_step_backward(t, has_next, gates, hidden_proj, hidden, dhidden, dh_recurrent, dh_direct,
+                       dgates_in, dgates_hidden):
+    i = cuda.grid(1)
+    _, batch, size = hidden.shape
+    if i < batch * size:
+        n = i // size
+        j = i % size
+        r = gates[t, n, j]
+        z = gates[t, n, size + j]
+        new = gates[t, n, 2 * size + j]
+        h_prev = hidden[t - 1, n, j] if t > 0 else float32(0)
+        dh = dhidden[t, n, j]
+        if has_next:
+            # dloss/dh_t from step t+1: through W_hh (the GEMM) and directly through z h_t.
+            dh += dh_recurrent[n, j] + dh_direct[n, j]
+        dnew = dh * (float32(1) - z) * (float32(1) - new * new)
+        dr = dnew * hidden_proj[t, n, j] * r * (float32(1) - r)
+        dz = dh * (h_prev - new) * z * (float32(1) - z)
+        dgates_in[t, n, j] = dr
+        dgates_in[t, n, size + j] = dz
+        dgates_in[t, n, 2 * size + j] = dnew
+        dgates_hidden[t, n, j] = dr
+        dgates_hidden[t, n, size + j] = dz
+        # r scales W_hn h + b_hn, so the hidden side of the n gate sees dnew * r.
+        dgates_hidden[t, n, 2 * size + j] = dnew * r
+        dh_direct[n, j] = dh * z
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels: the layer loop and the batch-first <-> time-major plumbing, shared by rnn/lstm/gru
+# ---------------------------------------------------------------------------------------------
+
+class _RecurrentKernel(Kernel):
+    """Stacked recurrent layers with zero initial state; subclasses supply the cell."""
+    gate_count = 1      # G: the weights stack G gate blocks of `hidden` rows
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.batch, self.steps, self.features = spec.in_shapes[0]
+        self.size = spec.attrs["hidden"]
+        self.layers = spec.attrs["layers"]
+        self.sequence = spec.attrs["sequence"]
+        self.cell_grid = blocks_1d(self.batch * self.size)
+        self.sum_threads = reduction_threads(self.steps * self.batch)
+
+    def workspace(self):
+        steps, batch, size = self.steps, self.batch, self.size
+        width = self.gate_count * size
+        ws = {
+            "inputs_time_major": ((steps, batch, self.features), "float32"),
+            "recurrent": ((batch, width), "float32"),            # h_{t-1} @ W_hh^T
+            "dgates": ((steps, batch, width), "float32"),        # reused by every layer
+            "dhidden": ((steps, batch, size), "float32"),        # dloss/dh from above, per layer
+            "dh_recurrent": ((batch, size), "float32"),          # dloss/dh_{t-1} via W_hh
+            "dinputs_time_major": ((steps, batch, self.features), "float32"),
+        }
+        for layer in range(self.layers):
+            ws[f"hidden{layer}"] = ((steps, batch, size), "float32")
+        ws.update(self.cell_workspace())
+        return ws
+
+    def cell_workspace(self):
+        """Buffers only this cell type needs."""
+        return {}
+
+    def forward_step(self, layer, t, params, ws):
+        """Run the cell kernel of step t; ws["recurrent"] holds h_{t-1} @ W_hh^T when t > 0."""
+        raise NotImplementedError
+
+    def projection(self, layer, ws):
+        """The (T, N, G*H) buffer that receives inputs @ W_ih^T before the cell steps."""
+        raise NotImplementedError
+
+    def backward_step(self, layer, t, params, ws):
+        """Fill step t's gate gradients from ws["dhidden"] and what step t+1 passed back."""
+        raise NotImplementedError
+
+    def hidden_gate_grads(self, ws):
+        """The (T, N, G*H) gradients of the pre-activations fed by W_hh h + b_hh."""
+        return ws["dgates"]
+
+    def _grid(self, n):
+        return blocks_1d(n), THREADS_1D
+
+    def forward(self, ctx, xs, params, out, ws):
+        inputs = ws["inputs_time_major"]
+        _swap_leading_axes[self._grid(inputs.size)](xs[0], inputs)
+        rows = self.steps * self.batch
+        for layer in range(self.layers):
+            w_hh = params[f"weight_hh_l{layer}"]
+            projected = self.projection(layer, ws)
+            gemm(inputs.reshape(rows, inputs.shape[2]), params[f"weight_ih_l{layer}"],
+                 projected.reshape(rows, projected.shape[2]), trans_b=True)
+            hidden = ws[f"hidden{layer}"]
+            for t in range(self.steps):
+                if t > 0:
+                    gemm(hidden[t - 1], w_hh, ws["recurrent"], trans_b=True)
+                self.forward_step(layer, t, params, ws)
+            inputs = hidden
+        if self.sequence:
+            _swap_leading_axes[self._grid(out.size)](inputs, out)
+        else:
+            out.copy_to_device(inputs[self.steps - 1])
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        dhidden = ws["dhidden"]
+        if self.sequence:
+            _swap_leading_axes[self._grid(dhidden.size)](gout, dhidden)
+        else:
+            fill(dhidden, 0)
+            dhidden[self.steps - 1].copy_to_device(gout)
+        want_dx = gxs[0] is not None
+        for layer in range(self.layers - 1, -1, -1):
+            w_hh = params[f"weight_hh_l{layer}"]
+            dgates_hidden = self.hidden_gate_grads(ws)
+            for t in range(self.steps - 1, -1, -1):
+                self.backward_step(layer, t, params, ws)
+                if t > 0:
+                    gemm(dgates_hidden[t], w_hh, ws["dh_recurrent"])
+            inputs = ws["inputs_time_major"] if layer == 0 else ws[f"hidden{layer - 1}"]
+            # The layer below reads its dloss/dh from dhidden, which this layer no longer needs.
+            dinputs = ws["dinputs_time_major"] if layer == 0 else dhidden
+            self._layer_grads(layer, inputs, ws, params, gparams, dinputs, layer > 0 or want_dx)
+        if want_dx:
+            _swap_leading_axes[self._grid(gxs[0].size)](ws["dinputs_time_major"], gxs[0])
+
+    def _layer_grads(self, layer, inputs, ws, params, gparams, dinputs, want_dinputs):
+        """Parameter and input gradients of one layer from its per-step gate gradients."""
+        rows = self.steps * self.batch
+        width = self.gate_count * self.size
+        flat_in = ws["dgates"].reshape(rows, width)
+        flat_hidden = self.hidden_gate_grads(ws).reshape(rows, width)
+        gw_ih = gparams.get(f"weight_ih_l{layer}")
+        if gw_ih is not None:
+            gemm(flat_in, inputs.reshape(rows, inputs.shape[2]), gw_ih, trans_a=True)
+        gw_hh = gparams.get(f"weight_hh_l{layer}")
+        if gw_hh is not None:
+            # h_{t-1} multiplies step t's gates; the initial state is zero, so step 0 adds nothing.
+            if self.steps > 1:
+                flat_h = ws[f"hidden{layer}"].reshape(rows, self.size)
+                gemm(flat_hidden[self.batch:], flat_h[:rows - self.batch], gw_hh, trans_a=True)
+            else:
+                fill(gw_hh, 0)
+        for name, flat in ((f"bias_ih_l{layer}", flat_in), (f"bias_hh_l{layer}", flat_hidden)):
+            gbias = gparams.get(name)
+            if gbias is not None:
+                _column_sums[width, self.sum_threads](flat, gbias)
+        if want_dinputs:
+            gemm(flat_in, params[f"weight_ih_l{layer}"], dinputs.reshape(rows, dinputs.shape[2]))
+
+    @staticmethod
+    def biases(params, layer):
+        return params[f"bias_ih_l{layer}"], params[f"bias_hh_l{layer}"]
+
+
+@register("cuda", "rnn")
+class RNNKernel(_RecurrentKernel):
+    gate_count = 1
+
+    def projection(self, layer, ws):
+        return ws[f"hidden{layer}"]
+
+    def forward_step(self, layer, t, params, ws):
+        _rnn_step[self.cell_grid, THREADS_1D](t, ws[f"hidden{layer}"], ws["recurrent"],
+                                              *self.biases(params, layer))
+
+    def backward_step(self, layer, t, params, ws):
+        _rnn_step_backward[self.cell_grid, THREADS_1D](t, t < self.steps - 1, ws[f"hidden{layer}"],
+                                                       ws["dhidden"], ws["dh_recurrent"], ws["dgates"])
+
+
+@register("cuda", "lstm")
+class LSTMKernel(_RecurrentKernel):
+    gate_count = 4
+
+    def cell_workspace(self):
+        shape = (self.steps, self.batch, self.size)
+        ws = {"dcell": ((self.batch, self.size), "float32")}
+        for layer in range(self.layers):
+            ws[f"gates{layer}"] = ((self.steps, self.batch, 4 * self.size), "float32")
+            ws[f"cells{layer}"] = (shape, "float32")
+        return ws
+
+    def projection(self, layer, ws):
+        return ws[f"gates{layer}"]
+
+    def forward_step(self, layer, t, params, ws):
+        _lstm_step[self.cell_grid, THREADS_1D](t, ws[f"gates{layer}"], ws["recurrent"],
+                                               *self.biases(params, layer), ws[f"cells{layer}"],
+                                               ws[f"hidden{layer}"])
+
+    def backward_step(self, layer, t, params, ws):
+        _lstm_step_backward[self.cell_grid, THREADS_1D](
+            t, t < self.steps - 1, ws[f"gates{layer}"], ws[f"cells{layer}"], ws["dhidden"],
+            ws["dh_recurrent"], ws["dcell"], ws["dgates"])
+
+
+@register("cuda", "gru")
+class GRUKernel(_RecurrentKernel):
+    gate_count = 3
+
+    def cell_workspace(self):
+        shape = (self.steps, self.batch, self.size)
+        ws = {
+            "dgates_hidden": ((self.steps, self.batch, 3 * self.size), "float32"),
+            "dh_direct": ((self.batch, self.size), "float32"),    # dloss/dh_{t-1} via z h_{t-1}
+        }
+        for layer in range(self.layers):
+            ws[f"gates{layer}"] = ((self.steps, self.batch, 3 * self.size), "float32")
+            ws[f"hidden_proj{layer}"] = (shape, "float32")
+        return ws
+
+    def projection(self, layer, ws):
+        return ws[f"gates{layer}"]
+
+    def hidden_gate_grads(self, ws):
+        return ws["dgates_hidden"]
+
+    def forward_step(self, layer, t, params, ws):
+        _gru_step[self.cell_grid, THREADS_1D](t, ws[f"gates{layer}"], ws["recurrent"],
+                                              *self.biases(params, layer), ws[f"hidden_proj{layer}"],
+                                              ws[f"hidden{layer}"])
+
+    def backward_step(self, layer, t, params, ws):
+        _gru_step_backward[self.cell_grid, THREADS_1D](
+            t, t < self.steps - 1, ws[f"gates{layer}"], ws[f"hidden_proj{layer}"], ws[f"hidden{layer}"],
+            ws["dhidden"], ws["dh_recurrent"], ws["dh_direct"], ws["dgates"], ws["dgates_hidden"])
