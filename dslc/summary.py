@@ -19,10 +19,10 @@ def layers(net: Network) -> list[dict]:
     rows = []
     for name in _order(net):
         n = g.nodes[name]
-        nparams = sum(p.size for p in n["params"].values())
-        trainable = sum(p.size for p in n["params"].values() if p.trainable)
+        nparams = sum(p.size for p in n["params"].values() if p.trainable)
+        buffers = sum(p.size for p in n["params"].values() if not p.trainable)
         rows.append({"name": name, "op": n["op"], "shape": list(n["type"].shape), "dtype": n["type"].dtype,
-                     "params": nparams, "trainable_params": trainable, "macs": n["macs"],
+                     "params": nparams, "buffers": buffers, "macs": n["macs"],
                      "inputs": list(n["inputs"]),
                      "attrs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in n["attrs"].items()},
                      "line": n["span"].line if n["span"] is not None else None})
@@ -35,18 +35,33 @@ def _order(net):
     return list(nx.lexicographical_topological_sort(net.graph, key=lambda n: (line[n], n)))
 
 
-def totals(net: Network) -> dict:
+def totals(net: Network, frozen=()) -> dict:
+    """Parameters are what an optimizer could train (torch's `parameters()`); buffers such as batchnorm
+    running statistics are counted apart. MACs are None when they scale with an unbound symbolic
+    dimension (a sequence length T): compile with `--set T=...` for an exact count."""
     g = net.graph
-    params = trainable = macs = act = 0
-    for _, n in g.nodes(data=True):
-        params += sum(p.size for p in n["params"].values())
-        trainable += sum(p.size for p in n["params"].values() if p.trainable)
-        macs += n["macs"]
+    params = buffers = frozen_params = macs = act = 0
+    symbolic = False
+    for name, n in g.nodes(data=True):
+        for k, p in n["params"].items():
+            if p.trainable:
+                params += p.size
+                if any(f"{name}.{k}" == f or f"{name}.{k}".startswith(f + ".") for f in frozen):
+                    frozen_params += p.size
+            else:
+                buffers += p.size
+        if n["macs"] is None:
+            symbolic = True
+        else:
+            macs += n["macs"]
         if n["op"] != "input" and n["type"].shape:
             e = n["type"].per_sample_elements()
+            symbolic |= e is None
             act += (e or 0) * 4
-    return {"parameters": params, "trainable_parameters": trainable, "macs": macs, "flops": 2 * macs,
-            "activation_bytes_per_sample": act, "parameter_bytes": params * 4}
+    return {"parameters": params, "trainable_parameters": params - frozen_params, "buffers": buffers,
+            "macs": None if symbolic else macs, "flops": None if symbolic else 2 * macs,
+            "activation_bytes_per_sample": None if symbolic else act, "parameter_bytes": (params + buffers) * 4,
+            "symbolic_dims": sorted(k for k, v in net.symbols.items() if v is None)}
 
 
 def to_json(net: Network) -> dict:
@@ -100,8 +115,8 @@ def to_text(net: Network) -> str:
         shape = "[" + ", ".join(str(d) for d in r["shape"]) + "]" if r["shape"] else "scalar"
         if r["dtype"] == "int64":
             shape = "int" + shape
-        table.append((r["name"], r["op"], shape, f"{r['params']:,}" if r["params"] else "-",
-                      f"{r['macs']:,}" if r["macs"] else "-"))
+        macs = "per T" if r["macs"] is None else f"{r['macs']:,}" if r["macs"] else "-"
+        table.append((r["name"], r["op"], shape, f"{r['params']:,}" if r["params"] else "-", macs))
     widths = [max(len(row[i]) for row in table) for i in range(5)]
     lines = [f"network {net.name}" + (f"  ({net.source_path})" if net.source_path else "")]
     sep = "  "
@@ -112,13 +127,21 @@ def to_text(net: Network) -> str:
     lines.append(sep.join("-" * w for w in widths))
     t = totals(net)
     lines += [
-        f"parameters:            {t['parameters']:,}",
-        f"trainable parameters:  {t['trainable_parameters']:,}",
-        f"MACs per sample:       {t['macs']:,}  ({human(t['macs'])})",
-        f"FLOPs per sample:      {t['flops']:,}  ({human(t['flops'])}; FLOPs = 2 x MACs)",
-        f"activations per sample: {human_bytes(t['activation_bytes_per_sample'])} (float32, all layer outputs)",
-        f"parameter memory:      {human_bytes(t['parameter_bytes'])} (float32)",
+        f"parameters:             {t['parameters']:,}",
+        f"trainable parameters:   {t['trainable_parameters']:,}",
+        f"buffers:                {t['buffers']:,} (batchnorm running statistics; not trained)",
     ]
+    if t["macs"] is None:
+        dims = ", ".join(t["symbolic_dims"])
+        lines.append(f"MACs, FLOPs, activations: scale with {dims}; compile with `--set {t['symbolic_dims'][0]}=...` "
+                     "for exact counts")
+    else:
+        lines += [
+            f"MACs per sample:        {t['macs']:,}  ({human(t['macs'])})",
+            f"FLOPs per sample:       {t['flops']:,}  ({human(t['flops'])}; FLOPs = 2 x MACs)",
+            f"activations per sample: {human_bytes(t['activation_bytes_per_sample'])} (float32, all layer outputs)",
+        ]
+    lines.append(f"parameter memory:       {human_bytes(t['parameter_bytes'])} (float32, buffers included)")
     ins = ", ".join(f"{i}: {_fmt_shape(net.graph.nodes[i]['type'])}" for i in net.inputs)
     outs = ", ".join(f"{net.tensor_name(o)} ({o}): {_fmt_shape(net.graph.nodes[o]['type'])}" for o in net.outputs)
     lines.append(f"inputs:  {ins or '-'}")
