@@ -1,6 +1,6 @@
 """Checks a CUDA kernel against the CPU kernel of the same op, in Numba's CUDA simulator in CI.
 
-The CUDA tests run with NUMBA_ENABLE_CUDASIM=1 (set in tests/cuda/conftest.py before numba
+The CUDA tests run with NUMBA_ENABLE_CUDASIM=1 (set in tests/conftest.py before numba
 is imported) unless a real GPU is present. Shapes must be tiny: the simulator runs every
 thread in Python.
 """
