@@ -12,22 +12,27 @@ from runtime.kernel_api import Kernel, register
 class Dense(Kernel):
     def __init__(self, spec):
         super().__init__(spec)
-        self.batch, self.units = spec.out_shape
+        # (N, units), or (N, T, units) for a layer applied to every step of a sequence
+        self.units = spec.out_shape[-1]
+        self.batch = 1
+        for d in spec.out_shape[:-1]:
+            self.batch *= d
 
     def _rows(self, t):
-        """t viewed as (N, features)."""
+        """t viewed as (rows, features): one row per sample, or per sample and step."""
         return t.reshape(self.batch, -1)
 
     def _units_as_channels(self, t):
-        """(N, units) viewed as (N, units, 1), the layout of the bias helpers."""
+        """(rows, units) viewed as (rows, units, 1), the layout of the bias helpers."""
         return t.reshape(self.batch, self.units, 1)
 
     def forward(self, ctx, xs, params, out, ws):
-        gemm(self._rows(xs[0]), params["weight"], out, trans_b=True)
+        gemm(self._rows(xs[0]), params["weight"], self._rows(out), trans_b=True)
         if self.spec.attrs["bias"]:
             add_channel_bias(self._units_as_channels(out), params["bias"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        gout = self._rows(gout)
         if gxs[0] is not None:
             gemm(gout, params["weight"], self._rows(gxs[0]))
         if gparams.get("weight") is not None:

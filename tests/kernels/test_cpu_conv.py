@@ -1,0 +1,100 @@
+"""CPU conv / deconv kernels against torch.nn.functional and against finite differences."""
+import pytest
+import torch.nn.functional as F
+
+from tests.kernels.harness import Case, check_against_torch, check_finite_differences
+
+
+def _conv_attrs(channels, kernel, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1, bias=True):
+    return dict(channels=channels, kernel=kernel, stride=stride, pad=pad, dilation=dilation,
+                groups=groups, bias=bias)
+
+
+def _deconv_attrs(channels, kernel, stride=(1, 1), pad=(0, 0), output_pad=(0, 0), groups=1, bias=True):
+    return dict(channels=channels, kernel=kernel, stride=stride, pad=pad, output_pad=output_pad,
+                groups=groups, bias=bias)
+
+
+def _torch_conv(xs, ps, a):
+    return F.conv2d(xs[0], ps["weight"], ps.get("bias"), stride=a["stride"], padding=a["pad"],
+                    dilation=a["dilation"], groups=a["groups"])
+
+
+def _torch_deconv(xs, ps, a):
+    return F.conv_transpose2d(xs[0], ps["weight"], ps.get("bias"), stride=a["stride"], padding=a["pad"],
+                              output_padding=a["output_pad"], groups=a["groups"])
+
+
+def conv_case(id, x_shape, attrs, **kw):
+    c = x_shape[1]
+    params = {"weight": (attrs["channels"], c // attrs["groups"], *attrs["kernel"])}
+    if attrs["bias"]:
+        params["bias"] = (attrs["channels"],)
+    return Case("conv", attrs, [x_shape], _torch_conv, params=params, id=f"conv-{id}", **kw)
+
+
+def deconv_case(id, x_shape, attrs, **kw):
+    c = x_shape[1]
+    params = {"weight": (c, attrs["channels"] // attrs["groups"], *attrs["kernel"])}
+    if attrs["bias"]:
+        params["bias"] = (attrs["channels"],)
+    return Case("deconv", attrs, [x_shape], _torch_deconv, params=params, id=f"deconv-{id}", **kw)
+
+
+CONV_CASES = [
+    conv_case("3x3-pad1", (2, 3, 7, 6), _conv_attrs(4, (3, 3), pad=(1, 1))),
+    conv_case("3x3-stride2-odd", (2, 3, 9, 7), _conv_attrs(5, (3, 3), stride=(2, 2), pad=(1, 1))),
+    conv_case("5x5-valid-to-1x1", (2, 2, 5, 5), _conv_attrs(3, (5, 5))),
+    conv_case("dilation2", (1, 2, 9, 8), _conv_attrs(3, (3, 3), pad=(2, 2), dilation=(2, 2))),
+    conv_case("mixed-dilation-pad", (2, 2, 7, 9), _conv_attrs(3, (3, 2), pad=(0, 2), dilation=(1, 2))),
+    conv_case("rect-kernel-stride", (2, 3, 8, 7), _conv_attrs(4, (2, 5), stride=(2, 1), pad=(1, 2))),
+    conv_case("groups2-nobias", (2, 4, 6, 5), _conv_attrs(6, (3, 3), groups=2, bias=False)),
+    conv_case("depthwise-stride2", (2, 4, 7, 6), _conv_attrs(4, (3, 3), stride=(2, 2), pad=(1, 1), groups=4)),
+    conv_case("depthwise-multiplier2", (1, 3, 5, 5), _conv_attrs(6, (3, 3), pad=(1, 1), groups=3)),
+    conv_case("pointwise", (2, 5, 4, 3), _conv_attrs(3, (1, 1))),
+    conv_case("pointwise-groups2-nobias", (2, 4, 3, 5), _conv_attrs(6, (1, 1), groups=2, bias=False)),
+    conv_case("1x1-stride2", (2, 3, 5, 6), _conv_attrs(4, (1, 1), stride=(2, 2))),
+    conv_case("1x1-pad1", (1, 3, 3, 3), _conv_attrs(2, (1, 1), pad=(1, 1))),
+    # a first layer (no input gradient) and a frozen weight (bias still trained)
+    conv_case("first-layer", (2, 3, 6, 6), _conv_attrs(4, (3, 3), pad=(1, 1)), grad_inputs=()),
+    conv_case("first-layer-pointwise", (2, 3, 4, 4), _conv_attrs(2, (1, 1)), grad_inputs=()),
+    conv_case("frozen-weight", (2, 3, 6, 6), _conv_attrs(4, (3, 3), pad=(1, 1)), trainable=("bias",)),
+]
+
+DECONV_CASES = [
+    deconv_case("3x3-pad1", (2, 3, 5, 6), _deconv_attrs(4, (3, 3), pad=(1, 1))),
+    deconv_case("3x3-stride2-outpad1", (2, 3, 4, 5), _deconv_attrs(2, (3, 3), stride=(2, 2), pad=(1, 1),
+                                                                    output_pad=(1, 1))),
+    deconv_case("4x4-stride2-pad1", (2, 2, 3, 4), _deconv_attrs(3, (4, 4), stride=(2, 2), pad=(1, 1))),
+    deconv_case("stride3-kernel2-gaps", (1, 2, 3, 3), _deconv_attrs(2, (2, 2), stride=(3, 3))),
+    deconv_case("rect-kernel-outpad", (2, 3, 4, 3), _deconv_attrs(4, (2, 3), stride=(2, 1), pad=(0, 1),
+                                                                   output_pad=(1, 0))),
+    deconv_case("groups2-nobias", (2, 4, 4, 5), _deconv_attrs(6, (3, 3), stride=(2, 2), groups=2, bias=False)),
+    deconv_case("depthwise", (2, 3, 4, 4), _deconv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1), groups=3)),
+    deconv_case("pointwise", (2, 5, 3, 4), _deconv_attrs(3, (1, 1))),
+    deconv_case("1x1-stride2-outpad1", (2, 3, 3, 4), _deconv_attrs(2, (1, 1), stride=(2, 2), output_pad=(1, 1))),
+    deconv_case("first-layer", (2, 3, 4, 4), _deconv_attrs(2, (3, 3), stride=(2, 2)), grad_inputs=()),
+    deconv_case("bias-grad-only", (2, 3, 4, 4), _deconv_attrs(2, (3, 3), stride=(2, 2)),
+                grad_inputs=(), trainable=("bias",)),
+]
+
+# Each finite-difference case runs the forward ~150 times in float64: tiny shapes only.
+FD_CASES = [
+    conv_case("fd-stride2-pad1", (1, 2, 5, 4), _conv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1))),
+    conv_case("fd-groups2-dilation2", (1, 4, 5, 5), _conv_attrs(2, (2, 2), pad=(1, 1), dilation=(2, 2),
+                                                                      groups=2)),
+    conv_case("fd-pointwise", (2, 3, 2, 3), _conv_attrs(2, (1, 1))),
+    deconv_case("fd-stride2-outpad1", (1, 2, 3, 3), _deconv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1),
+                                                                          output_pad=(1, 1))),
+    deconv_case("fd-groups2", (1, 4, 3, 2), _deconv_attrs(2, (2, 3), stride=(1, 2), groups=2)),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES + DECONV_CASES, ids=str)
+def test_against_torch(case):
+    check_against_torch(case)
+
+
+@pytest.mark.parametrize("case", FD_CASES, ids=str)
+def test_finite_differences(case):
+    check_finite_differences(case)

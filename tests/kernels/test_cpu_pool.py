@@ -1,0 +1,129 @@
+"""CPU pool-family kernels against torch.nn.functional and against finite differences."""
+import numpy as np
+import pytest
+import torch.nn.functional as F
+
+from tests.kernels.harness import Case, check_against_torch, check_finite_differences, run_kernel
+
+
+def _window(kernel, stride, pad=(0, 0)):
+    return dict(kernel=kernel, stride=stride, pad=pad)
+
+
+def maxpool_case(x_shape, attrs):
+    return Case("maxpool", attrs, [x_shape],
+                lambda xs, ps, a: F.max_pool2d(xs[0], a["kernel"], a["stride"], a["pad"]))
+
+
+def avgpool_case(x_shape, attrs):
+    return Case("avgpool", attrs, [x_shape],
+                lambda xs, ps, a: F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["pad"], count_include_pad=True))
+
+
+def global_avgpool_case(x_shape):
+    return Case("global_avgpool", {}, [x_shape], lambda xs, ps, a: F.adaptive_avg_pool2d(xs[0], 1).flatten(1))
+
+
+def _pooled_shape(src_shape, attrs):
+    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["pad"]
+    n, c, h, w = src_shape
+    return (n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
+
+def _torch_maxunpool(xs, ps, a):
+    values, src = xs
+    _, indices = F.max_pool2d(src.detach(), a["kernel"], a["stride"], a["pad"], return_indices=True)
+    return F.max_unpool2d(values, indices, a["kernel"], a["stride"], a["pad"], output_size=src.shape[-2:])
+
+
+def maxunpool_case(src_shape, attrs, **kw):
+    """Input 0: one value per max-pool window; input 1: the tensor that max-pool pooled. torch
+    gives no gradient to input 1 at all, so only input 0's gradient is compared with it."""
+    return Case("maxunpool", attrs, [_pooled_shape(src_shape, attrs), src_shape], _torch_maxunpool, **kw)
+
+
+def _torch_unpool(xs, ps, a):
+    x = xs[0]
+    sh, sw = a["scale"]
+    n, c, h, w = x.shape
+    out = x.new_zeros((n, c, h * sh, w * sw))
+    out[:, :, ::sh, ::sw] = x
+    return out
+
+
+def unpool_case(x_shape, scale):
+    return Case("unpool", {"scale": scale}, [x_shape], _torch_unpool)
+
+
+def _torch_upsample(xs, ps, a):
+    align_corners = False if a["mode"] == "bilinear" else None
+    return F.interpolate(xs[0], scale_factor=tuple(map(float, a["scale"])), mode=a["mode"],
+                         align_corners=align_corners)
+
+
+def upsample_case(x_shape, scale, mode):
+    return Case("upsample", {"scale": scale, "mode": mode}, [x_shape], _torch_upsample)
+
+
+TORCH_CASES = [
+    maxpool_case((2, 3, 7, 6), _window((2, 2), (2, 2))),                      # odd size: floor drops a row
+    maxpool_case((2, 2, 9, 8), _window((3, 3), (2, 2), (1, 1))),              # ResNet stem pool
+    maxpool_case((2, 2, 6, 5), _window((3, 3), (1, 1), (1, 1))),              # GoogLeNet branch pool
+    maxpool_case((1, 3, 5, 7), _window((2, 3), (1, 2), (1, 1))),              # rectangular
+    maxpool_case((2, 2, 8, 8), _window((3, 3), (3, 3))),
+    avgpool_case((2, 3, 7, 6), _window((2, 2), (2, 2))),
+    avgpool_case((2, 2, 9, 8), _window((3, 3), (2, 2), (1, 1))),              # padding counts as zeros
+    avgpool_case((2, 2, 6, 5), _window((3, 3), (1, 1), (1, 1))),
+    avgpool_case((1, 2, 5, 7), _window((3, 2), (2, 1), (1, 0))),
+    global_avgpool_case((2, 3, 5, 4)),
+    global_avgpool_case((3, 4, 1, 1)),
+    global_avgpool_case((1, 2, 7, 3)),
+    maxunpool_case((2, 3, 6, 5), _window((2, 2), (2, 2)), grad_inputs=(0,)),  # odd width: last column stays 0
+    maxunpool_case((1, 2, 8, 6), _window((3, 2), (2, 2), (1, 0)), grad_inputs=(0,)),
+    unpool_case((2, 3, 3, 4), (2, 2)),
+    unpool_case((1, 2, 2, 3), (3, 2)),
+    unpool_case((2, 2, 3, 3), (1, 2)),
+    upsample_case((2, 3, 3, 4), (2, 2), "nearest"),
+    upsample_case((1, 2, 2, 3), (3, 2), "nearest"),
+    upsample_case((2, 3, 3, 4), (2, 2), "bilinear"),
+    upsample_case((1, 2, 4, 3), (3, 2), "bilinear"),
+    upsample_case((2, 2, 1, 3), (2, 3), "bilinear"),                          # height 1: both rows clamp
+]
+
+# Each finite-difference case runs the forward ~50 times per input in float64: tiny shapes only.
+FD_CASES = [
+    maxpool_case((1, 2, 5, 4), _window((3, 3), (2, 2), (1, 1))),
+    avgpool_case((1, 2, 5, 4), _window((3, 3), (2, 2), (1, 1))),
+    global_avgpool_case((2, 2, 3, 2)),
+    maxunpool_case((1, 2, 4, 5), _window((2, 2), (2, 2))),    # input 1 included: its gradient is 0
+    unpool_case((1, 2, 2, 3), (2, 3)),
+    upsample_case((1, 2, 2, 3), (2, 3), "nearest"),
+    upsample_case((1, 2, 3, 2), (3, 2), "bilinear"),
+]
+
+
+@pytest.mark.parametrize("case", TORCH_CASES, ids=str)
+def test_against_torch(case):
+    check_against_torch(case)
+
+
+@pytest.mark.parametrize("case", FD_CASES, ids=str)
+def test_finite_differences(case):
+    check_finite_differences(case)
+
+
+def test_maxunpool_fills_src_gradient_with_zeros():
+    case = maxunpool_case((2, 2, 4, 6), _window((2, 2), (2, 2)))
+    rng = np.random.default_rng(0)
+    values, src = (rng.standard_normal(s).astype(np.float32) for s in case.in_shapes)
+    gout = rng.standard_normal(src.shape).astype(np.float32)
+    _, gxs, _, _ = run_kernel(case, [values, src], {}, src.shape, gout, np.float32)
+    np.testing.assert_array_equal(gxs[1], 0)        # run_kernel hands in gradients filled with NaN
+
+
+def test_maxpool_picks_first_maximum_of_ties():
+    x = np.zeros((1, 1, 2, 4), dtype=np.float32)    # every window is a tie
+    case = maxpool_case(x.shape, _window((2, 2), (2, 2)))
+    gout = np.array([[[[1.0, 2.0]]]], dtype=np.float32)
+    _, gxs, _, _ = run_kernel(case, [x], {}, gout.shape, gout, np.float32)
+    np.testing.assert_array_equal(gxs[0], [[[[1, 0, 2, 0], [0, 0, 0, 0]]]])
