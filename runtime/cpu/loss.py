@@ -1,0 +1,263 @@
+"""CPU kernels of the loss family: cross_entropy, hinge, mse, bce, loss_sum.
+
+Every loss is a mean, written to a 0-d output; its gradient `gout` is 0-d too. Parallel loops
+write one partial sum per iteration into a workspace buffer, summed afterwards, so no two
+iterations accumulate into the same element. Label inputs are int64 and get no gradient.
+"""
+import math
+
+import numpy as np
+
+from runtime.cpu.activation import exp_negative_abs, softmax_into
+from runtime.jit import pnjit, prange
+from runtime.kernel_api import Kernel, register
+
+# Elementwise losses (mse, bce) reduce in chunks of this many elements, one chunk per parallel task.
+_CHUNK = 1 << 14
+
+
+def _n_chunks(size):
+    return max(1, -(-size // _CHUNK))
+
+
+def _size(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _flat_or(grad, stand_in):
+    """The flat gradient array, or a stand-in where none is wanted (see the mse/bce loops)."""
+    return grad.reshape(-1) if grad is not None else stand_in
+
+
+def _check_labels(labels, n_class, name):
+    """Out-of-range labels would index out of bounds in the unchecked Numba loops."""
+    if labels.size and (labels.min() < 0 or labels.max() >= n_class):
+        raise ValueError(f"{name}: labels must lie in [0, {n_class}), "
+                         f"got values in [{labels.min()}, {labels.max()}]")
+
+
+# --- cross_entropy ---------------------------------------------------------------------------
+# Logits are viewed as (outer, C, inner) around the class axis and labels as (outer, inner):
+# (N, C) -> (N, C, 1); (N, C, H, W) -> (N, C, H*W); (N, T, C) -> (N*T, C, 1). The forward keeps
+# the softmax probabilities (as torch keeps its log-softmax), so the backward needs no exp.
+
+@pnjit
+def _cross_entropy_loss(logits, labels, row_max, row_sum, partial):
+    # -log softmax[label] = log-sum-exp - logit[label], with log-sum-exp = max + log(sum exp(x - max)).
+    n_outer, n_class, n_inner = logits.shape
+    for o in prange(n_outer):
+        loss = 0.0
+        for i in range(n_inner):
+            loss += row_max[o, 0, i] + math.log(row_sum[o, 0, i]) - logits[o, labels[o, i], i]
+        partial[o] = loss
+    return
+
+
+@pnjit
+def _cross_entropy_backward(probs, labels, gx, scale):
+    # d loss / d logit = (softmax - onehot(label)) * gout / positions
+    n_outer, n_class, n_inner = probs.shape
+    for o in prange(n_outer):
+        for c in range(n_class):
+            for i in range(n_inner):
+                gx[o, c, i] = probs[o, c, i] * scale
+        for i in range(n_inner):
+            gx[o, labels[o, i], i] -= scale
+    return
+
+
+@register("cpu", "cross_entropy")
+class CrossEntropy(Kernel):
+    def _outer(self):
+        return _size(self.spec.in_shapes[0][:self.spec.attrs["class_axis"]])
+
+    def _views(self, logits, labels):
+        axis = self.spec.attrs["class_axis"]
+        return logits.reshape(self._outer(), logits.shape[axis], -1), labels.reshape(self._outer(), -1)
+
+    def workspace(self):
+        logits_shape = self.spec.in_shapes[0]
+        positions = (self._outer(), 1, _size(logits_shape[self.spec.attrs["class_axis"] + 1:]))
+        return {"probs": (logits_shape, "float32"),       # softmax, saved for backward
+                "row_max": (positions, "float32"),        # softmax_into's per-position maxima and sums
+                "row_sum": (positions, "float32"),
+                "partial": ((self._outer(),), "float32")}  # per-task loss sums
+
+    def forward(self, ctx, xs, params, out, ws):
+        logits, labels = self._views(xs[0], xs[1])
+        _check_labels(labels, logits.shape[1], self.spec.name)
+        probs, _ = self._views(ws["probs"], xs[1])
+        softmax_into(logits, probs, ws["row_max"], ws["row_sum"])
+        _cross_entropy_loss(logits, labels, ws["row_max"], ws["row_sum"], ws["partial"])
+        out[()] = ws["partial"].sum() / labels.size
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        if gxs[0] is None:
+            return
+        probs, labels = self._views(ws["probs"], xs[1])
+        gx, _ = self._views(gxs[0], xs[1])
+        _cross_entropy_backward(probs, labels, gx, float(gout) / labels.size)
+
+
+# --- hinge -----------------------------------------------------------------------------------
+# torch multi_margin_loss (p=1): mean over samples of sum_{j != y} max(0, margin - x[y] + x[j]) / C
+
+@pnjit
+def _hinge_forward(logits, labels, margin, partial):
+    n_batch, n_class = logits.shape
+    for n in prange(n_batch):
+        y = labels[n]
+        target = logits[n, y]
+        loss = 0.0
+        for j in range(n_class):
+            if j != y:
+                loss += max(0.0, margin - target + logits[n, j])
+        partial[n] = loss
+    return
+
+
+@pnjit
+def _hinge_backward(logits, labels, margin, gx, scale):
+    n_batch, n_class = logits.shape
+    for n in prange(n_batch):
+        y = labels[n]
+        target = logits[n, y]
+        violations = 0
+        for j in range(n_class):
+            if j != y and margin - target + logits[n, j] > 0:
+                gx[n, j] = scale
+                violations += 1
+            else:
+                gx[n, j] = 0
+        gx[n, y] = -violations * scale
+    return
+
+
+@register("cpu", "hinge")
+class Hinge(Kernel):
+    def _margin(self):
+        return float(self.spec.attrs.get("margin", 1.0))
+
+    def workspace(self):
+        return {"partial": ((self.spec.in_shapes[0][0],), "float32")}   # per-sample loss sums
+
+    def forward(self, ctx, xs, params, out, ws):
+        logits, labels = xs
+        _check_labels(labels, logits.shape[1], self.spec.name)
+        _hinge_forward(logits, labels, self._margin(), ws["partial"])
+        out[()] = ws["partial"].sum() / logits.size
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        if gxs[0] is not None:
+            logits, labels = xs
+            _hinge_backward(logits, labels, self._margin(), gxs[0], float(gout) / logits.size)
+
+
+# --- mse, bce --------------------------------------------------------------------------------
+# Both take two float arrays of one shape, flattened; both inputs may get gradients. The
+# backward loops take a stand-in array (the input itself) for an unwanted gradient, and a flag
+# that keeps it unwritten: Numba needs an array in every slot. Sums are reduced in chunks.
+
+@pnjit
+def _mse_forward(pred, target, partial):
+    for b in prange(partial.size):
+        acc = 0.0
+        for i in range(b * _CHUNK, min(pred.size, (b + 1) * _CHUNK)):
+            d = pred[i] - target[i]
+            acc += d * d
+        partial[b] = acc
+    return
+
+
+@pnjit
+def _mse_backward(pred, target, gpred, gtarget, scale, want_gpred, want_gtarget):
+    for i in prange(pred.size):
+        g = 2 * (pred[i] - target[i]) * scale
+        if want_gpred:
+            gpred[i] = g
+        if want_gtarget:
+            gtarget[i] = -g
+    return
+
+
+@pnjit
+def _bce_forward(logits, target, softplus, partial):
+    # max(x, 0) - x t + log(1 + exp(-|x|)): finite for any x. softplus holds the last term.
+    for b in prange(partial.size):
+        acc = 0.0
+        for i in range(b * _CHUNK, min(logits.size, (b + 1) * _CHUNK)):
+            x = logits[i]
+            acc += max(x, 0.0) - x * target[i] + softplus[i]
+        partial[b] = acc
+    return
+
+
+@pnjit
+def _bce_backward(logits, target, exp_neg_abs, glogits, gtarget, scale, want_glogits, want_gtarget):
+    # d/dx = sigmoid(x) - t, with sigmoid from e = exp(-|x|); d/dt = -x
+    for i in prange(logits.size):
+        x = logits[i]
+        if want_glogits:
+            v = 1 / (1 + exp_neg_abs[i])
+            sig = v if x >= 0 else exp_neg_abs[i] * v
+            glogits[i] = (sig - target[i]) * scale
+        if want_gtarget:
+            gtarget[i] = -x * scale
+    return
+
+
+@register("cpu", "mse")
+class MeanSquaredError(Kernel):
+    def workspace(self):
+        return {"partial": ((_n_chunks(_size(self.spec.in_shapes[0])),), "float32")}   # per-chunk sums
+
+    def forward(self, ctx, xs, params, out, ws):
+        pred, target = xs[0].reshape(-1), xs[1].reshape(-1)
+        _mse_forward(pred, target, ws["partial"])
+        out[()] = ws["partial"].sum() / pred.size
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        if gxs[0] is None and gxs[1] is None:
+            return
+        pred, target = xs[0].reshape(-1), xs[1].reshape(-1)
+        _mse_backward(pred, target, _flat_or(gxs[0], pred), _flat_or(gxs[1], target), float(gout) / pred.size,
+                      gxs[0] is not None, gxs[1] is not None)
+
+
+@register("cpu", "bce")
+class BinaryCrossEntropyWithLogits(Kernel):
+    def workspace(self):
+        shape = self.spec.in_shapes[0]
+        return {"exp_neg_abs": (shape, "float32"),    # exp(-|x|), saved for backward's sigmoid
+                "softplus": (shape, "float32"),       # log1p(exp(-|x|))
+                "partial": ((_n_chunks(_size(shape)),), "float32")}
+
+    def forward(self, ctx, xs, params, out, ws):
+        logits, target = xs[0].reshape(-1), xs[1].reshape(-1)
+        exp_neg_abs, softplus = ws["exp_neg_abs"].reshape(-1), ws["softplus"].reshape(-1)
+        exp_negative_abs(logits, exp_neg_abs)
+        np.log1p(exp_neg_abs, out=softplus)
+        _bce_forward(logits, target, softplus, ws["partial"])
+        out[()] = ws["partial"].sum() / logits.size
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        if gxs[0] is None and gxs[1] is None:
+            return
+        logits, target = xs[0].reshape(-1), xs[1].reshape(-1)
+        _bce_backward(logits, target, ws["exp_neg_abs"].reshape(-1), _flat_or(gxs[0], logits),
+                      _flat_or(gxs[1], target), float(gout) / logits.size, gxs[0] is not None, gxs[1] is not None)
+
+
+# --- loss_sum --------------------------------------------------------------------------------
+
+@register("cpu", "loss_sum")
+class LossSum(Kernel):
+    """sum_i w_i * l_i over 0-d losses."""
+
+    def forward(self, ctx, xs, params, out, ws):
+        out[()] = sum(float(w) * float(x) for w, x in zip(self.spec.attrs["weights"], xs))
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        for w, gx in zip(self.spec.attrs["weights"], gxs):
+            if gx is not None:
+                gx[()] = float(w) * float(gout)
