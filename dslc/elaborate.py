@@ -5,7 +5,8 @@ as `shortcut auto` depends on shapes, and each error is reported at the call tha
 A failed node yields no value; everything downstream of it is skipped silently so that only
 independent mistakes are reported, one message per root cause.
 
-Graph: a networkx.DiGraph whose nodes are named hierarchically (`layer1.0.conv1`) and carry
+Graph: a networkx.DiGraph whose nodes are named hierarchically (`layer1.0.conv1`; the rules
+are in docs/LANGUAGE.md, "Names") and carry
   op       primitive op name (docs/OPS.md), or "input"
   attrs    canonical attributes
   inputs   ordered input node names (edges carry no order)
@@ -23,25 +24,58 @@ from pathlib import Path
 import networkx as nx
 
 from . import ast
-from .diagnostics import Diagnostics, Span, did_you_mean
+from .diagnostics import Diagnostics, did_you_mean
 from .ops import OPS, ShapeError, TensorType
 from .parser import parse, read_source
-from .values import CoerceError, EvalError, Word, coerce, describe, evaluate
+from .values import POISONED, SHAPE_FUNCTIONS, CoerceError, EvalError, Word, coerce, describe, evaluate
+from .values import Poisoned as _Poison
 
 MAX_TENSOR_BYTES = 8 << 30      # per sample; refuse before anything is allocated
-MAX_PARAMS = 4 << 30
+MAX_PARAMS = 4 << 30           # per operation: 16 GiB of float32
 MAX_REPEAT = 1000
 BLOCK_INPUT = "in"              # the name of a block's input inside its body
-TRAIN_KEYS = {
-    "optimizer": "an optimizer such as `adam(lr = 1e-3)` or `sgd`",
-    "lr": "a learning rate", "epochs": "a number of epochs", "batch": "a batch size",
-    "weight_decay": "an L2 coefficient", "momentum": "a momentum coefficient",
-    "schedule": "`step(step_size = 30, gamma = 0.1)`, `exponential(gamma = 0.95)` or `cosine`",
-    "clip_grad_norm": "a maximum gradient norm", "clip_grad_value": "a maximum gradient value",
-    "augment": "e.g. `augment(crop = 4, flip = true, brightness = 0.1)`",
-    "seed": "a random seed", "val_fraction": "the share of data held out for validation",
-    "init": "`he` or `xavier`",
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_whole(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# What each scalar training setting accepts: (test, what it is called in a diagnostic).
+_POSITIVE = (lambda v: _is_number(v) and v > 0, "a positive number")
+_NON_NEGATIVE = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
+_FRACTION = (lambda v: _is_number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1")
+_COUNT = (lambda v: _is_whole(v) and v >= 1, "a whole number >= 1")
+_SEED = (lambda v: _is_whole(v) and v >= 0, "a whole number >= 0")
+_BOOL = (lambda v: isinstance(v, bool), "`true` or `false`")
+SCALAR_SETTINGS = {
+    "lr": _POSITIVE, "epochs": _COUNT, "batch": _COUNT, "weight_decay": _NON_NEGATIVE, "momentum": _FRACTION,
+    "clip_grad_norm": _POSITIVE, "clip_grad_value": _POSITIVE, "seed": _SEED, "val_fraction": _FRACTION,
 }
+# Settings written as a name or a call: the names allowed and each one's keyword arguments.
+# They mirror what runtime/optim.py and runtime/augment.py implement.
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
+_OPTIMIZER_ARGS = {"lr": _POSITIVE, "weight_decay": _NON_NEGATIVE, "momentum": _FRACTION}
+CALL_SETTINGS = {
+    "optimizer": {name: _OPTIMIZER_ARGS for name in OPTIMIZERS},
+    "schedule": {"constant": {}, "step": {"step_size": _COUNT, "gamma": _POSITIVE},
+                 "exponential": {"gamma": _POSITIVE}, "cosine": {"min_lr": _NON_NEGATIVE}},
+    "augment": {"augment": {"crop": _SEED, "flip": _BOOL, "brightness": _NON_NEGATIVE}},
+    "init": {"he": {}, "xavier": {}},
+}
+TRAIN_EXAMPLES = {
+    "optimizer": "`optimizer adam(lr = 1e-3)` or `optimizer sgd`",
+    "schedule": "`schedule step(step_size = 30, gamma = 0.1)`, `schedule exponential(gamma = 0.95)` "
+                "or `schedule cosine`",
+    "augment": "`augment(crop = 4, flip = true, brightness = 0.1)`",
+    "init": "`init he` or `init xavier`",
+}
+TRAIN_KEYS = sorted(SCALAR_SETTINGS) + sorted(CALL_SETTINGS)
+_SETTING_EXAMPLE_VALUES = {"lr": "1e-3", "epochs": "10", "batch": "32", "weight_decay": "5e-4", "momentum": "0.9",
+                           "clip_grad_norm": "5", "clip_grad_value": "1", "seed": "0", "val_fraction": "0.2"}
 
 
 @dataclass
@@ -87,10 +121,6 @@ class _Scope:
                       self.env if env is None else env, self.tensors if tensors is None else tensors)
 
 
-class _Poison(Exception):
-    """An error was already reported for this value; skip what depends on it."""
-
-
 class Elaborator:
     def __init__(self, program: ast.Program, overrides: dict | None = None, diags: Diagnostics | None = None):
         self.program = program
@@ -101,6 +131,7 @@ class Elaborator:
         self.block_stack: list[str] = []
         self.symbols: dict[str, object] = {}
         self.used: set[str] = set()
+        self.network_params: dict = {}   # what every block body sees besides its own parameters
 
     # ---- entry -------------------------------------------------------------------------
     def run(self) -> Network:
@@ -114,10 +145,16 @@ class Elaborator:
             self.d.error("a file declares one network", extra.span, label="second `network` here",
                          notes=[f"first declared at {decls[0].span.where}"], help="put each network in its own file")
         name = decls[0].name if decls else Path(self.program.source.path).stem
-        params = self._network_params(decls[0] if decls else None)
+        params = self.network_params = self._network_params(decls[0] if decls else None)
         top = _Scope("", (), params, {})
-        inputs = [self._input(it, top) for it in items if isinstance(it, ast.InputDecl)]
-        inputs = [i for i in inputs if i]
+        inputs = []
+        for it in items:
+            if isinstance(it, ast.InputDecl):
+                node = self._input(it, top)
+                if node is not None:
+                    inputs.append(node)
+                elif it.name not in top.tensors:
+                    top.tensors[it.name] = None      # reported: its uses are skipped silently
         assigns = [it for it in items if isinstance(it, ast.Assign)]
         for a in self._order(assigns, top):
             self._assign(a, top)
@@ -193,11 +230,15 @@ class Elaborator:
             if p.default is None:
                 self.d.error(f"network parameter `{p.name}` has no default and was not set", p.span,
                              label="needs a value", help=f"give a default (`{p.name} = ...`) or pass `--set {p.name}=...`")
+                params[p.name] = POISONED
                 continue
             try:
                 params[p.name] = evaluate(p.default, params)
             except EvalError as e:
                 self.d.error(e.message, e.span, help=e.help)
+                params[p.name] = POISONED
+            except _Poison:
+                params[p.name] = POISONED
         return params
 
     def _check_overrides_used(self, params):
@@ -230,6 +271,8 @@ class Elaborator:
                 v = evaluate(e, top.env)
             except EvalError as err:
                 self.d.error(err.message, err.span, help=err.help)
+                return None
+            except _Poison:
                 return None
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 self.d.error(f"an input dimension must be a positive whole number, found {describe(v)}", e.span,
@@ -307,16 +350,36 @@ class Elaborator:
         return current
 
     # ---- chains ----------------------------------------------------------------------------
-    def _chain(self, chain: ast.Chain, scope: _Scope, current):
+    def _chain(self, chain: ast.Chain, scope: _Scope, current, first: bool = True, numbered: bool = False):
+        """Run a chain's steps left to right.
+
+        `first`: the chain starts a statement (a group inside a chain does not), so it may start
+        from a named tensor. `numbered`: the chain is a labelled group, whose unlabelled steps
+        are named by position 0, 1, ... like the children of a torch nn.Sequential; an
+        unlabelled repeat `b * n` stands for n consecutive steps, so
+        `layer2: (basic(128, stride = 2) -> basic(128) * 3)` names layer2.0 to layer2.3.
+        """
+        position = 0
         for i, term in enumerate(chain.terms):
-            current = self._term(term, scope, current, first=(i == 0))
+            starts = first and i == 0
+            if numbered and isinstance(term, ast.Repeat):
+                n = self._repeat_count(term, scope)
+                for k in range(n):
+                    current = self._term(term.term, scope, current, starts and k == 0, label=str(position + k))
+                position += n
+                continue
+            label = str(position) if numbered and not isinstance(term, ast.Labelled) else None
+            current = self._term(term, scope, current, starts, label=label)
+            position += 1
         return current
 
     def _term(self, term, scope: _Scope, current, first: bool, label: str | None = None):
         if isinstance(term, ast.Call):
             return self._call(term, scope, current, first, label)
         if isinstance(term, ast.Group):
-            return self._chain(term.chain, scope if label is None else scope.child(label, "group"), current)
+            if label is None:
+                return self._chain(term.chain, scope, current, first)
+            return self._chain(term.chain, scope.child(label, "group"), current, first, numbered=True)
         if isinstance(term, ast.Labelled):
             if term.label in scope.labels:
                 self.d.error(f"label `{term.label}` is used twice in this scope", term.span, label="again here",
@@ -332,9 +395,9 @@ class Elaborator:
             return self._branches(term, scope, current, label)
         raise AssertionError(f"unknown term {term!r}")  # grammar and AST are out of sync: a bug, not user input
 
-    def _repeat(self, term: ast.Repeat, scope, current, first, label):
+    def _repeat_count(self, term: ast.Repeat, scope) -> int:
         try:
-            n = evaluate(term.count, scope.env)
+            n = evaluate(term.count, scope.env, self._types(scope.tensors))
         except EvalError as e:
             self.d.error(e.message, e.span, help=e.help)
             raise _Poison()
@@ -342,13 +405,15 @@ class Elaborator:
             self.d.error(f"a repeat count must be a whole number from 1 to {MAX_REPEAT}, found {describe(n)}",
                          term.count.span, label="here")
             raise _Poison()
-        inner = term.term.term if isinstance(term.term, ast.Labelled) else term.term
-        base = label or (term.term.label if isinstance(term.term, ast.Labelled) else None)
-        if base is None:
-            base = scope.fresh(inner.name if isinstance(inner, ast.Call) else "repeat")
+        return n
+
+    def _repeat(self, term: ast.Repeat, scope, current, first, label):
+        """`b * n`: n copies in one scope named by the label (else `b1`, ...), the copies 0 .. n-1."""
+        n = self._repeat_count(term, scope)
+        base = label or scope.fresh(term.term.name if isinstance(term.term, ast.Call) else "repeat")
         group = scope.child(base, "repeat")
         for i in range(n):
-            current = self._term(inner, group, current, first and i == 0, label=str(i))
+            current = self._term(term.term, group, current, first and i == 0, label=str(i))
         return current
 
     def _call(self, call: ast.Call, scope: _Scope, current, first, label):
@@ -363,8 +428,13 @@ class Elaborator:
                 raise _Poison()
             self.used.add(node)
             return node
+        names_tensors = any(self._is_tensor_arg(a, scope) for a in call.args)
+        if first and names_tensors:
+            # A statement that starts with `concat(in, new)` or `add(a, b)` reads exactly the
+            # tensors it names, not also the value the previous statement of a body left.
+            current = None
         if first and current is None and scope.prefix == "" and (name in OPS or name in self.blocks) \
-                and not any(self._is_tensor_arg(a, scope) for a in call.args):
+                and not names_tensors:
             self.d.error(f"`{name}` has no input", call.span, label="nothing flows into this",
                          help="start the chain from an input or a named tensor: `x = image -> ...`")
             raise _Poison()
@@ -381,6 +451,16 @@ class Elaborator:
                      help=hint or "see `dslc ops` for the list of ops; blocks must be defined or imported")
         raise _Poison()
 
+    def _types(self, tensors: dict):
+        """The tensor lookup of `evaluate` for expressions that see `tensors` (name -> node)."""
+        def tensor_type(name):
+            if name not in tensors:
+                return None
+            if tensors[name] is None:      # its error is reported already
+                raise _Poison()
+            return self.g.nodes[tensors[name]]["type"]
+        return tensor_type
+
     def _is_tensor_arg(self, arg, scope):
         return arg.name is None and isinstance(arg.value, ast.Name) and arg.value.id in scope.tensors
 
@@ -388,6 +468,8 @@ class Elaborator:
     def _op(self, op, call: ast.Call, scope: _Scope, current, label):
         inputs = [] if current is None else [current]
         attrs, arg_spans, ok = {}, {}, True
+        failed = set()             # attributes whose value had an error (reported already)
+        arg_exprs = {}             # attribute -> the expression written for it
         positional = [a for a in call.args if a.name is None]
         keyword = [a for a in call.args if a.name is not None]
         specs = list(op.attrs)
@@ -401,10 +483,14 @@ class Elaborator:
                 inputs.append(node)
                 continue
             try:
-                v = evaluate(a.value, scope.env)
+                v = evaluate(a.value, scope.env, self._types(scope.tensors))
             except EvalError as e:
                 self.d.error(e.message, e.span, help=e.help)
                 ok = False
+                if pos_specs:      # the argument still fills its place, so later ones keep theirs
+                    failed.add(pos_specs[0].name)
+                    if pos_specs[0].kind != "ints":
+                        pos_specs.pop(0)
                 continue
             if not pos_specs:
                 self.d.error(f"`{op.name}` takes {len(specs)} argument{'s' * (len(specs) != 1)}, found an extra one",
@@ -415,11 +501,11 @@ class Elaborator:
             spec = pos_specs[0]
             if spec.kind == "ints":
                 attrs[spec.name] = attrs.get(spec.name, ()) + (v if isinstance(v, tuple) else (v,))
-                arg_spans[spec.name] = a.span
+                arg_spans[spec.name], arg_exprs[spec.name] = a.span, a.value
                 continue
             pos_specs.pop(0)
             attrs[spec.name] = v
-            arg_spans[spec.name] = a.span
+            arg_spans[spec.name], arg_exprs[spec.name] = a.span, a.value
         by_name = {s.name: s for s in specs}
         for a in keyword:
             if a.name not in by_name:
@@ -427,19 +513,22 @@ class Elaborator:
                              notes=[_signature(op)], help=did_you_mean(a.name, by_name) or "remove it")
                 ok = False
                 continue
-            if a.name in attrs:
+            if a.name in attrs or a.name in failed:
                 self.d.error(f"argument `{a.name}` is given twice", a.span, label="again here",
                              notes=[_signature(op)], help="keep one")
                 ok = False
                 continue
             try:
-                attrs[a.name] = evaluate(a.value, scope.env)
+                attrs[a.name] = evaluate(a.value, scope.env, self._types(scope.tensors))
             except EvalError as e:
                 self.d.error(e.message, e.span, help=e.help)
+                failed.add(a.name)
                 ok = False
                 continue
-            arg_spans[a.name] = a.span
+            arg_spans[a.name], arg_exprs[a.name] = a.span, a.value
         for s in specs:
+            if s.name in failed:
+                continue
             if s.name in attrs:
                 try:
                     attrs[s.name] = coerce(s.kind, attrs[s.name], s.choices)
@@ -447,7 +536,8 @@ class Elaborator:
                     v = attrs[s.name]
                     hint = did_you_mean(v, scope.env) if isinstance(v, Word) else ""
                     self.d.error(f"`{op.name}` argument `{s.name}` expects {e}, found {describe(v)}",
-                                 arg_spans[s.name], label="wrong type", notes=[_signature(op)],
+                                 arg_spans[s.name], label="wrong type",
+                                 notes=[_signature(op)] + self._set_note(arg_exprs[s.name]),
                                  help=hint or (s.doc or f"see `dslc ops {op.name}`"))
                     ok = False
             elif s.required:
@@ -459,6 +549,12 @@ class Elaborator:
         if not ok:
             raise _Poison()
         return self._make_node(op, attrs, inputs, call, scope, label, arg_spans)
+
+    def _set_note(self, expr) -> list[str]:
+        """A note saying a value came from the command line, where it did."""
+        if isinstance(expr, ast.Name) and expr.id in self.overrides and expr.id in self.network_params:
+            return [f"`{expr.id}` was set on the command line: `--set {expr.id}={self.overrides[expr.id]}`"]
+        return []
 
     def _make_node(self, op, attrs, inputs, call, scope: _Scope, label, arg_spans=None):
         arg_spans = arg_spans or {}
@@ -490,6 +586,12 @@ class Elaborator:
         name = self._node_name(scope, label, op.name)
         if not self._size_ok(out, call.span, name):
             raise _Poison()
+        count = sum(p.size for p in params.values())
+        if count > MAX_PARAMS:
+            self.d.error(f"`{op.name}` would hold {count:,} parameters", call.span, label="too many parameters",
+                         notes=[f"limit: {MAX_PARAMS:,} per operation"],
+                         help="check the channel or unit counts (and any `--set` values)")
+            raise _Poison()
         self.g.add_node(name, op=prim.name, attrs=attrs, inputs=list(inputs), type=out, params=params, macs=macs,
                         span=call.span, scope=scope.path)
         for i in inputs:
@@ -519,7 +621,8 @@ class Elaborator:
             self.d.error(f"block `{b.name}` uses itself", call.span, label="recursive use",
                          notes=[f"expansion: {chain}"], help="blocks expand at compile time; use repetition (`* n`) instead")
             raise _Poison()
-        env = dict(self._globals(scope))
+        # Lexical scope: a body sees the network's parameters and its own, never its caller's.
+        env = dict(self.network_params)
         given, ok = {}, True
         pos = [a for a in call.args if a.name is None]
         names = [p.name for p in b.params]
@@ -551,9 +654,9 @@ class Elaborator:
         for p in b.params:
             try:
                 if p.name in given:
-                    env[p.name] = evaluate(given[p.name].value, scope.env)
+                    env[p.name] = evaluate(given[p.name].value, scope.env, self._types(scope.tensors))
                 elif p.default is not None:
-                    env[p.name] = evaluate(p.default, env)
+                    env[p.name] = evaluate(p.default, env, self._types({} if current is None else {BLOCK_INPUT: current}))
                 else:
                     self.d.error(f"block `{b.name}` is missing its argument `{p.name}`", call.span, label="needs more",
                                  notes=[_block_signature(b)])
@@ -575,9 +678,6 @@ class Elaborator:
         finally:
             self.block_stack.pop()
         return out
-
-    def _globals(self, scope):
-        return {k: v for k, v in scope.env.items()}
 
     # ---- residual and branches -------------------------------------------------------------
     def _residual(self, term: ast.Residual, scope: _Scope, current, label):
@@ -604,24 +704,33 @@ class Elaborator:
         return self._make_node(OPS["add"], {}, [branch, short], ast.Call("add", [], term.span, term.span), rs, None)
 
     def _projection(self, term, scope, x, bt: TensorType, xt: TensorType):
-        """`shortcut auto`: a 1x1 conv (stride = size ratio, no bias) and batchnorm, like torchvision's downsample."""
+        """`shortcut auto`: a 1x1 conv (no bias) and batchnorm, like torchvision's downsample.
+
+        Its stride per axis is the one that maps the input's size onto the branch's, as a 1x1
+        conv counts it: ceil(size / stride), so an odd 7x7 map projects onto the 4x4 that a
+        3x3 stride-2 pad-1 conv gives.
+        """
         span = term.shortcut_span or term.span
-        ok = bt.rank == 4 and xt.rank == 4 and all(isinstance(d, int) for d in bt.shape[1:] + xt.shape[1:]) \
-            and xt.shape[2] % bt.shape[2] == 0 and xt.shape[3] % bt.shape[3] == 0 \
-            and xt.shape[2] // bt.shape[2] == xt.shape[3] // bt.shape[3]
-        if not ok:
+        stride = None
+        if bt.rank == 4 and xt.rank == 4 and all(isinstance(d, int) for d in bt.shape[1:] + xt.shape[1:]):
+            stride = tuple(-(-xs // bs) for xs, bs in zip(xt.shape[2:], bt.shape[2:]))
+            if any((xs - 1) // s + 1 != bs for xs, s, bs in zip(xt.shape[2:], stride, bt.shape[2:])):
+                stride = None
+        if stride is None:
             self.d.error("`shortcut auto` cannot project this input onto the branch's shape", span,
                          label="no 1x1 projection fits", notes=[f"input {xt}", f"branch gives {bt}"],
-                         help="projections need [N, C, H, W] tensors whose sizes differ by a whole stride; write the shortcut explicitly")
+                         help="projections need [N, C, H, W] tensors whose sizes a strided 1x1 conv maps "
+                              "onto each other; write the shortcut explicitly: `shortcut { ... }`")
             raise _Poison()
-        stride = xt.shape[2] // bt.shape[2]
-        ss = scope.child("shortcut", "shortcut")
+        # Named like torchvision's ResNet (`downsample.0` conv, `downsample.1` batchnorm), so
+        # its pretrained weights load by name.
+        ss = scope.child("downsample", "shortcut")
         call = ast.Call("conv", [], span, span)
-        conv = self._make_node(OPS["conv"], {"channels": bt.shape[1], "kernel": (1, 1), "stride": (stride, stride),
+        conv = self._make_node(OPS["conv"], {"channels": bt.shape[1], "kernel": (1, 1), "stride": stride,
                                              "pad": (0, 0), "dilation": (1, 1), "groups": 1, "bias": False},
-                               [x], call, ss, None)
+                               [x], call, ss, "0")
         bn = OPS["batchnorm"]
-        return self._make_node(bn, _defaults(bn), [conv], ast.Call("batchnorm", [], span, span), ss, None)
+        return self._make_node(bn, _defaults(bn), [conv], ast.Call("batchnorm", [], span, span), ss, "1")
 
     def _branches(self, term: ast.Branches, scope: _Scope, current, label):
         bs = scope if label is None else scope.child(label, term.kind)
@@ -655,7 +764,7 @@ class Elaborator:
                     self.d.error(f"unknown tensor `{a.value.id}`", a.span, label="not defined",
                                  help=did_you_mean(a.value.id, top.tensors) or "define it with `name = ...` first")
             try:
-                n = self._op(op, t.call, scope, None, None if len(decl.terms) > 1 else None)
+                n = self._op(op, t.call, scope, None, None)
             except _Poison:
                 continue
             nodes.append(n)
@@ -686,19 +795,68 @@ class Elaborator:
         return outs
 
     def _train(self, sections, top):
-        train = {}
+        """The `train { }` settings, each checked here so a bad value is reported at its line."""
+        train, where = {}, {}
         for sec in sections:
             for it in sec.items:
-                if it.key not in TRAIN_KEYS:
+                if it.key not in SCALAR_SETTINGS and it.key not in CALL_SETTINGS:
                     self.d.error(f"unknown training setting `{it.key}`", it.span, label="here",
-                                 notes=["settings: " + ", ".join(sorted(TRAIN_KEYS))],
+                                 notes=["settings: " + ", ".join(TRAIN_KEYS)],
                                  help=did_you_mean(it.key, TRAIN_KEYS) or "remove it")
                     continue
+                if it.key in train:
+                    self.d.error(f"training setting `{it.key}` is given twice", it.span, label="again here",
+                                 notes=[f"first given at {where[it.key].where}"], help="keep one")
+                    continue
                 try:
-                    train[it.key] = evaluate(it.value, top.env)
+                    v = evaluate(it.value, top.env)
                 except EvalError as e:
                     self.d.error(e.message, e.span, help=e.help)
+                    continue
+                except _Poison:
+                    continue
+                if self._train_value_ok(it, v):
+                    train[it.key], where[it.key] = v, it.span
         return train
+
+    def _train_value_ok(self, it: ast.TrainItem, v) -> bool:
+        if it.key in SCALAR_SETTINGS:
+            test, what = SCALAR_SETTINGS[it.key]
+            if test(v):
+                return True
+            self.d.error(f"training setting `{it.key}` takes {what}, found {describe(v)}", it.value.span,
+                         label="here", help=f"e.g. `{it.key} {_SETTING_EXAMPLE_VALUES[it.key]}`")
+            return False
+        choices = CALL_SETTINGS[it.key]
+        call = isinstance(v, tuple) and len(v) == 4 and v[0] == "call"
+        name, positional, kwargs = (v[1], v[2], v[3]) if call else (v, (), {})
+        example = TRAIN_EXAMPLES[it.key]
+        if not isinstance(name, str) or name not in choices:
+            shown = f"`{name}`" if isinstance(name, str) else describe(name)
+            hint = did_you_mean(name, choices) if isinstance(name, str) else ""
+            self.d.error(f"training setting `{it.key}` takes one of {', '.join(choices)}, found {shown}",
+                         it.value.span, label="here", help=hint or f"e.g. {example}")
+            return False
+        if positional:
+            self.d.error(f"`{name}` takes keyword arguments only", it.value.span, label="here",
+                         help=f"e.g. {example}")
+            return False
+        ok = True
+        args = choices[name]
+        arg_spans = {a.name: a.span for a in it.value.args} if isinstance(it.value, ast.CallExpr) else {}
+        for k, x in kwargs.items():
+            if k not in args:
+                listed = ", ".join(args) or "none"
+                self.d.error(f"`{name}` has no argument `{k}`", arg_spans.get(k, it.value.span), label="here",
+                             notes=[f"arguments of `{name}`: {listed}"], help=did_you_mean(k, args) or "remove it")
+                ok = False
+                continue
+            test, what = args[k]
+            if not test(x):
+                self.d.error(f"`{name}` argument `{k}` takes {what}, found {describe(x)}", arg_spans.get(k, it.value.span),
+                             label="here", help=f"e.g. {example}")
+                ok = False
+        return ok
 
     def _unused(self, assigns, top, outputs):
         warnings = []
@@ -711,8 +869,24 @@ class Elaborator:
 
 
 def _tensor_refs(chain: ast.Chain):
-    """Every name a chain may read as a tensor (first-term calls and positional name arguments)."""
+    """Every name a chain may read as a tensor: calls without arguments, positional name
+    arguments, and the tensors that size functions (`channels(x)`) read."""
     out = []
+
+    def visit_expr(e):
+        if isinstance(e, ast.CallExpr):
+            if e.name in SHAPE_FUNCTIONS and e.args and isinstance(e.args[0].value, ast.Name):
+                out.append(e.args[0].value.id)
+            for a in e.args:
+                visit_expr(a.value)
+        elif isinstance(e, ast.BinOp):
+            visit_expr(e.left)
+            visit_expr(e.right)
+        elif isinstance(e, ast.Neg):
+            visit_expr(e.operand)
+        elif isinstance(e, ast.TupleExpr):
+            for item in e.items:
+                visit_expr(item)
 
     def visit(x):
         if isinstance(x, ast.Call):
@@ -721,6 +895,7 @@ def _tensor_refs(chain: ast.Chain):
             for a in x.args:
                 if a.name is None and isinstance(a.value, ast.Name):
                     out.append(a.value.id)
+                visit_expr(a.value)
         elif isinstance(x, ast.Chain):
             for t in x.terms:
                 visit(t)

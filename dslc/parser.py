@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
 
 from . import ast
 from .diagnostics import CompileError, Diagnostic, Source, Span
@@ -264,6 +264,9 @@ class _ToAst(Transformer):
 
     def train_item(self, meta, c):
         return ast.TrainItem(str(c[0]), c[1], self.sp(meta))
+
+    def train_call(self, meta, c):
+        return ast.TrainItem(str(c[0]), ast.CallExpr(str(c[0]), c[1], self.sp(meta)), self.sp(meta))
 
     def train_section(self, meta, c):
         return ast.TrainSection(list(c), self.sp(meta))

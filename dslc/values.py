@@ -10,32 +10,58 @@ class Word(str):
     """A bare name that is no parameter: an enum value such as `global`, `same`, `bilinear`."""
 
 
+class Poisoned(Exception):
+    """An error was already reported for this value; skip what depends on it silently."""
+
+
+# The value of a parameter whose own definition had an error: reading it raises Poisoned, so
+# one mistake yields one diagnostic, not one more at every use.
+POISONED = object()
+
+
 class EvalError(Exception):
     def __init__(self, message, span, help=""):
         super().__init__(message)
         self.message, self.span, self.help = message, span, help
 
 
-def evaluate(expr, env: dict):
-    """Value of an expression: int, float, bool, tuple, str, Word, or ("call", name, kwargs)."""
+# Expressions that read a tensor's size: `channels(in)` is axis 1, `dim(x, 2)` any axis after N.
+SHAPE_FUNCTIONS = {"channels": 1, "height": 2, "width": 3, "dim": None}
+
+
+def _no_tensors(name):
+    return None
+
+
+def evaluate(expr, env: dict, tensor_type=_no_tensors):
+    """Value of an expression: int, float, bool, tuple, str, Word, or ("call", name, args, kwargs).
+
+    `tensor_type(name)` gives the TensorType of a tensor visible where the expression stands,
+    or None when `name` is no tensor there; the shape functions (`channels(in)`) read it.
+    """
+    def sub(e):
+        return evaluate(e, env, tensor_type)
+
     if isinstance(expr, (ast.Num, ast.Pair)):
         return expr.value
     if isinstance(expr, ast.Str):
         return expr.value
     if isinstance(expr, ast.Name):
         if expr.id in env:
+            if env[expr.id] is POISONED:
+                raise Poisoned()
             return env[expr.id]
         if expr.id in BOOL_WORDS:
             return BOOL_WORDS[expr.id]
         return Word(expr.id)
     if isinstance(expr, ast.TupleExpr):
-        return tuple(evaluate(e, env) for e in expr.items)
+        return tuple(sub(e) for e in expr.items)
     if isinstance(expr, ast.Neg):
-        v = evaluate(expr.operand, env)
+        v = sub(expr.operand)
         _need_number(v, expr.operand.span, "`-`")
         return -v
     if isinstance(expr, ast.BinOp):
-        a, b = evaluate(expr.left, env), evaluate(expr.right, env)
+        a, b = sub(expr.left), sub(expr.right)
         _need_number(a, expr.left.span, f"`{expr.op}`")
         _need_number(b, expr.right.span, f"`{expr.op}`")
         if expr.op in ("/", "//", "%") and b == 0:
@@ -56,15 +82,49 @@ def evaluate(expr, env: dict):
         if isinstance(a, int) and isinstance(b, int) and a % b == 0:
             return a // b
         return a / b
+    if isinstance(expr, ast.CallExpr) and expr.name in SHAPE_FUNCTIONS:
+        return _shape_function(expr, env, tensor_type)
     if isinstance(expr, ast.CallExpr):
         kwargs, pos = {}, []
         for arg in expr.args:
             if arg.name is None:
-                pos.append(evaluate(arg.value, env))
+                pos.append(sub(arg.value))
             else:
-                kwargs[arg.name] = evaluate(arg.value, env)
+                kwargs[arg.name] = sub(arg.value)
         return ("call", expr.name, tuple(pos), kwargs)
     raise EvalError("not a value", getattr(expr, "span", None))
+
+
+def _shape_function(expr, env, tensor_type):
+    """`channels(x)`, `height(x)`, `width(x)`, `dim(x, axis)`: a fixed size of a visible tensor."""
+    name = expr.name
+    axis_given = SHAPE_FUNCTIONS[name] is None
+    usage = f"`{name}(x, axis)`" if axis_given else f"`{name}(x)`"
+    want = 2 if axis_given else 1
+    if len(expr.args) != want or any(a.name is not None for a in expr.args):
+        raise EvalError(f"{usage} takes {want} positional argument{'s' * (want != 1)}, found {len(expr.args)}",
+                        expr.span, help=f"e.g. `conv({name}(in) / 2, 1x1)`" if not axis_given else
+                        "e.g. `dim(in, 2)` for the height of [N, C, H, W]")
+    target = expr.args[0].value
+    t = tensor_type(target.id) if isinstance(target, ast.Name) else None
+    if t is None:
+        raise EvalError(f"{usage} needs a tensor name, found {describe(evaluate(target, env, tensor_type))}",
+                        target.span, help="inside a block the input is `in`; elsewhere name a tensor assigned with `=`")
+    if axis_given:
+        axis = evaluate(expr.args[1].value, env, tensor_type)
+        if isinstance(axis, bool) or not isinstance(axis, int) or not 1 <= axis < t.rank:
+            raise EvalError(f"`dim` axis must be a whole number from 1 to {t.rank - 1} for {t}, found {describe(axis)}",
+                            expr.args[1].span, help="axis 0 is the batch; 1 is the channels")
+    else:
+        axis = SHAPE_FUNCTIONS[name]
+        if axis >= t.rank:
+            raise EvalError(f"`{name}` reads axis {axis}, but `{target.id}` is {t}", expr.span,
+                            help="channels, height and width are axes 1, 2, 3 of [N, C, H, W]")
+    size = t.shape[axis]
+    if not isinstance(size, int):
+        raise EvalError(f"`{target.id}` has the symbolic size `{size}` on axis {axis}", expr.span,
+                        help="sizes used in arithmetic must be fixed; give the dimension a number or `--set` it")
+    return size
 
 
 def _need_number(v, span, what):

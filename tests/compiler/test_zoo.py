@@ -1,0 +1,202 @@
+"""The model zoo (models/*.net): every model compiles, and its parameter count is the published one.
+
+Counts are trainable parameters (batchnorm running statistics are buffers, as in torch's
+`parameters()`). The ImageNet counts are torchvision's, to the unit; GoogLeNet, NIN and the
+character models, which torchvision does not publish in this form, are checked against an
+independent computation (a torch.nn model built here, or arithmetic), never the compiler's
+own output.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.nn as nn
+
+from dslc.compiler import compile_file
+from dslc.summary import totals
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "models"
+
+# torchvision's published parameter counts (weights' meta "num_params"), and the CIFAR ones of
+# the usual 32x32 variants (kuangliu/pytorch-cifar ResNet18 and VGG('VGG11')).
+PUBLISHED = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "vgg16": 138_357_544,
+    "alexnet": 61_100_840,
+    "densenet121": 7_978_856,
+    "squeezenet": 1_248_424,
+    "lenet5": 61_706,
+    "resnet_cifar": 11_173_962,
+    "vgg11_cifar": 9_231_114,
+}
+ALL_MODELS = sorted(p.stem for p in MODELS.glob("*.net"))
+
+
+def trainable(model: str, **overrides) -> int:
+    net, _ = compile_file(str(MODELS / f"{model}.net"), overrides)
+    return totals(net)["trainable_parameters"]
+
+
+def torch_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_zoo_holds_every_model_of_the_design():
+    expected = {"lenet5", "alexnet", "vgg16", "nin", "googlenet", "resnet18", "resnet34", "resnet50",
+                "densenet121", "squeezenet", "fcn", "charlstm", "chargru", "digits_cnn", "resnet_cifar",
+                "vgg11_cifar"}
+    assert expected <= set(ALL_MODELS)
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_model_compiles_cleanly_and_cites_its_source(model):
+    net, warnings = compile_file(str(MODELS / f"{model}.net"))
+    assert warnings == []
+    assert net.loss is not None and net.outputs
+    first_line = (MODELS / f"{model}.net").read_text().splitlines()[0]
+    assert first_line.startswith("# ") and " -- " in first_line, "a zoo file starts with `# Name -- source`"
+
+
+@pytest.mark.parametrize("model, count", sorted(PUBLISHED.items()))
+def test_parameter_count_matches_the_published_one(model, count):
+    assert trainable(model) == count
+
+
+def test_cli_json_reports_the_published_count():
+    """The installed `dslc` script (pip install -e .), not just the Python API."""
+    script = Path(sys.executable).parent / "dslc"
+    assert script.exists(), "install the package into the venv: .venv/bin/pip install -e ."
+    out = subprocess.run([str(script), "compile", str(MODELS / "resnet50.net"), "--format", "json"],
+                         capture_output=True, text=True, check=True)
+    summary = json.loads(out.stdout)
+    assert summary["network"] == "resnet50"
+    assert summary["trainable_parameters"] == 25_557_032
+    assert summary["flops"] == 2 * summary["macs"]
+
+
+def test_cli_set_changes_the_class_count():
+    script = Path(sys.executable).parent / "dslc"
+    out = subprocess.run([str(script), "compile", str(MODELS / "resnet18.net"), "--format", "json",
+                          "--set", "classes=10"], capture_output=True, text=True, check=True)
+    # the fc layer shrinks from 512 x 1000 + 1000 to 512 x 10 + 10
+    assert json.loads(out.stdout)["trainable_parameters"] == 11_689_512 - (513 * 1000 - 513 * 10)
+
+
+def test_hierarchical_names_read_like_torchvision():
+    resnet, _ = compile_file(str(MODELS / "resnet34.net"))
+    names = set(resnet.graph.nodes)
+    assert {"conv1", "bn1", "layer1.2.conv2", "layer2.0.downsample.0", "layer2.0.downsample.1", "layer2.3.bn2",
+            "layer3.5.conv1", "layer4.2.conv2", "fc"} <= names
+    vgg, _ = compile_file(str(MODELS / "vgg16.net"))
+    assert vgg.graph.nodes["features.28"]["op"] == "conv"
+    assert vgg.graph.nodes["features.30"]["op"] == "maxpool"
+    assert vgg.graph.nodes["classifier.6"]["op"] == "dense"
+    dense, _ = compile_file(str(MODELS / "densenet121.net"))
+    assert dense.graph.nodes["features.denseblock3.23.conv2"]["type"].shape == ("N", 32, 14, 14)
+    assert dense.graph.nodes["features.transition2.conv"]["type"].shape == ("N", 256, 28, 28)
+
+
+class _Inception(nn.Module):
+    def __init__(self, c_in, c1, c3r, c3, c5r, c5, pool_proj):
+        super().__init__()
+        self.branches = nn.ModuleList([
+            nn.Conv2d(c_in, c1, 1),
+            nn.Sequential(nn.Conv2d(c_in, c3r, 1), nn.Conv2d(c3r, c3, 3, padding=1)),
+            nn.Sequential(nn.Conv2d(c_in, c5r, 1), nn.Conv2d(c5r, c5, 5, padding=2)),
+            nn.Conv2d(c_in, pool_proj, 1),
+        ])
+        self.c_out = c1 + c3 + c5 + pool_proj
+
+
+def _googlenet_paper(classes: int) -> nn.Module:
+    """Szegedy et al. 2015, Table 1 and Section 5 (auxiliary heads), as plain torch layers."""
+    table = [  # (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj), Table 1
+        (64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64),
+        (192, 96, 208, 16, 48, 64), (160, 112, 224, 24, 64, 64), (128, 128, 256, 24, 64, 64),
+        (112, 144, 288, 32, 64, 64), (256, 160, 320, 32, 128, 128),
+        (256, 160, 320, 32, 128, 128), (384, 192, 384, 48, 128, 128),
+    ]
+    layers = [nn.Conv2d(3, 64, 7), nn.Conv2d(64, 64, 1), nn.Conv2d(64, 192, 3)]
+    c = 192
+    for row in table:
+        module = _Inception(c, *row)
+        layers.append(module)
+        c = module.c_out
+    layers.append(nn.Linear(c, classes))
+    auxiliary_inputs = (512, 528)          # outputs of inception 4a and 4d
+    for c_aux in auxiliary_inputs:
+        layers += [nn.Conv2d(c_aux, 128, 1), nn.Linear(128 * 4 * 4, 1024), nn.Linear(1024, classes)]
+    return nn.ModuleList(layers)
+
+
+@pytest.mark.parametrize("classes", [1000, 10])
+def test_googlenet_count_matches_the_paper_built_in_torch(classes):
+    assert trainable("googlenet", classes=classes) == torch_count(_googlenet_paper(classes))
+
+
+def test_googlenet_loss_weighs_the_auxiliary_heads():
+    net, _ = compile_file(str(MODELS / "googlenet.net"))
+    total = net.graph.nodes[net.loss]
+    assert total["attrs"]["weights"] == (1.0, 0.3, 0.3)
+    heads = [net.graph.nodes[term]["inputs"][0] for term in total["inputs"]]
+    assert heads == ["fc", "aux1.fc2", "aux2.fc2"]
+    assert [net.tensor_name(o) for o in net.outputs] == ["logits"]
+
+
+def test_nin_count_by_arithmetic():
+    def mlpconv(c_in, c, k, c_out):   # k x k conv, then two 1x1 convs, all biased
+        return (c_in * k * k + 1) * c + (c + 1) * c + (c + 1) * c_out
+    expected = mlpconv(3, 96, 11, 96) + mlpconv(96, 256, 5, 256) + mlpconv(256, 384, 3, 384) \
+        + mlpconv(384, 1024, 3, 1000)
+    assert trainable("nin") == expected
+
+
+@pytest.mark.parametrize("model, recurrent", [("charlstm", nn.LSTM), ("chargru", nn.GRU)])
+def test_character_models_match_torch(model, recurrent):
+    reference = nn.ModuleList([nn.Embedding(65, 64), recurrent(64, 256, num_layers=2), nn.Linear(256, 65)])
+    assert trainable(model, T=100) == torch_count(reference)
+
+
+@pytest.mark.parametrize("model", ["charlstm", "chargru"])
+def test_summary_of_a_symbolic_length_model(model):
+    """With T unbound the MAC count is unknown, but the summary must still be printed."""
+    script = Path(sys.executable).parent / "dslc"
+    out = subprocess.run([str(script), "compile", str(MODELS / f"{model}.net"), "--format", "json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["symbols"] == {"T": None}
+
+
+@pytest.mark.parametrize("model", ["charlstm", "chargru"])
+def test_character_models_keep_the_sequence_length_symbolic(model):
+    net, _ = compile_file(str(MODELS / f"{model}.net"))
+    assert net.symbols == {"T": None}
+    assert net.graph.nodes["decoder"]["type"].shape == ("N", "T", 65)
+    assert net.train["clip_grad_norm"] == 5
+    fixed, _ = compile_file(str(MODELS / f"{model}.net"), {"T": 100})
+    assert fixed.graph.nodes["decoder"]["type"].shape == ("N", 100, 65)
+    assert totals(fixed)["macs"] > 100 * 256 * 65
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_fcn_upsamples_back_to_the_input_size(size):
+    net, _ = compile_file(str(MODELS / "fcn.net"), {"size": size})
+    assert net.graph.nodes["upscore"]["op"] == "deconv"
+    assert net.graph.nodes["upscore"]["type"].shape == ("N", 21, size, size)
+    assert net.graph.nodes["mask"]["type"].shape == ("N", size, size)
+    assert net.graph.nodes["mask"]["type"].dtype == "int64"
+
+
+def test_small_models_fit_their_datasets():
+    digits, _ = compile_file(str(MODELS / "digits_cnn.net"))
+    assert digits.graph.nodes["image"]["type"].shape == ("N", 1, 16, 16)
+    assert trainable("digits_cnn") < 100_000
+    cifar, _ = compile_file(str(MODELS / "resnet_cifar.net"))
+    assert cifar.graph.nodes["layer1.1.conv2"]["type"].shape == ("N", 64, 32, 32)   # no stem max-pool
+    assert cifar.graph.nodes["layer4.1.conv2"]["type"].shape == ("N", 512, 4, 4)
+    assert cifar.train["augment"] == ("call", "augment", (), {"crop": 4, "flip": True})
