@@ -142,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:   # `--help` prints and exits 0 inside argparse; return it like any command
+            return e.code or 0
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -43,21 +43,31 @@ def load_source(path: str) -> Source:
     except IsADirectoryError:
         raise UsageError(f"{path} is a directory, not a .net file") from None
     except UnicodeDecodeError as e:
-        raise CompileError([Diagnostic(f"{path} is not UTF-8 text (bad byte at offset {e.start})",
-                                       help="a .net file is plain text")]) from None
+        raise CompileError([Diagnostic(f"{path} is not UTF-8 text: {_bad_byte(e)}",
+                                       help="a .net file is plain text; save it as UTF-8")]) from None
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError:      # a path with a NUL character in it, which no file system accepts
+        raise UsageError(f"no such file: {path!r}") from None
+
+
+def _bad_byte(e: UnicodeDecodeError) -> str:
+    """Where the first byte that is no UTF-8 text sits, as line and column, for the user's editor."""
+    good = e.object[:e.start].decode("utf-8", errors="replace")
+    line = good.count("\n") + 1
+    col = len(good) - (good.rfind("\n") + 1) + 1
+    return f"byte 0x{e.object[e.start]:02x} at line {line}, column {col}"
 
 
 def compile_source(source: Source, overrides: dict | None = None) -> tuple[Network, list[Diagnostic]]:
     """Everything up to a checked network; raises CompileError with all errors found."""
-    program = parse(source)
     diags = Diagnostics()
     try:
+        program = parse(source)
         net = elaborate(program, overrides, diags)
-    except RecursionError:
-        diags.error("the program nests too deeply to compile", help="flatten deeply nested groups or blocks")
-        net = None
+    except RecursionError:   # parsing and elaborating recurse once per level of nesting
+        diags.error("the program nests too deeply to compile",
+                    help="flatten deeply nested parentheses, groups or blocks")
     diags.raise_if_any()
     return net, diags.warnings
 

@@ -13,6 +13,7 @@ all reported in one run; `CompileError` carries the whole list out of the pipeli
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 
@@ -23,8 +24,10 @@ class Source:
     text: str
 
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
-        return lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+        # Lines end at "\n" only, as the parser counts them: str.splitlines() would also split
+        # at form feeds and U+2028 in comments and show the wrong line under a right number.
+        lines = self.text.split("\n")
+        return lines[lineno - 1].removesuffix("\r") if 0 < lineno <= len(lines) else ""
 
 
 @dataclass(frozen=True)
@@ -55,14 +58,16 @@ class Diagnostic:
         if self.span is not None:
             s = self.span
             out.append(f"  --> {s.where}")
-            text = s.source.line(s.line).rstrip("\n").expandtabs(1)
+            text = s.source.line(s.line)
             num = str(s.line)
             pad = " " * len(num)
             end = s.end_col if s.end_line == s.line else len(text) + 1
-            width = max(1, end - s.col)
+            # Columns count characters; the carets are placed by the width each takes on screen.
+            before = _display_width(text[:s.col - 1]) + max(0, s.col - 1 - len(text))
+            width = max(1, _display_width(text[s.col - 1:end - 1]))
             out.append(f" {pad} |")
-            out.append(f" {num} | {text}")
-            caret = " " * (s.col - 1) + "^" * width
+            out.append(f" {num} | {_printable(text)}")
+            caret = " " * before + "^" * width
             out.append(f" {pad} | {caret}" + (f" {self.label}" if self.label else ""))
             for n in self.notes:
                 out.append(f" {pad} = {n}")
@@ -82,6 +87,22 @@ class Diagnostic:
             d.update(file=self.span.source.path, line=self.span.line, col=self.span.col,
                      end_line=self.span.end_line, end_col=self.span.end_col)
         return d
+
+
+def _printable(text: str) -> str:
+    """A source line made safe to print: a tab shows as one space, other control characters as
+    U+FFFD, so that no raw escape reaches the terminal and every character keeps its column."""
+    return "".join(" " if c == "\t" else "\ufffd" if not c.isprintable() and c != " " else c for c in text)
+
+
+def _display_width(text: str) -> int:
+    """Terminal columns of `text` as _printable shows it: wide (CJK) characters take two, combining marks none."""
+    width = 0
+    for c in text:
+        if unicodedata.combining(c):
+            continue
+        width += 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+    return width
 
 
 class CompileError(Exception):
@@ -115,22 +136,30 @@ class Diagnostics:
 
 
 def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
+    """Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`.
+
+    Swapping neighbours counts one edit, so the commonest typo, `rleu` for `relu`, is close."""
+    rows = [list(range(len(b) + 1))]
     for i, ca in enumerate(a, 1):
         cur = [i]
         for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+            d = min(rows[-1][j] + 1, cur[j - 1] + 1, rows[-1][j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                d = min(d, rows[-2][j - 2] + 1)
+            cur.append(d)
+        rows.append(cur)
+    return rows[-1][-1]
 
 
 def did_you_mean(name: str, candidates) -> str:
-    """`did you mean `x`?` for the closest candidate within a third of the name's length, else ''."""
+    """`did you mean `x`?` for the closest candidate within a third of the name's length, else ''.
+
+    A candidate as far from the name as rewriting it whole (`c` for `e`) is no suggestion."""
     best, best_d = None, None
     for c in sorted(set(candidates)):
         d = edit_distance(name.lower(), c.lower())
         if best_d is None or d < best_d:
             best, best_d = c, d
-    if best is not None and best_d <= max(1, len(name) // 3):
+    if best is not None and best_d <= max(1, len(name) // 3) and best_d < max(len(name), len(best)):
         return f"did you mean `{best}`?"
     return ""

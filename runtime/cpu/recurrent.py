@@ -7,14 +7,15 @@ the work that does not depend on the recurrence is done in one GEMM per layer:
 
     forward   projected (T*N, G*H) = inputs (T*N, F) @ W_ih^T          one GEMM per layer
               per step: recurrent (N, G*H) = h_{t-1} (N, H) @ W_hh^T     one GEMM per step
+                        (run as W_hh @ h_{t-1}^T, see _recurrent_product)
     backward  per step: dh_{t-1} (N, H) = dgates_t (N, G*H) @ W_hh        one GEMM per step
               dW_ih = dgates^T @ inputs, dW_hh = dgates[1:]^T @ h[:-1],
               dinputs = dgates @ W_ih                                     one GEMM each per layer
 
 All GEMMs are `np.dot` inside `@njit`, so they run on one BLAS thread pool (SciPy's OpenBLAS);
 mixing in numpy's `@` would wake a second pool that competes for the same cores (PERF-NOTES).
-The elementwise work per step is serial: it is small next to the recurrent GEMM, and a Numba
-thread pool would compete with BLAS too.
+The elementwise work per step is serial: it is small next to the recurrent GEMM once its
+activations vectorise (see _tanh), and a Numba thread pool would compete with BLAS too.
 
 Forward saves, for every layer and step, what backward needs (activated gates, LSTM cell
 states, GRU's W_hn h + b_hn, hidden states); backward is backpropagation through time over
