@@ -9,6 +9,7 @@ the work that does not depend on the recurrence is done in one GEMM per layer:
               per step: recurrent (N, G*H) = h_{t-1} (N, H) @ W_hh^T     one GEMM per step
                         (run as W_hh @ h_{t-1}^T, see _recurrent_product)
     backward  per step: dh_{t-1} (N, H) = dgates_t (N, G*H) @ W_hh        one GEMM per step
+                        (run as W_hh^T @ dgates_t^T, see _recurrent_grad_product)
               dW_ih = dgates^T @ inputs, dW_hh = dgates[1:]^T @ h[:-1],
               dinputs = dgates @ W_ih                                     one GEMM each per layer
 
@@ -132,6 +133,18 @@ def _recurrent_product(h_prev, w_hh, recurrent_t, recurrent):
 
 
 @njit
+def _recurrent_grad_product(dgates_t, w_hh_t, dh_recurrent_t, dh_recurrent):
+    """dh_recurrent (N, H) = dgates_t (N, G*H) @ W_hh, via W_hh^T @ dgates_t^T.
+
+    Same trick as _recurrent_product: w_hh_t is a contiguous copy of W_hh^T (made once per
+    layer and backward pass) so the big operand comes first; about 1.35x faster than
+    dgates_t @ W_hh at N=20, H=650.
+    """
+    np.dot(w_hh_t, dgates_t.T, dh_recurrent_t)
+    dh_recurrent[:] = dh_recurrent_t.T
+
+
+@njit
 def _layer_grads(inputs, hidden, dgates_in, dgates_hidden, w_ih,
                  gw_ih, gw_hh, gb_ih, gb_hh, dinputs, want_dinputs):
     """Parameter and input gradients of one layer from its per-step gate gradients.
@@ -187,7 +200,7 @@ def _rnn_layer_forward(inputs, w_ih, w_hh, b_ih, b_hh, hidden, recurrent_t, recu
 
 
 @njit
-def _rnn_backward_through_time(hidden, dhidden, w_hh, dgates, dh_recurrent):
+def _rnn_backward_through_time(hidden, dhidden, w_hh_t, dgates, dh_recurrent_t, dh_recurrent):
     steps, batch, size = hidden.shape
     dh_recurrent[:] = 0
     for t in range(steps - 1, -1, -1):
@@ -196,7 +209,7 @@ def _rnn_backward_through_time(hidden, dhidden, w_hh, dgates, dh_recurrent):
                 h = hidden[t, n, j]
                 dgates[t, n, j] = (dhidden[t, n, j] + dh_recurrent[n, j]) * (1.0 - h * h)
         if t > 0:
-            np.dot(dgates[t], w_hh, dh_recurrent)
+            _recurrent_grad_product(dgates[t], w_hh_t, dh_recurrent_t, dh_recurrent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +249,8 @@ def _lstm_layer_forward(inputs, w_ih, w_hh, b_ih, b_hh, projected, gates, cells,
 
 
 @njit
-def _lstm_backward_through_time(gates, cells, dhidden, w_hh, dgates, dh_recurrent, dcell):
+def _lstm_backward_through_time(gates, cells, dhidden, w_hh_t, dgates, dh_recurrent_t,
+                                dh_recurrent, dcell):
     steps, batch, size = cells.shape
     dh_recurrent[:] = 0
     dcell[:] = 0
@@ -257,7 +271,7 @@ def _lstm_backward_through_time(gates, cells, dhidden, w_hh, dgates, dh_recurren
                 dgates[t, n, 3 * size + j] = dh * tanh_c * o * (1.0 - o)
                 dcell[n, j] = dc * f
         if t > 0:
-            np.dot(dgates[t], w_hh, dh_recurrent)
+            _recurrent_grad_product(dgates[t], w_hh_t, dh_recurrent_t, dh_recurrent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +305,8 @@ def _gru_layer_forward(inputs, w_ih, w_hh, b_ih, b_hh, projected, gates, hidden_
 
 
 @njit
-def _gru_backward_through_time(gates, hidden_proj, hidden, dhidden, w_hh,
-                               dgates_in, dgates_hidden, dh_recurrent, dh_direct):
+def _gru_backward_through_time(gates, hidden_proj, hidden, dhidden, w_hh_t,
+                               dgates_in, dgates_hidden, dh_recurrent_t, dh_recurrent, dh_direct):
     steps, batch, size = hidden.shape
     dh_recurrent[:] = 0
     for t in range(steps - 1, -1, -1):
@@ -315,7 +329,7 @@ def _gru_backward_through_time(gates, hidden_proj, hidden, dhidden, w_hh,
                 dgates_hidden[t, n, 2 * size + j] = dnew * r
                 dh_direct[n, j] = dh * z
         if t > 0:
-            np.dot(dgates_hidden[t], w_hh, dh_recurrent)
+            _recurrent_grad_product(dgates_hidden[t], w_hh_t, dh_recurrent_t, dh_recurrent)
             for n in range(batch):
                 for j in range(size):
                     dh_recurrent[n, j] += dh_direct[n, j]
@@ -352,6 +366,8 @@ class _RecurrentKernel(Kernel):
             "dgates": ((steps, batch, width), "float32"),        # reused by every layer
             "dhidden": ((steps, batch, size), "float32"),        # dloss/dh from above, per layer
             "dh_recurrent": ((batch, size), "float32"),          # dloss/dh_{t-1} via W_hh
+            "dh_recurrent_t": ((size, batch), "float32"),        # its transpose, from BLAS
+            "weight_hh_t": ((size, width), "float32"),           # W_hh^T of the current layer
             "dinputs_time_major": ((steps, batch, self.features), "float32"),
         }
         for layer in range(self.layers):
@@ -366,8 +382,9 @@ class _RecurrentKernel(Kernel):
     def forward_layer(self, layer, inputs, params, ws):
         raise NotImplementedError
 
-    def backward_through_time(self, layer, params, ws):
-        """Fill the gate gradients of `layer` from ws["dhidden"]; return (dgates_in, dgates_hidden)."""
+    def backward_through_time(self, layer, ws):
+        """Fill the gate gradients of `layer` from ws["dhidden"] and ws["weight_hh_t"] (its
+        W_hh^T); return (dgates_in, dgates_hidden)."""
         raise NotImplementedError
 
     def forward(self, ctx, xs, params, out, ws):
@@ -391,7 +408,8 @@ class _RecurrentKernel(Kernel):
         dtype = dhidden.dtype
         want_dx = gxs[0] is not None
         for layer in range(self.layers - 1, -1, -1):
-            dgates_in, dgates_hidden = self.backward_through_time(layer, params, ws)
+            np.copyto(ws["weight_hh_t"], params[f"weight_hh_l{layer}"].T)
+            dgates_in, dgates_hidden = self.backward_through_time(layer, ws)
             inputs = ws["inputs_time_major"] if layer == 0 else ws[f"hidden{layer - 1}"]
             # The layer below reads its dloss/dh from dhidden, which this layer no longer needs.
             dinputs = ws["dinputs_time_major"] if layer == 0 else dhidden
@@ -419,9 +437,9 @@ class RNNKernel(_RecurrentKernel):
         _rnn_layer_forward(inputs, *self.layer_params(params, layer),
                            ws[f"hidden{layer}"], ws["recurrent_t"], ws["recurrent"])
 
-    def backward_through_time(self, layer, params, ws):
-        _rnn_backward_through_time(ws[f"hidden{layer}"], ws["dhidden"],
-                                   params[f"weight_hh_l{layer}"], ws["dgates"], ws["dh_recurrent"])
+    def backward_through_time(self, layer, ws):
+        _rnn_backward_through_time(ws[f"hidden{layer}"], ws["dhidden"], ws["weight_hh_t"],
+                                   ws["dgates"], ws["dh_recurrent_t"], ws["dh_recurrent"])
         return ws["dgates"], ws["dgates"]
 
 
@@ -445,9 +463,9 @@ class LSTMKernel(_RecurrentKernel):
                             ws[f"gates{layer}"], ws[f"cells{layer}"], ws[f"hidden{layer}"],
                             ws["recurrent_t"], ws["recurrent"])
 
-    def backward_through_time(self, layer, params, ws):
+    def backward_through_time(self, layer, ws):
         _lstm_backward_through_time(ws[f"gates{layer}"], ws[f"cells{layer}"], ws["dhidden"],
-                                    params[f"weight_hh_l{layer}"], ws["dgates"],
+                                    ws["weight_hh_t"], ws["dgates"], ws["dh_recurrent_t"],
                                     ws["dh_recurrent"], ws["dcell"])
         return ws["dgates"], ws["dgates"]
 
@@ -473,9 +491,9 @@ class GRUKernel(_RecurrentKernel):
                            ws[f"gates{layer}"], ws[f"hidden_proj{layer}"], ws[f"hidden{layer}"],
                            ws["recurrent_t"], ws["recurrent"])
 
-    def backward_through_time(self, layer, params, ws):
+    def backward_through_time(self, layer, ws):
         _gru_backward_through_time(ws[f"gates{layer}"], ws[f"hidden_proj{layer}"],
-                                   ws[f"hidden{layer}"], ws["dhidden"],
-                                   params[f"weight_hh_l{layer}"], ws["dgates"],
-                                   ws["dgates_hidden"], ws["dh_recurrent"], ws["dh_direct"])
+                                   ws[f"hidden{layer}"], ws["dhidden"], ws["weight_hh_t"],
+                                   ws["dgates"], ws["dgates_hidden"], ws["dh_recurrent_t"],
+                                   ws["dh_recurrent"], ws["dh_direct"])
         return ws["dgates"], ws["dgates_hidden"]
