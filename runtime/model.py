@@ -45,7 +45,10 @@ class LoadReport:
 
 class Model:
     def __init__(self, net, device: str = "cpu", seed: int = 0, init: str | None = None):
+        """init: "he" or "xavier" for every weight initialised by fan; default: the `train { init ... }`
+        setting, else chosen per layer by the activation that follows it (He before ReLU-like, else Xavier)."""
         self.net = net
+        init = init or (str(net.train["init"]) if "init" in net.train else None)
         self.device = get_device(device)
         self.frozen: set[str] = set()
         self.specs = OrderedDict()

@@ -160,3 +160,12 @@ def test_dslc_run_char_lstm_loss_falls_well_below_uniform(tmp_path):
 def test_resume_without_checkpoint_is_a_usage_error():
     r = run_dslc("run", "models/digits_cnn.net", "--resume")
     assert r.returncode == 2 and "--checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_section_init_chooses_the_scheme():
+    he, _ = compile_source(Source("tiny.net", SMALL_CNN))
+    xavier, _ = compile_source(Source("tiny.net", SMALL_CNN.replace("batch 16", "batch 16 init xavier")))
+    w_he = Model(he, seed=0).params["conv1.weight"]          # followed by batchnorm -> relu: He by default
+    w_xavier = Model(xavier, seed=0).params["conv1.weight"]
+    fan_in, fan_out = 1 * 3 * 3, 4 * 3 * 3
+    assert np.std(w_xavier) / np.std(w_he) == pytest.approx(np.sqrt(fan_in / (fan_in + fan_out)), rel=1e-6)
