@@ -13,7 +13,7 @@ elaborator turns that into a diagnostic at the call's source span.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 REQUIRED = object()

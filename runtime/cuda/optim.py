@@ -16,7 +16,7 @@ from numba import cuda, float32
 
 from runtime.cuda.devicekernels import fill
 from runtime.cuda.launch import THREADS_1D, blocks_1d
-from runtime.cuda.norm import block_sum
+from runtime.cuda.reduce import block_sum
 from runtime.optim import OPTIMIZERS, Optimizer
 
 # Every kernel first forms the effective gradient g + weight_decay * p (L2, as torch) without

@@ -23,7 +23,7 @@ from numba import cuda, float32
 from runtime.cuda.devicekernels import fill
 from runtime.cuda.gemm import gemm
 from runtime.cuda.launch import THREADS_1D, blocks_1d
-from runtime.cuda.norm import block_sum, reduction_threads
+from runtime.cuda.reduce import block_sum, reduction_threads
 from runtime.kernel_api import Kernel, register
 
 
