@@ -169,3 +169,15 @@ def test_train_section_init_chooses_the_scheme():
     w_xavier = Model(xavier, seed=0).params["conv1.weight"]
     fan_in, fan_out = 1 * 3 * 3, 4 * 3 * 3
     assert np.std(w_xavier) / np.std(w_he) == pytest.approx(np.sqrt(fan_in / (fan_in + fan_out)), rel=1e-6)
+
+
+def test_device_cuda_without_a_gpu_says_what_is_missing():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    probe = subprocess.run([sys.executable, "-c", "from numba import cuda; print(cuda.is_available())"],
+                           capture_output=True, text=True, env=env)
+    if probe.stdout.strip() == "True":
+        pytest.skip("a real GPU is present")
+    r = subprocess.run(dslc_command() + ["run", "models/digits_cnn.net", "--device", "cuda", "--epochs", "1"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert "GPU" in r.stderr and "help:" in r.stderr and "Traceback" not in r.stderr
