@@ -24,7 +24,7 @@ from pathlib import Path
 import networkx as nx
 
 from . import ast
-from .diagnostics import Diagnostics, did_you_mean
+from .diagnostics import CompileError, Diagnostics, Span, did_you_mean
 from .ops import OPS, ShapeError, TensorType
 from .parser import parse, read_source
 from .values import POISONED, SHAPE_FUNCTIONS, CoerceError, EvalError, Word, coerce, describe, evaluate
@@ -33,7 +33,16 @@ from .values import Poisoned as _Poison
 MAX_TENSOR_BYTES = 8 << 30      # per sample; refuse before anything is allocated
 MAX_PARAMS = 4 << 30           # per operation: 16 GiB of float32
 MAX_REPEAT = 1000
+MAX_NODES = 100_000             # operations in one graph; elaboration stops at the limit
 BLOCK_INPUT = "in"              # the name of a block's input inside its body
+# Attribute kinds that take a bare word (`same`, `global`, `bilinear`): elsewhere an unbound
+# name among the arguments of an op that takes several tensors is a tensor that does not exist.
+_WORD_KINDS = ("enum", "pad", "window")
+
+# What flows along a chain after a step failed (its error is reported). The later steps still
+# check everything that needs no shapes (names, arguments, their kinds), then fail silently
+# in turn, so a mistake further down the same chain is reported in the same run.
+FAILED_INPUT = object()
 
 
 def _is_number(v):
@@ -101,6 +110,10 @@ class Network:
         return node
 
 
+class _GraphTooLarge(Exception):
+    """The graph reached MAX_NODES (reported): the elaboration stops."""
+
+
 class _Scope:
     """Naming and tensor environment of one block body (or the top level)."""
 
@@ -135,6 +148,15 @@ class Elaborator:
 
     # ---- entry -------------------------------------------------------------------------
     def run(self) -> Network:
+        try:
+            net = self._run()
+        except _GraphTooLarge:      # reported; elaborating on would only take longer
+            self._drop_repeated_errors()
+            raise CompileError(self.d.items) from None
+        self._drop_repeated_errors()
+        return net
+
+    def _run(self) -> Network:
         items = self.program.items
         self._load_imports(self.program, seen={str(Path(self.program.source.path).resolve())})
         for it in items:
@@ -156,6 +178,8 @@ class Elaborator:
                 elif it.name not in top.tensors:
                     top.tensors[it.name] = None      # reported: its uses are skipped silently
         assigns = [it for it in items if isinstance(it, ast.Assign)]
+        if not assigns and not any(isinstance(it, ast.InputDecl) for it in items):
+            self._no_network(items)
         for a in self._order(assigns, top):
             self._assign(a, top)
         loss = None
@@ -174,6 +198,26 @@ class Elaborator:
                       self.program.source.path, warnings,
                       {t: n for t, n in top.tensors.items() if n is not None})
         return net
+
+    def _no_network(self, items):
+        """A file without inputs or tensors: an empty summary would hide that nothing is there."""
+        blocks = [it.name for it in items if isinstance(it, ast.BlockDef)]
+        notes = ([f"it defines only blocks ({', '.join(f'`{b}`' for b in blocks)}): "
+                  "a file of blocks is for `import` into a network's file"] if blocks else [])
+        self.d.error("no network in this file", notes=notes,
+                     help="declare an input and a chain from it, e.g. `input image: [3, 32, 32]` "
+                          "and `logits = image -> flatten -> dense(10)`; see docs/LANGUAGE.md")
+
+    def _drop_repeated_errors(self):
+        """Keep one of each error as printed: a mistake inside a block body is found again at
+        every use of the block, and it is one root cause."""
+        seen, unique = set(), []
+        for d in self.d.items:
+            text = d.render()
+            if text not in seen:
+                seen.add(text)
+                unique.append(d)
+        self.d.items[:] = unique
 
     # ---- imports and blocks ----------------------------------------------------------------
     def _load_imports(self, program, seen):
@@ -195,7 +239,6 @@ class Elaborator:
             except UnicodeDecodeError:
                 self.d.error(f"cannot import `{it.path}`: not UTF-8 text", it.span, label="imported here")
                 continue
-            from .diagnostics import CompileError
             try:
                 sub = parse(src)
             except CompileError as e:
@@ -282,6 +325,7 @@ class Elaborator:
         t = TensorType(("N", *dims), "int64" if it.dtype == "int" else "float32")
         if not self._size_ok(t, it.span):
             return None
+        self._check_node_count(it.span)
         self.g.add_node(it.name, op="input", attrs={}, inputs=[], type=t, params={}, macs=0,
                         span=it.span, scope=())
         top.tensors[it.name] = it.name
@@ -331,22 +375,19 @@ class Elaborator:
         return node
 
     def _body(self, stmts, scope: _Scope, current):
-        """A block or residual body: statements run in order, each continuing from the last value."""
-        if not stmts:
-            return current
+        """A block or residual body: statements run in order, each continuing from the last value.
+        After a failed statement the later ones are still checked (see FAILED_INPUT)."""
         for s in stmts:
+            if isinstance(s, ast.Assign) and s.name in scope.tensors:
+                self.d.error(f"tensor `{s.name}` is assigned twice", s.name_span, label="again here")
+            try:
+                current = self._chain(s.chain if isinstance(s, ast.Assign) else s, scope, current)
+            except _Poison:
+                current = FAILED_INPUT
             if isinstance(s, ast.Assign):
-                if s.name in scope.tensors:
-                    self.d.error(f"tensor `{s.name}` is assigned twice", s.name_span, label="again here")
-                try:
-                    current = self._chain(s.chain, scope, current)
-                except _Poison:
-                    current = None
-                scope.tensors[s.name] = current
-                if current is None:
-                    raise _Poison()
-            else:
-                current = self._chain(s, scope, current)
+                scope.tensors[s.name] = None if current is FAILED_INPUT else current
+        if current is FAILED_INPUT:
+            raise _Poison()
         return current
 
     # ---- chains ----------------------------------------------------------------------------
@@ -362,15 +403,21 @@ class Elaborator:
         position = 0
         for i, term in enumerate(chain.terms):
             starts = first and i == 0
-            if numbered and isinstance(term, ast.Repeat):
-                n = self._repeat_count(term, scope)
-                for k in range(n):
-                    current = self._term(term.term, scope, current, starts and k == 0, label=str(position + k))
-                position += n
-                continue
-            label = str(position) if numbered and not isinstance(term, ast.Labelled) else None
-            current = self._term(term, scope, current, starts, label=label)
-            position += 1
+            steps = 1
+            try:
+                if numbered and isinstance(term, ast.Repeat):
+                    steps = self._repeat_count(term, scope)
+                    # after a failure one copy is checked: the others are the same text
+                    for k in range(1 if current is FAILED_INPUT else steps):
+                        current = self._term(term.term, scope, current, starts and k == 0, label=str(position + k))
+                else:
+                    label = str(position) if numbered and not isinstance(term, ast.Labelled) else None
+                    current = self._term(term, scope, current, starts, label=label)
+            except _Poison:
+                current = FAILED_INPUT
+            position += steps
+        if current is FAILED_INPUT:
+            raise _Poison()
         return current
 
     def _term(self, term, scope: _Scope, current, first: bool, label: str | None = None):
@@ -412,7 +459,7 @@ class Elaborator:
         n = self._repeat_count(term, scope)
         base = label or scope.fresh(term.term.name if isinstance(term.term, ast.Call) else "repeat")
         group = scope.child(base, "repeat")
-        for i in range(n):
+        for i in range(1 if current is FAILED_INPUT else n):     # after a failure, check one copy
             current = self._term(term.term, group, current, first and i == 0, label=str(i))
         return current
 
@@ -466,7 +513,8 @@ class Elaborator:
 
     # ---- ops -------------------------------------------------------------------------------
     def _op(self, op, call: ast.Call, scope: _Scope, current, label):
-        inputs = [] if current is None else [current]
+        failed_input = current is FAILED_INPUT     # checked all the same, then fails silently
+        inputs = [] if current is None or failed_input else [current]
         attrs, arg_spans, ok = {}, {}, True
         failed = set()             # attributes whose value had an error (reported already)
         arg_exprs = {}             # attribute -> the expression written for it
@@ -478,19 +526,26 @@ class Elaborator:
             if self._is_tensor_arg(a, scope):
                 node = scope.tensors[a.value.id]
                 if node is None:
-                    raise _Poison()
-                self.used.add(node)
-                inputs.append(node)
+                    failed_input = True
+                else:
+                    self.used.add(node)
+                    inputs.append(node)
                 continue
             try:
                 v = evaluate(a.value, scope.env, self._types(scope.tensors))
-            except EvalError as e:
-                self.d.error(e.message, e.span, help=e.help)
+            except (EvalError, _Poison) as e:
+                if isinstance(e, EvalError):     # a Poison's error is reported already
+                    self.d.error(e.message, e.span, help=e.help)
                 ok = False
                 if pos_specs:      # the argument still fills its place, so later ones keep theirs
                     failed.add(pos_specs[0].name)
                     if pos_specs[0].kind != "ints":
                         pos_specs.pop(0)
+                continue
+            if self._names_a_missing_tensor(op, v, pos_specs[0] if pos_specs else None):
+                self.d.error(f"unknown tensor `{v}`", a.span, label="not defined",
+                             help=did_you_mean(v, scope.tensors) or "define it with `name = ...` first")
+                ok = False
                 continue
             if not pos_specs:
                 self.d.error(f"`{op.name}` takes {len(specs)} argument{'s' * (len(specs) != 1)}, found an extra one",
@@ -520,8 +575,9 @@ class Elaborator:
                 continue
             try:
                 attrs[a.name] = evaluate(a.value, scope.env, self._types(scope.tensors))
-            except EvalError as e:
-                self.d.error(e.message, e.span, help=e.help)
+            except (EvalError, _Poison) as e:
+                if isinstance(e, EvalError):
+                    self.d.error(e.message, e.span, help=e.help)
                 failed.add(a.name)
                 ok = False
                 continue
@@ -546,9 +602,17 @@ class Elaborator:
                 ok = False
             else:
                 attrs[s.name] = coerce(s.kind, s.default, s.choices)
-        if not ok:
+        if not ok or failed_input:
             raise _Poison()
         return self._make_node(op, attrs, inputs, call, scope, label, arg_spans)
+
+    @staticmethod
+    def _names_a_missing_tensor(op, value, spec) -> bool:
+        """Whether a positional argument that is an unbound bare name can only be meant as a
+        tensor: the op takes tensors besides the one flowing in (`add(y, w)`), and the place
+        the name stands in takes no word."""
+        takes_tensors = op.max_inputs is None or op.max_inputs > 1
+        return isinstance(value, Word) and takes_tensors and (spec is None or spec.kind not in _WORD_KINDS)
 
     def _set_note(self, expr) -> list[str]:
         """A note saying a value came from the command line, where it did."""
@@ -578,10 +642,16 @@ class Elaborator:
                 notes.append(f"expected {e.expected}")
             if e.found:
                 notes.append(f"found    {e.found}")
+            # Inputs by the names the user wrote (`a`, `in`) where they have one, else by node name.
+            written = {}
+            for tensor, node in scope.tensors.items():
+                written.setdefault(node, tensor)
             for i in inputs:
                 if self.g.has_node(i):
-                    notes.append(f"input `{i}` is {self.g.nodes[i]['type']}")
-            self.d.error(f"{op.name}: {e.message}", span, label="here", notes=notes, help=e.help)
+                    notes.append(f"input `{written.get(i, i)}` is {self.g.nodes[i]['type']}")
+            names_the_op = e.message.startswith((f"{op.name} ", f"`{op.name}"))
+            message = e.message if names_the_op else f"{op.name}: {e.message}"
+            self.d.error(message, span, label="here", notes=notes, help=e.help)
             raise _Poison()
         name = self._node_name(scope, label, op.name)
         if not self._size_ok(out, call.span, name):
@@ -592,12 +662,20 @@ class Elaborator:
                          notes=[f"limit: {MAX_PARAMS:,} per operation"],
                          help="check the channel or unit counts (and any `--set` values)")
             raise _Poison()
+        self._check_node_count(call.span)
         self.g.add_node(name, op=prim.name, attrs=attrs, inputs=list(inputs), type=out, params=params, macs=macs,
                         span=call.span, scope=scope.path)
         for i in inputs:
             self.g.add_edge(i, name)
             self.used.add(i)
         return name
+
+    def _check_node_count(self, span):
+        if self.g.number_of_nodes() >= MAX_NODES:
+            self.d.error(f"the network has more than {MAX_NODES:,} operations", span, label="the limit is reached here",
+                         notes=[f"limit: {MAX_NODES:,} graph nodes"],
+                         help="check the repeat counts (`* n`), nested repetitions and blocks repeated inside blocks")
+            raise _GraphTooLarge()
 
     def _node_name(self, scope, label, kind):
         name = scope.prefix + (label if label is not None else scope.fresh(kind))
@@ -623,21 +701,23 @@ class Elaborator:
             raise _Poison()
         # Lexical scope: a body sees the network's parameters and its own, never its caller's.
         env = dict(self.network_params)
-        given, ok = {}, True
-        pos = [a for a in call.args if a.name is None]
+        ok = True
+        positional = [a for a in call.args if a.name is None]
+        if positional and current is None and self._is_tensor_arg(positional[0], scope):
+            node = scope.tensors[positional[0].value.id]        # `b(x, 64)`: x flows in
+            current = FAILED_INPUT if node is None else node
+            positional = positional[1:]
         names = [p.name for p in b.params]
-        for i, a in enumerate(pos):
-            if self._is_tensor_arg(a, scope) and current is None and i == 0:
-                current = scope.tensors[a.value.id]
-                if current is None:
-                    raise _Poison()
-                continue
-            if len(given) >= len(names):
-                self.d.error(f"block `{b.name}` takes {len(names)} argument{'s' * (len(names) != 1)}, found more",
-                             a.span, label="extra argument", notes=[_block_signature(b)], help="remove it")
-                ok = False
-                continue
-            given[names[len(given)]] = a
+        if len(positional) > len(names):
+            extra = positional[len(names):]
+            first, last = extra[0].span, extra[-1].span
+            where = Span(first.source, first.line, first.col, last.end_line, last.end_col)
+            self.d.error(f"block `{b.name}` takes {len(names)} argument{'s' * (len(names) != 1)}, "
+                         f"found {len(positional)}", where,
+                         label="extra argument" + "s" * (len(extra) > 1), notes=[_block_signature(b)],
+                         help="remove it" if len(extra) == 1 else "remove them")
+            ok = False
+        given = dict(zip(names, positional))
         for a in call.args:
             if a.name is None:
                 continue
@@ -651,33 +731,37 @@ class Elaborator:
                 ok = False
             else:
                 given[a.name] = a
+        input_types = self._types({} if current is None else
+                                  {BLOCK_INPUT: None if current is FAILED_INPUT else current})
         for p in b.params:
             try:
                 if p.name in given:
                     env[p.name] = evaluate(given[p.name].value, scope.env, self._types(scope.tensors))
                 elif p.default is not None:
-                    env[p.name] = evaluate(p.default, env, self._types({} if current is None else {BLOCK_INPUT: current}))
+                    env[p.name] = evaluate(p.default, env, input_types)
                 else:
                     self.d.error(f"block `{b.name}` is missing its argument `{p.name}`", call.span, label="needs more",
                                  notes=[_block_signature(b)])
-                    ok = False
-            except EvalError as e:
-                self.d.error(e.message, e.span, help=e.help)
-                ok = False
-        if not ok:
-            raise _Poison()
+                    env[p.name], ok = POISONED, False
+            except (EvalError, _Poison) as e:
+                if isinstance(e, EvalError):     # a Poison's error is reported already
+                    self.d.error(e.message, e.span, help=e.help)
+                env[p.name], ok = POISONED, False
         if current is None:
             self.d.error(f"block `{b.name}` has no input", call.span, label="nothing flows into this",
                          help="write `x -> block(...)`")
-            raise _Poison()
+            ok = False
+        if not ok:
+            # The body is still checked for mistakes of its own; what reads a failed parameter
+            # (POISONED) or the input is skipped silently.
+            current = FAILED_INPUT
         inst = label if label is not None else scope.fresh(b.name)
-        inner = scope.child(inst, b.name, env=env, tensors={BLOCK_INPUT: current})
+        inner = scope.child(inst, b.name, env=env, tensors={BLOCK_INPUT: None if current is FAILED_INPUT else current})
         self.block_stack.append(b.name)
         try:
-            out = self._body(b.body, inner, current)
+            return self._body(b.body, inner, current)
         finally:
             self.block_stack.pop()
-        return out
 
     # ---- residual and branches -------------------------------------------------------------
     def _residual(self, term: ast.Residual, scope: _Scope, current, label):
@@ -685,14 +769,21 @@ class Elaborator:
             self.d.error("`residual` has no input", term.span, label="nothing flows into this")
             raise _Poison()
         rs = scope if label is None else scope.child(label, "residual")
-        branch = self._body(term.body, rs, current)
+        try:
+            branch = self._body(term.body, rs, current)
+        except _Poison:
+            branch = FAILED_INPUT
+        short = current
+        if isinstance(term.shortcut, list):      # `shortcut { steps }`, checked even when the branch failed
+            try:
+                short = self._body(term.shortcut, rs.child("shortcut", "shortcut"), current)
+            except _Poison:
+                short = FAILED_INPUT
+        if branch is FAILED_INPUT or short is FAILED_INPUT:
+            raise _Poison()
         bt, xt = self.g.nodes[branch]["type"], self.g.nodes[current]["type"]
-        if term.shortcut is None:
-            short = current
-        elif term.shortcut == "auto":
-            short = current if bt == xt else self._projection(term, rs, current, bt, xt)
-        else:
-            short = self._body(term.shortcut, rs.child("shortcut", "shortcut"), current)
+        if term.shortcut == "auto" and bt != xt:
+            short = self._projection(term, rs, current, bt, xt)
         st = self.g.nodes[short]["type"]
         if st != bt:
             last = self.g.nodes[branch]["span"]
@@ -759,10 +850,6 @@ class Elaborator:
                              notes=["losses: " + ", ".join(losses)],
                              help=did_you_mean(t.call.name, losses) or "use one of the losses above")
                 continue
-            for a in t.call.args:
-                if a.name is None and isinstance(a.value, ast.Name) and a.value.id not in top.tensors:
-                    self.d.error(f"unknown tensor `{a.value.id}`", a.span, label="not defined",
-                                 help=did_you_mean(a.value.id, top.tensors) or "define it with `name = ...` first")
             try:
                 n = self._op(op, t.call, scope, None, None)
             except _Poison:
@@ -937,7 +1024,16 @@ def _show_default(v):
 
 
 def _block_signature(b: ast.BlockDef) -> str:
-    return f"signature: block {b.name}({', '.join(p.name for p in b.params)})"
+    params = [p.name if p.default is None else f"{p.name} = {_source_text(p.default.span)}" for p in b.params]
+    return f"signature: block {b.name}({', '.join(params)})"
+
+
+def _source_text(span: Span) -> str:
+    """The text a span covers as the user wrote it, lines joined by a space."""
+    lines = [span.source.line(n) for n in range(span.line, span.end_line + 1)]
+    lines[-1] = lines[-1][:span.end_col - 1]
+    lines[0] = lines[0][span.col - 1:]
+    return " ".join(line.strip() for line in lines)
 
 
 def elaborate(program: ast.Program, overrides=None, diags=None) -> Network:

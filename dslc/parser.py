@@ -4,12 +4,15 @@ Syntax errors become diagnostics that name the expected tokens in words, never L
 """
 from __future__ import annotations
 
+import codecs
 import functools
+import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import ast
 from .diagnostics import CompileError, Diagnostic, Source, Span
@@ -19,6 +22,15 @@ _TERMINAL_WORDS = {
     "NAME": "a name", "INT": "a number", "FLOAT": "a number", "KERNEL": "a size like 3x3",
     "STRING": "a quoted path", "DTYPE": "`int` or `float`", "$END": "end of file",
 }
+# Binary operators may follow any complete expression; listing them in "expected ..." buries
+# the tokens that would actually end it (`,`, `)`), so they are named only when nothing else fits.
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "PERCENT", "__ANON_1"}   # __ANON_1 is `//`
+# Brackets: each opening terminal's closing one and back, and the characters of both.
+_CLOSERS = {"LPAR": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
+_OPENERS = {closer: opener for opener, closer in _CLOSERS.items()}
+_BRACKET_TEXT = {"LPAR": "(", "RPAR": ")", "LSQB": "[", "RSQB": "]", "LBRACE": "{", "RBRACE": "}"}
+# Whole-number literals are sizes, counts and seeds: they must fit in 64 bits.
+MAX_INT_LITERAL = 2**63 - 1
 
 
 def _grammar_text() -> str:
@@ -38,6 +50,27 @@ def _span(source, meta_or_token) -> Span:
     return Span(source, m.line, m.column, m.end_line, m.end_column)
 
 
+@dataclass(frozen=True)
+class EndOfFileSpan(Span):
+    """The end of a file's text, just past its last token: the caret sits there, while the
+    `file:line:col` location names the last character, since a location names a character."""
+
+    @property
+    def where(self) -> str:
+        return f"{self.source.path}:{self.line}:{max(1, self.col - 1)}"
+
+
+def _end_of_file_span(source: Source, last_token: Token | None) -> EndOfFileSpan:
+    """Just past `last_token` (Lark's end-of-input token borrows the last real token's
+    position), or past the last character of the text when there is none."""
+    if last_token is not None and last_token.end_line is not None:
+        line, col = last_token.end_line, last_token.end_column
+    else:
+        lines = source.text.rstrip().split("\n")
+        line, col = len(lines), len(lines[-1].removesuffix("\r")) + 1
+    return EndOfFileSpan(source, line, col, line, col + 1)
+
+
 def _describe_terminal(lark: Lark, name: str) -> str:
     if name in _TERMINAL_WORDS:
         return _TERMINAL_WORDS[name]
@@ -51,8 +84,12 @@ def _describe_terminal(lark: Lark, name: str) -> str:
 
 
 def _expected_words(lark, names) -> str:
-    words = sorted({_describe_terminal(lark, n) for n in names if not n.startswith("__IGNORE")})
-    # Keep the message short: names and punctuation first.
+    # Tokens in backquotes first, closing brackets last among them (`,` or `)` reads in the
+    # order they are written), then the classes of tokens (a name, a number).
+    closing = {f"`{_BRACKET_TEXT[c]}`" for c in _CLOSERS.values()}
+    words = sorted({_describe_terminal(lark, n) for n in names if not n.startswith("__IGNORE")},
+                   key=lambda w: (not w.startswith("`"), w in closing, w))
+    # Keep the message short.
     if len(words) > 8:
         words = words[:8] + ["..."]
     if len(words) == 1:
@@ -67,6 +104,30 @@ def _found(tok: Token) -> str:
     return f"`{v}`" if len(v) <= 30 else f"`{v[:27]}...`"
 
 
+def _open_brackets(source: Source, before: int) -> list[str]:
+    """The brackets still open at character offset `before`, innermost last, as terminal
+    names (`LPAR`, ...). A closing bracket with no partner is skipped."""
+    stack = []
+    for tok in _lark().lex(source.text[:before]):
+        if tok.type in _CLOSERS:
+            stack.append(tok.type)
+        elif tok.type in _OPENERS and _OPENERS[tok.type] in stack:   # closes it and all opened since
+            del stack[len(stack) - 1 - stack[::-1].index(_OPENERS[tok.type]):]
+    return stack
+
+
+def _acceptable(err: UnexpectedToken) -> set[str]:
+    """The terminals to name in "expected ...". LALR merges the lookaheads of similar states,
+    so `err.expected` may list terminals that would fail a step later (a `}` inside
+    parentheses), which the interactive parser's trial of each one rules out; taking only
+    terminals in both sets also keeps "`(` or a name" where a step starts, without the
+    keywords that may start one too."""
+    precise = set(err.expected) & err.interactive_parser.accepts()
+    names = precise or set(err.expected)
+    without_operators = names - _OPERATORS
+    return without_operators or names
+
+
 def syntax_diagnostic(source: Source, err: UnexpectedInput) -> Diagnostic:
     lark = _lark()
     if isinstance(err, UnexpectedCharacters):
@@ -78,33 +139,44 @@ def syntax_diagnostic(source: Source, err: UnexpectedInput) -> Diagnostic:
                           help=("names are letters, digits and `_`; comments start with `#`"
                                 if ch not in "\"'" else "strings use double quotes and end on the same line"))
     if isinstance(err, UnexpectedEOF):
-        lines = source.text.splitlines() or [""]
-        ln = len(lines)
-        col = len(lines[-1]) + 1
-        span = Span(source, ln, max(1, col - 1), ln, col)
-        return Diagnostic("unexpected end of file", span, label="the file ends here",
+        return Diagnostic("unexpected end of file", _end_of_file_span(source, None), label="the file ends here",
                           notes=[f"expected {_expected_words(lark, err.expected)}"],
                           help="a `{` or `(` may be missing its closing partner")
     tok = err.token
+    expected = _acceptable(err)
     if tok.type == "$END":
-        lines = source.text.splitlines() or [""]
-        ln = len(lines)
-        col = len(lines[-1]) + 1
-        span = Span(source, ln, max(1, col - 1), ln, max(2, col))
+        span = _end_of_file_span(source, tok)
+        label = "the file ends here"
+        open_brackets = _open_brackets(source, len(source.text))
     else:
         span = Span(source, tok.line, tok.column, tok.end_line or tok.line,
                     tok.end_column or tok.column + len(str(tok)))
-    expected = _expected_words(lark, err.expected)
-    hint = _syntax_hint(tok, err.expected)
-    return Diagnostic(f"expected {expected}, found {_found(tok)}", span, label="unexpected here", help=hint)
+        label = "unexpected here"
+        open_brackets = _open_brackets(source, tok.start_pos)
+        # `)` with no `(` open; but `[3, 4)` reads better as a `]` expected
+        other_closes_here = open_brackets and _CLOSERS[open_brackets[-1]] in expected
+        if tok.type in _OPENERS and _OPENERS[tok.type] not in open_brackets and not other_closes_here:
+            opener = _BRACKET_TEXT[_OPENERS[tok.type]]
+            return Diagnostic(f"unmatched `{tok}`", span, label=f"no `{opener}` before it",
+                              help=f"remove it, or add the `{opener}` it closes")
+    hint = _syntax_hint(tok, expected, open_brackets[-1] if open_brackets else None)
+    return Diagnostic(f"expected {_expected_words(lark, expected)}, found {_found(tok)}", span, label=label,
+                      help=hint)
 
 
-def _syntax_hint(tok: Token, expected) -> str:
-    exp = set(expected)
+_VALUE_TOKENS = {"NAME", "INT", "FLOAT", "KERNEL", "STRING"}
+
+
+def _syntax_hint(tok: Token, exp: set, innermost_open: str | None) -> str:
     if tok.type == "$END" and "RBRACE" in exp:
         return "a `{` is never closed"
     if tok.type == "$END" and "RPAR" in exp:
         return "a `(` is never closed"
+    if tok.type in _VALUE_TOKENS and "COMMA" in exp:
+        return "a `,` may be missing before it"
+    if innermost_open is not None and _CLOSERS[innermost_open] in exp and tok.type not in exp:
+        opener, closer = _BRACKET_TEXT[innermost_open], _BRACKET_TEXT[_CLOSERS[innermost_open]]
+        return f"a `{opener}` may be missing its `{closer}`"
     if tok.type == "NAME" and "__ANON_0" in exp or (tok.type == "NAME" and "EQUAL" in exp):
         return "statements are `name = chain`; a chain joins steps with `->`"
     if tok.type in ("EQUAL",):
@@ -114,6 +186,14 @@ def _syntax_hint(tok: Token, expected) -> str:
     if tok.type in ("INT", "FLOAT") and "NAME" in exp:
         return "a chain starts from a tensor name; numbers go inside an op's parentheses"
     return "see the language reference in docs/LANGUAGE.md"
+
+
+class _NumberTooLarge(Exception):
+    """A literal the grammar accepts whose value no program can use; carries its diagnostic."""
+
+    def __init__(self, diagnostic: Diagnostic):
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
 
 
 @v_args(meta=True)
@@ -129,15 +209,27 @@ class _ToAst(Transformer):
         return _span(self.source, tok)
 
     # expressions
+    def _whole(self, text: str, tok: Token) -> int:
+        # Checked by length first: Python refuses to convert over 4300 digits at all.
+        if len(text.lstrip("0")) > len(str(MAX_INT_LITERAL)) or int(text) > MAX_INT_LITERAL:
+            raise _NumberTooLarge(Diagnostic("number too large", self.tsp(tok), label="more than 64 bits",
+                                             notes=[f"limit: {MAX_INT_LITERAL:,}"],
+                                             help="whole numbers are sizes, counts and seeds; check for a typo"))
+        return int(text)
+
     def int(self, meta, c):
-        return ast.Num(int(c[0]), self.tsp(c[0]))
+        return ast.Num(self._whole(str(c[0]), c[0]), self.tsp(c[0]))
 
     def float(self, meta, c):
-        return ast.Num(float(c[0]), self.tsp(c[0]))
+        value = float(c[0])
+        if math.isinf(value):
+            raise _NumberTooLarge(Diagnostic("number too large", self.tsp(c[0]), label="beyond float range",
+                                             help="numbers are sizes, counts and rates; check the exponent"))
+        return ast.Num(value, self.tsp(c[0]))
 
     def pair(self, meta, c):
         a, b = str(c[0]).split("x")
-        return ast.Pair((int(a), int(b)), self.tsp(c[0]))
+        return ast.Pair((self._whole(a, c[0]), self._whole(b, c[0])), self.tsp(c[0]))
 
     def string(self, meta, c):
         return ast.Str(str(c[0])[1:-1], self.tsp(c[0]))
@@ -252,7 +344,8 @@ class _ToAst(Transformer):
         return ast.OutputDecl([(str(t), self.tsp(t)) for t in c], self.sp(meta))
 
     def loss_weight(self, meta, c):
-        return float(c[0])
+        literal = self.int(meta, c) if c[0].type == "INT" else self.float(meta, c)
+        return float(literal.value)
 
     def loss_term(self, meta, c):
         if len(c) == 2:
@@ -283,14 +376,21 @@ def parse(source: Source) -> ast.Program:
         raise CompileError([syntax_diagnostic(source, err)]) from None
     try:
         return _ToAst(source).transform(tree)
-    except VisitError as err:  # a literal the grammar accepts but Python cannot hold (e.g. 1e999999 is fine; huge ints are)
-        raise CompileError([Diagnostic(f"cannot read this program: {err.orig_exc}", None)]) from None
+    except VisitError as err:
+        if isinstance(err.orig_exc, _NumberTooLarge):
+            raise CompileError([err.orig_exc.diagnostic]) from None
+        raise
 
 
 def read_source(path: str) -> Source:
-    """Read a .net file as UTF-8 text; OSError / UnicodeDecodeError are the caller's to report."""
-    data = Path(path).read_bytes()
+    """Read a .net file as UTF-8 text; OSError / UnicodeDecodeError are the caller's to report.
+
+    A byte order mark (Windows editors write one) is dropped before decoding, so positions
+    in errors count from the text after it. A NUL byte is refused as no text, reported at its
+    offset in the bytes, as a decoding error would be."""
+    data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
     text = data.decode("utf-8")
-    if "\x00" in text:
-        raise UnicodeDecodeError("utf-8", data, text.index("\x00"), text.index("\x00") + 1, "NUL byte in text")
+    if b"\x00" in data:
+        at = data.index(b"\x00")
+        raise UnicodeDecodeError("utf-8", data, at, at + 1, "NUL byte in text")
     return Source(path, text)

@@ -4,7 +4,8 @@ Kernels: runtime/{cpu,cuda}/pool.py.
 A pool's `kernel` is of kind "window": a pair, or the bare word `global`. `avgpool(global)` is
 the primitive `global_avgpool` (see `variant`); maxpool refuses `global`, as there is no global
 max pool.
-A pool's stride defaults to its kernel. No op here counts MACs (see docs/OPS.md).
+A pool's stride defaults to its kernel. `ceil = true` rounds the output size up like torch's
+ceil_mode (see `_pooled_size`). No op here counts MACs (see docs/OPS.md).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ _POOL_ATTRS = (
     Attr("kernel", "window", doc="window size, e.g. 2x2; `global` (avgpool only) pools the whole map"),
     Attr("stride", "pair", None, doc="defaults to the kernel"),
     Attr("pad", "pair", 0, doc="padding per side, at most half the kernel"),
+    Attr("ceil", "bool", False, doc="round the output size up (torch's ceil_mode): keep a last, partial window"),
 )
 
 
@@ -32,9 +34,29 @@ def _resolve_window(a):
                          help="a larger pad would make windows of padding only", arg="pad")
 
 
+def _pooled_size(size, kernel: int, stride: int, pad: int, ceil: bool, what: str) -> int:
+    """Windows along one axis, torch's rule: floor((size + 2 pad - kernel) / stride) + 1; in ceil
+    mode ceil(...) + 1, so a last window may overhang the right padding by up to stride - 1,
+    but is dropped if it would start past the input and its left padding (it would read
+    right padding only). Every window keeps at least one input element either way."""
+    if not ceil:
+        return window_out(size, kernel, stride, pad, what=what)
+    size = fixed(size, what)
+    if size + 2 * pad + stride - 1 < kernel:
+        raise ShapeError(f"kernel larger than the padded input: {what} {size} + 2x{pad} padding + "
+                         f"{stride - 1} overhang (ceil mode, stride {stride}) < kernel {kernel}",
+                         expected=f"{what} + 2*pad + stride - 1 >= {kernel}", found=f"{size + 2 * pad + stride - 1}",
+                         help="use a smaller kernel, more padding, or remove a downsampling step before this",
+                         arg="kernel")
+    out = (size + 2 * pad - kernel + stride - 1) // stride + 1
+    if (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
 def _pooled_shape(a, x: TensorType) -> tuple:
-    ho = window_out(x.shape[2], a["kernel"][0], a["stride"][0], a["pad"][0], what="height")
-    wo = window_out(x.shape[3], a["kernel"][1], a["stride"][1], a["pad"][1], what="width")
+    ho = _pooled_size(x.shape[2], a["kernel"][0], a["stride"][0], a["pad"][0], a["ceil"], what="height")
+    wo = _pooled_size(x.shape[3], a["kernel"][1], a["stride"][1], a["pad"][1], a["ceil"], what="width")
     return ("N", x.shape[1], ho, wo)
 
 
@@ -53,7 +75,7 @@ def _scaled(op, a, ins):
 class MaxPool(OpDef):
     name, family = "maxpool", "pool"
     attrs = _POOL_ATTRS
-    doc = "max pooling over [N, C, H, W] windows (floor mode, like torch)"
+    doc = "max pooling over [N, C, H, W] windows (floor mode, or ceil mode with `ceil = true`, like torch)"
 
     def shape(self, a, ins):
         (x,) = ins
@@ -71,12 +93,13 @@ class MaxPool(OpDef):
 class AvgPool(OpDef):
     name, family = "avgpool", "pool"
     attrs = _POOL_ATTRS
-    doc = "average pooling over [N, C, H, W] windows (padding counts as zeros); `avgpool(global)` is global_avgpool"
+    doc = ("average pooling over [N, C, H, W] windows (padding counts as zeros; in ceil mode a window's part "
+           "past the right padding does not count); `avgpool(global)` is global_avgpool")
 
     def variant(self, a):
         if a["kernel"] != GLOBAL:
             return self.name, a
-        for name, default in (("stride", None), ("pad", (0, 0))):
+        for name, default in (("stride", None), ("pad", (0, 0)), ("ceil", False)):
             if a[name] != default:
                 raise ShapeError(f"`avgpool(global)` takes no {name}: it pools each whole map to one value",
                                  found=f"{name} = {a[name]}", help=f"remove the {name}", arg=name)
@@ -124,7 +147,8 @@ class MaxUnpool(OpDef):
                              found=f"`{pooled}`, computed by `{pool.get('op')}`", help=how)
         pool_attrs = pool["attrs"]
         stride = pool_attrs["stride"] if pool_attrs["stride"] is not None else pool_attrs["kernel"]
-        window = {"kernel": pool_attrs["kernel"], "stride": stride, "pad": pool_attrs["pad"]}
+        window = {"kernel": pool_attrs["kernel"], "stride": stride, "pad": pool_attrs["pad"],
+                  "ceil": pool_attrs["ceil"]}
         return {**a, **window}, [values, pool["inputs"][0]]
 
     def shape(self, a, ins):

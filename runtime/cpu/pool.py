@@ -61,15 +61,23 @@ def _gather(src, index, dst):
             dst[p, k] = src[p, index[p, k]]
 
 
+@njit
+def _padded_extent(start, kernel, image_size, pad):
+    """How many places of a window starting at `start` lie inside the input or its padding:
+    the kernel, except for a ceil-mode window overhanging the right padding. Average pooling
+    divides by this (count_include_pad=True: padding counts as zeros, overhang not at all)."""
+    return min(start + kernel, image_size + pad) - start
+
+
 @pnjit
 def _avgpool_forward(x, image_h, image_w, kh, kw, sh, sw, ph, pw, out_h, out_w, out):
-    """Window sums over the real pixels divided by kh*kw: padding counts as zeros
-    (count_include_pad=True; in floor mode no window reaches past the padding)."""
-    scale = 1.0 / (kh * kw)
+    """Window sums over the real pixels divided by the window's padded area, as torch's
+    count_include_pad=True: kh*kw in floor mode, less for a ceil-mode window at the edge."""
     for p in prange(x.shape[0]):
         for oh in range(out_h):
             h_lo = max(oh * sh - ph, 0)
             h_hi = min(oh * sh - ph + kh, image_h)
+            rows = _padded_extent(oh * sh - ph, kh, image_h, ph)
             for ow in range(out_w):
                 w_lo = max(ow * sw - pw, 0)
                 w_hi = min(ow * sw - pw + kw, image_w)
@@ -77,21 +85,21 @@ def _avgpool_forward(x, image_h, image_w, kh, kw, sh, sw, ph, pw, out_h, out_w, 
                 for ih in range(h_lo, h_hi):
                     for iw in range(w_lo, w_hi):
                         total += x[p, ih * image_w + iw]
-                out[p, oh * out_w + ow] = total * scale
+                out[p, oh * out_w + ow] = total / (rows * _padded_extent(ow * sw - pw, kw, image_w, pw))
 
 
 @pnjit
 def _avgpool_backward(gout, image_h, image_w, kh, kw, sh, sw, ph, pw, out_h, out_w, gx):
-    scale = 1.0 / (kh * kw)
     for p in prange(gx.shape[0]):
         gx[p, :] = 0
         for oh in range(out_h):
             h_lo = max(oh * sh - ph, 0)
             h_hi = min(oh * sh - ph + kh, image_h)
+            rows = _padded_extent(oh * sh - ph, kh, image_h, ph)
             for ow in range(out_w):
                 w_lo = max(ow * sw - pw, 0)
                 w_hi = min(ow * sw - pw + kw, image_w)
-                share = gout[p, oh * out_w + ow] * scale
+                share = gout[p, oh * out_w + ow] / (rows * _padded_extent(ow * sw - pw, kw, image_w, pw))
                 for ih in range(h_lo, h_hi):
                     for iw in range(w_lo, w_hi):
                         gx[p, ih * image_w + iw] += share
@@ -141,18 +149,18 @@ def _planes(a):
 
 class _WindowPool(Kernel):
     """Window geometry of maxpool / avgpool / maxunpool: `image` is the pooled-over side
-    (input 0 of the pools, the output of maxunpool), `grid` the side with one value per window."""
+    (input 0 of the pools, input 1 of maxunpool), `grid` the side with one value per window
+    (the pools' output, maxunpool's input 0), sized by the shape rule of docs/OPS.md (floor or
+    ceil mode): the kernels need only loop over it, clipping each window to the image."""
     image_input = 0
 
     def __init__(self, spec):
         super().__init__(spec)
         a = spec.attrs
         self.kernel, self.stride, self.pad = a["kernel"], a["stride"], a["pad"]
-        n, c, self.image_h, self.image_w = spec.in_shapes[self.image_input]
-        # floor mode, the shape rule of docs/OPS.md
-        self.out_h = (self.image_h + 2 * self.pad[0] - self.kernel[0]) // self.stride[0] + 1
-        self.out_w = (self.image_w + 2 * self.pad[1] - self.kernel[1]) // self.stride[1] + 1
-        self.grid_shape = (n, c, self.out_h, self.out_w)
+        _, _, self.image_h, self.image_w = spec.in_shapes[self.image_input]
+        self.grid_shape = tuple(spec.out_shape if self.image_input == 0 else spec.in_shapes[0])
+        self.out_h, self.out_w = self.grid_shape[2:]
 
     def geometry(self):
         return (self.image_h, self.image_w, *self.kernel, *self.stride, *self.pad, self.out_h, self.out_w)

@@ -23,6 +23,15 @@ def _windows_covering(i, kernel, stride, pad, grid_size):
     return lo, hi
 
 
+@cuda.jit(device=True)
+def _padded_extent(o, kernel, stride, pad, image_size):
+    """How many places of window o lie inside the input or its padding: the kernel, except for
+    a ceil-mode window overhanging the right padding. Average pooling divides by this
+    (count_include_pad=True: padding counts as zeros, overhang not at all), as torch does."""
+    start = o * stride - pad
+    return min(start + kernel, image_size + pad) - start
+
+
 @cuda.jit
 def _window_argmax_kernel(x, kh, kw, sh, sw, ph, pw, argmax):
     idx = cuda.grid(1)
@@ -86,7 +95,8 @@ def _place_at_argmax_kernel(src, argmax, kh, kw, sh, sw, ph, pw, accumulate, dst
 
 @cuda.jit
 def _avgpool_kernel(x, kh, kw, sh, sw, ph, pw, out):
-    """Window sums over kh*kw (padding counts as zeros: count_include_pad=True)."""
+    """Window sums over the window's padded area (kh*kw but at a ceil-mode edge; padding
+    counts as zeros: count_include_pad=True)."""
     idx = cuda.grid(1)
     if idx < out.size:
         grid_h = out.shape[2]
@@ -103,7 +113,8 @@ def _avgpool_kernel(x, kh, kw, sh, sw, ph, pw, out):
                     iw = ow * sw - pw + j
                     if 0 <= iw < x.shape[3]:
                         total += x[n, c, ih, iw]
-        out[n, c, oh, ow] = total / x.dtype.type(kh * kw)
+        area = _padded_extent(oh, kh, sh, ph, x.shape[2]) * _padded_extent(ow, kw, sw, pw, x.shape[3])
+        out[n, c, oh, ow] = total / x.dtype.type(area)
 
 
 @cuda.jit
@@ -120,9 +131,10 @@ def _avgpool_backward_kernel(gout, kh, kw, sh, sw, ph, pw, gx):
         oh_lo, oh_hi = _windows_covering(ih, kh, sh, ph, gout.shape[2])
         ow_lo, ow_hi = _windows_covering(iw, kw, sw, pw, gout.shape[3])
         for oh in range(oh_lo, oh_hi):
+            rows = _padded_extent(oh, kh, sh, ph, height)
             for ow in range(ow_lo, ow_hi):
-                total += gout[n, c, oh, ow]
-        gx[n, c, ih, iw] = total / gx.dtype.type(kh * kw)
+                total += gout[n, c, oh, ow] / gx.dtype.type(rows * _padded_extent(ow, kw, sw, pw, width))
+        gx[n, c, ih, iw] = total
 
 
 @cuda.jit
@@ -279,7 +291,9 @@ def _flat3(t):
 
 
 class _WindowPool(Kernel):
-    """Reads kernel / stride / pad; `window` is the argument tuple the window kernels take."""
+    """Reads kernel / stride / pad; `window` is the argument tuple the window kernels take.
+    Ceil mode needs nothing more: the grid side's array (the shape rule sized it) holds the
+    extra windows, and the kernels clip every window to the image."""
 
     def __init__(self, spec):
         super().__init__(spec)

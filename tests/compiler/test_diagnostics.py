@@ -67,8 +67,6 @@ def test_missing_close_paren_points_at_the_token_after_the_open_call(dslc):
     assert lines[-1] == "1 error"
 
 
-@pytest.mark.xfail(strict=True, reason="parser lists every operator that could continue the expression "
-                                       "(`%`, `*`, `+`, `//`, ...) and gives the generic help")
 def test_missing_close_paren_names_the_closing_paren(dslc):
     rc, out, err = dslc(IMAGE + "y = image -> conv(4, 3x3 -> relu\n")
     lines = err.splitlines()
@@ -87,8 +85,6 @@ def test_missing_close_brace_at_end_of_file(dslc):
     assert lines[-1] == "1 error"
 
 
-@pytest.mark.xfail(strict=True, reason="the end of file is shown under the last character, labelled "
-                                       "`unexpected here`, instead of just past it")
 def test_end_of_file_caret_sits_past_the_last_character(dslc):
     rc, out, err = dslc(IMAGE + "block b(c) {\n  conv(c, 3x3) -> relu\ny = image -> b(4)\n")
     assert err.splitlines()[4] == "   |                  ^ the file ends here"
@@ -109,14 +105,34 @@ def test_stray_arrow(dslc):
         """)
 
 
-@pytest.mark.xfail(strict=True, reason="a `)` without its `(` lists the starts of every statement "
-                                       "(`(`, `block`, `concat`, `import`, ... or ...)")
 def test_unmatched_close_paren(dslc):
     rc, out, err = dslc(IMAGE + "y = image -> conv(4, 3x3) ) -> relu\n")
     lines = err.splitlines()
     assert lines[0] == "error: unmatched `)`"
     assert lines[1] == "  --> prog.net:2:27"
     assert lines[4] == "   |                           ^ no `(` before it"
+
+
+def test_bracket_closed_by_the_wrong_kind(dslc):
+    rc, out, err = dslc("input image: [1, 8, 8)\n")
+    assert rc == 1
+    assert err == golden("""
+        error: expected `,` or `]`, found `)`
+          --> prog.net:1:22
+           |
+         1 | input image: [1, 8, 8)
+           |                      ^ unexpected here
+           = help: a `[` may be missing its `]`
+
+        1 error
+        """)
+
+
+def test_missing_comma_between_arguments(dslc):
+    rc, out, err = dslc(IMAGE + "y = image -> conv(4 3x3)\n")
+    assert rc == 1
+    assert err.splitlines()[0] == "error: expected `,` or `)`, found `3x3`"
+    assert "   = help: a `,` may be missing before it" in err.splitlines()
 
 
 def test_syntax_help_names_an_existing_document():
@@ -202,8 +218,6 @@ def test_windows_line_endings(dslc):
     assert err.splitlines()[3:5] == [" 2 | y = image -> rleu", "   |              ^^^^ not defined"]
 
 
-@pytest.mark.xfail(strict=True, reason="a UTF-8 byte order mark (written by Windows editors) is "
-                                       "reported as `unexpected character \\ufeff`; read_source should decode utf-8-sig")
 def test_byte_order_mark_is_accepted(dslc):
     rc, out, err = dslc(b"\xef\xbb\xbf" + IMAGE.encode())
     assert rc == 0, err
@@ -220,14 +234,57 @@ def test_deep_nesting_is_a_diagnostic(dslc):
         """)
 
 
-@pytest.mark.xfail(strict=True, reason="an integer literal over 4300 digits gives `cannot read this program: "
-                                       "Exceeds the limit (4300 digits) for integer string conversion ...`, no location")
 def test_huge_integer_literal(dslc):
     rc, out, err = dslc(IMAGE + "y = image -> conv(" + "9" * 5000 + ", 3x3)\n")
     assert rc == 1
     lines = err.splitlines()
     assert lines[0] == "error: number too large"
     assert lines[1] == "  --> prog.net:2:19"
+
+
+def test_integer_literal_over_64_bits(dslc):
+    rc, out, err = dslc(IMAGE + "y = image -> conv(4, 3x3, stride = 9223372036854775808)\n")
+    assert rc == 1
+    assert err == golden("""
+        error: number too large
+          --> prog.net:2:36
+           |
+         2 | y = image -> conv(4, 3x3, stride = 9223372036854775808)
+           |                                    ^^^^^^^^^^^^^^^^^^^ more than 64 bits
+           = limit: 9,223,372,036,854,775,807
+           = help: whole numbers are sizes, counts and seeds; check for a typo
+
+        1 error
+        """)
+
+
+def test_float_literal_beyond_float_range(dslc):
+    rc, out, err = dslc(IMAGE + "y = image -> dropout(1e999)\n")
+    assert rc == 1
+    assert err.splitlines()[:5] == ["error: number too large",
+                                    "  --> prog.net:2:22",
+                                    "   |",
+                                    " 2 | y = image -> dropout(1e999)",
+                                    "   |                      ^^^^^ beyond float range"]
+
+
+def test_empty_file_is_an_error(dslc):
+    rc, out, err = dslc("# nothing yet\n")
+    assert rc == 1 and out == ""
+    assert err.splitlines() == [
+        "error: no network in this file",
+        "  = help: declare an input and a chain from it, e.g. `input image: [3, 32, 32]` and "
+        "`logits = image -> flatten -> dense(10)`; see docs/LANGUAGE.md",
+        "",
+        "1 error"]
+
+
+def test_file_of_blocks_only_is_no_network(dslc):
+    rc, out, err = dslc("block b(c) { conv(c, 3x3) }\nblock d() { relu }\n")
+    assert rc == 1
+    assert err.splitlines()[:2] == [
+        "error: no network in this file",
+        "  = it defines only blocks (`b`, `d`): a file of blocks is for `import` into a network's file"]
 
 
 # ---- names -------------------------------------------------------------------------------------
@@ -270,8 +327,6 @@ def test_unknown_tensor(dslc):
         """)
 
 
-@pytest.mark.xfail(strict=True, reason="an undefined tensor passed to `add` reads as an extra argument: "
-                                       "`add` takes 0 arguments, found an extra one / did you mean `y`?")
 def test_unknown_tensor_as_an_argument(dslc):
     rc, out, err = dslc(IMAGE + "y = image -> relu\nz = add(y, w)\n")
     assert rc == 1
@@ -285,6 +340,27 @@ def test_unknown_tensor_as_an_argument(dslc):
 
         1 error
         """)
+
+
+def test_unknown_tensor_where_an_attribute_could_stand(dslc):
+    # `concat`'s first attribute is its axis, which takes no bare name: `w` is a missing tensor
+    rc, out, err = dslc(IMAGE + "y = image -> relu\nz = concat(y, yy)\n")
+    assert rc == 1
+    assert err.splitlines()[:6] == ["error: unknown tensor `yy`",
+                                    "  --> prog.net:3:15",
+                                    "   |",
+                                    " 3 | z = concat(y, yy)",
+                                    "   |               ^^ not defined",
+                                    "   = help: did you mean `y`?"]
+
+
+def test_unknown_tensor_in_a_loss(dslc):
+    rc, out, err = dslc(IMAGE + "input label: int\nlogits = image -> flatten -> dense(3)\n"
+                        "loss cross_entropy(logits, lable)\n")
+    assert rc == 1
+    assert err.splitlines()[0] == "error: unknown tensor `lable`"
+    assert "   = help: did you mean `label`?" in err.splitlines()
+    assert err.splitlines()[-1] == "1 error"
 
 
 def test_unknown_output(dslc):
@@ -448,14 +524,14 @@ def test_block_argument_errors_all_reported(dslc):
            |
          3 | y = image -> b()
            |              ^^^ needs more
-           = signature: block b(c, d)
+           = signature: block b(c, d = 2)
 
-        error: block `b` takes 2 arguments, found more
+        error: block `b` takes 2 arguments, found 3
           --> prog.net:4:22
            |
          4 | z = image -> b(1, 2, 3)
            |                      ^ extra argument
-           = signature: block b(c, d)
+           = signature: block b(c, d = 2)
            = help: remove it
 
         error: block `b` has no parameter `e`
@@ -463,7 +539,7 @@ def test_block_argument_errors_all_reported(dslc):
            |
          5 | w = image -> b(1, e = 3)
            |                   ^^^^^ unknown argument
-           = signature: block b(c, d)
+           = signature: block b(c, d = 2)
            = help: remove it
 
         error: argument `c` is given twice
@@ -471,9 +547,25 @@ def test_block_argument_errors_all_reported(dslc):
            |
          6 | v = image -> b(1, c = 3)
            |                   ^^^^^ again here
-           = signature: block b(c, d)
+           = signature: block b(c, d = 2)
 
         4 errors
+        """)
+
+
+def test_block_with_several_extra_arguments(dslc):
+    rc, out, err = dslc(IMAGE + "block b(c, d = 2 * c) { conv(c, 3x3) }\ny = image -> b(1, 2, 3, 4)\n")
+    assert rc == 1
+    assert err == golden("""
+        error: block `b` takes 2 arguments, found 4
+          --> prog.net:3:22
+           |
+         3 | y = image -> b(1, 2, 3, 4)
+           |                      ^^^^ extra arguments
+           = signature: block b(c, d = 2 * c)
+           = help: remove them
+
+        1 error
         """)
 
 
@@ -549,14 +641,12 @@ def test_add_mismatch(dslc):
         "   |          ^^^^^^ here",
         "   = expected [N, 4, 6, 6], as input 1",
         "   = found    [N, 8, 6, 6]",
-        "   = input `conv1` is [N, 4, 6, 6]",
-        "   = input `conv2` is [N, 8, 6, 6]"]
+        "   = input `a` is [N, 4, 6, 6]",
+        "   = input `b` is [N, 8, 6, 6]"]
     assert lines[9] == "   = help: a projection (1x1 conv, or dense) makes the shapes agree"
     assert lines[-1] == "1 error"
 
 
-@pytest.mark.xfail(strict=True, reason="shape errors repeat the op's name (`add: add input 2 ...`, "
-                                       "`concat: concat input 2 ...`): elaborate prefixes `op:` to a message that names it")
 @pytest.mark.parametrize("program", [
     "a = image -> conv(4, 3x3)\nb = image -> conv(8, 3x3)\nc = a -> add(b)\n",
     "y = image -> concat { conv(4, 3x3) | conv(4, 3x3, pad = 1) }\n",
@@ -567,8 +657,6 @@ def test_shape_error_names_the_op_once(dslc, program):
     assert not first.startswith(("error: add: add", "error: concat: concat")), first
 
 
-@pytest.mark.xfail(strict=True, reason="the `input ... is` notes name graph nodes (`conv1`, `conv2`) where "
-                                       "the user wrote tensors `a` and `b`")
 def test_add_mismatch_names_the_users_tensors(dslc):
     rc, out, err = dslc(IMAGE + "a = image -> conv(4, 3x3)\nb = image -> conv(8, 3x3)\nc = a -> add(b)\n")
     lines = err.splitlines()
@@ -741,6 +829,84 @@ def test_downstream_of_an_error_is_not_reported(dslc):
     assert err.splitlines()[-1] == "1 error"
 
 
+def test_later_steps_of_a_failed_chain_are_still_checked(dslc):
+    # After `rleu` the chain has no shapes, but the arguments further down need none.
+    rc, out, err = dslc("network t(classes = 10)\n" + IMAGE +
+                        "y = image -> rleu -> flatten -> dense(clases) -> conv(4, 3x3, strid = 2)\n")
+    assert rc == 1
+    assert err == golden("""
+        error: unknown tensor, op or block `rleu`
+          --> prog.net:3:14
+           |
+         3 | y = image -> rleu -> flatten -> dense(clases) -> conv(4, 3x3, strid = 2)
+           |              ^^^^ not defined
+           = help: did you mean `relu`?
+
+        error: `dense` argument `units` expects a whole number, found the name `clases`
+          --> prog.net:3:39
+           |
+         3 | y = image -> rleu -> flatten -> dense(clases) -> conv(4, 3x3, strid = 2)
+           |                                       ^^^^^^ wrong type
+           = signature: dense(units, bias = true)
+           = help: did you mean `classes`?
+
+        error: `conv` has no argument `strid`
+          --> prog.net:3:63
+           |
+         3 | y = image -> rleu -> flatten -> dense(clases) -> conv(4, 3x3, strid = 2)
+           |                                                               ^^^^^^^^^ unknown argument
+        """) + CONV_SIGNATURE + "\n" + golden("""
+           = help: did you mean `stride`?
+
+        3 errors
+        """)
+
+
+def test_failed_chain_checks_blocks_repeats_and_branches(dslc):
+    program = IMAGE + ("block b(c) { conv(c, 3x3, pad = 1) -> tanh }\n"
+                       "y = image -> rleu -> b(4) * 3 -> b(5, 6) -> concat { conv(4, 1x1) | maxpool(3x3, strid = 1) }\n"
+                       "  -> residual { conv(4, 3x3, pad = 1) } shortcut { conv(4, 1x1, bais = false) }\n")
+    rc, out, err = dslc(program)
+    assert rc == 1
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: unknown tensor, op or block `rleu`",
+        "error: block `b` takes 1 argument, found 2",
+        "error: `maxpool` has no argument `strid`",
+        "error: `conv` has no argument `bais`"]
+
+
+def test_a_mistake_in_a_block_is_reported_once_for_all_its_uses(dslc):
+    rc, out, err = dslc(IMAGE + "block b(c) { conv(c, 3x3, strid = 2) }\n"
+                        "y = image -> b(4) -> b(4)\nz = image -> b(8)\noutput y, z\n")
+    assert rc == 1
+    assert err.count("error: `conv` has no argument `strid`") == 1
+    assert err.splitlines()[-1] == "1 error"
+
+
+def test_graph_size_limit(dslc, monkeypatch):
+    monkeypatch.setattr("dslc.elaborate.MAX_NODES", 10)
+    rc, out, err = dslc(IMAGE + "y = image -> (relu -> tanh) * 20 -> rleu\n")
+    assert rc == 1
+    assert err == golden("""
+        error: the network has more than 10 operations
+          --> prog.net:2:23
+           |
+         2 | y = image -> (relu -> tanh) * 20 -> rleu
+           |                       ^^^^ the limit is reached here
+           = limit: 10 graph nodes
+           = help: check the repeat counts (`* n`), nested repetitions and blocks repeated inside blocks
+
+        1 error
+        """)
+
+
+def test_nested_repetition_stops_at_the_graph_size_limit(dslc):
+    rc, out, err = dslc("input x: [4]\ny = x -> ((relu * 1000) * 1000) * 1000\n")
+    assert rc == 1
+    assert err.splitlines()[0] == "error: the network has more than 100,000 operations"
+    assert err.splitlines()[-1] == "1 error"
+
+
 # ---- the command line and files ------------------------------------------------------------------
 
 def test_set_of_an_unknown_parameter(dslc):
@@ -827,8 +993,6 @@ def test_nul_byte(dslc):
     assert err.splitlines()[0] == "error: prog.net is not UTF-8 text: byte 0x00 at line 2, column 10"
 
 
-@pytest.mark.xfail(strict=True, reason="read_source reports a NUL at its character index into the bytes; "
-                                       "after multi-byte characters that is the wrong byte (0xa9 here)")
 def test_nul_byte_after_multibyte_characters(dslc):
     rc, out, err = dslc((IMAGE.rstrip("\n") + " # \u00e9\u00e9\u00e9\ny\x00\n").encode("utf-8"))
     assert err.splitlines()[0] == "error: prog.net is not UTF-8 text: byte 0x00 at line 2, column 2"

@@ -501,6 +501,40 @@ def test_train_section_mistakes_are_reported_at_their_lines(tmp_path):
     assert [d.help for d in diags][0] == "did you mean `adam`?"
 
 
+# ---- pooling ----------------------------------------------------------------------------------
+
+def test_pools_round_up_with_ceil(tmp_path):
+    net, _ = build(tmp_path, """\
+        input image: [3, 54, 54]
+        a = image -> maxpool(3x3, stride = 2)
+        b = image -> maxpool(3x3, stride = 2, ceil = true)
+        c = image -> avgpool(3x3, 2, 1, true)
+        output a, b, c
+        """)
+    assert [shape(net, net.tensors[t]) for t in "abc"] == [("N", 3, 26, 26), ("N", 3, 27, 27), ("N", 3, 28, 28)]
+    assert net.graph.nodes[net.tensors["b"]]["attrs"]["ceil"] is True
+    assert net.graph.nodes[net.tensors["a"]]["attrs"]["ceil"] is False
+
+
+def test_maxunpool_undoes_a_ceil_mode_pool(tmp_path):
+    net, _ = build(tmp_path, """\
+        input image: [3, 7, 7]
+        p = image -> maxpool(2x2, ceil = true)
+        up = p -> conv(3, 3x3, pad = 1) -> maxunpool(p)
+        """)
+    assert shape(net, net.tensors["p"]) == ("N", 3, 4, 4)
+    assert shape(net, net.tensors["up"]) == ("N", 3, 7, 7)
+    assert net.graph.nodes[net.tensors["up"]]["attrs"]["ceil"] is True
+
+
+def test_ceil_is_refused_for_the_global_average(tmp_path):
+    (diag,) = errors(tmp_path, with_header("""\
+        logits = image -> avgpool(global, ceil = true) -> dense(classes)
+        loss cross_entropy(logits, label)
+        """))
+    assert diag.message == "`avgpool(global)` takes no ceil: it pools each whole map to one value"
+
+
 # ---- syntax -----------------------------------------------------------------------------------
 
 def test_syntax_errors_name_what_was_expected(tmp_path):

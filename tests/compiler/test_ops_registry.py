@@ -4,13 +4,16 @@ Kernels are tested elsewhere (tests/kernels, tests/cuda); this file only checks 
 compiler declares about each op. Attrs are built the way the elaborator hands them over:
 every attribute present, defaults filled in, pairs as (h, w) tuples.
 """
+import itertools
 import math
 import re
 from pathlib import Path
 
 import networkx as nx
 import pytest
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from dslc.ops import OPS, REQUIRED, ShapeError, TensorType
 from runtime.kernel_api import FAMILIES
@@ -18,7 +21,7 @@ from runtime.kernel_api import FAMILIES
 REPO = Path(__file__).resolve().parents[2]
 ATTR_KINDS = {"int", "float", "bool", "pair", "pad", "enum", "ints", "axis", "window", "floats"}
 # Attrs that `link` copies from another node instead of the user writing them.
-LINKED_ATTRS = {"maxunpool": ("kernel", "stride", "pad")}
+LINKED_ATTRS = {"maxunpool": ("kernel", "stride", "pad", "ceil")}
 
 
 def canon(op, **given):
@@ -64,10 +67,20 @@ SHAPE_CASES = [
     ("avgpool-rect-stride1", "avgpool", dict(kernel=(2, 3), stride=1), [t(1, 4, 4)], t(1, 3, 2)),
     ("avgpool-global", "avgpool", dict(kernel="global"), [t(512, 7, 7)], t(512)),
     ("global-avgpool", "global_avgpool", {}, [t(8, 3, 3)], t(8)),
-    ("maxunpool", "maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0)), [t(3, 4, 4), t(3, 8, 8)],
+    ("maxpool-ceil-mode", "maxpool", dict(kernel=3, stride=2, ceil=True), [t(2, 7, 6)], t(2, 3, 3)),
+    ("maxpool-ceil-squeezenet", "maxpool", dict(kernel=3, stride=2, ceil=True), [t(96, 109, 109)], t(96, 54, 54)),
+    ("maxpool-ceil-squeezenet-2", "maxpool", dict(kernel=3, stride=2, ceil=True), [t(256, 54, 54)], t(256, 27, 27)),
+    # ceil mode would add a window starting at 6 = height 5 + pad 1: padding only, so torch drops it
+    ("maxpool-ceil-last-window-in-padding", "maxpool", dict(kernel=2, stride=2, pad=1, ceil=True), [t(1, 5, 5)],
+     t(1, 3, 3)),
+    ("maxpool-ceil-overhanging-kernel", "maxpool", dict(kernel=2, stride=2, ceil=True), [t(1, 1, 3)], t(1, 1, 2)),
+    ("avgpool-ceil-mode", "avgpool", dict(kernel=3, stride=2, pad=1, ceil=True), [t(2, 6, 5)], t(2, 4, 3)),
+    ("maxunpool", "maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0), ceil=False), [t(3, 4, 4), t(3, 8, 8)],
      t(3, 8, 8)),
-    ("maxunpool-odd-source", "maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0)),
+    ("maxunpool-odd-source", "maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0), ceil=False),
      [t(3, 4, 4), t(3, 9, 9)], t(3, 9, 9)),
+    ("maxunpool-ceil", "maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0), ceil=True),
+     [t(3, 5, 5), t(3, 9, 9)], t(3, 9, 9)),
     ("unpool", "unpool", dict(scale=2), [t(3, 4, 5)], t(3, 8, 10)),
     ("unpool-rect", "unpool", dict(scale=(2, 3)), [t(1, 2, 2)], t(1, 4, 6)),
     ("upsample-bilinear", "upsample", dict(scale=2, mode="bilinear"), [t(3, 4, 4)], t(3, 8, 8)),
@@ -161,7 +174,7 @@ def test_ops_are_their_own_variant():
     assert OPS["relu"].variant(a) == ("relu", a)
 
 
-@pytest.mark.parametrize("attr, value", [("stride", 2), ("pad", 1)])
+@pytest.mark.parametrize("attr, value", [("stride", 2), ("pad", 1), ("ceil", True)])
 def test_avgpool_global_refuses_window_attrs(attr, value):
     with pytest.raises(ShapeError, match=f"takes no {attr}") as e:
         OPS["avgpool"].variant(canon("avgpool", kernel="global", **{attr: value}))
@@ -180,10 +193,10 @@ def _graph_with_pool(**pool_attrs):
 
 def test_maxunpool_link_reads_the_pools_window_and_input():
     a, inputs = OPS["maxunpool"].link({}, ["c1", "p1"], _graph_with_pool(kernel=2))
-    assert a == {"kernel": (2, 2), "stride": (2, 2), "pad": (0, 0)}
+    assert a == {"kernel": (2, 2), "stride": (2, 2), "pad": (0, 0), "ceil": False}
     assert inputs == ["c1", "image"]
-    a, _ = OPS["maxunpool"].link({}, ["c1", "p1"], _graph_with_pool(kernel=3, stride=2, pad=1))
-    assert a == {"kernel": (3, 3), "stride": (2, 2), "pad": (1, 1)}
+    a, _ = OPS["maxunpool"].link({}, ["c1", "p1"], _graph_with_pool(kernel=3, stride=2, pad=1, ceil=True))
+    assert a == {"kernel": (3, 3), "stride": (2, 2), "pad": (1, 1), "ceil": True}
 
 
 def test_maxunpool_link_refuses_other_ops():
@@ -329,7 +342,7 @@ def test_matmul_macs_are_steps_times_weight_elements(op, given, ins):
     ("mse", {}, [t(3), t(3)], (0,)),
     ("bce", {}, [t(3), t(3)], (0,)),
     ("loss_sum", {}, [SCALAR] * 3, (0, 1, 2)),
-    ("maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0)), [t(3, 4, 4), t(3, 8, 8)], (0,)),
+    ("maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0), ceil=False), [t(3, 4, 4), t(3, 8, 8)], (0,)),
     ("embed", dict(vocab=10, dim=4), [ids(5)], ()),
     ("concat", {}, [t(2), t(3)], (0, 1)),
     ("add", {}, [t(2)] * 2, (0, 1)),
@@ -356,10 +369,14 @@ ERROR_CASES = [
     ("global-avgpool-rank", "global_avgpool", {}, [t(8)], "expected a 4-d input", None),
     ("unpool-scale-0", "unpool", dict(scale=(2, 0)), [t(3, 4, 4)], "`scale` must be at least 1", "scale"),
     ("upsample-symbolic", "upsample", dict(scale=2), [t(3, "H", 4)], "must have a fixed size", None),
-    ("maxunpool-size", "maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0)), [t(3, 5, 5), t(3, 8, 8)],
-     "does not match its max-pool's output [N, 3, 4, 4]", None),
-    ("maxunpool-channels", "maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0)), [t(6, 4, 4), t(3, 8, 8)],
-     "maxunpool's input [N, 6, 4, 4] does not match", None),
+    ("maxpool-ceil-too-big", "maxpool", dict(kernel=3, stride=2, ceil=True), [t(3, 1, 4)],
+     "height 1 + 2x0 padding + 1 overhang (ceil mode, stride 2) < kernel 3", "kernel"),
+    ("maxunpool-size", "maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0), ceil=False),
+     [t(3, 5, 5), t(3, 8, 8)], "does not match its max-pool's output [N, 3, 4, 4]", None),
+    ("maxunpool-ceil-size", "maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0), ceil=True),
+     [t(3, 4, 4), t(3, 9, 9)], "does not match its max-pool's output [N, 3, 5, 5]", None),
+    ("maxunpool-channels", "maxunpool", dict(kernel=(2, 2), stride=(2, 2), pad=(0, 0), ceil=False),
+     [t(6, 4, 4), t(3, 8, 8)], "maxunpool's input [N, 6, 4, 4] does not match", None),
     ("dense-no-features", "dense", dict(units=3), [t()], "dense needs features after the batch", None),
     ("dense-units-0", "dense", dict(units=0), [t(4)], "`units` must be at least 1", "units"),
     ("dense-symbolic", "dense", dict(units=3), [t(3, "H", 4)], "dense's input dimension 2 must have a fixed size",
@@ -450,6 +467,26 @@ def test_cross_entropy_error_names_both_layouts():
     with pytest.raises(ShapeError) as e:
         OPS["cross_entropy"].shape({}, [t(4, 10), ids(5)])
     assert e.value.expected == "int[N, 10] (classes on axis 1) or int[N, 4] (classes last)"
+
+
+@pytest.mark.parametrize("op", ["maxpool", "avgpool"])
+@pytest.mark.parametrize("ceil", [False, True])
+def test_pooled_sizes_match_torch(op, ceil):
+    """Every small size, kernel, stride and padding: the same output size as torch, or an error where torch has one."""
+    pool = getattr(F, "max_pool2d" if op == "maxpool" else "avg_pool2d")
+    for size, kernel, stride, pad in itertools.product(range(1, 12), range(1, 6), range(1, 5), range(0, 3)):
+        if 2 * pad > kernel:
+            continue
+        try:
+            expected = pool(torch.zeros(1, 1, size, 2 * kernel), kernel, stride, pad, ceil_mode=ceil).shape[2]
+        except RuntimeError:
+            expected = None
+        try:
+            a = canon(op, kernel=kernel, stride=stride, pad=pad, ceil=ceil)
+            found = OPS[op].shape(a, [t(1, size, 2 * kernel)]).shape[2]
+        except ShapeError:
+            found = None
+        assert found == expected, f"{op}(kernel={kernel}, stride={stride}, pad={pad}, ceil={ceil}) of height {size}"
 
 
 def test_maxpool_global_points_to_avgpool():

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torch.nn as nn
 
 from dslc.compiler import compile_file
@@ -146,6 +147,49 @@ def test_googlenet_loss_weighs_the_auxiliary_heads():
     heads = [net.graph.nodes[term]["inputs"][0] for term in total["inputs"]]
     assert heads == ["fc", "aux1.fc2", "aux2.fc2"]
     assert [net.tensor_name(o) for o in net.outputs] == ["logits"]
+
+
+def test_googlenet_pools_round_up_to_the_papers_sizes():
+    """Table 1's 56, 28, 14, 7, from 3x3/2 max-pools in ceil mode without padding (Caffe's and torchvision's)."""
+    net, _ = compile_file(str(MODELS / "googlenet.net"))
+    pools = [n for n, d in net.graph.nodes(data=True) if d["op"] == "maxpool" and d["attrs"]["stride"] == (2, 2)]
+    assert [net.graph.nodes[p]["type"].shape[2:] for p in pools] == [(56, 56), (28, 28), (14, 14), (7, 7)]
+    assert all(net.graph.nodes[p]["attrs"]["ceil"] and net.graph.nodes[p]["attrs"]["pad"] == (0, 0) for p in pools)
+
+
+class _Fire(nn.Module):
+    def __init__(self, c_in, squeeze, expand1x1, expand3x3):
+        super().__init__()
+        self.squeeze = nn.Sequential(nn.Conv2d(c_in, squeeze, 1), nn.ReLU())
+        self.expand1x1 = nn.Sequential(nn.Conv2d(squeeze, expand1x1, 1), nn.ReLU())
+        self.expand3x3 = nn.Sequential(nn.Conv2d(squeeze, expand3x3, 3, padding=1), nn.ReLU())
+
+    def forward(self, x):
+        x = self.squeeze(x)
+        return torch.cat([self.expand1x1(x), self.expand3x3(x)], 1)
+
+
+def _squeezenet1_0_features() -> nn.Sequential:
+    """torchvision's squeezenet1_0 `features` (torchvision/models/squeezenet.py) as plain torch layers."""
+    return nn.Sequential(
+        nn.Conv2d(3, 96, 7, stride=2), nn.ReLU(), nn.MaxPool2d(3, stride=2, ceil_mode=True),
+        _Fire(96, 16, 64, 64), _Fire(128, 16, 64, 64), _Fire(128, 32, 128, 128),
+        nn.MaxPool2d(3, stride=2, ceil_mode=True),
+        _Fire(256, 32, 128, 128), _Fire(256, 48, 192, 192), _Fire(384, 48, 192, 192), _Fire(384, 64, 256, 256),
+        nn.MaxPool2d(3, stride=2, ceil_mode=True),
+        _Fire(512, 64, 256, 256))
+
+
+def test_squeezenet_feature_maps_match_torchvision():
+    """Every step of `features` has torchvision's output shape: 13x13 maps reach the classifier."""
+    net, _ = compile_file(str(MODELS / "squeezenet.net"))
+    x = torch.zeros(1, 3, 224, 224)
+    with torch.no_grad():
+        for i, layer in enumerate(_squeezenet1_0_features()):
+            x = layer(x)
+            node = f"features.{i}" if net.graph.has_node(f"features.{i}") else f"features.{i}.concat1"
+            assert net.graph.nodes[node]["type"].shape[1:] == tuple(x.shape[1:]), node
+    assert tuple(x.shape[2:]) == (13, 13)
 
 
 def test_nin_count_by_arithmetic():

@@ -1,23 +1,25 @@
 """CPU pool-family kernels against torch.nn.functional and against finite differences."""
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 
 from tests.kernels.harness import Case, check_against_torch, check_finite_differences, run_kernel
 
 
-def _window(kernel, stride, pad=(0, 0)):
-    return dict(kernel=kernel, stride=stride, pad=pad)
+def _window(kernel, stride, pad=(0, 0), ceil=False):
+    return dict(kernel=kernel, stride=stride, pad=pad, ceil=ceil)
 
 
 def maxpool_case(x_shape, attrs):
     return Case("maxpool", attrs, [x_shape],
-                lambda xs, ps, a: F.max_pool2d(xs[0], a["kernel"], a["stride"], a["pad"]))
+                lambda xs, ps, a: F.max_pool2d(xs[0], a["kernel"], a["stride"], a["pad"], ceil_mode=a["ceil"]))
 
 
 def avgpool_case(x_shape, attrs):
     return Case("avgpool", attrs, [x_shape],
-                lambda xs, ps, a: F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["pad"], count_include_pad=True))
+                lambda xs, ps, a: F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["pad"], ceil_mode=a["ceil"],
+                                               count_include_pad=True))
 
 
 def global_avgpool_case(x_shape):
@@ -25,14 +27,15 @@ def global_avgpool_case(x_shape):
 
 
 def _pooled_shape(src_shape, attrs):
-    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["pad"]
-    n, c, h, w = src_shape
-    return (n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+    """The max-pool's output shape, as torch computes it (floor or ceil mode)."""
+    return tuple(F.max_pool2d(torch.zeros(src_shape), attrs["kernel"], attrs["stride"], attrs["pad"],
+                              ceil_mode=attrs["ceil"]).shape)
 
 
 def _torch_maxunpool(xs, ps, a):
     values, src = xs
-    _, indices = F.max_pool2d(src.detach(), a["kernel"], a["stride"], a["pad"], return_indices=True)
+    _, indices = F.max_pool2d(src.detach(), a["kernel"], a["stride"], a["pad"], ceil_mode=a["ceil"],
+                              return_indices=True)
     return F.max_unpool2d(values, indices, a["kernel"], a["stride"], a["pad"], output_size=src.shape[-2:])
 
 
@@ -71,15 +74,26 @@ TORCH_CASES = [
     maxpool_case((2, 2, 6, 5), _window((3, 3), (1, 1), (1, 1))),              # GoogLeNet branch pool
     maxpool_case((1, 3, 5, 7), _window((2, 3), (1, 2), (1, 1))),              # rectangular
     maxpool_case((2, 2, 8, 8), _window((3, 3), (3, 3))),
+    # ceil mode: a last, partial window where floor mode drops the rest of the map
+    maxpool_case((2, 3, 7, 6), _window((2, 2), (2, 2), ceil=True)),
+    maxpool_case((2, 2, 8, 9), _window((3, 3), (2, 2), ceil=True)),           # SqueezeNet's pools
+    maxpool_case((1, 2, 5, 7), _window((2, 3), (2, 2), (1, 1), ceil=True)),   # 5: a window would start in padding only
+    maxpool_case((1, 2, 1, 3), _window((2, 2), (2, 2), ceil=True)),           # every window overhangs
     avgpool_case((2, 3, 7, 6), _window((2, 2), (2, 2))),
     avgpool_case((2, 2, 9, 8), _window((3, 3), (2, 2), (1, 1))),              # padding counts as zeros
     avgpool_case((2, 2, 6, 5), _window((3, 3), (1, 1), (1, 1))),
     avgpool_case((1, 2, 5, 7), _window((3, 2), (2, 1), (1, 0))),
+    # ceil mode: an overhanging window divides by its part inside the input and its padding
+    avgpool_case((2, 3, 7, 6), _window((2, 2), (2, 2), ceil=True)),
+    avgpool_case((1, 2, 6, 5), _window((3, 3), (2, 2), (1, 1), ceil=True)),
+    avgpool_case((1, 2, 5, 7), _window((2, 3), (2, 2), (1, 1), ceil=True)),
+    avgpool_case((2, 2, 8, 9), _window((3, 3), (2, 2), ceil=True)),
     global_avgpool_case((2, 3, 5, 4)),
     global_avgpool_case((3, 4, 1, 1)),
     global_avgpool_case((1, 2, 7, 3)),
     maxunpool_case((2, 3, 6, 5), _window((2, 2), (2, 2)), grad_inputs=(0,)),  # odd width: last column stays 0
     maxunpool_case((1, 2, 8, 6), _window((3, 2), (2, 2), (1, 0)), grad_inputs=(0,)),
+    maxunpool_case((2, 2, 7, 8), _window((3, 3), (2, 2), ceil=True), grad_inputs=(0,)),
     unpool_case((2, 3, 3, 4), (2, 2)),
     unpool_case((1, 2, 2, 3), (3, 2)),
     unpool_case((2, 2, 3, 3), (1, 2)),
@@ -94,6 +108,8 @@ TORCH_CASES = [
 FD_CASES = [
     maxpool_case((1, 2, 5, 4), _window((3, 3), (2, 2), (1, 1))),
     avgpool_case((1, 2, 5, 4), _window((3, 3), (2, 2), (1, 1))),
+    maxpool_case((1, 2, 5, 4), _window((2, 3), (2, 2), (1, 1), ceil=True)),
+    avgpool_case((1, 2, 6, 5), _window((3, 3), (2, 2), (1, 1), ceil=True)),
     global_avgpool_case((2, 2, 3, 2)),
     maxunpool_case((1, 2, 4, 5), _window((2, 2), (2, 2))),    # input 1 included: its gradient is 0
     unpool_case((1, 2, 2, 3), (2, 3)),
