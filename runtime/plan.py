@@ -1,19 +1,45 @@
 """Lowering: a checked network -> an execution plan for one batch size on one device.
 
 The plan holds
-  * the schedule: the graph's nodes in topological order (inputs excluded);
-  * the backward: the same nodes reversed, restricted to those through which a gradient
-    reaches a trainable parameter; where a tensor fans out (residual adds, concat
-    branches, a shared input) the consumers' contributions are accumulated;
-  * a static memory plan: every activation, gradient and workspace buffer is allocated
-    once, and buffers whose lifetimes do not overlap share storage (greedy interval
-    allocation over the step's timeline, keyed by size and dtype);
-  * one kernel object per node, found by op name for the device.
+  * the schedule: the graph's nodes in topological order (inputs excluded), as steps of one
+    kernel call each. A kernel that can absorb the activation after it (`fuse_activation`,
+    e.g. dense + relu) makes one step of the pair: it writes the activation's output and the
+    pre-activation is never stored;
+  * the backward: the same steps reversed, restricted to those through which a gradient
+    reaches a trainable parameter. Where a tensor fans out (residual adds, concat branches, a
+    shared input) the first consumer in backward order writes its gradient and every later
+    one writes into a buffer of its own that is then added in;
+  * a static memory plan: every activation, gradient and workspace buffer is allocated once,
+    and buffers whose lifetimes do not overlap share storage (greedy interval allocation over
+    the step's timeline, forward then backward, by dtype and size). A forward activation
+    lives until its last reader: in training that is the last backward step that reads it
+    (kernels say whether their backward reads their inputs and output; see below), so
+    activations nobody reads in backward are released during forward. Two ops write no
+    storage of their own: reshaping ops (`output_is_input_view`) take a view of their input,
+    and in-place ops (`forward_in_place`: relu, tanh, ...) write over an input that nobody
+    reads afterwards;
+  * every kernel call's arguments, bound once: a step runs the kernel on preallocated arrays
+    with nothing computed per step.
+
+What a kernel may declare for the memory plan (class or instance attributes; the defaults
+are the safe assumptions):
+    backward_reads_inputs  True (all), False (none) or a tuple of input positions: which
+                           inputs its backward reads. Default True.
+    backward_reads_out     whether its backward reads its output. Default True.
+    forward_in_place       forward is correct with `out` being the same buffer as xs[0].
+    output_is_input_view   the output is its (single) input's elements in the same order, so
+                           the output can be a view of the input and forward is skipped.
+    fuse_activation(op, attrs) -> bool
+                           take over the following parameter-free activation `op`: forward
+                           then writes the activated output, backward receives that output
+                           and its gradient.
 
 Frozen parameters get no gradient buffers, and nodes with nothing trainable upstream or
 downstream of them get no backward work.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
@@ -35,33 +61,72 @@ def concrete(shape, batch: int, symbols: dict) -> tuple:
     return tuple(out)
 
 
-class _Arena:
-    """Greedy reuse of buffers by lifetime: a buffer is handed out again once its last use has passed."""
+def _size(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
 
-    def __init__(self, device):
+
+class _Arena:
+    """Storage shared by lifetime. Requests arrive in order of their first use; each gets the
+    smallest free buffer of its dtype that holds it without wasting more than half (a buffer
+    is free once the last use of what it held has passed), or a new one. Buffers are flat and
+    handed out as C-contiguous views of the requested shape. With share=False every request
+    gets a buffer of its own."""
+
+    def __init__(self, device, share: bool = True):
         self.device = device
-        self.free: dict[tuple, list] = {}   # (shape, dtype) -> [(free_from_time, array)]
+        self.share = share
+        self.buffers: dict[str, list] = {}   # dtype -> [[capacity, busy_until, flat array]]
         self.allocated_bytes = 0
 
     def take(self, shape, dtype, start: int, end: int):
-        key = (tuple(shape), np.dtype(dtype).str)
-        pool = self.free.setdefault(key, [])
-        for i, (free_from, arr) in enumerate(pool):
-            if free_from < start:
-                pool[i] = (end, arr)
-                return arr
-        arr = self.device.empty(shape, dtype)
-        self.allocated_bytes += int(np.prod(shape)) * np.dtype(dtype).itemsize
-        pool.append((end, arr))
-        return arr
+        dtype = np.dtype(dtype)
+        size = _size(shape)
+        best = None
+        for entry in self.buffers.setdefault(dtype.str, []):
+            capacity, busy_until, _ = entry
+            if self.share and busy_until < start and size <= capacity <= 2 * size and (best is None or capacity < best[0]):
+                best = entry
+        if best is None:
+            best = [size, end, self.device.empty((size,), dtype)]
+            self.buffers[dtype.str].append(best)
+            self.allocated_bytes += size * dtype.itemsize
+        best[1] = end
+        return best[2][:size].reshape(shape)
+
+
+@dataclass
+class _Step:
+    """One kernel call: `node`'s kernel, reading `inputs`, writing tensor `output` (the node
+    itself, or the activation it absorbed)."""
+    node: str
+    kernel: object
+    inputs: list
+    output: str
+    index: int                      # position on the forward timeline
+    is_view: bool = False           # output is a view of the input: forward has nothing to do
+    absorbed: str | None = None     # the fused activation node
+    args: tuple = ()                # (xs, params, out, ws), bound once
+    backward_args: tuple = ()       # (xs, params, out, gout, gxs, gparams, ws)
+    accumulations: list = field(default_factory=list)   # (gradient, aside buffer) added after backward
+
+
+def _reads_input(kernel, position: int) -> bool:
+    reads = getattr(kernel, "backward_reads_inputs", True)
+    return reads if isinstance(reads, bool) else position in reads
 
 
 class Plan:
     def __init__(self, net, params: dict, device, batch: int, symbols: dict, training: bool,
-                 trainable: set[str] | None = None, with_loss: bool = True):
+                 trainable: set[str] | None = None, with_loss: bool = True, reuse_memory: bool = True):
         """params: full name -> device array (shared with the model). trainable: full param names that get grads.
-        with_loss=False plans only what the outputs need (inference without labels)."""
+        with_loss=False plans only what the outputs need (inference without labels). reuse_memory=False
+        gives every tensor, gradient and workspace storage of its own (no sharing, views or in-place
+        writes): the reference the memory plan is tested against."""
         self.net, self.device, self.batch, self.training = net, device, batch, training
+        self.reuse_memory = reuse_memory
+        if device.name == "cpu":
+            from .jit import use_serial_blas
+            use_serial_blas()
         g = net.graph
         self.symbols = dict(symbols)
         targets = list(net.outputs) + ([net.loss] if with_loss and net.loss else [])
@@ -85,7 +150,10 @@ class Plan:
         self.node_trainable = {n: [k for k, p in g.nodes[n]["params"].items()
                                    if p.trainable and f"{n}.{k}" in trainable] for n in self.schedule}
         self._plan_gradients()
+        self._plan_steps()
         self._plan_memory()
+        self._bind()
+        self._ctx = Context(training=training)
 
     # ---- which nodes take part in backward -------------------------------------------------
     def _plan_gradients(self):
@@ -101,46 +169,188 @@ class Plan:
         self.grad_nodes = {n for n in upstream if n in reaches_loss and self.dtypes[n] == "float32"}
         self.backward_schedule = [n for n in reversed(self.schedule) if n in self.grad_nodes]
 
+    # ---- steps: fusion ---------------------------------------------------------------------------
+    def _fusable_activation(self, n, consumers):
+        """The activation node that `n`'s kernel absorbs, or None."""
+        g = self.net.graph
+        fuse = getattr(self.kernels[n], "fuse_activation", None)
+        kept = set(self.net.outputs) | {self.net.loss}
+        if fuse is None or n in kept or len(consumers) != 1:
+            return None
+        c = consumers[0]
+        d = g.nodes[c]
+        if d["inputs"] != [n] or d["params"] or self.dtypes[c] != self.dtypes[n]:
+            return None
+        return c if fuse(d["op"], dict(d["attrs"])) else None
+
+    def _plan_steps(self):
+        g = self.net.graph
+        consumers = {n: [] for n in self.shapes}
+        for c in self.schedule:
+            for i in dict.fromkeys(g.nodes[c]["inputs"]):
+                consumers[i].append(c)
+        absorbs, absorbed = {}, set()   # producer -> the activation it absorbs; the absorbed ones
+        for n in self.schedule:
+            c = None if n in absorbed else self._fusable_activation(n, consumers[n])
+            if c is not None:
+                absorbs[n] = c
+                absorbed.add(c)
+        self.steps: list[_Step] = []
+        for n in self.schedule:
+            if n in absorbed:
+                continue
+            output = absorbs.get(n, n)
+            kernel = self.kernels[n]
+            inputs = list(g.nodes[n]["inputs"])
+            is_view = self.reuse_memory and bool(getattr(kernel, "output_is_input_view", False)) and len(inputs) == 1
+            self.steps.append(_Step(n, kernel, inputs, output, len(self.steps), is_view=is_view,
+                                    absorbed=output if output != n else None))
+        self.step_of = {s.output: s for s in self.steps}
+        self.backward_steps = [s for s in reversed(self.steps) if s.node in self.grad_nodes]
+
     # ---- static memory plan ------------------------------------------------------------------
     def _plan_memory(self):
-        g, dev = self.net.graph, self.device
-        F = len(self.schedule)
-        t_fwd = {n: i for i, n in enumerate(self.schedule)}
-        t_bwd = {n: 2 * F - 1 - t_fwd[n] for n in self.schedule}
-        consumers = {n: [c for c in self.schedule if n in g.nodes[c]["inputs"]] for n in self.shapes}
-        outputs = set(self.net.outputs) | ({self.net.loss} if self.net.loss in self.kernels else set())
-        end = 2 * F + 1
-        arena = _Arena(dev)
+        dev, steps = self.device, self.steps
+        S = len(steps)
+        keep = 2 * S                  # past the last backward step: outputs stay readable
+        in_backward = {s.output for s in self.backward_steps}
+
+        def t_bwd(step):
+            return 2 * S - 1 - step.index
+
+        def tensor_dtype(t):
+            return DTYPES[self.dtypes[t]]
+
+        # when each tensor is written and last read
+        start = {s.output: s.index for s in steps}
+        end = dict(start)
+        for s in steps:
+            for i in s.inputs:
+                if i in end:
+                    end[i] = max(end[i], s.index)
+        for s in self.backward_steps:
+            if getattr(s.kernel, "backward_reads_out", True):
+                end[s.output] = t_bwd(s)
+            for k, i in enumerate(s.inputs):
+                if i in end and _reads_input(s.kernel, k):
+                    end[i] = max(end[i], t_bwd(s))
+        for t in list(self.net.outputs) + [self.net.loss]:
+            if t in end:
+                end[t] = keep
+
+        # storage groups: a view or an in-place output joins its input's storage
+        root = {t: t for t in start}
+        for t in self.inputs:
+            root[t] = t
+        members = {t: [t] for t in root}
+        group_end = dict(end)
+
+        def join(t, into):
+            r = root[into]
+            root[t] = r
+            members[r].append(t)
+            del members[t]
+            if r in group_end:
+                group_end[r] = max(group_end[r], end[t])
+
+        for s in steps:
+            x = s.inputs[0] if s.inputs else None
+            if not self.reuse_memory:
+                continue
+            if s.is_view:
+                join(s.output, x)
+            elif (getattr(s.kernel, "forward_in_place", False) and x in root and root[x] not in self.inputs
+                  and group_end[root[x]] == s.index
+                  and _size(self.shapes[x]) == _size(self.shapes[s.output]) and self.dtypes[x] == self.dtypes[s.output]):
+                join(s.output, x)
+
+        # every request, then served in order of first use
+        requests = []     # (start, end, shape, dtype, where to put it)
         self.out = {}
-        for n in self.inputs:
-            self.out[n] = dev.empty(self.shapes[n], DTYPES[self.dtypes[n]])
-        for n in self.schedule:
-            if self.training or n in outputs:
-                last = end            # kept for backward and for reading metrics / NaN diagnosis
+        for t in self.inputs:
+            self.out[t] = dev.empty(self.shapes[t], tensor_dtype(t))
+        for r, ts in members.items():
+            if r in self.inputs:
+                for t in ts[1:]:
+                    self.out[t] = self.out[r].reshape(self.shapes[t])
+                continue
+            first = min(start[t] for t in ts)
+            requests.append((first, group_end[r], self.shapes[r], tensor_dtype(r), ("group", r)))
+        self.ws = {s.node: {} for s in steps}
+        for s in steps:
+            last = t_bwd(s) if s.output in in_backward else s.index
+            for k, (shape, dt) in s.kernel.workspace().items():
+                requests.append((s.index, last, shape, DTYPES.get(dt, dt) if isinstance(dt, str) else dt,
+                                 ("ws", s.node, k)))
+        # gradients: each tensor's is written first by its first consumer in backward order and
+        # read by its producer's backward; every later writer gets an aside buffer to add in
+        self._gradient_writes = {}     # (step node, input position) -> ("direct" | "aside", tensor)
+        written = set()
+        first_write = {}
+        for s in self.backward_steps:
+            for k, i in enumerate(s.inputs):
+                if i not in in_backward:
+                    continue
+                if i not in written:
+                    written.add(i)
+                    first_write[i] = t_bwd(s)
+                    self._gradient_writes[(s.node, k)] = ("direct", i)
+                else:
+                    self._gradient_writes[(s.node, k)] = ("aside", i)
+                    requests.append((t_bwd(s), t_bwd(s), self.shapes[i], np.float32, ("aside", s.node, k)))
+        for t in in_backward:
+            if t == self.net.loss:
+                continue
+            requests.append((first_write[t], t_bwd(self.step_of[t]), self.shapes[t], np.float32, ("grad", t)))
+
+        arena = _Arena(dev, share=self.reuse_memory)
+        self.grad, self._asides = {}, {}
+        requests.sort(key=lambda r: r[0])
+        for first, last, shape, dt, where in requests:
+            buf = arena.take(shape, dt, first, last)
+            if where[0] == "group":
+                for t in members[where[1]]:
+                    self.out[t] = buf.reshape(self.shapes[t])
+            elif where[0] == "ws":
+                self.ws[where[1]][where[2]] = buf
+            elif where[0] == "grad":
+                self.grad[where[1]] = buf
             else:
-                last = max([t_fwd[c] for c in consumers[n]] + [t_fwd[n]])
-            self.out[n] = arena.take(self.shapes[n], DTYPES[self.dtypes[n]], t_fwd[n], last)
-        self.ws = {}
-        for n in self.schedule:
-            last = t_bwd[n] if n in self.grad_nodes else t_fwd[n]
-            self.ws[n] = {k: arena.take(s, DTYPES.get(dt, dt) if isinstance(dt, str) else dt, t_fwd[n], last)
-                          for k, (s, dt) in self.kernels[n].workspace().items()}
-        # gradient of each tensor: written by its first consumer's backward, read by its own backward
-        self.grad, self.scratch = {}, {}
-        for n in self.backward_schedule:
-            cons = [c for c in consumers[n] if c in self.grad_nodes]
-            first = min((t_bwd[c] for c in cons), default=t_bwd[n])
-            self.grad[n] = arena.take(self.shapes[n], np.float32, first, t_bwd[n])
-            if len(cons) > 1 or any(g.nodes[c]["inputs"].count(n) > 1 for c in cons):
-                self.scratch[n] = arena.take(self.shapes[n], np.float32, first, t_bwd[n])
+                self._asides[where[1:]] = buf
+        for s in steps:
+            if s.absorbed:
+                self.out[s.node] = self.out[s.output]    # for reading only: the pre-activation is not kept
         self.param_grads = {}
-        for n in self.backward_schedule:
-            for k in self.node_trainable[n]:
-                self.param_grads[f"{n}.{k}"] = dev.empty(tuple(self.node_params[n][k].shape), np.float32)
+        for s in self.backward_steps:
+            for k in self.node_trainable[s.node]:
+                self.param_grads[f"{s.node}.{k}"] = dev.empty(tuple(self.node_params[s.node][k].shape), np.float32)
         self.loss_seed = dev.empty((), np.float32)
-        if self.net.loss in self.grad_nodes:
+        if self.net.loss in in_backward:
             dev.fill(self.loss_seed, 1.0)
         self.bytes = arena.allocated_bytes
+
+    # ---- every call's arguments, once --------------------------------------------------------
+    def _bind(self):
+        for s in self.steps:
+            xs = [self.out[i] for i in s.inputs]
+            s.args = (xs, self.node_params[s.node], self.out[s.output], self.ws[s.node])
+        for s in self.backward_steps:
+            gout = self.loss_seed if s.output == self.net.loss else self.grad[s.output]
+            gxs = []
+            for k, i in enumerate(s.inputs):
+                how = self._gradient_writes.get((s.node, k))
+                if how is None:
+                    gxs.append(None)
+                elif how[0] == "direct":
+                    gxs.append(self.grad[i])
+                else:
+                    gxs.append(self._asides[(s.node, k)])
+                    s.accumulations.append((self.grad[i], self._asides[(s.node, k)]))
+            gparams = {k: self.param_grads[f"{s.node}.{k}"] for k in self.node_trainable[s.node]}
+            xs, params, out, ws = s.args
+            s.backward_args = (xs, params, out, gout, gxs, gparams, ws)
+        self._forward_calls = [(s.kernel.forward, s.args) for s in self.steps if not s.is_view]
+        self._backward_calls = [(s.kernel.backward, s.backward_args, s.accumulations) for s in self.backward_steps]
 
     # ---- execution -----------------------------------------------------------------------------
     def set_inputs(self, feeds: dict):
@@ -149,62 +359,33 @@ class Plan:
                 self.device.from_host(feeds[name], out=self.out[name])
 
     def forward(self, ctx: Context):
-        g = self.net.graph
-        for n in self.schedule:
-            xs = [self.out[i] for i in g.nodes[n]["inputs"]]
-            self.kernels[n].forward(ctx, xs, self.node_params[n], self.out[n], self.ws[n])
+        self._ctx = ctx
+        for forward, args in self._forward_calls:
+            forward(ctx, *args)
 
     def backward(self, ctx: Context):
         """Gradients of the loss w.r.t. every trainable parameter, into self.param_grads."""
-        g = self.net.graph
-        written = set()
-        for n in self.backward_schedule:
-            gout = self.loss_seed if n == self.net.loss else self.grad[n]
-            inputs = g.nodes[n]["inputs"]
-            gxs, pending = [], []
-            for i in inputs:
-                if i not in self.grad_nodes:
-                    gxs.append(None)
-                elif i not in written and not any(i == x for x, _ in pending):
-                    gxs.append(self.grad[i])
-                    pending.append((i, False))
-                else:                 # a second contribution: compute aside, then add
-                    gxs.append(self.scratch[i])
-                    pending.append((i, True))
-            gparams = {k: self.param_grads[f"{n}.{k}"] for k in self.node_trainable[n]}
-            xs = [self.out[i] for i in inputs]
-            if len(pending) == len(set(x for x, _ in pending)):
-                self.kernels[n].backward(ctx, xs, self.node_params[n], self.out[n], gout, gxs, gparams, self.ws[n])
-                for i, aside in pending:
-                    if aside:
-                        self.device.accumulate(self.grad[i], self.scratch[i])
-                    written.add(i)
-            else:
-                # the same tensor feeds this node twice (e.g. add(x, x)): one scratch cannot hold both,
-                # so run backward once per duplicate slot with the others pointed at throwaway buffers
-                self._backward_duplicates(ctx, n, xs, gout, gxs, gparams, inputs, written)
-
-    def _backward_duplicates(self, ctx, n, xs, gout, gxs, gparams, inputs, written):
-        tmp = [self.device.empty(self.shapes[i], np.float32) if gx is not None else None
-               for i, gx in zip(inputs, gxs)]
-        self.kernels[n].backward(ctx, xs, self.node_params[n], self.out[n], gout, tmp, gparams, self.ws[n])
-        for i, t in zip(inputs, tmp):
-            if t is None:
-                continue
-            if i in written:
-                self.device.accumulate(self.grad[i], t)
-            else:
-                self.device.from_host(self.device.to_host(t), out=self.grad[i]) if self.device.name != "cpu" \
-                    else np.copyto(self.grad[i], t)
-                written.add(i)
+        accumulate = self.device.accumulate
+        for backward, args, accumulations in self._backward_calls:
+            backward(ctx, *args)
+            for gradient, aside in accumulations:
+                accumulate(gradient, aside)
 
     def loss_value(self) -> float:
         return self.device.scalar(self.out[self.net.loss])
 
     def first_nonfinite(self):
-        """Name of the first node (in schedule order) whose output holds NaN or infinity."""
-        for n in self.schedule:
-            a = self.device.to_host(self.out[n])
+        """Name of the first node (in schedule order) whose output holds NaN or infinity.
+
+        Dead activations share storage, so after a forward pass most early outputs have been
+        overwritten: this runs the forward again from the inputs (which are never
+        overwritten) and checks each output as it is written. It is a diagnosis for a step
+        that is being abandoned: the rerun updates batchnorm statistics and draws dropout
+        masks again."""
+        for s in self.steps:
+            if not s.is_view:
+                s.kernel.forward(self._ctx, *s.args)
+            a = self.device.to_host(self.out[s.output])
             if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-                return n
+                return s.node
         return None

@@ -1,116 +1,197 @@
 """CPU kernels of the activation family: relu, leaky_relu, elu, sigmoid, tanh, prelu, softmax, maxout.
 
-Elementwise ops run as parallel Numba loops over the flat array. Each op has its own jitted
-functions (rather than one function switching on the op) so that a plan compiles only the
-activations it uses.
+Elementwise ops run as Numba loops over the flat array, serial below the size at which a
+parallel region pays for itself (runtime/jit.py's threading policy) and split over the
+workers above it; the kernel decides once and passes `parallel` to its loops. Each op has its
+own jitted functions (rather than one function switching on the op) so that a plan compiles
+only the activations it uses.
 
 Transcendental functions (exp, expm1, tanh) go through numpy's ufuncs, not Numba: this Numba
 has no SVML, so it calls the scalar libm function per element, about 20x slower than numpy's
 SIMD loops (PERF-NOTES machine: 4M float32 exp ~100 ms scalar, ~5 ms numpy).
+
+What the plan may rely on (see runtime/plan.py): relu, sigmoid, tanh and softmax compute their
+input gradient from their output alone (relu: out > 0 exactly where x > 0), so their input
+can be released after forward; relu, leaky_relu and tanh may write their output over their
+input.
 """
 import numpy as np
 
-from runtime.jit import pnjit, prange
+from runtime.jit import njit, parallel_elementwise, pnjit, prange
 from runtime.kernel_api import Kernel, register
 
 
 # --- elementwise ops -------------------------------------------------------------------------
-# Uniform signatures, forward(x, out, param) and backward(x, out, gout, gx, param), on flat
-# arrays, so that one Kernel class drives all of them; `param` is the op's float attribute
-# (unused by relu / sigmoid / tanh).
+# Uniform signatures, forward(x, out, param, parallel) and backward(x, out, gout, gx, param,
+# parallel), on flat arrays, so that one Kernel class drives all of them; `param` is the op's
+# float attribute (unused by relu / sigmoid / tanh). Each loop body is one scalar function,
+# written once and called from the serial and the parallel loop.
+
+@njit
+def relu_grad(out, g):
+    """The gradient through relu given its output: out > 0 exactly where the input was."""
+    return g if out > 0 else 0
+
 
 @pnjit
-def _relu_forward(x, out, param):
-    for i in prange(x.size):
-        out[i] = x[i] if x[i] > 0 else 0
+def relu_forward(x, out, param, parallel):
+    if parallel:
+        for i in prange(x.size):
+            out[i] = x[i] if x[i] > 0 else 0
+    else:
+        for i in range(x.size):
+            out[i] = x[i] if x[i] > 0 else 0
     return
 
 
 @pnjit
-def _relu_backward(x, out, gout, gx, param):
-    for i in prange(x.size):
-        gx[i] = gout[i] if x[i] > 0 else 0
+def _relu_backward(x, out, gout, gx, param, parallel):
+    if parallel:
+        for i in prange(out.size):
+            gx[i] = relu_grad(out[i], gout[i])
+    else:
+        for i in range(out.size):
+            gx[i] = relu_grad(out[i], gout[i])
     return
 
 
+@njit
+def _leaky(v, slope):
+    return v if v > 0 else v * slope
+
+
 @pnjit
-def _leaky_relu_forward(x, out, slope):
-    for i in prange(x.size):
-        out[i] = x[i] if x[i] > 0 else x[i] * slope
+def _leaky_relu_forward(x, out, slope, parallel):
+    if parallel:
+        for i in prange(x.size):
+            out[i] = _leaky(x[i], slope)
+    else:
+        for i in range(x.size):
+            out[i] = _leaky(x[i], slope)
     return
 
 
+@njit
+def _leaky_grad(v, g, slope):
+    return g if v > 0 else g * slope
+
+
 @pnjit
-def _leaky_relu_backward(x, out, gout, gx, slope):
-    for i in prange(x.size):
-        gx[i] = gout[i] if x[i] > 0 else gout[i] * slope
+def _leaky_relu_backward(x, out, gout, gx, slope, parallel):
+    # From x, not out: a negative slope would make out > 0 where x < 0.
+    if parallel:
+        for i in prange(x.size):
+            gx[i] = _leaky_grad(x[i], gout[i], slope)
+    else:
+        for i in range(x.size):
+            gx[i] = _leaky_grad(x[i], gout[i], slope)
     return
 
 
+@njit
+def _elu_pick(v, expm1_of_min, alpha):
+    return v if v > 0 else alpha * expm1_of_min
+
+
 @pnjit
-def _elu_select(x, out, alpha):
+def _elu_select(x, out, alpha, parallel):
     # On entry out holds expm1(min(x, 0)).
-    for i in prange(x.size):
-        out[i] = x[i] if x[i] > 0 else alpha * out[i]
+    if parallel:
+        for i in prange(x.size):
+            out[i] = _elu_pick(x[i], out[i], alpha)
+    else:
+        for i in range(x.size):
+            out[i] = _elu_pick(x[i], out[i], alpha)
     return
 
 
-def _elu_forward(x, out, alpha):
+def _elu_forward(x, out, alpha, parallel):
     np.minimum(x, 0, out=out)
     np.expm1(out, out=out)
-    _elu_select(x, out, alpha)
+    _elu_select(x, out, alpha, parallel)
+
+
+@njit
+def _elu_grad(v, out, g, alpha):
+    # For x <= 0, d/dx alpha*(exp(x)-1) = alpha*exp(x) = out + alpha. The sign comes from x:
+    # with a negative alpha, out > 0 where x < 0.
+    return g if v > 0 else g * (out + alpha)
 
 
 @pnjit
-def _elu_backward(x, out, gout, gx, alpha):
-    # For x <= 0, d/dx alpha*(exp(x)-1) = alpha*exp(x) = out + alpha.
-    for i in prange(x.size):
-        gx[i] = gout[i] if x[i] > 0 else gout[i] * (out[i] + alpha)
+def _elu_backward(x, out, gout, gx, alpha, parallel):
+    if parallel:
+        for i in prange(x.size):
+            gx[i] = _elu_grad(x[i], out[i], gout[i], alpha)
+    else:
+        for i in range(x.size):
+            gx[i] = _elu_grad(x[i], out[i], gout[i], alpha)
     return
 
 
 @pnjit
-def _negative_abs(x, out):
-    for i in prange(x.size):
-        out[i] = -abs(x[i])
+def _negative_abs(x, out, parallel):
+    if parallel:
+        for i in prange(x.size):
+            out[i] = -abs(x[i])
+    else:
+        for i in range(x.size):
+            out[i] = -abs(x[i])
     return
 
 
-def exp_negative_abs(x, out):
+def exp_negative_abs(x, out, parallel):
     """out = exp(-|x|), which never overflows: the stable way into sigmoid and softplus."""
-    _negative_abs(x, out)
+    _negative_abs(x, out, parallel)
     np.exp(out, out=out)
 
 
+@njit
+def _sigmoid_from_exp(v, e):
+    s = 1 / (1 + e)
+    return s if v >= 0 else e * s
+
+
 @pnjit
-def sigmoid_from_exp(x, e, out):
+def sigmoid_from_exp(x, e, out, parallel):
     """out = sigmoid(x) given e = exp(-|x|); out may be e itself."""
-    for i in prange(x.size):
-        v = 1 / (1 + e[i])
-        out[i] = v if x[i] >= 0 else e[i] * v
+    if parallel:
+        for i in prange(x.size):
+            out[i] = _sigmoid_from_exp(x[i], e[i])
+    else:
+        for i in range(x.size):
+            out[i] = _sigmoid_from_exp(x[i], e[i])
     return
 
 
-def _sigmoid_forward(x, out, param):
-    exp_negative_abs(x, out)
-    sigmoid_from_exp(x, out, out)
+def _sigmoid_forward(x, out, param, parallel):
+    exp_negative_abs(x, out, parallel)
+    sigmoid_from_exp(x, out, out, parallel)
 
 
 @pnjit
-def _sigmoid_backward(x, out, gout, gx, param):
-    for i in prange(x.size):
-        gx[i] = gout[i] * out[i] * (1 - out[i])
+def _sigmoid_backward(x, out, gout, gx, param, parallel):
+    if parallel:
+        for i in prange(out.size):
+            gx[i] = gout[i] * out[i] * (1 - out[i])
+    else:
+        for i in range(out.size):
+            gx[i] = gout[i] * out[i] * (1 - out[i])
     return
 
 
-def _tanh_forward(x, out, param):
+def _tanh_forward(x, out, param, parallel):
     np.tanh(x, out=out)
 
 
 @pnjit
-def _tanh_backward(x, out, gout, gx, param):
-    for i in prange(x.size):
-        gx[i] = gout[i] * (1 - out[i] * out[i])
+def _tanh_backward(x, out, gout, gx, param, parallel):
+    if parallel:
+        for i in prange(out.size):
+            gx[i] = gout[i] * (1 - out[i] * out[i])
+    else:
+        for i in range(out.size):
+            gx[i] = gout[i] * (1 - out[i] * out[i])
     return
 
 
@@ -120,23 +201,28 @@ class _Elementwise(Kernel):
     backward_loop = None
     attr = None          # name of the op's float attribute, if it has one
     attr_default = 0.0
+    backward_reads_inputs = False     # the gradient comes from the output (leaky_relu, elu override)
+    forward_in_place = False
 
-    def _param(self):
-        return float(self.spec.attrs.get(self.attr, self.attr_default)) if self.attr else 0.0
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.param = float(spec.attrs.get(self.attr, self.attr_default)) if self.attr else 0.0
+        self.parallel = parallel_elementwise(int(np.prod(spec.out_shape, dtype=np.int64)))
 
     def forward(self, ctx, xs, params, out, ws):
-        self.forward_loop(xs[0].reshape(-1), out.reshape(-1), self._param())
+        self.forward_loop(xs[0].reshape(-1), out.reshape(-1), self.param, self.parallel)
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         if gxs[0] is not None:
             self.backward_loop(xs[0].reshape(-1), out.reshape(-1), gout.reshape(-1),
-                               gxs[0].reshape(-1), self._param())
+                               gxs[0].reshape(-1), self.param, self.parallel)
 
 
 @register("cpu", "relu")
 class Relu(_Elementwise):
-    forward_loop = staticmethod(_relu_forward)
+    forward_loop = staticmethod(relu_forward)
     backward_loop = staticmethod(_relu_backward)
+    forward_in_place = True
 
 
 @register("cpu", "leaky_relu")
@@ -144,6 +230,8 @@ class LeakyRelu(_Elementwise):
     forward_loop = staticmethod(_leaky_relu_forward)
     backward_loop = staticmethod(_leaky_relu_backward)
     attr, attr_default = "slope", 0.01
+    backward_reads_inputs = True
+    forward_in_place = True
 
 
 @register("cpu", "elu")
@@ -151,6 +239,7 @@ class Elu(_Elementwise):
     forward_loop = staticmethod(_elu_forward)
     backward_loop = staticmethod(_elu_backward)
     attr, attr_default = "alpha", 1.0
+    backward_reads_inputs = True
 
 
 @register("cpu", "sigmoid")
@@ -163,6 +252,7 @@ class Sigmoid(_Elementwise):
 class Tanh(_Elementwise):
     forward_loop = staticmethod(_tanh_forward)
     backward_loop = staticmethod(_tanh_backward)
+    forward_in_place = True
 
 
 # --- prelu -----------------------------------------------------------------------------------
@@ -262,6 +352,8 @@ def _softmax_backward(out, gout, gx):
 
 @register("cpu", "softmax")
 class Softmax(Kernel):
+    backward_reads_inputs = False     # gx = y * (g - sum(g * y)) needs only the output y
+
     def _positions(self):
         shape, axis = self.spec.in_shapes[0], self.spec.attrs["axis"]
         return (int(np.prod(shape[:axis], dtype=np.int64)), 1, int(np.prod(shape[axis + 1:], dtype=np.int64)))

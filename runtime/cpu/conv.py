@@ -1,28 +1,43 @@
 """CPU kernels of the conv family: `conv` and `deconv` (transposed convolution).
 
-Both are im2col + BLAS GEMM, one sample at a time into one reused column buffer: PERF-NOTES
-measured that order fastest on this machine (whole-batch columns cost memory traffic, and
-allocating per call cost ~1.6x). `np.dot` inside `@njit` calls BLAS, which owns the cores;
-the im2col / col2im loops around it stay serial so Numba's and BLAS's thread pools never compete.
-
-Layouts. Every array is viewed (never copied) with the groups made explicit and the spatial
-dims flattened, so each per-(sample, group) operand of a GEMM is a C-contiguous matrix:
+Both are im2col + BLAS GEMM. Layouts: every array is viewed (never copied) with the groups
+made explicit and the spatial dims flattened, so each per-(sample, group) operand of a GEMM
+is a C-contiguous matrix:
     conv:   x (N, G, C/G, H*W)   weight (G, F/G, C/G*kh*kw)   out (N, G, F/G, Ho*Wo)
     deconv: x (N, G, C/G, H*W)   weight (G, C/G, F/G*kh*kw)   out (N, G, F/G, Ho*Wo)
 A column matrix has one row per (channel, kernel row, kernel col) and one column per
 position of the grid the kernel slides over.
 
-A 1x1 kernel with stride 1 and no padding makes the column matrix equal to the image itself,
-so those "pointwise" layers GEMM straight from the input and need no column buffer.
+Who owns the cores (conv). The batch is cut into chunks of consecutive samples, and one
+Numba thread per core ("worker") takes every workers-th chunk: it builds the chunk's column
+matrix and runs the chunk's GEMMs on single-threaded BLAS (runtime/jit.py: the plan holds
+BLAS to one thread; layers below PARALLEL_MIN_FLOPS keep to one worker). Both cores therefore do
+im2col/col2im as well as GEMM, instead of one core copying while the other waits (measured:
+im2col was ~40% of the forward when it ran serially around 2-thread BLAS). A chunk holds
+enough samples that its GEMM has at least MIN_GEMM_COLUMNS columns: at 4x4 and 2x2 grids
+one sample's GEMM is too thin for BLAS to run near its peak. Each worker owns its buffers,
+and the weight gradient is summed per worker, then across workers, so no two threads ever
+write the same element.
+
+A 1x1 kernel with stride 1 and no padding makes a sample's column matrix equal to its
+image, so such "pointwise" layers GEMM straight from the input when a chunk is one sample.
 
 Optional operands (bias, and each gradient of the backward pass) are passed as None when not
 wanted; Numba compiles the `is None` branches away, so a frozen layer skips the weight
-gradient and a first layer skips the input gradient (a col2im and a GEMM per sample).
+gradient and a first layer skips the input gradient (a col2im and a GEMM per chunk).
+
+deconv keeps one sample at a time with BLAS owning the cores: no model the project measures
+uses it on a hot path.
 """
+import numba
 import numpy as np
 
-from runtime.jit import njit
+from runtime.jit import njit, parallel_gemm, pnjit, prange
 from runtime.kernel_api import Kernel, register
+
+# Fewest GEMM columns (grid positions x samples) a conv chunk aims for: below ~256 columns
+# single-threaded OpenBLAS sgemm falls well short of its peak on these shapes.
+MIN_GEMM_COLUMNS = 256
 
 
 @njit
@@ -34,9 +49,10 @@ def _valid_grid_range(offset, stride, image_size, grid_size):
 
 
 @njit
-def _im2col(image, image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w, cols):
-    """cols[(c*kh + i)*kw + j, oh*grid_w + ow] = image[c, ih, iw] (0 in the padding),
+def _im2col(image, geometry, cols, first_col):
+    """cols[(c*kh + i)*kw + j, first_col + oh*grid_w + ow] = image[c, ih, iw] (0 in the padding),
     ih = oh*sh - ph + i*dh, iw = ow*sw - pw + j*dw. image is (C, image_h*image_w)."""
+    image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
     for c in range(image.shape[0]):
         for i in range(kh):
             for j in range(kw):
@@ -45,21 +61,25 @@ def _im2col(image, image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, gri
                 ow_lo, ow_hi = _valid_grid_range(col_offset, sw, image_w, grid_w)
                 for oh in range(grid_h):
                     ih = oh * sh - ph + i * dh
-                    base = oh * grid_w
+                    base = first_col + oh * grid_w
                     if ih < 0 or ih >= image_h:
                         cols[row, base:base + grid_w] = 0
                         continue
                     cols[row, base:base + ow_lo] = 0
                     cols[row, base + ow_hi:base + grid_w] = 0
                     src = ih * image_w + col_offset
-                    for ow in range(ow_lo, ow_hi):
-                        cols[row, base + ow] = image[c, src + ow * sw]
+                    if sw == 1:     # a contiguous run: a vectorised copy
+                        cols[row, base + ow_lo:base + ow_hi] = image[c, src + ow_lo:src + ow_hi]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            cols[row, base + ow] = image[c, src + ow * sw]
 
 
 @njit
-def _col2im(cols, image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w, image):
+def _col2im(cols, geometry, first_col, image):
     """The adjoint of _im2col: image = 0, then image[c, ih, iw] += every column entry that
     _im2col would have read from there."""
+    image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
     image[:] = 0
     for c in range(image.shape[0]):
         for i in range(kh):
@@ -71,10 +91,13 @@ def _col2im(cols, image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid
                     ih = oh * sh - ph + i * dh
                     if ih < 0 or ih >= image_h:
                         continue
-                    base = oh * grid_w
+                    base = first_col + oh * grid_w
                     dst = ih * image_w + col_offset
-                    for ow in range(ow_lo, ow_hi):
-                        image[c, dst + ow * sw] += cols[row, base + ow]
+                    if sw == 1:
+                        image[c, dst + ow_lo:dst + ow_hi] += cols[row, base + ow_lo:base + ow_hi]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            image[c, dst + ow * sw] += cols[row, base + ow]
 
 
 @njit
@@ -93,58 +116,124 @@ def _accumulate_bias_grad(gout, gbias):
 
 
 @njit
-def _conv_forward(x, weight, bias, out, geometry, pointwise, cols):
-    image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
-    for n in range(x.shape[0]):
-        for g in range(x.shape[1]):
-            if pointwise:
-                np.dot(weight[g], x[n, g], out[n, g])
-            else:
-                _im2col(x[n, g], image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w, cols)
-                np.dot(weight[g], cols, out[n, g])
-            if bias is not None:
-                _add_bias(bias[g], out[n, g])
+def _matrix(buffer, rows, columns):
+    """The first rows*columns elements of a flat buffer as a (rows, columns) matrix; an empty
+    buffer (allocated for a path that never reads it) gives an empty matrix."""
+    if buffer.size == 0:
+        return buffer.reshape((0, 0))
+    return buffer[:rows * columns].reshape((rows, columns))
 
 
 @njit
-def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, cols, gweight_sample):
-    """gweight[g] = sum_n gout[n, g] @ im2col(x[n, g])^T; gx[n, g] = col2im(weight[g]^T @ gout[n, g])."""
-    image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
+def _chunk_bounds(chunk_index, chunk, n_batch):
+    first = chunk_index * chunk
+    return first, min(chunk, n_batch - first)
+
+
+@pnjit
+def _conv_forward(x, weight, bias, out, geometry, pointwise, chunk, cols, staging):
+    """cols / staging: (workers, ...) flat per-worker buffers for one chunk's column matrix
+    and one chunk's GEMM result (F/G, samples * positions), scattered to `out` afterwards."""
+    n_batch, groups, rows, positions = out.shape
+    depth = weight.shape[2]
+    workers = cols.shape[0]
+    n_chunks = (n_batch + chunk - 1) // chunk
+    for worker in prange(workers):
+        for chunk_index in range(worker, n_chunks, workers):
+            first, count = _chunk_bounds(chunk_index, chunk, n_batch)
+            width = count * positions
+            chunk_cols = _matrix(cols[worker], depth, width)
+            for g in range(groups):
+                if count == 1:
+                    if pointwise:
+                        np.dot(weight[g], x[first, g], out[first, g])
+                    else:
+                        _im2col(x[first, g], geometry, chunk_cols, 0)
+                        np.dot(weight[g], chunk_cols, out[first, g])
+                    if bias is not None:
+                        _add_bias(bias[g], out[first, g])
+                    continue
+                for s in range(count):
+                    _im2col(x[first + s, g], geometry, chunk_cols, s * positions)
+                result = _matrix(staging[worker], rows, width)
+                np.dot(weight[g], chunk_cols, result)
+                for s in range(count):
+                    out[first + s, g] = result[:, s * positions:(s + 1) * positions]
+                    if bias is not None:
+                        _add_bias(bias[g], out[first + s, g])
+
+
+@pnjit
+def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, chunk,
+                   cols, staging, gweight_partial, gweight_chunk, gbias_partial):
+    """gweight[g] = sum over chunks of gout_chunk @ im2col(x_chunk)^T;
+    gx_chunk = col2im(weight[g]^T @ gout_chunk).
+
+    Worker 0 sums its weight gradient straight into gweight, worker w > 0 into
+    gweight_partial[w - 1]; gweight_chunk[w] holds one chunk's product before it is added
+    (only needed by a worker that has more than one chunk). The partial sums are added last.
+    """
+    n_batch, groups, rows, positions = gout.shape
+    depth = weight.shape[2]
+    workers = cols.shape[0]
+    n_chunks = (n_batch + chunk - 1) // chunk
+    for worker in prange(workers):
+        if gbias is not None:
+            gbias_partial[worker] = 0
+        for chunk_index in range(worker, n_chunks, workers):
+            first, count = _chunk_bounds(chunk_index, chunk, n_batch)
+            width = count * positions
+            chunk_cols = _matrix(cols[worker], depth, width)
+            for g in range(groups):
+                if count == 1:
+                    gout_chunk = gout[first, g]
+                else:       # the chunk's gradients side by side, like its columns
+                    gout_chunk = _matrix(staging[worker], rows, width)
+                    for s in range(count):
+                        gout_chunk[:, s * positions:(s + 1) * positions] = gout[first + s, g]
+                if gbias is not None:
+                    _accumulate_bias_grad(gout_chunk, gbias_partial[worker, g])
+                if gweight is not None:
+                    if pointwise and count == 1:
+                        inputs = x[first, g]
+                    else:
+                        for s in range(count):
+                            _im2col(x[first + s, g], geometry, chunk_cols, s * positions)
+                        inputs = chunk_cols
+                    total = gweight[g] if worker == 0 else gweight_partial[worker - 1, g]
+                    if chunk_index == worker:       # this worker's first chunk
+                        np.dot(gout_chunk, inputs.T, total)
+                    else:
+                        np.dot(gout_chunk, inputs.T, gweight_chunk[worker])
+                        total += gweight_chunk[worker]
+                if gx is not None:
+                    if pointwise and count == 1:
+                        np.dot(weight[g].T, gout_chunk, gx[first, g])
+                    else:
+                        np.dot(weight[g].T, gout_chunk, chunk_cols)
+                        for s in range(count):
+                            _col2im(chunk_cols, geometry, s * positions, gx[first + s, g])
+    busy_workers = min(workers, n_chunks)
     if gweight is not None:
-        gweight[:] = 0
+        for worker in range(1, busy_workers):
+            gweight += gweight_partial[worker - 1]
     if gbias is not None:
         gbias[:] = 0
-    for n in range(x.shape[0]):
-        for g in range(x.shape[1]):
-            if gbias is not None:
-                _accumulate_bias_grad(gout[n, g], gbias[g])
-            if gweight is not None:
-                if pointwise:
-                    np.dot(gout[n, g], x[n, g].T, gweight_sample)
-                else:
-                    _im2col(x[n, g], image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w, cols)
-                    np.dot(gout[n, g], cols.T, gweight_sample)
-                gweight[g] += gweight_sample
-            if gx is not None:
-                if pointwise:
-                    np.dot(weight[g].T, gout[n, g], gx[n, g])
-                else:
-                    np.dot(weight[g].T, gout[n, g], cols)
-                    _col2im(cols, image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w, gx[n, g])
+        for worker in range(busy_workers):
+            gbias += gbias_partial[worker]
 
 
 @njit
 def _deconv_forward(x, weight, bias, out, geometry, pointwise, cols):
     """out[n, g] = col2im(weight[g]^T @ x[n, g]): a conv's input-gradient pass, where the
     output is the image and the input is the grid the kernel slides over."""
-    image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
     for n in range(x.shape[0]):
         for g in range(x.shape[1]):
             if pointwise:
                 np.dot(weight[g].T, x[n, g], out[n, g])
             else:
                 np.dot(weight[g].T, x[n, g], cols)
-                _col2im(cols, image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w, out[n, g])
+                _col2im(cols, geometry, 0, out[n, g])
             if bias is not None:
                 _add_bias(bias[g], out[n, g])
 
@@ -152,7 +241,6 @@ def _deconv_forward(x, weight, bias, out, geometry, pointwise, cols):
 @njit
 def _deconv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, cols, gweight_sample):
     """With C = im2col(gout[n, g]): gx[n, g] = weight[g] @ C, gweight[g] = sum_n x[n, g] @ C^T."""
-    image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
     if gweight is not None:
         gweight[:] = 0
     if gbias is not None:
@@ -166,7 +254,7 @@ def _deconv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, c
             if pointwise:
                 gout_cols = gout[n, g]
             else:
-                _im2col(gout[n, g], image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w, cols)
+                _im2col(gout[n, g], geometry, cols, 0)
                 gout_cols = cols
             if gweight is not None:
                 np.dot(x[n, g], gout_cols.T, gweight_sample)
@@ -186,6 +274,7 @@ class _ConvBase(Kernel):
     In both, the "image" is the side the kernel window reads (conv: input, deconv: output) and
     the "grid" is the side with one position per window (conv: output, deconv: input).
     """
+    backward_reads_out = False        # gradients need x, the weight and gout, never the output
     transposed = False
 
     def __init__(self, spec):
@@ -214,18 +303,13 @@ class _ConvBase(Kernel):
             image_h, image_w, grid_h, grid_w = in_h, in_w, out_h, out_w
             window_channels = in_channels // groups
         self.geometry = (image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w)
-        self.cols_shape = (0, 0) if self.pointwise else (window_channels * kh * kw, grid_h * grid_w)
+        self.window_depth = window_channels * kh * kw      # rows of a column matrix
+        self.grid_positions = grid_h * grid_w
         self.x_shape = (n, groups, in_channels // groups, in_h * in_w)
         self.out_shape = (n, groups, out_channels // groups, out_h * out_w)
         weight_rows = (in_channels if self.transposed else out_channels) // groups
-        self.weight_shape = (groups, weight_rows, window_channels * kh * kw)
+        self.weight_shape = (groups, weight_rows, self.window_depth)
         self.bias_shape = (groups, out_channels // groups)
-
-    def workspace(self):
-        # cols: one sample's column matrix (empty for pointwise layers, which GEMM from the
-        # image itself); gweight_sample: one sample's weight gradient, before it is summed.
-        return {"cols": (self.cols_shape, "float32"),
-                "gweight_sample": (self.weight_shape[1:], "float32")}
 
     def _operands(self, xs, params, out):
         bias = params["bias"] if self.has_bias else None
@@ -240,20 +324,54 @@ class _ConvBase(Kernel):
 
 @register("cpu", "conv")
 class Conv(_ConvBase):
+    def __init__(self, spec):
+        super().__init__(spec)
+        n_batch, groups, rows, positions = self.out_shape
+        flops = 2 * n_batch * groups * rows * positions * self.window_depth
+        # Small layers (LeNet-sized) stay on one worker: a wake-up would cost more than it saves.
+        threads = numba.get_num_threads() if parallel_gemm(flops) else 1
+        self.workers = max(1, min(threads, n_batch))
+        per_worker = -(-n_batch // self.workers)
+        self.chunk = max(1, min(per_worker, -(-MIN_GEMM_COLUMNS // self.grid_positions)))
+        n_chunks = -(-n_batch // self.chunk)
+        # A worker with one chunk GEMMs its weight gradient straight into its running sum.
+        self.needs_gweight_chunk = n_chunks > self.workers
+
+    def workspace(self):
+        groups, rows, depth = self.weight_shape
+        width = self.chunk * self.grid_positions
+        # A pointwise layer whose chunks are single samples GEMMs from the image: no columns.
+        cols = 0 if self.pointwise and self.chunk == 1 else depth * width
+        return {
+            "cols": ((self.workers, cols), "float32"),            # a chunk's column matrix
+            "staging": ((self.workers, rows * width if self.chunk > 1 else 0), "float32"),
+            "gweight_partial": ((self.workers - 1, groups, rows, depth), "float32"),
+            "gweight_chunk": ((self.workers, rows if self.needs_gweight_chunk else 0,
+                               depth if self.needs_gweight_chunk else 0), "float32"),
+            "gbias_partial": ((self.workers, groups, rows), "float32"),
+        }
+
     def forward(self, ctx, xs, params, out, ws):
         x, weight, bias, out = self._operands(xs, params, out)
-        _conv_forward(x, weight, bias, out, self.geometry, self.pointwise, ws["cols"])
+        _conv_forward(x, weight, bias, out, self.geometry, self.pointwise, self.chunk, ws["cols"], ws["staging"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         x, weight, _, _ = self._operands(xs, params, out)
         gout, gx, gweight, gbias = self._grads(gout, gxs, gparams)
-        _conv_backward(x, weight, gout, gx, gweight, gbias, self.geometry, self.pointwise,
-                       ws["cols"], ws["gweight_sample"])
+        _conv_backward(x, weight, gout, gx, gweight, gbias, self.geometry, self.pointwise, self.chunk,
+                       ws["cols"], ws["staging"], ws["gweight_partial"], ws["gweight_chunk"], ws["gbias_partial"])
 
 
 @register("cpu", "deconv")
 class Deconv(_ConvBase):
     transposed = True
+
+    def workspace(self):
+        # cols: one sample's column matrix (empty for pointwise layers, which GEMM from the
+        # image itself); gweight_sample: one sample's weight gradient, before it is summed.
+        cols_shape = (0, 0) if self.pointwise else (self.window_depth, self.grid_positions)
+        return {"cols": (cols_shape, "float32"),
+                "gweight_sample": (self.weight_shape[1:], "float32")}
 
     def forward(self, ctx, xs, params, out, ws):
         x, weight, bias, out = self._operands(xs, params, out)

@@ -1,15 +1,18 @@
 """CPU kernels of the loss family: cross_entropy, hinge, mse, bce, loss_sum.
 
-Every loss is a mean, written to a 0-d output; its gradient `gout` is 0-d too. Parallel loops
+Every loss is a mean, written to a 0-d output; its gradient `gout` is 0-d too. The loops
 write one partial sum per iteration into a workspace buffer, summed afterwards, so no two
-iterations accumulate into the same element. Label inputs are int64 and get no gradient.
+iterations accumulate into the same element when they run in parallel. They run serially
+below runtime/jit.py's size threshold (a classifier's (64, 10) logits are far below it): the
+kernel decides once and passes `parallel`, and each loop body is one function called from
+both the serial and the parallel loop. Label inputs are int64 and get no gradient.
 """
 import math
 
 import numpy as np
 
 from runtime.cpu.activation import exp_negative_abs, softmax_into
-from runtime.jit import pnjit, prange
+from runtime.jit import njit, parallel_elementwise, pnjit, prange
 from runtime.kernel_api import Kernel, register
 
 # Elementwise losses (mse, bce) reduce in chunks of this many elements, one chunk per parallel task.
@@ -41,33 +44,57 @@ def _check_labels(labels, n_class, name):
 # (N, C) -> (N, C, 1); (N, C, H, W) -> (N, C, H*W); (N, T, C) -> (N*T, C, 1). The forward keeps
 # the softmax probabilities (as torch keeps its log-softmax), so the backward needs no exp.
 
-@pnjit
-def _cross_entropy_loss(logits, labels, row_max, row_sum, partial):
+@njit
+def _cross_entropy_row(logits, labels, row_max, row_sum, o):
     # -log softmax[label] = log-sum-exp - logit[label], with log-sum-exp = max + log(sum exp(x - max)).
-    n_outer, n_class, n_inner = logits.shape
-    for o in prange(n_outer):
-        loss = 0.0
-        for i in range(n_inner):
-            loss += row_max[o, 0, i] + math.log(row_sum[o, 0, i]) - logits[o, labels[o, i], i]
-        partial[o] = loss
+    loss = 0.0
+    for i in range(logits.shape[2]):
+        loss += row_max[o, 0, i] + math.log(row_sum[o, 0, i]) - logits[o, labels[o, i], i]
+    return loss
+
+
+@pnjit
+def _cross_entropy_loss(logits, labels, row_max, row_sum, partial, parallel):
+    if parallel:
+        for o in prange(logits.shape[0]):
+            partial[o] = _cross_entropy_row(logits, labels, row_max, row_sum, o)
+    else:
+        for o in range(logits.shape[0]):
+            partial[o] = _cross_entropy_row(logits, labels, row_max, row_sum, o)
     return
 
 
-@pnjit
-def _cross_entropy_backward(probs, labels, gx, scale):
+@njit
+def _cross_entropy_backward_row(probs, labels, gx, scale, o):
     # d loss / d logit = (softmax - onehot(label)) * gout / positions
     n_outer, n_class, n_inner = probs.shape
-    for o in prange(n_outer):
-        for c in range(n_class):
-            for i in range(n_inner):
-                gx[o, c, i] = probs[o, c, i] * scale
+    for c in range(n_class):
         for i in range(n_inner):
-            gx[o, labels[o, i], i] -= scale
+            gx[o, c, i] = probs[o, c, i] * scale
+    for i in range(n_inner):
+        gx[o, labels[o, i], i] -= scale
+
+
+@pnjit
+def _cross_entropy_backward(probs, labels, gx, scale, parallel):
+    if parallel:
+        for o in prange(probs.shape[0]):
+            _cross_entropy_backward_row(probs, labels, gx, scale, o)
+    else:
+        for o in range(probs.shape[0]):
+            _cross_entropy_backward_row(probs, labels, gx, scale, o)
     return
 
 
 @register("cpu", "cross_entropy")
 class CrossEntropy(Kernel):
+    backward_reads_inputs = (1,)      # the labels; the logits' softmax is kept in the workspace
+    backward_reads_out = False
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.parallel = parallel_elementwise(_size(spec.in_shapes[0]))
+
     def _outer(self):
         return _size(self.spec.in_shapes[0][:self.spec.attrs["class_axis"]])
 
@@ -88,7 +115,7 @@ class CrossEntropy(Kernel):
         _check_labels(labels, logits.shape[1], self.spec.name)
         probs, _ = self._views(ws["probs"], xs[1])
         softmax_into(logits, probs, ws["row_max"], ws["row_sum"])
-        _cross_entropy_loss(logits, labels, ws["row_max"], ws["row_sum"], ws["partial"])
+        _cross_entropy_loss(logits, labels, ws["row_max"], ws["row_sum"], ws["partial"], self.parallel)
         out[()] = ws["partial"].sum() / labels.size
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
@@ -96,45 +123,65 @@ class CrossEntropy(Kernel):
             return
         probs, labels = self._views(ws["probs"], xs[1])
         gx, _ = self._views(gxs[0], xs[1])
-        _cross_entropy_backward(probs, labels, gx, float(gout) / labels.size)
+        _cross_entropy_backward(probs, labels, gx, float(gout) / labels.size, self.parallel)
 
 
 # --- hinge -----------------------------------------------------------------------------------
 # torch multi_margin_loss (p=1): mean over samples of sum_{j != y} max(0, margin - x[y] + x[j]) / C
 
+@njit
+def _hinge_row(logits, labels, margin, n):
+    y = labels[n]
+    target = logits[n, y]
+    loss = 0.0
+    for j in range(logits.shape[1]):
+        if j != y:
+            loss += max(0.0, margin - target + logits[n, j])
+    return loss
+
+
 @pnjit
-def _hinge_forward(logits, labels, margin, partial):
-    n_batch, n_class = logits.shape
-    for n in prange(n_batch):
-        y = labels[n]
-        target = logits[n, y]
-        loss = 0.0
-        for j in range(n_class):
-            if j != y:
-                loss += max(0.0, margin - target + logits[n, j])
-        partial[n] = loss
+def _hinge_forward(logits, labels, margin, partial, parallel):
+    if parallel:
+        for n in prange(logits.shape[0]):
+            partial[n] = _hinge_row(logits, labels, margin, n)
+    else:
+        for n in range(logits.shape[0]):
+            partial[n] = _hinge_row(logits, labels, margin, n)
     return
 
 
+@njit
+def _hinge_backward_row(logits, labels, margin, gx, scale, n):
+    y = labels[n]
+    target = logits[n, y]
+    violations = 0
+    for j in range(logits.shape[1]):
+        if j != y and margin - target + logits[n, j] > 0:
+            gx[n, j] = scale
+            violations += 1
+        else:
+            gx[n, j] = 0
+    gx[n, y] = -violations * scale
+
+
 @pnjit
-def _hinge_backward(logits, labels, margin, gx, scale):
-    n_batch, n_class = logits.shape
-    for n in prange(n_batch):
-        y = labels[n]
-        target = logits[n, y]
-        violations = 0
-        for j in range(n_class):
-            if j != y and margin - target + logits[n, j] > 0:
-                gx[n, j] = scale
-                violations += 1
-            else:
-                gx[n, j] = 0
-        gx[n, y] = -violations * scale
+def _hinge_backward(logits, labels, margin, gx, scale, parallel):
+    if parallel:
+        for n in prange(logits.shape[0]):
+            _hinge_backward_row(logits, labels, margin, gx, scale, n)
+    else:
+        for n in range(logits.shape[0]):
+            _hinge_backward_row(logits, labels, margin, gx, scale, n)
     return
 
 
 @register("cpu", "hinge")
 class Hinge(Kernel):
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.parallel = parallel_elementwise(_size(spec.in_shapes[0]))
+
     def _margin(self):
         return float(self.spec.attrs.get("margin", 1.0))
 
@@ -144,13 +191,13 @@ class Hinge(Kernel):
     def forward(self, ctx, xs, params, out, ws):
         logits, labels = xs
         _check_labels(labels, logits.shape[1], self.spec.name)
-        _hinge_forward(logits, labels, self._margin(), ws["partial"])
+        _hinge_forward(logits, labels, self._margin(), ws["partial"], self.parallel)
         out[()] = ws["partial"].sum() / logits.size
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         if gxs[0] is not None:
             logits, labels = xs
-            _hinge_backward(logits, labels, self._margin(), gxs[0], float(gout) / logits.size)
+            _hinge_backward(logits, labels, self._margin(), gxs[0], float(gout) / logits.size, self.parallel)
 
 
 # --- mse, bce --------------------------------------------------------------------------------
@@ -158,62 +205,102 @@ class Hinge(Kernel):
 # backward loops take a stand-in array (the input itself) for an unwanted gradient, and a flag
 # that keeps it unwritten: Numba needs an array in every slot. Sums are reduced in chunks.
 
+@njit
+def _mse_chunk(pred, target, b):
+    acc = 0.0
+    for i in range(b * _CHUNK, min(pred.size, (b + 1) * _CHUNK)):
+        d = pred[i] - target[i]
+        acc += d * d
+    return acc
+
+
 @pnjit
-def _mse_forward(pred, target, partial):
-    for b in prange(partial.size):
-        acc = 0.0
-        for i in range(b * _CHUNK, min(pred.size, (b + 1) * _CHUNK)):
-            d = pred[i] - target[i]
-            acc += d * d
-        partial[b] = acc
+def _mse_forward(pred, target, partial, parallel):
+    if parallel:
+        for b in prange(partial.size):
+            partial[b] = _mse_chunk(pred, target, b)
+    else:
+        for b in range(partial.size):
+            partial[b] = _mse_chunk(pred, target, b)
     return
 
 
+@njit
+def _mse_backward_at(pred, target, gpred, gtarget, scale, want_gpred, want_gtarget, i):
+    g = 2 * (pred[i] - target[i]) * scale
+    if want_gpred:
+        gpred[i] = g
+    if want_gtarget:
+        gtarget[i] = -g
+
+
 @pnjit
-def _mse_backward(pred, target, gpred, gtarget, scale, want_gpred, want_gtarget):
-    for i in prange(pred.size):
-        g = 2 * (pred[i] - target[i]) * scale
-        if want_gpred:
-            gpred[i] = g
-        if want_gtarget:
-            gtarget[i] = -g
+def _mse_backward(pred, target, gpred, gtarget, scale, want_gpred, want_gtarget, parallel):
+    if parallel:
+        for i in prange(pred.size):
+            _mse_backward_at(pred, target, gpred, gtarget, scale, want_gpred, want_gtarget, i)
+    else:
+        for i in range(pred.size):
+            _mse_backward_at(pred, target, gpred, gtarget, scale, want_gpred, want_gtarget, i)
     return
 
 
-@pnjit
-def _bce_forward(logits, target, softplus, partial):
+@njit
+def _bce_chunk(logits, target, softplus, b):
     # max(x, 0) - x t + log(1 + exp(-|x|)): finite for any x. softplus holds the last term.
-    for b in prange(partial.size):
-        acc = 0.0
-        for i in range(b * _CHUNK, min(logits.size, (b + 1) * _CHUNK)):
-            x = logits[i]
-            acc += max(x, 0.0) - x * target[i] + softplus[i]
-        partial[b] = acc
-    return
+    acc = 0.0
+    for i in range(b * _CHUNK, min(logits.size, (b + 1) * _CHUNK)):
+        x = logits[i]
+        acc += max(x, 0.0) - x * target[i] + softplus[i]
+    return acc
 
 
 @pnjit
-def _bce_backward(logits, target, exp_neg_abs, glogits, gtarget, scale, want_glogits, want_gtarget):
+def _bce_forward(logits, target, softplus, partial, parallel):
+    if parallel:
+        for b in prange(partial.size):
+            partial[b] = _bce_chunk(logits, target, softplus, b)
+    else:
+        for b in range(partial.size):
+            partial[b] = _bce_chunk(logits, target, softplus, b)
+    return
+
+
+@njit
+def _bce_backward_at(logits, target, exp_neg_abs, glogits, gtarget, scale, want_glogits, want_gtarget, i):
     # d/dx = sigmoid(x) - t, with sigmoid from e = exp(-|x|); d/dt = -x
-    for i in prange(logits.size):
-        x = logits[i]
-        if want_glogits:
-            v = 1 / (1 + exp_neg_abs[i])
-            sig = v if x >= 0 else exp_neg_abs[i] * v
-            glogits[i] = (sig - target[i]) * scale
-        if want_gtarget:
-            gtarget[i] = -x * scale
+    x = logits[i]
+    if want_glogits:
+        v = 1 / (1 + exp_neg_abs[i])
+        sig = v if x >= 0 else exp_neg_abs[i] * v
+        glogits[i] = (sig - target[i]) * scale
+    if want_gtarget:
+        gtarget[i] = -x * scale
+
+
+@pnjit
+def _bce_backward(logits, target, exp_neg_abs, glogits, gtarget, scale, want_glogits, want_gtarget, parallel):
+    if parallel:
+        for i in prange(logits.size):
+            _bce_backward_at(logits, target, exp_neg_abs, glogits, gtarget, scale, want_glogits, want_gtarget, i)
+    else:
+        for i in range(logits.size):
+            _bce_backward_at(logits, target, exp_neg_abs, glogits, gtarget, scale, want_glogits, want_gtarget, i)
     return
 
 
 @register("cpu", "mse")
 class MeanSquaredError(Kernel):
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.parallel = parallel_elementwise(_size(spec.in_shapes[0]))
+
     def workspace(self):
         return {"partial": ((_n_chunks(_size(self.spec.in_shapes[0])),), "float32")}   # per-chunk sums
 
     def forward(self, ctx, xs, params, out, ws):
         pred, target = xs[0].reshape(-1), xs[1].reshape(-1)
-        _mse_forward(pred, target, ws["partial"])
+        _mse_forward(pred, target, ws["partial"], self.parallel)
         out[()] = ws["partial"].sum() / pred.size
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
@@ -221,11 +308,15 @@ class MeanSquaredError(Kernel):
             return
         pred, target = xs[0].reshape(-1), xs[1].reshape(-1)
         _mse_backward(pred, target, _flat_or(gxs[0], pred), _flat_or(gxs[1], target), float(gout) / pred.size,
-                      gxs[0] is not None, gxs[1] is not None)
+                      gxs[0] is not None, gxs[1] is not None, self.parallel)
 
 
 @register("cpu", "bce")
 class BinaryCrossEntropyWithLogits(Kernel):
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.parallel = parallel_elementwise(_size(spec.in_shapes[0]))
+
     def workspace(self):
         shape = self.spec.in_shapes[0]
         return {"exp_neg_abs": (shape, "float32"),    # exp(-|x|), saved for backward's sigmoid
@@ -235,9 +326,9 @@ class BinaryCrossEntropyWithLogits(Kernel):
     def forward(self, ctx, xs, params, out, ws):
         logits, target = xs[0].reshape(-1), xs[1].reshape(-1)
         exp_neg_abs, softplus = ws["exp_neg_abs"].reshape(-1), ws["softplus"].reshape(-1)
-        exp_negative_abs(logits, exp_neg_abs)
+        exp_negative_abs(logits, exp_neg_abs, self.parallel)
         np.log1p(exp_neg_abs, out=softplus)
-        _bce_forward(logits, target, softplus, ws["partial"])
+        _bce_forward(logits, target, softplus, ws["partial"], self.parallel)
         out[()] = ws["partial"].sum() / logits.size
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
@@ -245,7 +336,8 @@ class BinaryCrossEntropyWithLogits(Kernel):
             return
         logits, target = xs[0].reshape(-1), xs[1].reshape(-1)
         _bce_backward(logits, target, ws["exp_neg_abs"].reshape(-1), _flat_or(gxs[0], logits),
-                      _flat_or(gxs[1], target), float(gout) / logits.size, gxs[0] is not None, gxs[1] is not None)
+                      _flat_or(gxs[1], target), float(gout) / logits.size, gxs[0] is not None, gxs[1] is not None,
+                      self.parallel)
 
 
 # --- loss_sum --------------------------------------------------------------------------------
@@ -253,6 +345,8 @@ class BinaryCrossEntropyWithLogits(Kernel):
 @register("cpu", "loss_sum")
 class LossSum(Kernel):
     """sum_i w_i * l_i over 0-d losses."""
+    backward_reads_inputs = False
+    backward_reads_out = False
 
     def forward(self, ctx, xs, params, out, ws):
         out[()] = sum(float(w) * float(x) for w, x in zip(self.spec.attrs["weights"], xs))

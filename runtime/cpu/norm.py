@@ -14,27 +14,42 @@ def _channel_view(a):
 
 # --- batchnorm -------------------------------------------------------------------------------
 # Every loop runs parallel over channels: each iteration reduces and writes only its own
-# channel, so there are no races. Sums are accumulated in float64.
+# channel, so there are no races. Sums are accumulated in float64, "vertically": each sample's
+# row of a channel is added element-wise into that channel's row of float64 partial sums,
+# which vectorises (a scalar running sum cannot be reordered by the compiler, and ran at one
+# add per ~4 cycles); the S partial sums are added up once per channel at the end.
+
+@njit
+def _sum_rows(x, c, centre, squared, partial):
+    """sum over n, s of (x[n, c, s] - centre), or of its square; partial: (S,) float64 scratch."""
+    partial[:] = 0
+    for n in range(x.shape[0]):
+        for s in range(x.shape[2]):
+            d = x[n, c, s] - centre
+            partial[s] += d * d if squared else d
+    return partial.sum()
+
+
+@njit
+def _sum_products(g, x, c, centre, partial):
+    """sum over n, s of g[n, c, s] * (x[n, c, s] - centre); partial: (S,) float64 scratch."""
+    partial[:] = 0
+    for n in range(x.shape[0]):
+        for s in range(x.shape[2]):
+            partial[s] += g[n, c, s] * (x[n, c, s] - centre)
+    return partial.sum()
+
 
 @pnjit
 def _batchnorm_forward(x, weight, bias, running_mean, running_var, out, mean, invstd,
-                       use_batch_stats, eps, momentum):
+                       use_batch_stats, eps, momentum, partial_sums):
     n_batch, n_chan, size = x.shape
     count = n_batch * size
     for c in prange(n_chan):
         if use_batch_stats:
-            total = 0.0
-            for n in range(n_batch):
-                for s in range(size):
-                    total += x[n, c, s]
-            m = total / count
+            m = _sum_rows(x, c, 0.0, False, partial_sums[c]) / count
             # Two passes (mean, then squared deviations) to avoid E[x^2] - E[x]^2 cancellation.
-            total = 0.0
-            for n in range(n_batch):
-                for s in range(size):
-                    d = x[n, c, s] - m
-                    total += d * d
-            var = total / count
+            var = _sum_rows(x, c, m, True, partial_sums[c]) / count
             mean[c] = m
             invstd[c] = 1.0 / math.sqrt(var + eps)
             running_mean[c] = (1 - momentum) * running_mean[c] + momentum * m
@@ -51,32 +66,28 @@ def _batchnorm_forward(x, weight, bias, running_mean, running_var, out, mean, in
 
 
 @pnjit
-def _batchnorm_backward(x, gout, weight, mean, invstd, gx, gweight, gbias, used_batch_stats, want_gx):
+def _batchnorm_backward(x, gout, weight, mean, invstd, gx, gweight, gbias, used_batch_stats, want_gx,
+                        partial_sums):
     n_batch, n_chan, size = x.shape
     count = n_batch * size
     for c in prange(n_chan):
         m = mean[c]
         istd = invstd[c]
-        sum_g = 0.0
-        sum_g_centered = 0.0
-        for n in range(n_batch):
-            for s in range(size):
-                g = gout[n, c, s]
-                sum_g += g
-                sum_g_centered += g * (x[n, c, s] - m)
-        sum_g_xhat = sum_g_centered * istd
+        sum_g = _sum_rows(gout, c, 0.0, False, partial_sums[c])
+        sum_g_xhat = _sum_products(gout, x, c, m, partial_sums[c]) * istd
         gweight[c] = sum_g_xhat
         gbias[c] = sum_g
-        k = weight[c] * istd
+        # float32 factors, so that the element loops below stay in float32 (twice the lanes)
+        k = np.float32(weight[c] * istd)
         if want_gx and used_batch_stats:
             # The batch mean and variance depend on x too:
-            # gx = w * istd * (g - mean(g) - xhat * mean(g * xhat)).
-            mean_g = sum_g / count
-            mean_g_xhat = sum_g_xhat / count
+            # gx = w * istd * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - m) * istd.
+            mean_g = np.float32(sum_g / count)
+            xhat_factor = np.float32(sum_g_xhat / count * istd)
+            m32 = np.float32(m)
             for n in range(n_batch):
                 for s in range(size):
-                    xhat = (x[n, c, s] - m) * istd
-                    gx[n, c, s] = k * (gout[n, c, s] - mean_g - xhat * mean_g_xhat)
+                    gx[n, c, s] = k * (gout[n, c, s] - mean_g - (x[n, c, s] - m32) * xhat_factor)
         elif want_gx:
             for n in range(n_batch):
                 for s in range(size):
@@ -154,6 +165,7 @@ def _batchnorm_backward_rows(x, gout, weight, mean, invstd, gx, gweight, gbias, 
 @register("cpu", "batchnorm")
 class BatchNorm(Kernel):
     """Train mode normalises with batch statistics and updates the running ones in place."""
+    backward_reads_out = False        # backward recomputes xhat from x with the saved mean and 1/std
 
     def workspace(self):
         channels = (self.spec.in_shapes[0][1],)
@@ -164,6 +176,8 @@ class BatchNorm(Kernel):
             # computes them anyway, as the input gradient needs both sums.
             "grad_weight": (channels, "float32"),
             "grad_bias": (channels, "float32"),
+            # per-channel float64 partial sums of the (N, C, S) loops: one row of S per channel
+            "partial_sums": (self._partial_sums_shape, "float64"),
         }
 
     def __init__(self, spec):
@@ -175,15 +189,17 @@ class BatchNorm(Kernel):
         self._values_per_channel = n_batch * per_sample
         self._forward_loop = _batchnorm_forward_rows if per_sample == 1 else _batchnorm_forward
         self._backward_loop = _batchnorm_backward_rows if per_sample == 1 else _batchnorm_backward
+        self._partial_sums_shape = (0, 0) if per_sample == 1 else (n_chan, per_sample)
 
     def forward(self, ctx, xs, params, out, ws):
         if ctx.training and self._values_per_channel == 1:
             raise ValueError(f"{self.spec.name}: batchnorm needs more than 1 value per channel "
                              f"when training, got input shape {xs[0].shape}")
         attrs = self.spec.attrs
-        self._forward_loop(xs[0].reshape(self._layout), params["weight"], params["bias"], params["running_mean"],
-                           params["running_var"], out.reshape(self._layout), ws["mean"], ws["invstd"],
-                           ctx.training, float(attrs.get("eps", 1e-5)), float(attrs.get("momentum", 0.1)))
+        args = (xs[0].reshape(self._layout), params["weight"], params["bias"], params["running_mean"],
+                params["running_var"], out.reshape(self._layout), ws["mean"], ws["invstd"],
+                ctx.training, float(attrs.get("eps", 1e-5)), float(attrs.get("momentum", 0.1)))
+        self._forward_loop(*args, *self._channel_scratch(ws))
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         gx = gxs[0]
@@ -194,7 +210,11 @@ class BatchNorm(Kernel):
         self._backward_loop(xs[0].reshape(self._layout), gout.reshape(self._layout), params["weight"],
                             ws["mean"], ws["invstd"], (gx if gx is not None else gout).reshape(self._layout),
                             gparams.get("weight", ws["grad_weight"]), gparams.get("bias", ws["grad_bias"]),
-                            ctx.training, gx is not None)
+                            ctx.training, gx is not None, *self._channel_scratch(ws))
+
+    def _channel_scratch(self, ws):
+        """The partial-sum rows that only the (N, C, S) loops take."""
+        return () if len(self._layout) == 2 else (ws["partial_sums"],)
 
 
 # --- lrn -------------------------------------------------------------------------------------
@@ -289,6 +309,8 @@ def _scale_by_mask(g, mask, gx):
 @register("cpu", "dropout")
 class Dropout(Kernel):
     """Inverted dropout: kept entries are scaled by 1/(1-p) in training; identity in eval."""
+    backward_reads_inputs = False     # backward needs only the mask
+    backward_reads_out = False
 
     def workspace(self):
         # Each element's factor (0 or 1/(1-p)), drawn in forward and reused by backward.

@@ -168,6 +168,9 @@ class _WindowPool(Kernel):
 
 @register("cpu", "maxpool")
 class MaxPool(_WindowPool):
+    backward_reads_inputs = False     # backward scatters through the argmax saved in the workspace
+    backward_reads_out = False
+
     def workspace(self):
         # each output's argmax, written by forward and read by backward
         return {"argmax": (self.grid_shape, "int64")}
@@ -182,6 +185,9 @@ class MaxPool(_WindowPool):
 
 @register("cpu", "avgpool")
 class AvgPool(_WindowPool):
+    backward_reads_inputs = False     # the gradient spreads gout evenly: no values needed
+    backward_reads_out = False
+
     def forward(self, ctx, xs, params, out, ws):
         _avgpool_forward(_planes(xs[0]), *self.geometry(), _planes(out))
 
@@ -215,6 +221,9 @@ class MaxUnpool(_WindowPool):
 
 @register("cpu", "global_avgpool")
 class GlobalAvgPool(Kernel):
+    backward_reads_inputs = False
+    backward_reads_out = False
+
     def forward(self, ctx, xs, params, out, ws):
         x = xs[0]
         np.mean(x.reshape(x.shape[0], x.shape[1], -1), axis=2, out=out)

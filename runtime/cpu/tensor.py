@@ -2,16 +2,24 @@
 
 These ops move data without arithmetic (add aside), so they are plain copies of contiguous
 buffers: every buffer the plan hands a kernel is C-contiguous, so reshaping one is a view.
+None of their backward passes reads an input or the output, which lets the plan release those
+buffers after forward.
 """
 import numpy as np
 
-from runtime.jit import pnjit, prange
+from runtime.jit import parallel_elementwise, pnjit, prange
 from runtime.kernel_api import Kernel, register
 
 
 @register("cpu", "identity", "flatten", "reshape")
 class Copy(Kernel):
-    """identity, flatten and reshape: the output holds the input's elements in the same order."""
+    """identity, flatten and reshape: the output holds the input's elements in the same order.
+
+    The plan may give the output the input's own storage (`output_is_input_view`); forward
+    then has nothing to copy and is skipped."""
+    backward_reads_inputs = False
+    backward_reads_out = False
+    output_is_input_view = True
 
     def forward(self, ctx, xs, params, out, ws):
         np.copyto(out.reshape(-1), xs[0].reshape(-1))
@@ -23,6 +31,8 @@ class Copy(Kernel):
 
 @register("cpu", "concat")
 class Concat(Kernel):
+    backward_reads_inputs = False
+    backward_reads_out = False
     def _slices(self):
         """The index of each input's block inside the output."""
         axis = self.spec.attrs["axis"]
@@ -42,23 +52,34 @@ class Concat(Kernel):
 
 
 @pnjit
-def _add(a, b, out):
-    for i in prange(out.size):
-        out[i] = a[i] + b[i]
+def _add(a, b, out, parallel):
+    if parallel:
+        for i in prange(out.size):
+            out[i] = a[i] + b[i]
+    else:
+        for i in range(out.size):
+            out[i] = a[i] + b[i]
     return
 
 
 @register("cpu", "add")
 class Add(Kernel):
+    backward_reads_inputs = False
+    backward_reads_out = False
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.parallel = parallel_elementwise(int(np.prod(spec.out_shape, dtype=np.int64)))
+
     def forward(self, ctx, xs, params, out, ws):
         flat = out.reshape(-1)
         if len(xs) == 1:
             np.copyto(flat, xs[0].reshape(-1))
             return
         # Summed pairwise into `out`: one pass over memory per extra input.
-        _add(xs[0].reshape(-1), xs[1].reshape(-1), flat)
+        _add(xs[0].reshape(-1), xs[1].reshape(-1), flat, self.parallel)
         for x in xs[2:]:
-            _add(flat, x.reshape(-1), flat)
+            _add(flat, x.reshape(-1), flat, self.parallel)
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         for gx in gxs:

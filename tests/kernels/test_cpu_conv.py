@@ -2,6 +2,8 @@
 import pytest
 import torch.nn.functional as F
 
+import runtime.cpu.conv
+
 from tests.kernels.harness import Case, check_against_torch, check_finite_differences
 
 
@@ -59,6 +61,17 @@ CONV_CASES = [
     conv_case("first-layer", (2, 3, 6, 6), _conv_attrs(4, (3, 3), pad=(1, 1)), grad_inputs=()),
     conv_case("first-layer-pointwise", (2, 3, 4, 4), _conv_attrs(2, (1, 1)), grad_inputs=()),
     conv_case("frozen-weight", (2, 3, 6, 6), _conv_attrs(4, (3, 3), pad=(1, 1)), trainable=("bias",)),
+    # Small grids put several samples in one GEMM chunk (see MIN_GEMM_COLUMNS in runtime/cpu/conv.py):
+    # a short last chunk, a worker with several chunks, groups, pointwise and strided chunks.
+    conv_case("chunked-short-last", (7, 3, 3, 3), _conv_attrs(4, (3, 3), pad=(1, 1))),
+    conv_case("chunked-many-per-worker", (11, 3, 8, 16), _conv_attrs(5, (3, 3), pad=(1, 1))),
+    conv_case("chunked-groups2", (5, 4, 4, 4), _conv_attrs(6, (3, 3), pad=(1, 1), groups=2)),
+    conv_case("chunked-pointwise", (6, 5, 4, 4), _conv_attrs(3, (1, 1))),
+    conv_case("chunked-stride2-nobias", (9, 4, 6, 6), _conv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1),
+                                                                      bias=False)),
+    conv_case("chunked-first-layer", (5, 3, 4, 4), _conv_attrs(4, (3, 3), pad=(1, 1)), grad_inputs=()),
+    conv_case("chunked-frozen-weight", (5, 3, 4, 4), _conv_attrs(4, (3, 3), pad=(1, 1)), trainable=("bias",)),
+    conv_case("batch-of-one", (1, 3, 5, 5), _conv_attrs(4, (3, 3), pad=(1, 1))),
 ]
 
 DECONV_CASES = [
@@ -84,10 +97,19 @@ FD_CASES = [
     conv_case("fd-groups2-dilation2", (1, 4, 5, 5), _conv_attrs(2, (2, 2), pad=(1, 1), dilation=(2, 2),
                                                                       groups=2)),
     conv_case("fd-pointwise", (2, 3, 2, 3), _conv_attrs(2, (1, 1))),
+    conv_case("fd-chunked", (3, 2, 3, 3), _conv_attrs(2, (3, 3), pad=(1, 1))),
     deconv_case("fd-stride2-outpad1", (1, 2, 3, 3), _deconv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1),
                                                                           output_pad=(1, 1))),
     deconv_case("fd-groups2", (1, 4, 3, 2), _deconv_attrs(2, (2, 3), stride=(1, 2), groups=2)),
 ]
+
+
+@pytest.fixture(autouse=True, params=["one-worker", "all-workers"])
+def workers(request, monkeypatch):
+    """Every case runs with the conv on one worker and on all of them: these tiny layers
+    would otherwise stay under PARALLEL_MIN_FLOPS and never split the batch."""
+    if request.param == "all-workers":
+        monkeypatch.setattr(runtime.cpu.conv, "parallel_gemm", lambda flops: True)
 
 
 @pytest.mark.parametrize("case", CONV_CASES + DECONV_CASES, ids=str)

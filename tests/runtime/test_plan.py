@@ -1,0 +1,193 @@
+"""The execution plan: shared storage never aliases a live tensor, fan-out gradients add up,
+fused dense + relu is exact, and kernels take both sides of their serial/parallel thresholds."""
+import numpy as np
+import pytest
+
+from dslc.compiler import compile_source
+from dslc.diagnostics import Source
+from runtime import jit
+from runtime.devices import get_device
+from runtime.kernel_api import Context, NodeSpec, kernel_class
+from runtime.model import Model
+from runtime.plan import Plan
+
+from .torch_reference import run_torch
+
+# Fan-out everywhere: `trunk` feeds a residual add, a concat and a dense head; add(h, h) takes
+# one tensor twice; relu after add may run in place; flatten is a view; dense -> relu fuses;
+# batchnorm and dropout keep what their backward needs in workspaces.
+FAN_OUT = """
+network fan_out
+input image: [3, 6, 6]
+input label: int
+trunk = image -> stem: conv(4, 3x3, pad = 1) -> bn: batchnorm -> relu
+mixed = add(trunk, trunk) -> relu
+both = concat(trunk, mixed) -> conv(4, 1x1) -> relu
+wide = add(both, trunk)
+logits = wide -> flatten -> fc1: dense(12) -> relu -> dropout(0.25) -> fc2: dense(8) -> relu -> head: dense(5)
+aux = trunk -> avgpool(global) -> aux: dense(5)
+loss cross_entropy(logits, label) + 0.5 * cross_entropy(aux, label)
+"""
+
+
+def _compiled(source=FAN_OUT):
+    net, _ = compile_source(Source("fan_out.net", source))
+    return net
+
+
+def _feeds(batch=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.standard_normal((batch, 3, 6, 6)).astype(np.float32),
+            "label": rng.integers(0, 5, batch).astype(np.int64)}
+
+
+def _run(model, reuse_memory, feeds, training=True, steps=2):
+    """Loss, outputs and gradients of `steps` forward/backward passes through a fresh plan."""
+    plan = Plan(model.net, model._dev, model.device, len(feeds["label"]), {}, training,
+                set(model.trainable_names()) if training else None, reuse_memory=reuse_memory)
+    results = []
+    for step in range(steps):
+        plan.set_inputs(feeds)
+        plan.forward(Context(training=training, rng=np.random.default_rng(step)))
+        if training:
+            plan.backward(Context(training=training, rng=np.random.default_rng(step)))
+        results.append((float(plan.loss_value()),
+                        {o: plan.out[o].copy() for o in model.net.outputs},
+                        {k: v.copy() for k, v in plan.param_grads.items()}))
+    return plan, results
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_shared_storage_gives_exactly_what_separate_buffers_give(training):
+    model = Model(_compiled(), seed=3)
+    feeds = _feeds()
+    shared, with_reuse = _run(model, True, feeds, training)
+    separate, without = _run(model, False, feeds, training)
+    assert shared.bytes < separate.bytes
+    for (loss_a, outs_a, grads_a), (loss_b, outs_b, grads_b) in zip(with_reuse, without):
+        assert loss_a == loss_b
+        for k in outs_b:
+            np.testing.assert_array_equal(outs_a[k], outs_b[k])
+        assert grads_a.keys() == grads_b.keys()
+        for k in grads_b:
+            np.testing.assert_array_equal(grads_a[k], grads_b[k], err_msg=k)
+
+
+def test_fan_out_gradients_match_torch():
+    # dropout draws differ between the two frameworks: compare with it at rate 0
+    net = _compiled(FAN_OUT.replace("dropout(0.25)", "dropout(0.0)"))
+    model = Model(net, seed=5)
+    feeds = _feeds(batch=3, seed=1)
+    before = {k: v.copy() for k, v in model.params.items()}
+    out = model.forward(training=True, **feeds)
+    grads = model.backward()
+    ref_loss, _, ref_grads = run_torch(net, before, feeds)
+    assert out["loss"] == pytest.approx(ref_loss, rel=1e-4)
+    assert set(grads) == {k for k in ref_grads if not k.endswith(("running_mean", "running_var"))}
+    for k, g in grads.items():
+        np.testing.assert_allclose(g, ref_grads[k], rtol=2e-3, atol=2e-4, err_msg=k)
+
+
+def test_storage_is_shared_viewed_and_written_in_place():
+    model = Model(_compiled(), seed=0)
+    plan = Plan(model.net, model._dev, model.device, 4, {}, True, set(model.trainable_names()))
+    g = model.net.graph
+    by_op = {}
+    for n in plan.schedule:
+        by_op.setdefault(g.nodes[n]["op"], []).append(n)
+    flatten = by_op["flatten"][0]
+    assert np.shares_memory(plan.out[flatten], plan.out[g.nodes[flatten]["inputs"][0]])
+    # relu after add(trunk, trunk): add's backward reads nothing, so relu overwrites its output
+    add_relu = [n for n in by_op["relu"] if g.nodes[g.nodes[n]["inputs"][0]]["op"] == "add"]
+    assert add_relu and all(np.shares_memory(plan.out[n], plan.out[g.nodes[n]["inputs"][0]]) for n in add_relu)
+    # fc1 -> relu is one step; the pre-activation is not stored
+    fused = {s.node: s.absorbed for s in plan.steps if s.absorbed}
+    assert "fc1" in fused and "fc2" in fused and "head" not in fused
+
+
+def test_divergence_is_found_though_early_outputs_were_overwritten():
+    model = Model(_compiled(), seed=2)
+    feeds = _feeds()
+    model.set_param("head.weight", np.full_like(model.params["head.weight"], np.inf))
+    model.forward(training=True, **feeds)
+    assert model._last.first_nonfinite() == "head"
+
+
+def test_inference_plan_releases_activations():
+    model = Model(_compiled(), seed=0)
+    inference = Plan(model.net, model._dev, model.device, 64, {}, False, None, with_loss=False)
+    separate = Plan(model.net, model._dev, model.device, 64, {}, False, None, with_loss=False, reuse_memory=False)
+    assert inference.bytes < separate.bytes / 2
+
+
+# ---- serial / parallel thresholds ------------------------------------------------------------
+
+def _elementwise_spec(op, shape, attrs=None):
+    return NodeSpec(name=op, op=op, attrs=attrs or {}, in_shapes=(shape,), in_dtypes=("float32",), out_shape=shape)
+
+
+@pytest.mark.parametrize("op,attrs", [("relu", {}), ("leaky_relu", {"slope": 0.1}), ("elu", {"alpha": 1.0}),
+                                      ("sigmoid", {}), ("tanh", {})])
+def test_elementwise_threshold_both_sides_agree(op, attrs):
+    below = (jit.PARALLEL_MIN_ELEMENTS - 1,)
+    at = (jit.PARALLEL_MIN_ELEMENTS,)
+    assert not kernel_class("cpu", op)(_elementwise_spec(op, below, attrs)).parallel
+    kernel = kernel_class("cpu", op)(_elementwise_spec(op, at, attrs))
+    assert kernel.parallel
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(at).astype(np.float32)
+    gout = rng.standard_normal(at).astype(np.float32)
+    results = []
+    for parallel in (False, True):
+        kernel.parallel = parallel
+        out, gx = np.empty_like(x), np.empty_like(x)
+        kernel.forward(Context(), [x], {}, out, {})
+        kernel.backward(Context(), [x], {}, out, gout, [gx], {}, {})
+        results.append((out, gx))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def _dense(rows, features, units, relu):
+    spec = NodeSpec(name="fc", op="dense", attrs={"units": units, "bias": True}, in_shapes=((rows, features),),
+                    in_dtypes=("float32",), out_shape=(rows, units),
+                    param_shapes={"weight": (units, features), "bias": (units,)})
+    kernel = kernel_class("cpu", "dense")(spec)
+    if relu:
+        assert kernel.fuse_activation("relu", {})
+    return kernel
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("rows,features,units", [(8, 12, 5), (64, 512, 300)])
+def test_dense_serial_and_parallel_paths_match_numpy(rows, features, units, relu):
+    kernel = _dense(rows, features, units, relu)
+    big = 2 * rows * features * units >= jit.PARALLEL_MIN_FLOPS
+    assert (kernel.forward_parts > 1) == (big and jit.parallel_gemm(2 * rows * features * units))
+    assert kernel.parallel_backward == jit.parallel_gemm(4 * rows * features * units)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((rows, features)).astype(np.float32)
+    params = {"weight": (rng.standard_normal((units, features)) / np.sqrt(features)).astype(np.float32),
+              "bias": rng.standard_normal(units).astype(np.float32)}
+    gout = rng.standard_normal((rows, units)).astype(np.float32)
+    pre = x.astype(np.float64) @ params["weight"].T.astype(np.float64) + params["bias"]
+    want = np.maximum(pre, 0) if relu else pre
+    g = gout * (pre > 0) if relu else gout
+    ws = {k: np.empty(s, np.float32) for k, (s, _) in kernel.workspace().items()}
+    for forward_parts, parallel_backward in ((1, False), (2, True)):
+        kernel.forward_parts, kernel.parallel_backward = forward_parts, parallel_backward
+        out = np.empty((rows, units), np.float32)
+        kernel.forward(Context(), [x], params, out, ws)
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+        gx = np.empty_like(x)
+        gparams = {"weight": np.empty_like(params["weight"]), "bias": np.empty_like(params["bias"])}
+        kernel.backward(Context(), [x], params, out, gout, [gx], gparams, ws)
+        np.testing.assert_allclose(gx, g @ params["weight"].astype(np.float64), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(gparams["weight"], g.T @ x.astype(np.float64), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(gparams["bias"], g.sum(axis=0), rtol=1e-4, atol=1e-3)
+
+
+def test_cpu_plan_holds_blas_to_one_thread():
+    from threadpoolctl import threadpool_info
+    Plan(_compiled(), Model(_compiled())._dev, get_device("cpu"), 2, {}, False, None)
+    assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
