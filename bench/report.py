@@ -1,0 +1,158 @@
+"""The results as markdown: the machine, the command, and one row per network."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from .measure import REPO_ROOT
+
+COLUMNS = ("model", "batch", "parameters",
+           "dslc train (samples/s)", "torch train (samples/s)", "train dslc/torch",
+           "dslc infer (samples/s)", "torch infer (samples/s)", "infer dslc/torch",
+           "dslc peak RSS (MiB)", "torch peak RSS (MiB)", "dslc cold start (s)", "dslc warm start (s)")
+WORKLOAD_COLUMNS = ("model", "MACs/sample", "dslc train GFLOP/s", "torch train GFLOP/s")
+
+
+@dataclass
+class ModelResult:
+    """What was measured for one network; a figure that could not be measured stays None."""
+    name: str
+    batch: int
+    parameters: int | None = None
+    macs_per_sample: int | None = None
+    train: dict = field(default_factory=dict)        # framework -> samples/s
+    infer: dict = field(default_factory=dict)
+    peak_rss_mib: dict = field(default_factory=dict)
+    cold_start_s: float | None = None
+    warm_start_s: float | None = None
+    errors: list = field(default_factory=list)
+
+    def ratio(self, figures: dict) -> float | None:
+        if figures.get("dslc") is None or not figures.get("torch"):
+            return None
+        return figures["dslc"] / figures["torch"]
+
+    def train_gflops(self, framework: str) -> float | None:
+        """Training FLOP rate, counting a step as 3 x the forward's 2 x MACs (forward, input and weight gradients)."""
+        rate = self.train.get(framework)
+        if rate is None or self.macs_per_sample is None:
+            return None
+        return 3 * 2 * self.macs_per_sample * rate / 1e9
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def results_table(results: list[ModelResult]) -> str:
+    rows = []
+    for r in results:
+        rows.append((r.name, str(r.batch), _fmt(r.parameters, ","),
+                     _fmt(r.train.get("dslc"), ",.1f"), _fmt(r.train.get("torch"), ",.1f"), _ratio(r.ratio(r.train)),
+                     _fmt(r.infer.get("dslc"), ",.1f"), _fmt(r.infer.get("torch"), ",.1f"), _ratio(r.ratio(r.infer)),
+                     _fmt(r.peak_rss_mib.get("dslc"), ",.0f"), _fmt(r.peak_rss_mib.get("torch"), ",.0f"),
+                     _fmt(r.cold_start_s, ".1f"), _fmt(r.warm_start_s, ".1f")))
+    return _markdown(COLUMNS, rows)
+
+
+def workload_table(results: list[ModelResult]) -> str:
+    rows = [(r.name, _fmt(r.macs_per_sample, ","), _fmt(r.train_gflops("dslc"), ".2f"),
+             _fmt(r.train_gflops("torch"), ".2f")) for r in results]
+    return _markdown(WORKLOAD_COLUMNS, rows)
+
+
+def _markdown(columns, rows) -> str:
+    numeric = [i > 0 for i in range(len(columns))]       # every column but the name is right-aligned
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---:" if right else "---" for right in numeric) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    return "python -m bench" + ("" if len(sys.argv) < 2 else " " + shlex.join(sys.argv[1:]))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str:
+    """The checked-out commit, with "+ local changes" when the tree differs from it (read-only git calls)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + (" + local changes" if dirty.stdout.strip() else "")
+
+
+def machine_lines(thread_pools: list[str], load_before: tuple, load_after: tuple) -> list[str]:
+    import numba
+    import numpy
+    import torch
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- machine: {cores} cores available (nproc), {cpu_model()}",
+        f"- load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} "
+        "(other work on the machine slows both frameworks; the ratios are the figures to compare)",
+        f"- versions: Python {platform.python_version()}, numpy {numpy.__version__}, numba {numba.__version__}, "
+        f"torch {torch.__version__}; dslc commit {_git_commit()}",
+        "- threads: " + "; ".join(thread_pools),
+    ]
+
+
+def render(results: list[ModelResult], machine: list[str], settings: str) -> str:
+    errors = [f"- {r.name}: {e}" for r in results for e in r.errors]
+    parts = [
+        "# dslc vs PyTorch on the CPU",
+        "",
+        "Reproduce with:",
+        "",
+        "```",
+        command_line(),
+        "```",
+        "",
+        *machine,
+        f"- settings: {settings}",
+        "",
+        results_table(results),
+        "",
+        "How each figure is taken:",
+        "- train: samples/s of one training step (forward, backward, SGD with momentum 0.9), the median over "
+        "the timed steps; infer: the same for a forward pass in evaluation mode (torch under inference_mode). "
+        "Both frameworks run in one process on the same batch, alternating in rounds, after untimed warm-up steps.",
+        "- peak RSS: the peak resident memory (VmHWM) of a fresh process per framework that builds the "
+        "network and trains a few steps; imports included.",
+        "- cold start: a fresh process with an empty Numba cache (NUMBA_CACHE_DIR), from launch to the end of the "
+        "first training step (imports, parsing, kernel compilation, the step); warm start: the same with the cache "
+        "the cold run filled.",
+        "",
+        "Work per sample (training counted as 3 x the forward's 2 x MACs):",
+        "",
+        workload_table(results),
+    ]
+    if errors:
+        parts += ["", "Errors:", *errors]
+    return "\n".join(parts) + "\n"
