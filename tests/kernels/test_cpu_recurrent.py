@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from runtime.cpu.recurrent import unit_parts
 from runtime.kernel_api import Context
 from tests.kernels.harness import (Case, check_against_torch, check_finite_differences,
                                    make_kernel)
@@ -135,3 +136,36 @@ def test_embed_rejects_out_of_range_ids():
     kernel = make_kernel(case, [ids], {"weight": weight}, (1, 2, 2), "float32")
     with pytest.raises(IndexError):
         kernel.forward(Context(), [ids], {"weight": weight}, np.empty((1, 2, 2), np.float32), {})
+
+
+@pytest.mark.parametrize("op", list(GATES))
+@pytest.mark.parametrize("sequence", [True, False])
+def test_units_split_into_parts_give_the_same_results(op, sequence):
+    """The per-thread split of the hidden units (uneven parts, a part of one unit) changes no
+    result: small layers run as one part, so this drives the split path directly."""
+    batch, steps, features, hidden = 3, 6, 4, 5
+    case = recurrent_case(op, batch, steps, features, hidden, 2, sequence)
+    rng = np.random.default_rng(2)
+    xs, ps = random_inputs_and_params(case, rng)
+    out_shape = (batch, steps, hidden) if sequence else (batch, hidden)
+    gout = rng.standard_normal(out_shape).astype(np.float32)
+
+    def run(parts):
+        kernel = make_kernel(case, xs, ps, out_shape, "float32")
+        kernel.bounds = unit_parts(hidden, parts)
+        ws = {n: np.full(s, np.nan, np.float32) for n, (s, _) in kernel.workspace().items()}
+        out = np.empty(out_shape, np.float32)
+        gx = np.empty_like(xs[0])
+        gps = {n: np.empty_like(p) for n, p in ps.items()}
+        kernel.forward(Context(), xs, ps, out, ws)
+        kernel.backward(Context(), xs, ps, out, gout, [gx], gps, ws)
+        return out, gx, gps
+
+    whole = run(1)
+    for parts in (2, 4):
+        split = run(parts)
+        np.testing.assert_allclose(split[0], whole[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(split[1], whole[1], rtol=1e-5, atol=1e-6)
+        for name in ps:
+            np.testing.assert_allclose(split[2][name], whole[2][name], rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{name}, {parts} parts")
