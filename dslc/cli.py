@@ -65,14 +65,14 @@ def cmd_viz(args) -> int:
 
 def cmd_ops(args) -> int:
     from .ops import OPS
-    from .elaborate import _signature
+    from .elaborate import op_signature
     names = [args.name] if args.name else sorted(OPS)
     for n in names:
         if n not in OPS:
             from .diagnostics import did_you_mean
             raise UsageError(f"no op named `{n}`", help=did_you_mean(n, OPS) or "run `dslc ops` for the list")
         op = OPS[n]
-        print(f"{_signature(op)[len('signature: '):]:60s} [{op.family}] {op.doc}")
+        print(f"{op_signature(op):60s} [{op.family}] {op.doc}")
     return 0
 
 

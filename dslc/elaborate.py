@@ -1008,11 +1008,16 @@ def _defaults(op) -> dict:
     return {a.name: coerce(a.kind, a.default, a.choices) for a in op.attrs if not a.required}
 
 
-def _signature(op) -> str:
+def op_signature(op) -> str:
+    """How an op is called, with its defaults: `conv(channels, kernel, stride = 1, ...)`."""
     parts = []
     for a in op.attrs:
         parts.append(a.name if a.required else f"{a.name} = {_show_default(a.default)}")
-    return f"signature: {op.name}({', '.join(parts)})"
+    return f"{op.name}({', '.join(parts)})"
+
+
+def _signature(op) -> str:
+    return f"signature: {op_signature(op)}"
 
 
 def _show_default(v):

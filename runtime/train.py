@@ -320,22 +320,24 @@ def _epoch_line(r, epochs):
 
 
 # ---- the CLI commands ------------------------------------------------------------------------
-def _datasets(net, source, cfg, limit):
+DEFAULT_SEQUENCE_LENGTH = 64
+
+
+def _datasets(net, source, cfg, limit, log=lambda s: None):
     from .plan import concrete
     x_name, y_name = data_roles(net)
     g = net.graph
-    symbols = {k: v for k, v in net.symbols.items()}
-    unbound = [k for k, v in symbols.items() if v is None]
-    if unbound:
-        defaults = {"T": 64}
-        for k in unbound:
-            symbols[k] = defaults.get(k, 64)
+    symbols = dict(net.symbols)
+    for k, v in symbols.items():
+        if v is None:      # a sequence length nobody set: data windows need a number
+            symbols[k] = DEFAULT_SEQUENCE_LENGTH
+            log(f"{k} is not set; using {k} = {DEFAULT_SEQUENCE_LENGTH} (change it with --set {k}=...)")
     xt, yt = g.nodes[x_name]["type"], g.nodes[y_name]["type"]
     classes = None
-    pred = g.nodes[g.nodes[net.loss]["inputs"][0]]
-    if pred["op"] in _CLASSIFICATION_LOSSES:
-        logits = g.nodes[pred["inputs"][0]]["type"]
-        classes = logits.shape[pred["attrs"].get("class_axis", 1)]
+    loss_term = g.nodes[g.nodes[net.loss]["inputs"][0]]
+    if loss_term["op"] in _CLASSIFICATION_LOSSES:
+        logits = g.nodes[loss_term["inputs"][0]]["type"]
+        classes = logits.shape[loss_term["attrs"].get("class_axis", 1)]
     train, val = load_dataset(source, x_shape=concrete(xt.shape[1:], 1, symbols), x_dtype=xt.dtype,
                               y_shape=concrete(yt.shape[1:], 1, symbols), y_dtype=yt.dtype,
                               val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, classes=classes)
@@ -362,15 +364,16 @@ def run_command(args, overrides) -> int:
         print(model.load_params(args.weights), file=sys.stderr)
     if args.freeze:
         model.freeze(*args.freeze)
-    train, val = _datasets(net, args.data, cfg, args.limit)
     log = (lambda s: print(s, file=sys.stderr))
+    train, val = _datasets(net, args.data, cfg, args.limit, log)
     trainer = Trainer(model, cfg, train, val, progress=not args.quiet, metrics_path=args.metrics,
                       checkpoint_dir=args.checkpoint, log=log)
     if args.resume:
         meta = trainer.resume()
         log(f"resuming {net.name} at epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}")
-    n_params = sum(v.size for v in model.params.values())
-    log(f"training {net.name} ({n_params:,} parameters) on {train.name}: {len(train)} train / {len(val)} validation "
+    from dslc.summary import totals
+    n_params = totals(net, frozen=model.frozen)["trainable_parameters"]
+    log(f"training {net.name} ({n_params:,} trainable parameters) on {train.name}: {len(train)} train / {len(val)} validation "
         f"samples, {cfg.optimizer} lr {cfg.lr}, batch {cfg.batch}, {cfg.epochs} epochs, device {model.device.name}")
     try:
         history = trainer.fit()
