@@ -72,6 +72,10 @@ CONV_CASES = [
     conv_case("chunked-first-layer", (5, 3, 4, 4), _conv_attrs(4, (3, 3), pad=(1, 1)), grad_inputs=()),
     conv_case("chunked-frozen-weight", (5, 3, 4, 4), _conv_attrs(4, (3, 3), pad=(1, 1)), trainable=("bias",)),
     conv_case("batch-of-one", (1, 3, 5, 5), _conv_attrs(4, (3, 3), pad=(1, 1))),
+    # Wide enough for the shifted-window path under the default threshold, with an odd batch
+    # so one worker has more samples than the other.
+    conv_case("shifted-wide", (3, 4, 5, 17), _conv_attrs(5, (3, 3), pad=(1, 1))),
+    conv_case("shifted-wide-valid-5x5", (2, 2, 6, 20), _conv_attrs(3, (5, 5), groups=1, bias=False)),
 ]
 
 DECONV_CASES = [
@@ -104,12 +108,16 @@ FD_CASES = [
 ]
 
 
-@pytest.fixture(autouse=True, params=["one-worker", "all-workers"])
+@pytest.fixture(autouse=True, params=["one-worker", "all-workers", "shifted-all-workers"])
 def workers(request, monkeypatch):
     """Every case runs with the conv on one worker and on all of them: these tiny layers
-    would otherwise stay under PARALLEL_MIN_FLOPS and never split the batch."""
-    if request.param == "all-workers":
+    would otherwise stay under PARALLEL_MIN_FLOPS and never split the batch. The third run
+    takes the shifted-window path (stride 1, not pointwise) on grids of any width: these
+    grids are narrower than SHIFTED_MIN_GRID_WIDTH."""
+    if request.param != "one-worker":
         monkeypatch.setattr(runtime.cpu.conv, "parallel_gemm", lambda flops: True)
+    if request.param == "shifted-all-workers":
+        monkeypatch.setattr(runtime.cpu.conv, "SHIFTED_MIN_GRID_WIDTH", 1)
 
 
 @pytest.mark.parametrize("case", CONV_CASES + DECONV_CASES, ids=str)
