@@ -40,16 +40,31 @@ def _sum_products(g, x, c, centre, partial):
     return partial.sum()
 
 
+@njit
+def _masked_sums(g, out, x, c, centre, partial, partial_products):
+    """(sum of g, sum of g * (x - centre)) over n, s, counting g[n, c, s] only where
+    out[n, c, s] > 0: the gradient through a fused relu, never stored."""
+    partial[:] = 0
+    partial_products[:] = 0
+    for n in range(x.shape[0]):
+        for s in range(x.shape[2]):
+            v = g[n, c, s] if out[n, c, s] > 0 else np.float32(0)
+            partial[s] += v
+            partial_products[s] += v * (x[n, c, s] - centre)
+    return partial.sum(), partial_products.sum()
+
+
 @pnjit
 def _batchnorm_forward(x, weight, bias, running_mean, running_var, out, mean, invstd,
-                       use_batch_stats, eps, momentum, partial_sums):
+                       use_batch_stats, eps, momentum, relu, partial_sums):
+    """out = x normalised per channel, then relu'd if `relu` (a fused activation)."""
     n_batch, n_chan, size = x.shape
     count = n_batch * size
     for c in prange(n_chan):
         if use_batch_stats:
-            m = _sum_rows(x, c, 0.0, False, partial_sums[c]) / count
+            m = _sum_rows(x, c, 0.0, False, partial_sums[c, 0]) / count
             # Two passes (mean, then squared deviations) to avoid E[x^2] - E[x]^2 cancellation.
-            var = _sum_rows(x, c, m, True, partial_sums[c]) / count
+            var = _sum_rows(x, c, m, True, partial_sums[c, 0]) / count
             mean[c] = m
             invstd[c] = 1.0 / math.sqrt(var + eps)
             running_mean[c] = (1 - momentum) * running_mean[c] + momentum * m
@@ -61,20 +76,29 @@ def _batchnorm_forward(x, weight, bias, running_mean, running_var, out, mean, in
         shift = bias[c] - mean[c] * scale
         for n in range(n_batch):
             for s in range(size):
-                out[n, c, s] = x[n, c, s] * scale + shift
+                v = x[n, c, s] * scale + shift
+                if relu and not v > 0:
+                    v = 0
+                out[n, c, s] = v
     return
 
 
 @pnjit
-def _batchnorm_backward(x, gout, weight, mean, invstd, gx, gweight, gbias, used_batch_stats, want_gx,
-                        partial_sums):
+def _batchnorm_backward(x, out, gout, weight, mean, invstd, gx, gweight, gbias, used_batch_stats, want_gx,
+                        relu, partial_sums):
+    """With a fused relu (`relu`), out is the activated output and the gradient at the
+    normalised value is gout where out > 0, else 0; out is not read otherwise."""
     n_batch, n_chan, size = x.shape
     count = n_batch * size
     for c in prange(n_chan):
         m = mean[c]
         istd = invstd[c]
-        sum_g = _sum_rows(gout, c, 0.0, False, partial_sums[c])
-        sum_g_xhat = _sum_products(gout, x, c, m, partial_sums[c]) * istd
+        if relu:
+            sum_g, sum_g_centered = _masked_sums(gout, out, x, c, m, partial_sums[c, 0], partial_sums[c, 1])
+            sum_g_xhat = sum_g_centered * istd
+        else:
+            sum_g = _sum_rows(gout, c, 0.0, False, partial_sums[c, 0])
+            sum_g_xhat = _sum_products(gout, x, c, m, partial_sums[c, 0]) * istd
         gweight[c] = sum_g_xhat
         gbias[c] = sum_g
         # float32 factors, so that the element loops below stay in float32 (twice the lanes)
@@ -87,11 +111,17 @@ def _batchnorm_backward(x, gout, weight, mean, invstd, gx, gweight, gbias, used_
             m32 = np.float32(m)
             for n in range(n_batch):
                 for s in range(size):
-                    gx[n, c, s] = k * (gout[n, c, s] - mean_g - (x[n, c, s] - m32) * xhat_factor)
+                    g = gout[n, c, s]
+                    if relu and not out[n, c, s] > 0:
+                        g = 0
+                    gx[n, c, s] = k * (g - mean_g - (x[n, c, s] - m32) * xhat_factor)
         elif want_gx:
             for n in range(n_batch):
                 for s in range(size):
-                    gx[n, c, s] = k * gout[n, c, s]
+                    g = gout[n, c, s]
+                    if relu and not out[n, c, s] > 0:
+                        g = 0
+                    gx[n, c, s] = k * g
     return
 
 
@@ -164,7 +194,11 @@ def _batchnorm_backward_rows(x, gout, weight, mean, invstd, gx, gweight, gbias, 
 
 @register("cpu", "batchnorm")
 class BatchNorm(Kernel):
-    """Train mode normalises with batch statistics and updates the running ones in place."""
+    """Train mode normalises with batch statistics and updates the running ones in place.
+
+    A following relu can be fused (`fuse_activation`, (N, C, S) inputs with S > 1): forward
+    writes the activated output, and backward masks the gradient by it on the fly, so the
+    relu costs neither a pass of its own nor a buffer for the pre-activation."""
     backward_reads_out = False        # backward recomputes xhat from x with the saved mean and 1/std
 
     def workspace(self):
@@ -176,7 +210,7 @@ class BatchNorm(Kernel):
             # computes them anyway, as the input gradient needs both sums.
             "grad_weight": (channels, "float32"),
             "grad_bias": (channels, "float32"),
-            # per-channel float64 partial sums of the (N, C, S) loops: one row of S per channel
+            # per-channel float64 partial sums of the (N, C, S) loops: two rows of S per channel
             "partial_sums": (self._partial_sums_shape, "float64"),
         }
 
@@ -187,9 +221,16 @@ class BatchNorm(Kernel):
         # Arrays are viewed as (N, C, S), or as (N, C) when S is 1, for the row loops.
         self._layout = (n_batch, n_chan) if per_sample == 1 else (n_batch, n_chan, per_sample)
         self._values_per_channel = n_batch * per_sample
-        self._forward_loop = _batchnorm_forward_rows if per_sample == 1 else _batchnorm_forward
-        self._backward_loop = _batchnorm_backward_rows if per_sample == 1 else _batchnorm_backward
-        self._partial_sums_shape = (0, 0) if per_sample == 1 else (n_chan, per_sample)
+        self._partial_sums_shape = (0, 0, 0) if per_sample == 1 else (n_chan, 2, per_sample)
+        self.relu = False
+
+    def fuse_activation(self, op, attrs) -> bool:
+        """Take over a following relu (not for (N, C) inputs, whose row loops have no mask)."""
+        if op != "relu" or self.relu or len(self._layout) == 2:
+            return False
+        self.relu = True
+        self.backward_reads_out = True
+        return True
 
     def forward(self, ctx, xs, params, out, ws):
         if ctx.training and self._values_per_channel == 1:
@@ -199,7 +240,10 @@ class BatchNorm(Kernel):
         args = (xs[0].reshape(self._layout), params["weight"], params["bias"], params["running_mean"],
                 params["running_var"], out.reshape(self._layout), ws["mean"], ws["invstd"],
                 ctx.training, float(attrs.get("eps", 1e-5)), float(attrs.get("momentum", 0.1)))
-        self._forward_loop(*args, *self._channel_scratch(ws))
+        if len(self._layout) == 2:
+            _batchnorm_forward_rows(*args)
+        else:
+            _batchnorm_forward(*args, self.relu, ws["partial_sums"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         gx = gxs[0]
@@ -207,14 +251,14 @@ class BatchNorm(Kernel):
             return
         # Numba needs an array in the gx slot even when no input gradient is wanted; the
         # want_gx flag keeps the stand-in (gout itself) unwritten.
-        self._backward_loop(xs[0].reshape(self._layout), gout.reshape(self._layout), params["weight"],
-                            ws["mean"], ws["invstd"], (gx if gx is not None else gout).reshape(self._layout),
-                            gparams.get("weight", ws["grad_weight"]), gparams.get("bias", ws["grad_bias"]),
-                            ctx.training, gx is not None, *self._channel_scratch(ws))
-
-    def _channel_scratch(self, ws):
-        """The partial-sum rows that only the (N, C, S) loops take."""
-        return () if len(self._layout) == 2 else (ws["partial_sums"],)
+        x, gout = xs[0].reshape(self._layout), gout.reshape(self._layout)
+        args = (params["weight"], ws["mean"], ws["invstd"], (gx if gx is not None else gout).reshape(self._layout),
+                gparams.get("weight", ws["grad_weight"]), gparams.get("bias", ws["grad_bias"]),
+                ctx.training, gx is not None)
+        if len(self._layout) == 2:
+            _batchnorm_backward_rows(x, gout, *args)
+        else:
+            _batchnorm_backward(x, out.reshape(self._layout), gout, *args, self.relu, ws["partial_sums"])
 
 
 # --- lrn -------------------------------------------------------------------------------------

@@ -52,36 +52,69 @@ class Concat(Kernel):
 
 
 @pnjit
-def _add(a, b, out, parallel):
+def _add(a, b, out, relu, parallel):
+    """out = a + b, relu'd if `relu` (a fused activation)."""
     if parallel:
         for i in prange(out.size):
-            out[i] = a[i] + b[i]
+            v = a[i] + b[i]
+            out[i] = 0 if relu and not v > 0 else v
     else:
         for i in range(out.size):
-            out[i] = a[i] + b[i]
+            v = a[i] + b[i]
+            out[i] = 0 if relu and not v > 0 else v
+    return
+
+
+@pnjit
+def _mask_gradient(gout, out, gx, parallel):
+    """gx = gout where out > 0, else 0: the gradient through a fused relu."""
+    if parallel:
+        for i in prange(gx.size):
+            gx[i] = gout[i] if out[i] > 0 else 0
+    else:
+        for i in range(gx.size):
+            gx[i] = gout[i] if out[i] > 0 else 0
     return
 
 
 @register("cpu", "add")
 class Add(Kernel):
+    """A following relu can be fused (`fuse_activation`, e.g. a residual block's add -> relu):
+    the sum is relu'd as it is written, and backward masks the gradient by the output it then
+    reads, instead of a relu pass each way."""
     backward_reads_inputs = False
     backward_reads_out = False
 
     def __init__(self, spec):
         super().__init__(spec)
         self.parallel = parallel_elementwise(int(np.prod(spec.out_shape, dtype=np.int64)))
+        self.relu = False
+
+    def fuse_activation(self, op, attrs) -> bool:
+        if op != "relu" or self.relu or len(self.spec.in_shapes) < 2:
+            return False
+        self.relu = True
+        self.backward_reads_out = True
+        return True
 
     def forward(self, ctx, xs, params, out, ws):
         flat = out.reshape(-1)
         if len(xs) == 1:
             np.copyto(flat, xs[0].reshape(-1))
             return
-        # Summed pairwise into `out`: one pass over memory per extra input.
-        _add(xs[0].reshape(-1), xs[1].reshape(-1), flat, self.parallel)
-        for x in xs[2:]:
-            _add(flat, x.reshape(-1), flat, self.parallel)
+        # Summed pairwise into `out`: one pass over memory per extra input, the last one relu'd.
+        last = len(xs) - 2
+        _add(xs[0].reshape(-1), xs[1].reshape(-1), flat, self.relu and last == 0, self.parallel)
+        for k, x in enumerate(xs[2:], start=1):
+            _add(flat, x.reshape(-1), flat, self.relu and k == last, self.parallel)
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
-        for gx in gxs:
-            if gx is not None:
+        wanted = [gx for gx in gxs if gx is not None]
+        if not wanted:
+            return
+        if self.relu:
+            _mask_gradient(gout.reshape(-1), out.reshape(-1), wanted[0].reshape(-1), self.parallel)
+            gout = wanted[0]
+        for gx in wanted:
+            if gx is not gout:
                 np.copyto(gx, gout)

@@ -31,6 +31,7 @@ class Case:
     training: bool = True
     grad_inputs: tuple | None = None     # indices of inputs that get gradients (default: all float)
     make_inputs: Callable | None = None  # rng -> list of arrays, overrides random inputs
+    fuse: str | None = None              # an activation the kernel absorbs (plan's fuse_activation)
     rtol: float = 1e-4
     atol: float = 1e-4
     id: str = ""
@@ -91,7 +92,10 @@ def make_kernel(case, xs, ps, out_shape, out_dtype, device="cpu"):
         in_dtypes=tuple("int64" if x.dtype.kind == "i" else "float32" for x in xs),
         out_shape=tuple(out_shape), out_dtype=out_dtype,
         param_shapes={n: tuple(p.shape) for n, p in ps.items()})
-    return kernel_class(device, case.op)(spec)
+    kernel = kernel_class(device, case.op)(spec)
+    if case.fuse is not None and not kernel.fuse_activation(case.fuse, {}):
+        raise AssertionError(f"{case}: the {device} kernel refused to fuse {case.fuse}")
+    return kernel
 
 
 def run_kernel(case, xs, ps, out_shape, gout, dtype, seed=0, device="cpu"):

@@ -8,8 +8,9 @@ from tests.kernels.harness import Case, check_against_torch, check_finite_differ
 
 # --- batchnorm -------------------------------------------------------------------------------
 
-def _batchnorm_case(shape, training, eps=1e-5, momentum=0.1, torch_running_stats=None, **kw):
-    """A batchnorm case; torch's running stats after its forward land in `torch_running_stats`."""
+def _batchnorm_case(shape, training, eps=1e-5, momentum=0.1, torch_running_stats=None, fuse=None, **kw):
+    """A batchnorm case; torch's running stats after its forward land in `torch_running_stats`.
+    fuse="relu": the kernel absorbs a following relu."""
     channels = shape[1]
 
     def torch_fn(xs, ps, a):
@@ -18,11 +19,12 @@ def _batchnorm_case(shape, training, eps=1e-5, momentum=0.1, torch_running_stats
         if torch_running_stats is not None:
             torch_running_stats.update(running_mean=ps["running_mean"].numpy().copy(),
                                        running_var=ps["running_var"].numpy().copy())
-        return out
+        return F.relu(out) if fuse == "relu" else out
 
     params = {"weight": (channels,), "bias": (channels,), "running_mean": (channels,), "running_var": (channels,)}
     return Case("batchnorm", {"eps": eps, "momentum": momentum}, [shape], torch_fn, params=params,
-                training=training, id=f"batchnorm{shape}{'train' if training else 'eval'}", **kw)
+                training=training, fuse=fuse,
+                id=f"batchnorm{shape}{'train' if training else 'eval'}{'+' + fuse if fuse else ''}", **kw)
 
 
 BATCHNORM_SHAPES = [(8, 3), (4, 3, 1, 1), (4, 3, 5), (2, 3, 4, 4), (3, 2, 1, 5)]
@@ -59,6 +61,34 @@ def test_batchnorm_without_input_gradient():
 @pytest.mark.parametrize("shape", [(5, 3), (3, 2, 2, 2)], ids=str)
 def test_batchnorm_finite_differences(shape, training):
     check_finite_differences(_batchnorm_case(shape, training))
+
+
+# batchnorm + relu as one kernel (the plan fuses them): the output is relu'd, and every
+# gradient is masked where it was clipped.
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (4, 3, 5)], ids=str)
+def test_batchnorm_fused_relu_against_torch(shape, training):
+    check_against_torch(_batchnorm_case(shape, training, fuse="relu"))
+
+
+def test_batchnorm_fused_relu_frozen_and_without_input_gradient():
+    check_against_torch(_batchnorm_case((4, 3, 2, 2), True, fuse="relu", trainable=()))
+    check_against_torch(_batchnorm_case((4, 3, 2, 2), True, fuse="relu", grad_inputs=()))
+
+
+def test_batchnorm_fused_relu_finite_differences():
+    check_finite_differences(_batchnorm_case((3, 2, 2, 2), True, fuse="relu"))
+
+
+def test_batchnorm_on_rows_does_not_fuse():
+    """(N, C) inputs run the row loops, which have no mask: the plan keeps the relu apart."""
+    from runtime.kernel_api import NodeSpec, kernel_class
+    spec = NodeSpec(name="bn", op="batchnorm", attrs={"eps": 1e-5, "momentum": 0.1}, in_shapes=((8, 3),),
+                    in_dtypes=("float32",), out_shape=(8, 3),
+                    param_shapes={n: (3,) for n in ("weight", "bias", "running_mean", "running_var")})
+    kernel = kernel_class("cpu", "batchnorm")(spec)
+    assert not kernel.fuse_activation("relu", {})
+    assert not kernel.backward_reads_out
 
 
 # --- lrn -------------------------------------------------------------------------------------

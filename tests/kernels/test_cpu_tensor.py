@@ -35,12 +35,18 @@ CASES = [
     # A frozen input gets no gradient and the others are still written.
     Case("add", {}, [(2, 6), (2, 6), (2, 6)], _add, grad_inputs=(0, 2), id="add-frozen-input"),
     Case("concat", {"axis": 1}, [(2, 3), (2, 4)], _concat, grad_inputs=(1,), id="concat-frozen-input"),
+    # add -> relu fused into one kernel (a residual block's join), two and three inputs
+    Case("add", {}, [(2, 3, 4, 4), (2, 3, 4, 4)], lambda xs, ps, a: torch.relu(_add(xs, ps, a)),
+         fuse="relu", id="add+relu"),
+    Case("add", {}, [(3, 5), (3, 5), (3, 5)], lambda xs, ps, a: torch.relu(_add(xs, ps, a)),
+         fuse="relu", grad_inputs=(1, 2), id="add3+relu-frozen-input"),
 ]
 
 FD_CASES = [
     Case("reshape", {"shape": (3, 2)}, [(2, 6)], _reshape),
     Case("concat", {"axis": 1}, [(2, 2, 3), (2, 1, 3), (2, 3, 3)], _concat),
     Case("add", {}, [(2, 5), (2, 5), (2, 5)], _add),
+    Case("add", {}, [(2, 5), (2, 5)], lambda xs, ps, a: torch.relu(_add(xs, ps, a)), fuse="relu", id="fd-add+relu"),
 ]
 
 

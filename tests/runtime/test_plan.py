@@ -113,11 +113,21 @@ def test_divergence_is_found_though_early_outputs_were_overwritten():
     assert model._last.first_nonfinite() == "head"
 
 
+# Eight conv -> batchnorm -> relu layers of one size: an inference plan that releases each
+# activation after its reader holds a few of them at a time, however deep the chain is.
+DEEP_CHAIN = """
+network chain
+input image: [8, 8, 8]
+logits = image -> (conv(8, 3x3, pad = 1, bias = false) -> batchnorm -> relu) * 8
+    -> avgpool(global) -> flatten -> dense(5)
+"""
+
+
 def test_inference_plan_releases_activations():
-    model = Model(_compiled(), seed=0)
+    model = Model(_compiled(DEEP_CHAIN), seed=0)
     inference = Plan(model.net, model._dev, model.device, 64, {}, False, None, with_loss=False)
     separate = Plan(model.net, model._dev, model.device, 64, {}, False, None, with_loss=False, reuse_memory=False)
-    assert inference.bytes < separate.bytes / 2
+    assert inference.bytes < separate.bytes / 4
 
 
 # ---- serial / parallel thresholds ------------------------------------------------------------
