@@ -234,17 +234,28 @@ def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, chu
 # `wide`, each reading the image in place (BLAS takes the row stride), and the kw - 1 columns
 # past Wo on each wide row (which wrap into the next image row) are computed and dropped.
 # That replaces im2col's kh*kw-fold copy of the image with a copy of about 1x, at the cost of
-# (Wp - Wo)/Wo extra columns: worth it on wide grids (measured, 64 -> 64 channels at 32x32, one
-# core: 0.99 ms per sample against 1.28 ms for im2col + GEMM; equal at 8x8), hence
-# SHIFTED_MIN_GRID_WIDTH. The backward is the same GEMMs transposed: the output gradient is
+# (Wp - Wo)/Wo extra columns. The backward is the same GEMMs transposed: the output gradient is
 # laid out wide (zeros in the dropped columns), the weight gradient of tap (i, j) is
 # gwide @ shifted-padded-image^T, and the input gradient adds W_ij^T @ gwide into a padded
 # gradient at the tap's shift, whose interior is the input gradient. No col2im.
 #
+# One sample at a time, each tap's GEMM has Ho*Wp columns: on small grids with many channels
+# that is too few to amortise streaming the tap's (F/G, C/G) weights, and im2col, which puts
+# several samples side by side, wins (see shifted_pays).
+#
 # Weights are used tap by tap, as (F/G, C/G) matrices: `taps` (G, kh*kw, F/G, C/G) is the
 # weight rearranged, written by forward and read by backward.
 
-SHIFTED_MIN_GRID_WIDTH = 16
+def shifted_pays(wide_columns: int, tap_elements: int) -> bool:
+    """Whether a stride-1 layer runs faster on shifted windows than on im2col, from the columns
+    of each tap's GEMM (Ho*Wp) and the elements of one tap's weights ((F/G) * (C/G)).
+
+    Measured on one core, forward + backward, batch 64 (ms, shifted vs im2col): 64->64 at 32x32
+    199 vs 330; 32->32 at 16x16 11.5 vs 29.4; 6->16 5x5 at 14->10 (LeNet) 3.4 vs 8.0; 128->128
+    at 8x8 56 vs 86; 256->256 at 8x8 237 vs 239; 128->128 at 4x4 17 vs 25; 256->512 at 4x4 246
+    vs 137; 512->512 at 4x4 544 vs 288; 512->512 at 2x2 403 vs 97. The split falls where a
+    tap's weights are used on fewer than ~1/1024 as many columns as they have elements."""
+    return wide_columns * 1024 >= tap_elements
 
 
 @njit
@@ -282,6 +293,25 @@ def _shifted_geometry(geometry, channels):
     return row_width, padded_length, grid_h * row_width
 
 
+@njit
+def _single_channel_taps(taps, image, geometry, row_width, result):
+    """result[f] = sum over taps t of taps[t, f, 0] * (the image shifted by t's offset): the
+    taps' GEMMs when the image has one channel (a grayscale input layer). Each GEMM would have
+    a depth of 1, where BLAS's call and packing cost more than these vectorised row updates
+    (measured, 1 -> 6 channels 5x5 at 32x32: 8 us per sample against 18)."""
+    _, _, kh, kw, _, _, _, _, dh, dw, _, _ = geometry
+    rows, width = result.shape
+    result[:] = 0
+    for f in range(rows):
+        total = result[f]
+        for i in range(kh):
+            for j in range(kw):
+                w = taps[i * kw + j, f, 0]
+                shifted = image[0, i * dh * row_width + j * dw:]
+                for k in range(width):
+                    total[k] += w * shifted[k]
+
+
 @pnjit
 def _shifted_forward(x, weight, bias, out, geometry, taps, padded, wide):
     """padded / wide: (workers, ...) flat per-worker buffers for one (sample, group)."""
@@ -297,12 +327,15 @@ def _shifted_forward(x, weight, bias, out, geometry, taps, padded, wide):
         for n in range(worker, n_batch, workers):
             for g in range(groups):
                 _pad_image(x[n, g], geometry, image)
-                for i in range(kh):
-                    for j in range(kw):
-                        t = i * kw + j
-                        gemm(False, False, rows, wide_width, channels, taps[g, t], 0, channels,
-                             image, i * dh * row_width + j * dw, padded_length,
-                             0.0 if t == 0 else 1.0, result, 0, wide_width)
+                if channels == 1:
+                    _single_channel_taps(taps[g], image, geometry, row_width, result)
+                else:
+                    for i in range(kh):
+                        for j in range(kw):
+                            t = i * kw + j
+                            gemm(False, False, rows, wide_width, channels, taps[g, t], 0, channels,
+                                 image, i * dh * row_width + j * dw, padded_length,
+                                 0.0 if t == 0 else 1.0, result, 0, wide_width)
                 for f in range(rows):
                     for oh in range(grid_h):
                         out[n, g, f, oh * grid_w:(oh + 1) * grid_w] = result[f, oh * row_width:oh * row_width + grid_w]
@@ -479,8 +512,9 @@ class Conv(_ConvBase):
         threads = numba.get_num_threads() if parallel_gemm(flops) else 1
         self.workers = max(1, min(threads, n_batch))
         image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = self.geometry
-        # Stride 1 on a wide grid: shifted windows (see above), one sample at a time.
-        self.shifted = (sh, sw) == (1, 1) and not self.pointwise and grid_w >= SHIFTED_MIN_GRID_WIDTH
+        # Stride 1: shifted windows (see above) where they pay.
+        self.shifted = ((sh, sw) == (1, 1) and not self.pointwise
+                        and shifted_pays(grid_h * (image_w + 2 * pw), rows * self.x_shape[2]))
         per_worker = -(-n_batch // self.workers)
         self.chunk = max(1, min(per_worker, -(-MIN_GEMM_COLUMNS // self.grid_positions)))
         n_chunks = -(-n_batch // self.chunk)

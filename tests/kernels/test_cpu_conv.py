@@ -3,8 +3,11 @@ import pytest
 import torch.nn.functional as F
 
 import runtime.cpu.conv
+from runtime.kernel_api import NodeSpec
 
 from tests.kernels.harness import Case, check_against_torch, check_finite_differences
+
+DEFAULT_SHIFTED_PAYS = runtime.cpu.conv.shifted_pays
 
 
 def _conv_attrs(channels, kernel, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1, bias=True):
@@ -72,10 +75,12 @@ CONV_CASES = [
     conv_case("chunked-first-layer", (5, 3, 4, 4), _conv_attrs(4, (3, 3), pad=(1, 1)), grad_inputs=()),
     conv_case("chunked-frozen-weight", (5, 3, 4, 4), _conv_attrs(4, (3, 3), pad=(1, 1)), trainable=("bias",)),
     conv_case("batch-of-one", (1, 3, 5, 5), _conv_attrs(4, (3, 3), pad=(1, 1))),
-    # Wide enough for the shifted-window path under the default threshold, with an odd batch
-    # so one worker has more samples than the other.
-    conv_case("shifted-wide", (3, 4, 5, 17), _conv_attrs(5, (3, 3), pad=(1, 1))),
-    conv_case("shifted-wide-valid-5x5", (2, 2, 6, 20), _conv_attrs(3, (5, 5), groups=1, bias=False)),
+    # An odd batch, so that one worker has more samples than the other.
+    conv_case("odd-batch-wide", (3, 4, 5, 17), _conv_attrs(5, (3, 3), pad=(1, 1))),
+    conv_case("valid-5x5-nobias", (2, 2, 6, 20), _conv_attrs(3, (5, 5), groups=1, bias=False)),
+    # one input channel: the shifted path's row updates instead of depth-1 GEMMs
+    conv_case("grayscale-5x5", (3, 1, 9, 8), _conv_attrs(4, (5, 5), pad=(1, 0))),
+    conv_case("grayscale-dilation2", (2, 1, 7, 7), _conv_attrs(2, (3, 3), pad=(2, 2), dilation=(2, 2))),
 ]
 
 DECONV_CASES = [
@@ -102,6 +107,7 @@ FD_CASES = [
                                                                       groups=2)),
     conv_case("fd-pointwise", (2, 3, 2, 3), _conv_attrs(2, (1, 1))),
     conv_case("fd-chunked", (3, 2, 3, 3), _conv_attrs(2, (3, 3), pad=(1, 1))),
+    conv_case("fd-grayscale", (2, 1, 4, 4), _conv_attrs(2, (3, 3), pad=(1, 1))),
     deconv_case("fd-stride2-outpad1", (1, 2, 3, 3), _deconv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1),
                                                                           output_pad=(1, 1))),
     deconv_case("fd-groups2", (1, 4, 3, 2), _deconv_attrs(2, (2, 3), stride=(1, 2), groups=2)),
@@ -112,12 +118,12 @@ FD_CASES = [
 def workers(request, monkeypatch):
     """Every case runs with the conv on one worker and on all of them: these tiny layers
     would otherwise stay under PARALLEL_MIN_FLOPS and never split the batch. The third run
-    takes the shifted-window path (stride 1, not pointwise) on grids of any width: these
-    grids are narrower than SHIFTED_MIN_GRID_WIDTH."""
+    takes the shifted-window path wherever it applies (stride 1, not pointwise); the other two
+    take it where shifted_pays says so."""
     if request.param != "one-worker":
         monkeypatch.setattr(runtime.cpu.conv, "parallel_gemm", lambda flops: True)
     if request.param == "shifted-all-workers":
-        monkeypatch.setattr(runtime.cpu.conv, "SHIFTED_MIN_GRID_WIDTH", 1)
+        monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", lambda columns, tap_elements: True)
 
 
 @pytest.mark.parametrize("case", CONV_CASES + DECONV_CASES, ids=str)
@@ -128,3 +134,19 @@ def test_against_torch(case):
 @pytest.mark.parametrize("case", FD_CASES, ids=str)
 def test_finite_differences(case):
     check_finite_differences(case)
+
+
+@pytest.mark.parametrize("x_shape,channels,kernel,pad,shifted", [
+    ((64, 64, 32, 32), 64, (3, 3), (1, 1), True),       # wide grid: shifted windows
+    ((64, 6, 14, 14), 16, (5, 5), (0, 0), True),        # LeNet's second conv
+    ((64, 512, 4, 4), 512, (3, 3), (1, 1), False),      # small grid, big taps: im2col chunks samples
+])
+def test_path_choice(x_shape, channels, kernel, pad, shifted, monkeypatch):
+    """Which lowering a stride-1 layer gets by default (see shifted_pays)."""
+    monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", DEFAULT_SHIFTED_PAYS)
+    n, c, h, w = x_shape
+    out_h, out_w = h + 2 * pad[0] - kernel[0] + 1, w + 2 * pad[1] - kernel[1] + 1
+    spec = NodeSpec(name="conv", op="conv", attrs=_conv_attrs(channels, kernel, pad=pad), in_shapes=(x_shape,),
+                    in_dtypes=("float32",), out_shape=(n, channels, out_h, out_w),
+                    param_shapes={"weight": (channels, c, *kernel), "bias": (channels,)})
+    assert runtime.cpu.conv.Conv(spec).shifted == shifted
