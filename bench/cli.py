@@ -119,6 +119,7 @@ def bench_model(spec, args, bar) -> ModelResult:
         result.cold_start_s = cold["first_step_s"]
     if warm:
         result.warm_start_s = warm["first_step_s"]
+        result.warm_step_s = warm.get("later_step_s")
         result.peak_rss_mib["dslc"] = warm["max_rss_mib"]
     if torch_run:
         result.peak_rss_mib["torch"] = torch_run["max_rss_mib"]

@@ -7,6 +7,9 @@ Prints one JSON object on its last stdout line:
                   parent subtracts its own time.time() from just before the launch, so the
                   figure covers interpreter start, imports, compilation (dslc: Numba kernels,
                   cold or from the cache in NUMBA_CACHE_DIR) and the first step;
+  later_step_s:   the median duration of the steps after the first (null with one step): what
+                  the first step costs once everything is loaded, so the parent can tell the
+                  start-up from the step's own work;
   max_rss_mib:    peak resident memory of the process after all the steps: VmHWM of
                   /proc/self/status. Not getrusage's ru_maxrss: Linux carries that across
                   execve, so a worker launched from the (large) benchmark process would report
@@ -57,9 +60,14 @@ def main(argv=None) -> int:
     runner = Runner(MODELS[args.model], args.batch)
     runner.train_step()
     first_step_end = time.time()
+    later = []
     for _ in range(args.steps - 1):
+        t0 = time.perf_counter()
         runner.train_step()
-    print(json.dumps({"first_step_end": first_step_end, "max_rss_mib": peak_rss_mib()}))
+        later.append(time.perf_counter() - t0)
+    later_step_s = sorted(later)[len(later) // 2] if later else None
+    print(json.dumps({"first_step_end": first_step_end, "later_step_s": later_step_s,
+                      "max_rss_mib": peak_rss_mib()}))
     return 0
 
 

@@ -20,35 +20,37 @@ def _channel_view(a):
 # add per ~4 cycles); the S partial sums are added up once per channel at the end.
 
 @njit
-def _sum_rows(x, c, centre, squared, partial):
-    """sum over n, s of (x[n, c, s] - centre), or of its square; partial: (S,) float64 scratch."""
+def _moments(x, c, partial, partial_squares):
+    """(mean, biased variance) of channel c over n, s, in one pass; partial, partial_squares:
+    (S,) float64 scratch. The values are centred on the channel's first value before they are
+    summed, so E[d^2] - E[d]^2 does not cancel catastrophically when the mean is large against
+    the spread (the centre is within the data's range; float64 sums keep what is left exact
+    to far below float32's precision)."""
+    centre = x[0, c, 0]
     partial[:] = 0
+    partial_squares[:] = 0
     for n in range(x.shape[0]):
         for s in range(x.shape[2]):
-            d = x[n, c, s] - centre
-            partial[s] += d * d if squared else d
-    return partial.sum()
+            d = np.float64(x[n, c, s] - centre)
+            partial[s] += d
+            partial_squares[s] += d * d
+    count = x.shape[0] * x.shape[2]
+    mean_d = partial.sum() / count
+    return centre + mean_d, max(partial_squares.sum() / count - mean_d * mean_d, 0.0)
 
 
 @njit
-def _sum_products(g, x, c, centre, partial):
-    """sum over n, s of g[n, c, s] * (x[n, c, s] - centre); partial: (S,) float64 scratch."""
-    partial[:] = 0
-    for n in range(x.shape[0]):
-        for s in range(x.shape[2]):
-            partial[s] += g[n, c, s] * (x[n, c, s] - centre)
-    return partial.sum()
-
-
-@njit
-def _masked_sums(g, out, x, c, centre, partial, partial_products):
-    """(sum of g, sum of g * (x - centre)) over n, s, counting g[n, c, s] only where
-    out[n, c, s] > 0: the gradient through a fused relu, never stored."""
+def _gradient_sums(g, out, x, c, centre, relu, partial, partial_products):
+    """(sum of g, sum of g * (x - centre)) over n, s, in one pass. With `relu` (a fused
+    activation), g[n, c, s] counts only where out[n, c, s] > 0: the gradient through the relu,
+    never stored."""
     partial[:] = 0
     partial_products[:] = 0
     for n in range(x.shape[0]):
         for s in range(x.shape[2]):
-            v = g[n, c, s] if out[n, c, s] > 0 else np.float32(0)
+            v = g[n, c, s]
+            if relu and not out[n, c, s] > 0:
+                v = np.float32(0)
             partial[s] += v
             partial_products[s] += v * (x[n, c, s] - centre)
     return partial.sum(), partial_products.sum()
@@ -62,9 +64,7 @@ def _batchnorm_forward(x, weight, bias, running_mean, running_var, out, mean, in
     count = n_batch * size
     for c in prange(n_chan):
         if use_batch_stats:
-            m = _sum_rows(x, c, 0.0, False, partial_sums[c, 0]) / count
-            # Two passes (mean, then squared deviations) to avoid E[x^2] - E[x]^2 cancellation.
-            var = _sum_rows(x, c, m, True, partial_sums[c, 0]) / count
+            m, var = _moments(x, c, partial_sums[c, 0], partial_sums[c, 1])
             mean[c] = m
             invstd[c] = 1.0 / math.sqrt(var + eps)
             running_mean[c] = (1 - momentum) * running_mean[c] + momentum * m
@@ -72,11 +72,14 @@ def _batchnorm_forward(x, weight, bias, running_mean, running_var, out, mean, in
         else:
             mean[c] = running_mean[c]
             invstd[c] = 1.0 / math.sqrt(running_var[c] + eps)
+        # (x - mean) * scale + bias, not x * scale + (bias - mean * scale): with a mean large
+        # against the spread the second form cancels in float32.
+        centre = mean[c]
         scale = weight[c] * invstd[c]
-        shift = bias[c] - mean[c] * scale
+        shift = bias[c]
         for n in range(n_batch):
             for s in range(size):
-                v = x[n, c, s] * scale + shift
+                v = (x[n, c, s] - centre) * scale + shift
                 if relu and not v > 0:
                     v = 0
                 out[n, c, s] = v
@@ -93,12 +96,8 @@ def _batchnorm_backward(x, out, gout, weight, mean, invstd, gx, gweight, gbias, 
     for c in prange(n_chan):
         m = mean[c]
         istd = invstd[c]
-        if relu:
-            sum_g, sum_g_centered = _masked_sums(gout, out, x, c, m, partial_sums[c, 0], partial_sums[c, 1])
-            sum_g_xhat = sum_g_centered * istd
-        else:
-            sum_g = _sum_rows(gout, c, 0.0, False, partial_sums[c, 0])
-            sum_g_xhat = _sum_products(gout, x, c, m, partial_sums[c, 0]) * istd
+        sum_g, sum_g_centered = _gradient_sums(gout, out, x, c, m, relu, partial_sums[c, 0], partial_sums[c, 1])
+        sum_g_xhat = sum_g_centered * istd
         gweight[c] = sum_g_xhat
         gbias[c] = sum_g
         # float32 factors, so that the element loops below stay in float32 (twice the lanes)
@@ -155,10 +154,9 @@ def _batchnorm_forward_rows(x, weight, bias, running_mean, running_var, out, mea
             mean[c] = running_mean[c]
             invstd[c] = 1.0 / math.sqrt(running_var[c] + eps)
     scale = weight * invstd
-    shift = bias - mean * scale
     for n in range(n_batch):
         for c in range(n_chan):
-            out[n, c] = x[n, c] * scale[c] + shift[c]
+            out[n, c] = (x[n, c] - mean[c]) * scale[c] + bias[c]   # as in _batchnorm_forward
     return
 
 

@@ -53,6 +53,21 @@ def test_batchnorm_frozen_affine(training):
     check_against_torch(_batchnorm_case((4, 3, 2, 2), training, trainable=()))
 
 
+@pytest.mark.parametrize("shape", [(6, 3, 4, 4), (40, 3)], ids=str)
+def test_batchnorm_statistics_of_offset_data(shape):
+    """A mean far from zero against a small spread: neither the one-pass moments nor the
+    normalisation may cancel."""
+    def offset_inputs(rng):
+        x = 300.0 + 0.01 * rng.standard_normal(shape)
+        x[0, :] += 0.05      # the first values, which the sums are centred on, off the mean
+        return [x.astype(np.float32)]
+    torch_stats = {}
+    case = _batchnorm_case(shape, True, torch_running_stats=torch_stats, make_inputs=offset_inputs)
+    case.rtol, case.atol = 1e-3, 1e-3
+    _, params_after = check_against_torch(case)
+    np.testing.assert_allclose(params_after["running_var"], torch_stats["running_var"], rtol=1e-3, atol=1e-7)
+
+
 def test_batchnorm_without_input_gradient():
     check_against_torch(_batchnorm_case((4, 3, 2), True, grad_inputs=()))
 
