@@ -8,6 +8,7 @@ from runtime.kernel_api import NodeSpec
 from tests.kernels.harness import Case, check_against_torch, check_finite_differences
 
 DEFAULT_SHIFTED_PAYS = runtime.cpu.conv.shifted_pays
+DEFAULT_WINOGRAD_PAYS = runtime.cpu.conv.winograd_pays
 
 
 def _conv_attrs(channels, kernel, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1, bias=True):
@@ -80,6 +81,11 @@ CONV_CASES = [
     conv_case("valid-5x5-nobias", (2, 2, 6, 20), _conv_attrs(3, (5, 5), groups=1, bias=False)),
     # one input channel: the shifted path's row updates instead of depth-1 GEMMs
     conv_case("grayscale-5x5", (3, 1, 9, 8), _conv_attrs(4, (5, 5), pad=(1, 0))),
+    # 3x3 stride 1 with each padding Winograd takes (its input gradient pads by 2 - pad), odd
+    # and even sizes (a tile overhangs an odd edge)
+    conv_case("3x3-valid-odd", (2, 3, 7, 8), _conv_attrs(4, (3, 3))),
+    conv_case("3x3-pad2", (2, 3, 5, 4), _conv_attrs(4, (3, 3), pad=(2, 2))),
+    conv_case("3x3-mixed-pad", (3, 2, 6, 5), _conv_attrs(3, (3, 3), pad=(0, 2), bias=False)),
     conv_case("grayscale-dilation2", (2, 1, 7, 7), _conv_attrs(2, (3, 3), pad=(2, 2), dilation=(2, 2))),
 ]
 
@@ -114,16 +120,19 @@ FD_CASES = [
 ]
 
 
-@pytest.fixture(autouse=True, params=["one-worker", "all-workers", "shifted-all-workers"])
+@pytest.fixture(autouse=True, params=["one-worker", "all-workers", "shifted-all-workers", "winograd-all-workers"])
 def workers(request, monkeypatch):
     """Every case runs with the conv on one worker and on all of them: these tiny layers
     would otherwise stay under PARALLEL_MIN_FLOPS and never split the batch. The third run
-    takes the shifted-window path wherever it applies (stride 1, not pointwise); the other two
-    take it where shifted_pays says so."""
+    takes the shifted-window path wherever it applies (stride 1, not pointwise), the fourth
+    Winograd wherever it applies (3x3, stride 1, one group); the first two take each where
+    shifted_pays / winograd_pays say so, which for these few channels is never Winograd."""
     if request.param != "one-worker":
         monkeypatch.setattr(runtime.cpu.conv, "parallel_gemm", lambda flops: True)
     if request.param == "shifted-all-workers":
         monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", lambda columns, tap_elements: True)
+    if request.param == "winograd-all-workers":
+        monkeypatch.setattr(runtime.cpu.conv, "winograd_pays", lambda channels, rows: True)
 
 
 @pytest.mark.parametrize("case", CONV_CASES + DECONV_CASES, ids=str)
@@ -136,17 +145,21 @@ def test_finite_differences(case):
     check_finite_differences(case)
 
 
-@pytest.mark.parametrize("x_shape,channels,kernel,pad,shifted", [
-    ((64, 64, 32, 32), 64, (3, 3), (1, 1), True),       # wide grid: shifted windows
-    ((64, 6, 14, 14), 16, (5, 5), (0, 0), True),        # LeNet's second conv
-    ((64, 512, 4, 4), 512, (3, 3), (1, 1), False),      # small grid, big taps: im2col chunks samples
+@pytest.mark.parametrize("x_shape,channels,kernel,pad,path", [
+    ((64, 64, 32, 32), 64, (3, 3), (1, 1), "winograd"),     # many channels: Winograd
+    ((64, 512, 4, 4), 512, (3, 3), (1, 1), "winograd"),
+    ((64, 48, 32, 32), 12, (3, 3), (1, 1), "shifted"),      # few channels, wide grid: shifted windows
+    ((64, 6, 14, 14), 16, (5, 5), (0, 0), "shifted"),       # LeNet's second conv
+    ((64, 512, 4, 4), 512, (5, 5), (2, 2), "im2col"),       # small grid, big taps: im2col chunks samples
 ])
-def test_path_choice(x_shape, channels, kernel, pad, shifted, monkeypatch):
-    """Which lowering a stride-1 layer gets by default (see shifted_pays)."""
+def test_path_choice(x_shape, channels, kernel, pad, path, monkeypatch):
+    """Which lowering a stride-1 layer gets by default (see winograd_pays and shifted_pays)."""
     monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", DEFAULT_SHIFTED_PAYS)
+    monkeypatch.setattr(runtime.cpu.conv, "winograd_pays", DEFAULT_WINOGRAD_PAYS)
     n, c, h, w = x_shape
     out_h, out_w = h + 2 * pad[0] - kernel[0] + 1, w + 2 * pad[1] - kernel[1] + 1
     spec = NodeSpec(name="conv", op="conv", attrs=_conv_attrs(channels, kernel, pad=pad), in_shapes=(x_shape,),
                     in_dtypes=("float32",), out_shape=(n, channels, out_h, out_w),
                     param_shapes={"weight": (channels, c, *kernel), "bias": (channels,)})
-    assert runtime.cpu.conv.Conv(spec).shifted == shifted
+    kernel = runtime.cpu.conv.Conv(spec)
+    assert ("winograd" if kernel.winograd else "shifted" if kernel.shifted else "im2col") == path
