@@ -33,7 +33,7 @@ import numba
 import numpy as np
 
 from runtime.cpu.blas import gemm
-from runtime.cpu.conv_winograd import WinogradPlan, weight_transform, winograd_conv
+from runtime.cpu.conv_winograd import WinogradPlan, weight_transform, winograd_conv, winograd_weight_grad
 from runtime.jit import njit, parallel_gemm, pnjit, prange
 from runtime.kernel_api import Kernel, register
 
@@ -247,15 +247,18 @@ def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, chu
 # Weights are used tap by tap, as (F/G, C/G) matrices: `taps` (G, kh*kw, F/G, C/G) is the
 # weight rearranged, written by forward and read by backward.
 
-def winograd_pays(channels: int, rows: int) -> bool:
-    """Whether a 3x3 stride-1 layer with `channels` inputs and `rows` outputs per group runs
-    faster by Winograd than on the other paths. Its transforms cost in proportion to
-    channels + rows per tile, its GEMMs (which it makes 2.25x smaller) to channels * rows, so it
-    pays where channels * rows / (channels + rows) is large. Measured on one core, forward +
-    backward, batch 64 (ms, Winograd vs the default path): 64->64 at 32x32 194 vs 197;
-    128->128 at 16x16 164 vs 198; 256->256 at 8x8 167 vs 253; 512->512 at 4x4 169 vs 237;
-    96->128 at 32x32 (batch 32) 231 vs 267; 16->16 at 32x32 29 vs 12; 48->12 at 32x32 50 vs 28."""
-    return channels * rows >= WINOGRAD_MIN_HARMONIC * (channels + rows)
+def winograd_pays(channels: int, rows: int, grid_w: int) -> bool:
+    """Whether a 3x3 stride-1 layer with `channels` inputs and `rows` outputs per group, on an
+    output grid `grid_w` wide, runs faster by Winograd than on the other paths. Its transforms
+    cost in proportion to channels + rows per tile, its GEMMs (which it makes 2.25x smaller) to
+    channels * rows, so it pays where channels * rows / (channels + rows) is large; on wide grids
+    the shifted-window path it competes with wastes little, and it needs more. Measured on one
+    core, forward + backward, batch 64 (ms, Winograd vs the other path): 64->64 at 32x32 223 vs
+    198; 32->32 at 32x32 107 vs 68; 48->12 at 32x32 69 vs 27; 96->128 at 32x32 (batch 32) 283
+    vs 275; 128->128 at 16x16 162 vs 188; 256->256 at 8x8 122 vs 209; 512->512 at 4x4 126 vs
+    206; 512->512 at 2x2 60 vs 71."""
+    harmonic = channels * rows / (channels + rows)
+    return harmonic >= (WINOGRAD_MIN_HARMONIC if grid_w <= 16 else 2 * WINOGRAD_MIN_HARMONIC)
 
 
 WINOGRAD_MIN_HARMONIC = 32
@@ -535,11 +538,11 @@ class Conv(_ConvBase):
         n_chunks = -(-n_batch // self.chunk)
         # A worker with one chunk GEMMs its weight gradient straight into its running sum.
         self.needs_gweight_chunk = n_chunks > self.workers
-        # 3x3, stride 1, one group: Winograd for the forward and the input gradient
-        # (conv_winograd.py); the weight gradient stays with the path chosen above.
+        # 3x3, stride 1, one group: Winograd where it pays (conv_winograd.py), in place of the
+        # path chosen above.
         channels = self.x_shape[2]
         self.winograd = (groups == 1 and (kh, kw) == (3, 3) and (sh, sw) == (1, 1) and (dh, dw) == (1, 1)
-                         and max(ph, pw) <= 2 and winograd_pays(channels, rows))
+                         and max(ph, pw) <= 2 and winograd_pays(channels, rows, grid_w))
         if self.winograd:
             self.winograd_forward = WinogradPlan(n_batch, channels, rows, image_h, image_w, ph, pw,
                                                  grid_h, grid_w, self.workers)
@@ -547,19 +550,22 @@ class Conv(_ConvBase):
                                                     image_h, image_w, self.workers)
 
     def workspace(self):
-        buffers = self._shifted_workspace() if self.shifted else self._im2col_workspace()
         if self.winograd:
-            groups, rows, depth = self.weight_shape
-            channels = self.x_shape[2]
-            plans = (self.winograd_forward, self.winograd_input_grad)
-            buffers.update({
-                "winograd_u": ((16, rows, channels), "float32"),              # transformed weights
-                "winograd_u_flipped": ((16, channels, rows), "float32"),      # ... of the input gradient
-                "winograd_v": ((self.workers, max(p.v_size for p in plans)), "float32"),
-                "winograd_m": ((self.workers, max(p.m_size for p in plans)), "float32"),
-                "winograd_scratch": ((self.workers, max(p.scratch_size for p in plans)), "float32"),
-            })
-        return buffers
+            return self._winograd_workspace()
+        return self._shifted_workspace() if self.shifted else self._im2col_workspace()
+
+    def _winograd_workspace(self):
+        rows, channels = self.out_shape[2], self.x_shape[2]
+        plans = (self.winograd_forward, self.winograd_input_grad)
+        return {
+            "winograd_u": ((16, rows, channels), "float32"),              # transformed weights
+            "winograd_u_flipped": ((16, channels, rows), "float32"),      # ... of the input gradient
+            "winograd_v": ((self.workers, max(p.v_size for p in plans)), "float32"),
+            "winograd_m": ((self.workers, max(p.m_size for p in plans)), "float32"),
+            "winograd_scratch": ((self.workers, max(p.scratch_size for p in plans)), "float32"),
+            "winograd_du": ((self.workers, 16 * rows * channels), "float32"),   # per-worker weight gradients
+            "gbias_partial": ((self.workers, rows), "float32"),
+        }
 
     def _im2col_workspace(self):
         groups, rows, depth = self.weight_shape
@@ -615,11 +621,21 @@ class Conv(_ConvBase):
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         x, weight, _, _ = self._operands(xs, params, out)
         gout, gx, gweight, gbias = self._grads(gout, gxs, gparams)
-        if self.winograd and gx is not None:
-            self._winograd(ws, weight, True, gout, self.winograd_input_grad, None, gx)
-            gx = None           # done: the path below computes the parameter gradients only
-            if gweight is None and gbias is None:
-                return
+        if self.winograd:
+            if gx is not None:
+                self._winograd(ws, weight, True, gout, self.winograd_input_grad, None, gx)
+            if gweight is not None:
+                image_h, image_w, _, _, _, _, _, _, _, _, grid_h, grid_w = self.geometry
+                n_batch, _, rows, positions = self.out_shape
+                plan = self.winograd_forward
+                winograd_weight_grad(x.reshape(n_batch, -1, image_h * image_w), plan.sources,
+                                     gout.reshape(n_batch, rows, positions), grid_h, grid_w, plan.chunk,
+                                     ws["winograd_v"], ws["winograd_m"], ws["winograd_scratch"], ws["winograd_du"],
+                                     gweight.reshape(rows, -1, 9), None if gbias is None else gbias[0],
+                                     ws["gbias_partial"])
+            elif gbias is not None:     # a frozen weight with a trained bias
+                np.sum(gout, axis=(0, 3), out=gbias)
+            return
         if self.shifted:
             _shifted_backward(x, gout, gx, gweight, gbias, self.geometry, ws["taps"], ws["padded"], ws["wide"],
                               ws["gpadded"], ws["gtaps_partial"], ws["gbias_partial"])

@@ -20,8 +20,10 @@ shaped even on the 4x4 and 2x2 grids of deep layers, where im2col's are not (see
 
 The input gradient of a stride-1 3x3 conv is itself one: the output gradient convolved with the
 weights flipped in both spatial axes and with input/output channels swapped, padded by 2 - pad.
-So `winograd_conv` serves both passes; `weight_transform(..., for_input_gradient=True)` builds
-the flipped, transposed U. The weight gradient stays with conv.py's other paths.
+So `winograd_conv` serves both; `weight_transform(..., for_input_gradient=True)` builds the
+flipped, transposed U. The weight gradient is the adjoint of the same algorithm
+(winograd_weight_grad): dU[xi] = sum over tiles of dM[xi] V[xi]^T with dM = A dY A^T, then
+dW = G^T dU G.
 
 Precision: the transforms only add and halve, and the float32 results match direct convolution
 to a few ulps of the largest term (the kernel tests hold them to torch at 1e-4).
@@ -193,6 +195,112 @@ def winograd_conv(x, sources, u, bias, out, out_h, out_w, chunk, v, m, scratch):
                      v[worker], xi * n_in * width, width, 0.0, m[worker], xi * n_out * width, width)
             _output_transform(m[worker], n_out, width, columns, per_sample, tiles_w, out_h, out_w,
                               bias, out[first:first + count], outputs)
+
+
+@njit
+def _output_gradient_transform(gout, n_out, width, columns, per_sample, tiles_w, out_h, out_w, dm, scratch):
+    """dm[xi, f, s*T + t] = (A dY A^T)[xi], dY the 2x2 block of gout[s, f] that tile t wrote
+    (0 past an odd edge): the adjoint of _output_transform. dm (16, F, width) flattened;
+    scratch: (4, >= columns)."""
+    plane = n_out * width
+    y = scratch[:4]
+    even = out_h % 2 == 0 and out_w % 2 == 0
+    for f in range(n_out):
+        for t in range(columns):
+            sample, tile = t // per_sample, t % per_sample
+            oh, ow = 2 * (tile // tiles_w), 2 * (tile % tiles_w)
+            at = oh * out_w + ow
+            source = gout[sample, f]
+            if even:
+                y[0, t], y[1, t] = source[at], source[at + 1]
+                y[2, t], y[3, t] = source[at + out_w], source[at + out_w + 1]
+            else:
+                y[0, t] = source[at]
+                y[1, t] = source[at + 1] if ow + 1 < out_w else 0
+                y[2, t] = source[at + out_w] if oh + 1 < out_h else 0
+                y[3, t] = source[at + out_w + 1] if oh + 1 < out_h and ow + 1 < out_w else 0
+        at = f * width
+        for t in range(columns):
+            y00, y01, y10, y11 = y[0, t], y[1, t], y[2, t], y[3, t]
+            # A dY: the rows (q[i] = (q_i0, q_i1)), then (A dY) A^T: the columns
+            for i in range(4):
+                if i == 0:
+                    a, b = y00, y01
+                elif i == 1:
+                    a, b = y00 + y10, y01 + y11
+                elif i == 2:
+                    a, b = y00 - y10, y01 - y11
+                else:
+                    a, b = -y10, -y11
+                dm[at + 4 * i * plane + t] = a
+                dm[at + (4 * i + 1) * plane + t] = a + b
+                dm[at + (4 * i + 2) * plane + t] = a - b
+                dm[at + (4 * i + 3) * plane + t] = -b
+
+
+@njit
+def _weight_gradient_transform(du, gweight):
+    """gweight[f, c] (3x3, flattened to 9) = G^T dU G, dU = du[:, f, c] (4x4): the adjoint of
+    weight_transform."""
+    n_out, n_in = gweight.shape[0], gweight.shape[1]
+    h = np.empty((3, 4), np.float64)
+    for f in range(n_out):
+        for c in range(n_in):
+            for j in range(4):          # G^T dU
+                d0, d1, d2, d3 = du[j, f, c], du[4 + j, f, c], du[8 + j, f, c], du[12 + j, f, c]
+                h[0, j] = d0 + 0.5 * (d1 + d2)
+                h[1, j] = 0.5 * (d1 - d2)
+                h[2, j] = 0.5 * (d1 + d2) + d3
+            for k in range(3):          # (G^T dU) G
+                d0, d1, d2, d3 = h[k, 0], h[k, 1], h[k, 2], h[k, 3]
+                gweight[f, c, k * 3] = d0 + 0.5 * (d1 + d2)
+                gweight[f, c, k * 3 + 1] = 0.5 * (d1 - d2)
+                gweight[f, c, k * 3 + 2] = 0.5 * (d1 + d2) + d3
+
+
+@pnjit
+def winograd_weight_grad(x, sources, gout, out_h, out_w, chunk, v, dm, scratch, du_partial, gweight,
+                         gbias, gbias_partial):
+    """gweight (F, C, 9) and gbias (F, or None) of a 3x3 stride-1 convolution of x (N, C, H*W)
+    whose output gradient is gout (N, F, out_h*out_w); sources as for winograd_conv.
+
+    Per chunk: V of the inputs, dM of the output gradient, and dU[xi] += dM[xi] @ V[xi]^T, 16
+    GEMMs with the tiles as depth. Each worker sums its chunks in du_partial[worker] (16, F, C)
+    and gbias_partial[worker] (F); the sums over workers are transformed back at the end."""
+    n_batch, n_in = x.shape[0], x.shape[1]
+    n_out = gout.shape[1]
+    per_sample = sources.shape[0]
+    tiles_w = (out_w + 1) // 2
+    width = chunk * per_sample
+    workers = v.shape[0]
+    n_chunks = (n_batch + chunk - 1) // chunk
+    for worker in prange(workers):
+        windows = scratch[worker][:16 * width].reshape((16, width))
+        if gbias is not None:
+            gbias_partial[worker] = 0
+        for chunk_index in range(worker, n_chunks, workers):
+            first = chunk_index * chunk
+            count = min(chunk, n_batch - first)
+            columns = count * per_sample
+            if gbias is not None:
+                for s in range(count):
+                    for f in range(n_out):
+                        gbias_partial[worker, f] += np.sum(gout[first + s, f])
+            _input_transform(x[first:first + count], sources, v[worker], width, windows)
+            _output_gradient_transform(gout[first:first + count], n_out, width, columns, per_sample, tiles_w,
+                                       out_h, out_w, dm[worker], windows)
+            beta = 0.0 if chunk_index == worker else 1.0        # a worker's first chunk starts its sum
+            for xi in range(16):
+                gemm(False, True, n_out, n_in, columns, dm[worker], xi * n_out * width, width,
+                     v[worker], xi * n_in * width, width, beta, du_partial[worker], xi * n_out * n_in, n_in)
+    busy_workers = min(workers, n_chunks)
+    for worker in range(1, busy_workers):
+        du_partial[0] += du_partial[worker]
+    _weight_gradient_transform(du_partial[0].reshape((16, n_out, n_in)), gweight)
+    if gbias is not None:
+        gbias[:] = 0
+        for worker in range(busy_workers):
+            gbias += gbias_partial[worker]
 
 
 class WinogradPlan:

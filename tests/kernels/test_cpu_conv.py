@@ -132,7 +132,7 @@ def workers(request, monkeypatch):
     if request.param == "shifted-all-workers":
         monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", lambda columns, tap_elements: True)
     if request.param == "winograd-all-workers":
-        monkeypatch.setattr(runtime.cpu.conv, "winograd_pays", lambda channels, rows: True)
+        monkeypatch.setattr(runtime.cpu.conv, "winograd_pays", lambda channels, rows, grid_w: True)
 
 
 @pytest.mark.parametrize("case", CONV_CASES + DECONV_CASES, ids=str)
@@ -146,8 +146,9 @@ def test_finite_differences(case):
 
 
 @pytest.mark.parametrize("x_shape,channels,kernel,pad,path", [
-    ((64, 64, 32, 32), 64, (3, 3), (1, 1), "winograd"),     # many channels: Winograd
+    ((64, 128, 16, 16), 128, (3, 3), (1, 1), "winograd"),   # many channels: Winograd
     ((64, 512, 4, 4), 512, (3, 3), (1, 1), "winograd"),
+    ((64, 64, 32, 32), 64, (3, 3), (1, 1), "shifted"),      # ... unless the grid is wide
     ((64, 48, 32, 32), 12, (3, 3), (1, 1), "shifted"),      # few channels, wide grid: shifted windows
     ((64, 6, 14, 14), 16, (5, 5), (0, 0), "shifted"),       # LeNet's second conv
     ((64, 512, 4, 4), 512, (5, 5), (2, 2), "im2col"),       # small grid, big taps: im2col chunks samples
