@@ -29,6 +29,11 @@ are the safe assumptions):
     forward_in_place       forward is correct with `out` being the same buffer as xs[0].
     output_is_input_view   the output is its (single) input's elements in the same order, so
                            the output can be a view of the input and forward is skipped.
+    scratch_workspace      names of workspace buffers that carry nothing from one call to the
+                           next (im2col columns, partial sums): forward and backward each get
+                           their own, live for that call only, so every node's scratch shares
+                           storage. Other workspace buffers live from forward to backward.
+                           Default: none.
     fuse_activation(op, attrs) -> bool
                            take over the following parameter-free activation `op`: forward
                            then writes the activated output, backward receives that output
@@ -276,12 +281,22 @@ class Plan:
                 continue
             first = min(start[t] for t in ts)
             requests.append((first, group_end[r], self.shapes[r], tensor_dtype(r), ("group", r)))
+        # workspaces: a buffer the kernel keeps from forward to backward lives that long; a
+        # scratch buffer (`scratch_workspace`) lives one call, and forward and backward each get
+        # their own, which other nodes' calls share
         self.ws = {s.node: {} for s in steps}
+        self.ws_backward = {s.node: {} for s in steps}
         for s in steps:
             last = t_bwd(s) if s.output in in_backward else s.index
+            scratch = set(getattr(s.kernel, "scratch_workspace", ())) if self.reuse_memory else set()
             for k, (shape, dt) in s.kernel.workspace().items():
-                requests.append((s.index, last, shape, DTYPES.get(dt, dt) if isinstance(dt, str) else dt,
-                                 ("ws", s.node, k)))
+                dt = DTYPES.get(dt, dt) if isinstance(dt, str) else dt
+                if k not in scratch:
+                    requests.append((s.index, last, shape, dt, ("ws", s.node, k)))
+                    continue
+                requests.append((s.index, s.index, shape, dt, ("ws_forward", s.node, k)))
+                if s.output in in_backward:
+                    requests.append((t_bwd(s), t_bwd(s), shape, dt, ("ws_backward", s.node, k)))
         # gradients: each tensor's is written first by its first consumer in backward order and
         # read by its producer's backward; every later writer gets an aside buffer to add in
         self._gradient_writes = {}     # (step node, input position) -> ("direct" | "aside", tensor)
@@ -313,6 +328,11 @@ class Plan:
                     self.out[t] = buf.reshape(self.shapes[t])
             elif where[0] == "ws":
                 self.ws[where[1]][where[2]] = buf
+                self.ws_backward[where[1]][where[2]] = buf
+            elif where[0] == "ws_forward":
+                self.ws[where[1]][where[2]] = buf
+            elif where[0] == "ws_backward":
+                self.ws_backward[where[1]][where[2]] = buf
             elif where[0] == "grad":
                 self.grad[where[1]] = buf
             else:
@@ -347,8 +367,8 @@ class Plan:
                     gxs.append(self._asides[(s.node, k)])
                     s.accumulations.append((self.grad[i], self._asides[(s.node, k)]))
             gparams = {k: self.param_grads[f"{s.node}.{k}"] for k in self.node_trainable[s.node]}
-            xs, params, out, ws = s.args
-            s.backward_args = (xs, params, out, gout, gxs, gparams, ws)
+            xs, params, out, _ = s.args
+            s.backward_args = (xs, params, out, gout, gxs, gparams, self.ws_backward[s.node])
         self._forward_calls = [(s.kernel.forward, s.args) for s in self.steps if not s.is_view]
         self._backward_calls = [(s.kernel.backward, s.backward_args, s.accumulations) for s in self.backward_steps]
 

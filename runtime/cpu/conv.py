@@ -522,6 +522,12 @@ class _ConvBase(Kernel):
 
 @register("cpu", "conv")
 class Conv(_ConvBase):
+    # Everything but the shifted path's rearranged weights is used within one call (plan.py).
+    scratch_workspace = ("cols", "staging", "gweight_partial", "gweight_chunk", "gbias_partial",
+                         "padded", "wide", "gpadded", "gtaps_partial",
+                         "winograd_u", "winograd_u_flipped", "winograd_v", "winograd_m", "winograd_scratch",
+                         "winograd_du")
+
     def __init__(self, spec):
         super().__init__(spec)
         n_batch, groups, rows, positions = self.out_shape
@@ -648,6 +654,7 @@ class Conv(_ConvBase):
 @register("cpu", "deconv")
 class Deconv(_ConvBase):
     transposed = True
+    scratch_workspace = ("cols", "gweight_sample")
 
     def workspace(self):
         # cols: one sample's column matrix (empty for pointwise layers, which GEMM from the

@@ -113,6 +113,8 @@ class Dense(Kernel):
         self.backward_reads_out = True
         return True
 
+    scratch_workspace = ("masked_grad",)
+
     def workspace(self):
         # the gradient at the pre-activation, masked by the fused relu
         return {"masked_grad": ((self.rows, self.units) if self.relu else (0, 0), "float32")}

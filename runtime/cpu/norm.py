@@ -198,6 +198,7 @@ class BatchNorm(Kernel):
     writes the activated output, and backward masks the gradient by it on the fly, so the
     relu costs neither a pass of its own nor a buffer for the pre-activation."""
     backward_reads_out = False        # backward recomputes xhat from x with the saved mean and 1/std
+    scratch_workspace = ("grad_weight", "grad_bias", "partial_sums")     # mean and invstd are kept
 
     def workspace(self):
         channels = (self.spec.in_shapes[0][1],)

@@ -105,6 +105,24 @@ def test_storage_is_shared_viewed_and_written_in_place():
     assert "fc1" in fused and "fc2" in fused and "head" not in fused
 
 
+def test_scratch_workspaces_are_shared_across_nodes(monkeypatch):
+    """A conv's scratch (its columns or padded images): one call's worth of storage serves
+    every conv, forward and backward; declared as kept instead, each conv holds its own from
+    forward to backward."""
+    import runtime.cpu.conv
+    model = Model(_compiled(DEEP_CHAIN), seed=0)
+
+    def plan():
+        return Plan(model.net, model._dev, model.device, 16, {}, True, set(model.trainable_names()))
+    shared = plan()
+    convs = [s.node for s in shared.steps if model.net.graph.nodes[s.node]["op"] == "conv"]
+    key = next(k for k, a in shared.ws[convs[0]].items() if a.size and k in runtime.cpu.conv.Conv.scratch_workspace)
+    buffers = [shared.ws[n][key] for n in convs] + [shared.ws_backward[n][key] for n in convs]
+    assert all(np.shares_memory(buffers[0], b) for b in buffers[1:])
+    monkeypatch.setattr(runtime.cpu.conv.Conv, "scratch_workspace", ())
+    assert shared.bytes < plan().bytes
+
+
 def test_divergence_is_found_though_early_outputs_were_overwritten():
     model = Model(_compiled(), seed=2)
     feeds = _feeds()
@@ -118,8 +136,10 @@ def test_divergence_is_found_though_early_outputs_were_overwritten():
 DEEP_CHAIN = """
 network chain
 input image: [8, 8, 8]
+input label: int
 logits = image -> (conv(8, 3x3, pad = 1, bias = false) -> batchnorm -> relu) * 8
     -> avgpool(global) -> flatten -> dense(5)
+loss cross_entropy(logits, label)
 """
 
 
