@@ -3,29 +3,41 @@
 Layout: the user-facing tensors are batch first (N, T, F); every per-layer buffer in the
 workspace is feature major, (rows, T, N): inputs (F, T, N), hidden and cell states (H, T, N),
 gate pre-activations and gradients (G*H, T, N). Viewed as (rows, T*N) matrices, the work that
-does not depend on the recurrence is one GEMM per layer and gate block, and step t of any
+does not depend on the recurrence is one GEMM per layer (and part, below), and step t of any
 buffer is the (rows, N) matrix at column offset t*N with row stride T*N, which BLAS reads in
 place:
 
-    forward   projected (G*H, T*N) = W_ih (G*H, F) @ inputs (F, T*N) + biases
-              per step: projected[:, t] += W_hh (G*H, H) @ h_{t-1} (H, N)
-    backward  per step: dh_{t-1} (H, N) = W_hh^T (H, G*H) @ dgates[:, t] (G*H, N)
-              dW_ih = dgates @ inputs^T, dW_hh = dgates[:, 1:] @ h[:, :-1]^T,
-              dinputs = W_ih^T @ dgates                                   one GEMM per block
+    forward   projected (G*H, T*N) = W_ih (G*H, F) @ inputs (F, T*N)
+              per step: projected[:, t] += W_hh (G*H, H) @ h_{t-1} (H, N), then the cell math
+              (which adds the biases as it reads the pre-activations)
+    backward  per step: the cell math, then dh_{t-1} (H, N) = W_hh^T (H, G*H) @ dgates[:, t]
+              after the loop: dW_ih = dgates @ inputs^T, dW_hh = dgates[:, 1:] @ h[:, :-1]^T,
+              dinputs = W_ih^T @ dgates, bias gradients = row sums of dgates
 
 Both cores: the per-step GEMMs are small (M = batch), and BLAS threads them poorly, so each
 step splits the hidden units into one part per Numba thread (`prange`) and each part runs its
 own single-threaded GEMM and its own elementwise cell math; the gate rows of a part are kept
-contiguous by storing the gates part by part (see _gate_row). Forward needs nothing else; in
-backward each part computes a partial dh_{t-1} over its own gate rows, and the next step adds
-the parts' partials (double-buffered, so no part overwrites a partial another still reads).
-One parallel region per step is the only synchronisation. The whole-sequence GEMMs are split
-the same way. Each loop body is a closure run either by `prange` or, for one part, directly:
-a `prange` over one part would still wake the other worker at every step. BLAS is called directly (scipy's cython_blas sgemm/dgemm, see _gemm) to read
-step slices in place, accumulate with beta = 1 and transpose by flag; it runs in the calling
-thread (runtime/jit.py's threading policy), so it does not compete with Numba's threads.
-Small layers, where a per-step wake-up of the other worker would cost more than it saves,
-run as one part (see _RecurrentKernel.__init__).
+contiguous by regrouping the gate rows of W_ih, W_hh, the biases and every (G*H, ...) buffer
+part by part (see _group_gate_rows), copies made once per forward. Forward needs nothing
+else; in backward each part computes a partial dh_{t-1} over its own gate rows, and the next
+step adds the parts' partials (double-buffered, so no part overwrites a partial another still
+reads). Those partials read W_hh^T through a transposed copy made once per layer and
+backward: BLAS takes a column block of it as a plain operand, where asking it to transpose a
+row block of W_hh ran the step's GEMM 1.2-1.6x slower at the benchmark's size. (Splitting
+dh_{t-1} by units instead, with no partials, needs K = G*H deep GEMMs of half the width,
+which BLAS ran ~10% slower than the partials cost.) One parallel region per step is the only
+synchronisation; the whole-sequence GEMMs of a layer's gradients share one region. Each loop
+body is a closure run either by `prange` or, for one part, directly: a `prange` over one part
+would still wake the other worker at every step. BLAS is called directly (scipy's cython_blas
+sgemm/dgemm, see runtime/cpu/blas.py) to read step slices in place, accumulate with beta = 1 and transpose
+by flag; it runs in the calling thread (runtime/jit.py's threading policy), so it does not
+compete with Numba's threads. Small layers, where a per-step wake-up of the other worker
+would cost more than it saves, run as one part (see _RecurrentKernel.__init__).
+
+The cell loops are written for LLVM's vectoriser, which gives up silently: no branch on the
+step inside them (step 0 reads the zero initial state from a padding slot, see _time_slots),
+few arrays per loop, float32 constants (see _tanh). Each of these was worth 1.7-3x on its
+loop measured alone.
 
 Forward saves, for every layer and step, what backward needs (activated gates, LSTM cell
 states, GRU's W_hn h + b_hn, hidden states); backward is backpropagation through time over
@@ -35,8 +47,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import types
 
+from runtime.cpu.blas import gemm
 from runtime.jit import njit, parallel_gemm, pnjit, prange, use_serial_blas
 from runtime.kernel_api import Kernel, register
 
@@ -86,41 +98,8 @@ class EmbedKernel(Kernel):
 
 
 # ---------------------------------------------------------------------------------------------
-# BLAS, called directly
+# layout changes
 # ---------------------------------------------------------------------------------------------
-
-# Numba's own wrapper of scipy's cython_blas ?gemm (the one np.dot uses), called by symbol
-# name: unlike a ctypes pointer to the BLAS function, that lets the callers be cached on disk.
-# kind 's' / 'd' picks sgemm / dgemm; the matrices are pointers, the rest plain values.
-_XXGEMM = types.ExternalFunction("numba_xxgemm", types.intc(
-    types.char, types.char, types.char, types.intp, types.intp, types.intp,
-    types.voidptr, types.voidptr, types.intp, types.voidptr, types.intp,
-    types.voidptr, types.voidptr, types.intp))
-
-
-@njit
-def _gemm(trans_a, trans_b, m, n, k, a, a_at, lda, b, b_at, ldb, beta, c, c_at, ldc):
-    """C (m, n) = op(A) @ op(B) + beta * C on matrices inside contiguous arrays of one dtype.
-
-    Each matrix starts at flat element offset `*_at` of its array and has row stride `ld*`
-    (elements); op(X) is X^T where `trans_x`. float32 goes to sgemm, float64 (the finite-
-    difference tests) to dgemm. BLAS is column major and a row-major matrix is its column-major
-    transpose, so this asks BLAS for C^T = op(B)^T op(A)^T.
-    """
-    if m == 0 or n == 0:
-        return
-    scalars = np.empty(2, c.dtype)
-    scalars[0] = 1.0
-    scalars[1] = beta
-    kind = 115 if c.itemsize == 4 else 100                          # 's' or 'd'
-    _XXGEMM(kind, 116 if trans_b else 110, 116 if trans_a else 110,  # 't' or 'n'
-            n, m, k, scalars.ctypes, b.reshape(-1)[b_at:].ctypes, ldb,
-            a.reshape(-1)[a_at:].ctypes, lda, scalars[1:].ctypes,
-            c.reshape(-1)[c_at:].ctypes, ldc)
-    # Numba may free a local array after its last use, and handing its address to BLAS is
-    # not one: this write after the call keeps `scalars` alive through it.
-    scalars[0] = 0.0
-
 
 @njit
 def _swap_first_and_last_axes(source, target):
@@ -147,20 +126,27 @@ def _swap_first_and_last_axes(source, target):
 # degree-13 over even degree-6 polynomial, input clamped where tanh rounds to +-1 in float32);
 # max relative error ~3e-7: float32 accuracy, which the float64 finite-difference checks
 # tolerate easily.
+#
+# Every constant in the cell math is a float32 (_ONE, np.float32(...)): a Python float is a
+# float64 and would turn float32 arithmetic into float64, half as many lanes per vector plus
+# conversions (the backward cell loop ran 1.7x slower so). float64 inputs stay float64.
+_ONE = np.float32(1.0)
+
+
 @njit
 def _tanh(x):
-    clamp = 7.90531110763549805
+    clamp = np.float32(7.90531110763549805)
     v = min(max(x, -clamp), clamp)
     v2 = v * v
-    p = v2 * -2.76076847742355e-16 + 2.00018790482477e-13
-    p = p * v2 - 8.60467152213735e-11
-    p = p * v2 + 5.12229709037114e-08
-    p = p * v2 + 1.48572235717979e-05
-    p = p * v2 + 6.37261928875436e-04
-    p = p * v2 + 4.89352455891786e-03
-    q = v2 * 1.19825839466702e-06 + 1.18534705686654e-04
-    q = q * v2 + 2.26843463243900e-03
-    q = q * v2 + 4.89352518554385e-03
+    p = v2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
+    p = p * v2 - np.float32(8.60467152213735e-11)
+    p = p * v2 + np.float32(5.12229709037114e-08)
+    p = p * v2 + np.float32(1.48572235717979e-05)
+    p = p * v2 + np.float32(6.37261928875436e-04)
+    p = p * v2 + np.float32(4.89352455891786e-03)
+    q = v2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
+    q = q * v2 + np.float32(2.26843463243900e-03)
+    q = q * v2 + np.float32(4.89352518554385e-03)
     # np.divide, not `/`: Numba's `/` checks for division by zero and raises, and that
     # branch stops the loops calling this from vectorising (q >= 4.9e-3 here anyway).
     return np.divide(v * p, q)
@@ -168,7 +154,8 @@ def _tanh(x):
 
 @njit
 def _sigmoid(x):
-    return 0.5 + 0.5 * _tanh(0.5 * x)
+    half = np.float32(0.5)
+    return half + half * _tanh(half * x)
 
 
 # Gate rows are stored part by part: part p owns hidden units [lo, hi) = bounds[p:p+2] and
@@ -189,30 +176,46 @@ def _group_gate_rows(weight, bounds, gate_count, grouped):
                 grouped[gate_count * lo + g * width + u] = weight[g * size + lo + u]
 
 
-@pnjit
-def _project_inputs(inputs, w_ih, b_ih, b_hh, gate_count, folded_gates, bounds, steps,
-                    projected):
-    """projected (G*H, T, N) = W_ih @ inputs (F, T, N) + b_ih, plus b_hh for the first
-    `folded_gates` gates (GRU's n gate adds its b_hh inside r * (...) itself)."""
-    rows, slots, batch = projected.shape
-    size = rows // gate_count
-    features = inputs.shape[0]
-    cols = slots * batch                # row stride
-    def run_part(p):
+@njit
+def _group_biases(b_ih, b_hh, bounds, gate_count, folded_gates, grouped):
+    """grouped (G*H,) = b_ih + b_hh, regrouped part by part like the gate rows; only b_ih for
+    the gates past the first `folded_gates` (GRU's n gate adds its b_hh inside r * (...))."""
+    size = b_ih.shape[0] // gate_count
+    for p in range(len(bounds) - 1):
         lo = bounds[p]
         width = bounds[p + 1] - lo
         for g in range(gate_count):
-            src = g * size + lo
-            dst = gate_count * lo + g * width
-            _gemm(False, False, width, steps * batch, features, w_ih, src * features, features,
-                  inputs, 0, cols, 0.0, projected, dst * cols, cols)
             for u in range(width):
-                bias = b_ih[src + u]
+                bias = b_ih[g * size + lo + u]
                 if g < folded_gates:
-                    bias += b_hh[src + u]
-                for t in range(steps):
-                    for n in range(batch):
-                        projected[dst + u, t, n] += bias
+                    bias += b_hh[g * size + lo + u]
+                grouped[gate_count * lo + g * width + u] = bias
+
+
+@njit
+def _transpose(matrix, transposed):
+    rows, cols = matrix.shape
+    # Blocks of 16 x 16 keep both the reads and the writes within a few cache lines.
+    for r0 in range(0, rows, 16):
+        for c0 in range(0, cols, 16):
+            for c in range(c0, min(c0 + 16, cols)):
+                for r in range(r0, min(r0 + 16, rows)):
+                    transposed[c, r] = matrix[r, c]
+
+
+@pnjit
+def _project_inputs(inputs, w_ih, gate_count, bounds, steps, projected):
+    """projected (G*H, T, N) = W_ih @ inputs (F, T, N), W_ih's rows regrouped: a part's gate
+    rows are contiguous, so it is one GEMM per part. The biases are left to the cell loops,
+    which add them as they read the pre-activations (one pass over `projected` less)."""
+    _, slots, batch = projected.shape
+    features = inputs.shape[0]
+    cols = slots * batch                # row stride
+    def run_part(p):
+        first = gate_count * bounds[p]
+        part_rows = gate_count * (bounds[p + 1] - bounds[p])
+        gemm(False, False, part_rows, steps * batch, features, w_ih, first * features,
+              features, inputs, 0, cols, 0.0, projected, first * cols, cols)
     if len(bounds) > 2:            # several parts: one per worker
         for p in prange(len(bounds) - 1):
             run_part(p)
@@ -231,22 +234,35 @@ def _add_partials(partials, lo, width, dhidden, t):
 
 
 @njit
-def _row_sum(matrix, steps):
-    total = 0.0
-    for t in range(steps):
-        for n in range(matrix.shape[1]):
-            total += matrix[t, n]
-    return total
+def _row_sums(matrix, first_row, rows, steps, sums, sums_at):
+    """sums[sums_at + u] = the sum of matrix[first_row + u] (a (G*H, T, N) buffer) over the
+    first `steps` steps and the batch.
+
+    One float64 accumulator per batch column: the loop over the batch then vectorises, where
+    one running total is a chain of dependent adds.
+    """
+    batch = matrix.shape[2]
+    lanes = np.empty(batch)
+    for u in range(rows):
+        lanes[:] = 0.0
+        for t in range(steps):
+            for n in range(batch):
+                lanes[n] += matrix[first_row + u, t, n]
+        sums[sums_at + u] = lanes.sum()
 
 
 @pnjit
-def _layer_grads(inputs, hidden, dgates_in, dgates_hidden, w_ih, bounds, gate_count, steps,
-                 gw_ih, gw_hh, gb_ih, gb_hh, dinputs, want_dinputs):
+def _layer_grads(inputs, hidden, dgates_in, dgates_hidden, shared_dgates, w_ih, bounds,
+                 gate_count, steps, gw_ih, gw_hh, gb_ih, gb_hh, dinputs, want_dinputs):
     """Parameter and input gradients of one layer from its per-step gate gradients.
 
     dgates_in / dgates_hidden (G*H, T, N) are the gradients of the pre-activations fed by
-    W_ih x + b_ih and by W_hh h + b_hh (the same array except for GRU's n gate). An empty
-    gradient array means that parameter wants no gradient; it keeps one compiled signature.
+    W_ih x + b_ih and by W_hh h + b_hh, the same array where `shared_dgates` (all but GRU),
+    whose bias gradients are then summed once; w_ih has its rows regrouped. An empty gradient
+    array means that parameter wants no gradient; it keeps one compiled signature.
+    Everything here only reads the gate gradients, so one parallel region does it all: each
+    part computes the parameter gradients of its gate rows and dinputs = W_ih^T @ dgates_in
+    for its share of the columns.
     """
     rows, slots, batch = dgates_in.shape
     size = rows // gate_count
@@ -261,46 +277,33 @@ def _layer_grads(inputs, hidden, dgates_in, dgates_hidden, w_ih, bounds, gate_co
             src = g * size + lo
             dst = gate_count * lo + g * width
             if gw_ih.size > 0:
-                _gemm(False, True, width, features, used, dgates_in, dst * cols, cols,
+                gemm(False, True, width, features, used, dgates_in, dst * cols, cols,
                       inputs, 0, cols, 0.0, gw_ih, src * features, features)
             if gw_hh.size > 0:
                 # h_{t-1} multiplies step t's gates; the initial state is zero, so step 0
                 # adds nothing.
                 if steps > 1:
-                    _gemm(False, True, width, size, used - batch, dgates_hidden,
+                    gemm(False, True, width, size, used - batch, dgates_hidden,
                           dst * cols + batch, cols, hidden, 0, cols, 0.0, gw_hh, src * size, size)
                 else:
                     gw_hh[src:src + width] = 0
-            for u in range(width):
-                if gb_ih.size > 0:
-                    gb_ih[src + u] = _row_sum(dgates_in[dst + u], steps)
-                if gb_hh.size > 0:
-                    gb_hh[src + u] = _row_sum(dgates_hidden[dst + u], steps)
+            if gb_ih.size > 0:
+                _row_sums(dgates_in, dst, width, steps, gb_ih, src)
+            if gb_hh.size > 0:
+                if shared_dgates and gb_ih.size > 0:
+                    gb_hh[src:src + width] = gb_ih[src:src + width]
+                else:
+                    _row_sums(dgates_hidden, dst, width, steps, gb_hh, src)
+        if want_dinputs:
+            # The regrouped rows of W_ih line up with those of dgates_in: one GEMM over all.
+            first_col = used * p // parts
+            gemm(True, False, features, used * (p + 1) // parts - first_col, rows, w_ih, 0,
+                  features, dgates_in, first_col, cols, 0.0, dinputs, first_col, cols)
     if parts > 1:                   # several parts: one per worker
         for p in prange(parts):
             run_part(p)
     else:
         run_part(0)
-    if want_dinputs:
-        # dinputs = W_ih^T @ dgates_in, summed over the gate blocks; the parts split columns.
-        def run_column_part(p):
-            first_col = used * p // parts
-            width_cols = used * (p + 1) // parts - first_col
-            beta = 0.0
-            for q in range(parts):
-                lo = bounds[q]
-                width = bounds[q + 1] - lo
-                for g in range(gate_count):
-                    _gemm(True, False, features, width_cols, width, w_ih,
-                          (g * size + lo) * features, features,
-                          dgates_in, (gate_count * lo + g * width) * cols + first_col, cols,
-                          beta, dinputs, first_col, cols)
-                    beta = 1.0
-        if parts > 1:                   # several parts: one per worker
-            for p in prange(parts):
-                run_column_part(p)
-        else:
-            run_column_part(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +311,7 @@ def _layer_grads(inputs, hidden, dgates_in, dgates_hidden, w_ih, bounds, gate_co
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _rnn_layer_forward(w_hh, bounds, steps, projected, hidden):
+def _rnn_layer_forward(w_hh, bias, bounds, steps, projected, hidden):
     # The hidden states are the only save: tanh' = 1 - h^2.
     size, slots, batch = hidden.shape
     cols = slots * batch                # row stride
@@ -317,11 +320,12 @@ def _rnn_layer_forward(w_hh, bounds, steps, projected, hidden):
             lo = bounds[p]
             width = bounds[p + 1] - lo
             if t > 0:               # zero initial state: no recurrent term at step 0
-                _gemm(False, False, width, batch, size, w_hh, lo * size, size,
+                gemm(False, False, width, batch, size, w_hh, lo * size, size,
                       hidden, (t - 1) * batch, cols, 1.0, projected, lo * cols + t * batch, cols)
             for j in range(lo, lo + width):
+                b = bias[j]
                 for n in range(batch):
-                    hidden[j, t, n] = _tanh(projected[j, t, n])
+                    hidden[j, t, n] = _tanh(projected[j, t, n] + b)
         if len(bounds) > 2:            # several parts: one per worker
             for p in prange(len(bounds) - 1):
                 run_part(p)
@@ -330,7 +334,7 @@ def _rnn_layer_forward(w_hh, bounds, steps, projected, hidden):
 
 
 @pnjit
-def _rnn_backward_through_time(w_hh, bounds, steps, hidden, dhidden, dgates, partials):
+def _rnn_backward_through_time(w_hh_t, bounds, steps, hidden, dhidden, dgates, partials):
     size, slots, batch = hidden.shape
     cols = slots * batch                # row stride
     for t in range(steps - 1, -1, -1):
@@ -342,9 +346,9 @@ def _rnn_backward_through_time(w_hh, bounds, steps, hidden, dhidden, dgates, par
             for j in range(lo, lo + width):
                 for n in range(batch):
                     h = hidden[j, t, n]
-                    dgates[j, t, n] = dhidden[j, t, n] * (1.0 - h * h)
+                    dgates[j, t, n] = dhidden[j, t, n] * (_ONE - h * h)
             if t > 0:
-                _gemm(True, False, size, batch, width, w_hh, lo * size, size,
+                gemm(False, False, size, batch, width, w_hh_t, lo, size,
                       dgates, lo * cols + t * batch, cols, 0.0, partials[t % 2, p], 0, batch)
         if len(bounds) > 2:            # several parts: one per worker
             for p in prange(len(bounds) - 1):
@@ -358,19 +362,22 @@ def _rnn_backward_through_time(w_hh, bounds, steps, hidden, dhidden, dgates, par
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _lstm_layer_forward(w_hh, bounds, steps, projected, gates, cells, hidden):
+def _lstm_layer_forward(w_hh, bias, bounds, steps, projected, gates, cells, hidden):
     # Saves the activated i, f, g, o in `gates`, apart from `projected`: rewriting the
     # pre-activations in place stops the loop from vectorising (about 6x slower), as LLVM
-    # cannot prove that one gate row's writes miss another row's reads.
+    # cannot prove that one gate row's writes miss another row's reads. For the same reason
+    # the cell update is a loop of its own (half the time of one loop over both).
     size, slots, batch = hidden.shape
     cols = slots * batch                # row stride
+    cells[:, slots - 1] = 0             # c_{-1}: see _time_slots
     for t in range(steps):
+        prev = (t - 1) % slots
         def run_part(p):
             lo = bounds[p]
             width = bounds[p + 1] - lo
             first = 4 * lo
             if t > 0:               # zero initial state: no recurrent term at step 0
-                _gemm(False, False, 4 * width, batch, size, w_hh, first * size, size,
+                gemm(False, False, 4 * width, batch, size, w_hh, first * size, size,
                       hidden, (t - 1) * batch, cols, 1.0, projected, first * cols + t * batch, cols)
             for u in range(width):
                 j = lo + u
@@ -378,20 +385,20 @@ def _lstm_layer_forward(w_hh, bounds, steps, projected, gates, cells, hidden):
                 row_f = row_i + width
                 row_g = row_f + width
                 row_o = row_g + width
+                b_i = bias[row_i]
+                b_f = bias[row_f]
+                b_g = bias[row_g]
+                b_o = bias[row_o]
                 for n in range(batch):
-                    i = _sigmoid(projected[row_i, t, n])
-                    f = _sigmoid(projected[row_f, t, n])
-                    g = _tanh(projected[row_g, t, n])
-                    o = _sigmoid(projected[row_o, t, n])
-                    c = i * g
-                    if t > 0:
-                        c += f * cells[j, t - 1, n]
-                    gates[row_i, t, n] = i
-                    gates[row_f, t, n] = f
-                    gates[row_g, t, n] = g
-                    gates[row_o, t, n] = o
+                    gates[row_i, t, n] = _sigmoid(projected[row_i, t, n] + b_i)
+                    gates[row_f, t, n] = _sigmoid(projected[row_f, t, n] + b_f)
+                    gates[row_g, t, n] = _tanh(projected[row_g, t, n] + b_g)
+                    gates[row_o, t, n] = _sigmoid(projected[row_o, t, n] + b_o)
+                for n in range(batch):
+                    c = (gates[row_i, t, n] * gates[row_g, t, n]
+                         + gates[row_f, t, n] * cells[j, prev, n])
                     cells[j, t, n] = c
-                    hidden[j, t, n] = o * _tanh(c)
+                    hidden[j, t, n] = gates[row_o, t, n] * _tanh(c)
         if len(bounds) > 2:            # several parts: one per worker
             for p in prange(len(bounds) - 1):
                 run_part(p)
@@ -400,15 +407,20 @@ def _lstm_layer_forward(w_hh, bounds, steps, projected, gates, cells, hidden):
 
 
 @pnjit
-def _lstm_backward_through_time(w_hh, bounds, steps, gates, cells, dhidden, dgates, partials, dcell):
+def _lstm_backward_through_time(w_hh_t, bounds, steps, gates, cells, dhidden, dgates, partials,
+                                dcell):
+    # The cell loop has no branch on t: one stops it from vectorising (about 3x slower), so
+    # dc_{T} starts at zero and c_{-1} is read from the zero slot forward left (_time_slots).
     size, slots, batch = cells.shape
     cols = slots * batch                # row stride
+    dcell[:] = 0
     for t in range(steps - 1, -1, -1):
+        prev = (t - 1) % slots
         def run_part(p):
             lo = bounds[p]
             width = bounds[p + 1] - lo
             first = 4 * lo
-            later = t < steps - 1       # whether step t+1 sent dh and dc back
+            later = t < steps - 1       # whether step t+1 sent dh back
             if later:
                 _add_partials(partials[(t + 1) % 2], lo, width, dhidden, t)
             for u in range(width):
@@ -423,18 +435,15 @@ def _lstm_backward_through_time(w_hh, bounds, steps, gates, cells, dhidden, dgat
                     g = gates[row_g, t, n]
                     o = gates[row_o, t, n]
                     tanh_c = _tanh(cells[j, t, n])
-                    c_prev = cells[j, t - 1, n] if t > 0 else 0.0
                     dh = dhidden[j, t, n]
-                    dc = dh * o * (1.0 - tanh_c * tanh_c)
-                    if later:
-                        dc += dcell[j, n]
-                    dgates[row_i, t, n] = dc * g * i * (1.0 - i)
-                    dgates[row_f, t, n] = dc * c_prev * f * (1.0 - f)
-                    dgates[row_g, t, n] = dc * i * (1.0 - g * g)
-                    dgates[row_o, t, n] = dh * tanh_c * o * (1.0 - o)
+                    dc = dh * o * (_ONE - tanh_c * tanh_c) + dcell[j, n]
+                    dgates[row_i, t, n] = dc * g * i * (_ONE - i)
+                    dgates[row_f, t, n] = dc * cells[j, prev, n] * f * (_ONE - f)
+                    dgates[row_g, t, n] = dc * i * (_ONE - g * g)
+                    dgates[row_o, t, n] = dh * tanh_c * o * (_ONE - o)
                     dcell[j, n] = dc * f
             if t > 0:
-                _gemm(True, False, size, batch, 4 * width, w_hh, first * size, size,
+                gemm(False, False, size, batch, 4 * width, w_hh_t, first, 4 * size,
                       dgates, first * cols + t * batch, cols, 0.0, partials[t % 2, p], 0, batch)
         if len(bounds) > 2:            # several parts: one per worker
             for p in prange(len(bounds) - 1):
@@ -448,19 +457,23 @@ def _lstm_backward_through_time(w_hh, bounds, steps, gates, cells, dhidden, dgat
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _gru_layer_forward(w_hh, b_hh, bounds, steps, projected, recurrent, gates, hidden_proj, hidden):
+def _gru_layer_forward(w_hh, bias, b_hh, bounds, steps, projected, recurrent, gates, hidden_proj,
+                       hidden):
     # Saves the activated r, z, n in `gates` and W_hn h + b_hn in hidden_proj, which the
     # gradient of r needs. The recurrent product goes to its own (G*H, N) buffer: the n gate
-    # needs it apart from the input projection.
+    # needs it apart from the input projection. Two loops with no branch on t, for the
+    # reasons given in _lstm_layer_forward.
     size, slots, batch = hidden.shape
     cols = slots * batch                # row stride
+    hidden[:, slots - 1] = 0            # h_{-1}: see _time_slots
     for t in range(steps):
+        prev = (t - 1) % slots
         def run_part(p):
             lo = bounds[p]
             width = bounds[p + 1] - lo
             first = 3 * lo
             if t > 0:
-                _gemm(False, False, 3 * width, batch, size, w_hh, first * size, size,
+                gemm(False, False, 3 * width, batch, size, w_hh, first * size, size,
                       hidden, (t - 1) * batch, cols, 0.0, recurrent, first * batch, batch)
             else:                   # zero initial state: no recurrent term at step 0
                 recurrent[first:first + 3 * width] = 0
@@ -469,18 +482,21 @@ def _gru_layer_forward(w_hh, b_hh, bounds, steps, projected, recurrent, gates, h
                 row_r = first + u
                 row_z = row_r + width
                 row_n = row_z + width
+                b_r = bias[row_r]
+                b_z = bias[row_z]
+                b_in = bias[row_n]
                 b_hn = b_hh[2 * size + j]
                 for n in range(batch):
-                    r = _sigmoid(projected[row_r, t, n] + recurrent[row_r, n])
-                    z = _sigmoid(projected[row_z, t, n] + recurrent[row_z, n])
+                    r = _sigmoid(projected[row_r, t, n] + b_r + recurrent[row_r, n])
                     hn = recurrent[row_n, n] + b_hn
-                    new = _tanh(projected[row_n, t, n] + r * hn)
-                    h_prev = hidden[j, t - 1, n] if t > 0 else 0.0
                     gates[row_r, t, n] = r
-                    gates[row_z, t, n] = z
-                    gates[row_n, t, n] = new
+                    gates[row_z, t, n] = _sigmoid(projected[row_z, t, n] + b_z
+                                                  + recurrent[row_z, n])
+                    gates[row_n, t, n] = _tanh(projected[row_n, t, n] + b_in + r * hn)
                     hidden_proj[j, t, n] = hn
-                    hidden[j, t, n] = (1.0 - z) * new + z * h_prev
+                for n in range(batch):
+                    z = gates[row_z, t, n]
+                    hidden[j, t, n] = (_ONE - z) * gates[row_n, t, n] + z * hidden[j, prev, n]
         if len(bounds) > 2:            # several parts: one per worker
             for p in prange(len(bounds) - 1):
                 run_part(p)
@@ -489,11 +505,15 @@ def _gru_layer_forward(w_hh, b_hh, bounds, steps, projected, recurrent, gates, h
 
 
 @pnjit
-def _gru_backward_through_time(w_hh, bounds, steps, gates, hidden_proj, hidden, dhidden,
+def _gru_backward_through_time(w_hh_t, bounds, steps, gates, hidden_proj, hidden, dhidden,
                                dgates_in, dgates_hidden, partials, dh_direct):
+    # No branch on t in the cell loops (see _lstm_backward_through_time): the direct path
+    # starts at zero and h_{-1} is read from the zero slot forward left.
     size, slots, batch = hidden.shape
     cols = slots * batch                # row stride
+    dh_direct[:] = 0
     for t in range(steps - 1, -1, -1):
+        prev = (t - 1) % slots
         def run_part(p):
             lo = bounds[p]
             width = bounds[p + 1] - lo
@@ -510,23 +530,20 @@ def _gru_backward_through_time(w_hh, bounds, steps, gates, hidden_proj, hidden, 
                     r = gates[row_r, t, n]
                     z = gates[row_z, t, n]
                     new = gates[row_n, t, n]
-                    h_prev = hidden[j, t - 1, n] if t > 0 else 0.0
-                    dh = dhidden[j, t, n]
-                    if later:       # h_t = ... + z h_{t-1}: step t+1's direct path
-                        dh += dh_direct[j, n]
-                    dnew = dh * (1.0 - z) * (1.0 - new * new)
-                    dr = dnew * hidden_proj[j, t, n] * r * (1.0 - r)
-                    dz = dh * (h_prev - new) * z * (1.0 - z)
-                    dgates_in[row_r, t, n] = dr
-                    dgates_in[row_z, t, n] = dz
+                    # h_{t+1} = ... + z h_t: step t+1's direct path adds to dloss/dh_t.
+                    dh = dhidden[j, t, n] + dh_direct[j, n]
+                    dnew = dh * (_ONE - z) * (_ONE - new * new)
+                    dgates_in[row_r, t, n] = dnew * hidden_proj[j, t, n] * r * (_ONE - r)
+                    dgates_in[row_z, t, n] = dh * (hidden[j, prev, n] - new) * z * (_ONE - z)
                     dgates_in[row_n, t, n] = dnew
-                    dgates_hidden[row_r, t, n] = dr
-                    dgates_hidden[row_z, t, n] = dz
-                    # r scales W_hn h + b_hn, so the hidden side of the n gate sees dnew * r.
-                    dgates_hidden[row_n, t, n] = dnew * r
                     dh_direct[j, n] = dh * z
+                for n in range(batch):
+                    dgates_hidden[row_r, t, n] = dgates_in[row_r, t, n]
+                    dgates_hidden[row_z, t, n] = dgates_in[row_z, t, n]
+                    # r scales W_hn h + b_hn, so the hidden side of the n gate sees dnew * r.
+                    dgates_hidden[row_n, t, n] = dgates_in[row_n, t, n] * gates[row_r, t, n]
             if t > 0:
-                _gemm(True, False, size, batch, 3 * width, w_hh, first * size, size,
+                gemm(False, False, size, batch, 3 * width, w_hh_t, first, 3 * size,
                       dgates_hidden, first * cols + t * batch, cols, 0.0, partials[t % 2, p],
                       0, batch)
         if len(bounds) > 2:            # several parts: one per worker
@@ -552,7 +569,9 @@ def _time_slots(steps):
     for the usual power-of-two T and N, so all of them fall in the same few cache sets and
     evict one another in every per-step GEMM and cell loop. An odd slot count makes the row
     stride an odd multiple of the N*4 bytes one row of a step holds, so the rows of a step
-    tile the cache sets; the extra slots are never read.
+    tile the cache sets. The extra slots hold no step; the cell loops read the last one of
+    the cell or hidden states as the zero initial state c_{-1} / h_{-1} (the forward of the
+    layer zeroes it), so that step 0 needs no branch of its own.
     """
     return steps + 1 if steps % 2 == 0 else steps + 2
 
@@ -592,10 +611,15 @@ class _RecurrentKernel(Kernel):
             "dhidden": ((size, slots, batch), "float32"),       # dloss/dh from above, per layer
             "partials": ((2, len(self.bounds) - 1, size, batch), "float32"),  # parts' dh_{t-1}
             "dinputs": ((self.features, slots, batch), "float32"),
+            "weight_hh_t": ((size, width), "float32"),    # the current layer's, transposed
         }
         for layer in range(self.layers):
+            features = self.features if layer == 0 else size
             ws[f"hidden{layer}"] = ((size, slots, batch), "float32")
-            ws[f"weight_hh{layer}"] = ((width, size), "float32")   # W_hh, rows regrouped
+            # The parameters with their gate rows regrouped (see _group_gate_rows).
+            ws[f"weight_ih{layer}"] = ((width, features), "float32")
+            ws[f"weight_hh{layer}"] = ((width, size), "float32")
+            ws[f"bias{layer}"] = ((width,), "float32")     # see _group_biases
         ws.update(self.cell_workspace())
         return ws
 
@@ -604,12 +628,12 @@ class _RecurrentKernel(Kernel):
         return {}
 
     def forward_layer(self, layer, params, ws):
-        """Run `layer` over every step from ws["projected"] and its regrouped W_hh."""
+        """Run `layer` over every step from ws["projected"] and its regrouped W_hh and biases."""
         raise NotImplementedError
 
     def backward_through_time(self, layer, ws):
-        """Fill the gate gradients of `layer` from ws["dhidden"]; return (dgates_in,
-        dgates_hidden)."""
+        """Fill the gate gradients of `layer` from ws["dhidden"] and ws["weight_hh_t"];
+        return (dgates_in, dgates_hidden)."""
         raise NotImplementedError
 
     def forward(self, ctx, xs, params, out, ws):
@@ -617,9 +641,12 @@ class _RecurrentKernel(Kernel):
         _swap_first_and_last_axes(xs[0], inputs)
         for layer in range(self.layers):
             w_ih, w_hh, b_ih, b_hh = self.layer_params(params, layer)
-            _project_inputs(inputs, w_ih, b_ih, b_hh, self.gate_count, self.folded_gates,
-                            self.bounds, self.steps, ws["projected"])
+            _group_gate_rows(w_ih, self.bounds, self.gate_count, ws[f"weight_ih{layer}"])
             _group_gate_rows(w_hh, self.bounds, self.gate_count, ws[f"weight_hh{layer}"])
+            _group_biases(b_ih, b_hh, self.bounds, self.gate_count, self.folded_gates,
+                          ws[f"bias{layer}"])
+            _project_inputs(inputs, ws[f"weight_ih{layer}"], self.gate_count, self.bounds,
+                            self.steps, ws["projected"])
             self.forward_layer(layer, params, ws)
             inputs = ws[f"hidden{layer}"]
         if self.sequence:
@@ -637,12 +664,16 @@ class _RecurrentKernel(Kernel):
         dtype = dhidden.dtype
         want_dx = gxs[0] is not None
         for layer in range(self.layers - 1, -1, -1):
+            # The per-step partials read W_hh^T's columns of a part's gate rows (module
+            # docstring): transposed once per layer here.
+            _transpose(ws[f"weight_hh{layer}"], ws["weight_hh_t"])
             dgates_in, dgates_hidden = self.backward_through_time(layer, ws)
             inputs = ws["inputs"] if layer == 0 else ws[f"hidden{layer - 1}"]
             # The layer below reads its dloss/dh from dhidden, which this layer no longer needs.
             dinputs = ws["dinputs"] if layer == 0 else dhidden
             _layer_grads(inputs, ws[f"hidden{layer}"], dgates_in, dgates_hidden,
-                         params[f"weight_ih_l{layer}"], self.bounds, self.gate_count, self.steps,
+                         dgates_in is dgates_hidden, ws[f"weight_ih{layer}"], self.bounds,
+                         self.gate_count, self.steps,
                          _grad_or_empty(gparams, f"weight_ih_l{layer}", 2, dtype),
                          _grad_or_empty(gparams, f"weight_hh_l{layer}", 2, dtype),
                          _grad_or_empty(gparams, f"bias_ih_l{layer}", 1, dtype),
@@ -663,12 +694,13 @@ class RNNKernel(_RecurrentKernel):
     folded_gates = 1
 
     def forward_layer(self, layer, params, ws):
-        _rnn_layer_forward(ws[f"weight_hh{layer}"], self.bounds, self.steps, ws["projected"],
-                           ws[f"hidden{layer}"])
+        _rnn_layer_forward(ws[f"weight_hh{layer}"], ws[f"bias{layer}"], self.bounds, self.steps,
+                           ws["projected"], ws[f"hidden{layer}"])
 
     def backward_through_time(self, layer, ws):
-        _rnn_backward_through_time(ws[f"weight_hh{layer}"], self.bounds, self.steps, ws[f"hidden{layer}"],
-                                   ws["dhidden"], ws["dgates"], ws["partials"])
+        _rnn_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps,
+                                   ws[f"hidden{layer}"], ws["dhidden"], ws["dgates"],
+                                   ws["partials"])
         return ws["dgates"], ws["dgates"]
 
 
@@ -686,13 +718,14 @@ class LSTMKernel(_RecurrentKernel):
         return ws
 
     def forward_layer(self, layer, params, ws):
-        _lstm_layer_forward(ws[f"weight_hh{layer}"], self.bounds, self.steps, ws["projected"],
-                            ws[f"gates{layer}"], ws[f"cells{layer}"], ws[f"hidden{layer}"])
+        _lstm_layer_forward(ws[f"weight_hh{layer}"], ws[f"bias{layer}"], self.bounds, self.steps,
+                            ws["projected"], ws[f"gates{layer}"], ws[f"cells{layer}"],
+                            ws[f"hidden{layer}"])
 
     def backward_through_time(self, layer, ws):
-        _lstm_backward_through_time(ws[f"weight_hh{layer}"], self.bounds, self.steps, ws[f"gates{layer}"],
-                                    ws[f"cells{layer}"], ws["dhidden"], ws["dgates"],
-                                    ws["partials"], ws["dcell"])
+        _lstm_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps,
+                                    ws[f"gates{layer}"], ws[f"cells{layer}"], ws["dhidden"],
+                                    ws["dgates"], ws["partials"], ws["dcell"])
         return ws["dgates"], ws["dgates"]
 
 
@@ -714,13 +747,14 @@ class GRUKernel(_RecurrentKernel):
         return ws
 
     def forward_layer(self, layer, params, ws):
-        _gru_layer_forward(ws[f"weight_hh{layer}"], params[f"bias_hh_l{layer}"], self.bounds, self.steps,
-                           ws["projected"], ws["recurrent"], ws[f"gates{layer}"],
-                           ws[f"hidden_proj{layer}"], ws[f"hidden{layer}"])
+        _gru_layer_forward(ws[f"weight_hh{layer}"], ws[f"bias{layer}"],
+                           params[f"bias_hh_l{layer}"], self.bounds, self.steps, ws["projected"],
+                           ws["recurrent"], ws[f"gates{layer}"], ws[f"hidden_proj{layer}"],
+                           ws[f"hidden{layer}"])
 
     def backward_through_time(self, layer, ws):
-        _gru_backward_through_time(ws[f"weight_hh{layer}"], self.bounds, self.steps, ws[f"gates{layer}"],
-                                   ws[f"hidden_proj{layer}"], ws[f"hidden{layer}"],
-                                   ws["dhidden"], ws["dgates"], ws["dgates_hidden"],
-                                   ws["partials"], ws["dh_direct"])
+        _gru_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps,
+                                   ws[f"gates{layer}"], ws[f"hidden_proj{layer}"],
+                                   ws[f"hidden{layer}"], ws["dhidden"], ws["dgates"],
+                                   ws["dgates_hidden"], ws["partials"], ws["dh_direct"])
         return ws["dgates"], ws["dgates_hidden"]

@@ -120,7 +120,8 @@ def test_frozen_params_and_no_input_grad(op):
     kernel = make_kernel(case, xs, ps, gout.shape, "float32")
     ws = {n: np.zeros(s, dtype=np.float32) for n, (s, _) in kernel.workspace().items()}
     out = np.empty(gout.shape, np.float32)
-    wanted = ["weight_hh_l0", "bias_ih_l1"]
+    # bias_hh_l0 without bias_ih_l0: the b_hh gradient must not lean on the b_ih one.
+    wanted = ["weight_hh_l0", "bias_ih_l1", "bias_hh_l0"]
     gps = {n: np.full(ps[n].shape, np.nan, np.float32) for n in wanted}
     kernel.forward(Context(), xs, ps, out, ws)
     kernel.backward(Context(), xs, ps, out, gout, [None], gps, ws)
