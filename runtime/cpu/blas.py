@@ -16,18 +16,24 @@ from runtime.jit import njit
 # name: unlike a ctypes pointer to the BLAS function, that lets the callers be cached on disk.
 # It is not public Numba API: a Numba upgrade that renames it fails every caller's tests.
 # kind 's' / 'd' picks sgemm / dgemm; the matrices are pointers, the rest plain values.
+# The matrix and scalar pointers are declared as integers (addresses), which the x86-64 and
+# AArch64 calling conventions pass exactly as pointers: computing an offset address is then
+# integer arithmetic, where a pointer would need a reshaped view of the array, and Numba's
+# reshape brings its error-message machinery along, ~10 s of cold compile.
+_ADDRESS = types.uintp
 _XXGEMM = types.ExternalFunction("numba_xxgemm", types.intc(
     types.char, types.char, types.char, types.intp, types.intp, types.intp,
-    types.voidptr, types.voidptr, types.intp, types.voidptr, types.intp,
-    types.voidptr, types.voidptr, types.intp))
+    _ADDRESS, _ADDRESS, types.intp, _ADDRESS, types.intp,
+    _ADDRESS, _ADDRESS, types.intp))
 
 
 @njit
 def gemm(trans_a, trans_b, m, n, k, a, a_at, lda, b, b_at, ldb, beta, c, c_at, ldc):
-    """C (m, n) = op(A) @ op(B) + beta * C on matrices inside contiguous arrays of one dtype.
+    """C (m, n) = op(A) @ op(B) + beta * C on matrices inside arrays of one dtype.
 
-    Each matrix starts at flat element offset `*_at` of its array and has row stride `ld*`
-    (elements); op(X) is X^T where `trans_x`. float32 goes to sgemm, float64 (the finite-
+    Each matrix starts at element offset `*_at` from the first element of its array and has
+    row stride `ld*` (elements), whatever the array's own shape and strides (a row-sliced view
+    of a wider buffer works: pass the buffer's row length as ld); op(X) is X^T where `trans_x`. float32 goes to sgemm, float64 (the finite-
     difference tests) to dgemm. BLAS is column major and a row-major matrix is its column-major
     transpose, so this asks BLAS for C^T = op(B)^T op(A)^T. Nothing checks that the matrices
     fit in their arrays: callers size their buffers for it.
@@ -38,10 +44,11 @@ def gemm(trans_a, trans_b, m, n, k, a, a_at, lda, b, b_at, ldb, beta, c, c_at, l
     scalars[0] = 1.0
     scalars[1] = beta
     kind = 115 if c.itemsize == 4 else 100                          # 's' or 'd'
+    size = c.itemsize
     _XXGEMM(kind, 116 if trans_b else 110, 116 if trans_a else 110,  # 't' or 'n'
-            n, m, k, scalars.ctypes, b.reshape(-1)[b_at:].ctypes, ldb,
-            a.reshape(-1)[a_at:].ctypes, lda, scalars[1:].ctypes,
-            c.reshape(-1)[c_at:].ctypes, ldc)
+            n, m, k, scalars.ctypes.data, b.ctypes.data + b_at * size, ldb,
+            a.ctypes.data + a_at * size, lda, scalars.ctypes.data + size,
+            c.ctypes.data + c_at * size, ldc)
     # Numba may free a local array after its last use, and handing its address to BLAS is
     # not one: this write after the call keeps `scalars` alive through it.
     scalars[0] = 0.0

@@ -118,15 +118,6 @@ def _accumulate_bias_grad(gout, gbias):
 
 
 @njit
-def _matrix(buffer, rows, columns):
-    """The first rows*columns elements of a flat buffer as a (rows, columns) matrix; an empty
-    buffer (allocated for a path that never reads it) gives an empty matrix."""
-    if buffer.size == 0:
-        return buffer.reshape((0, 0))
-    return buffer[:rows * columns].reshape((rows, columns))
-
-
-@njit
 def _chunk_bounds(chunk_index, chunk, n_batch):
     first = chunk_index * chunk
     return first, min(chunk, n_batch - first)
@@ -134,31 +125,37 @@ def _chunk_bounds(chunk_index, chunk, n_batch):
 
 @pnjit
 def _conv_forward(x, weight, bias, out, geometry, pointwise, chunk, cols, staging):
-    """cols / staging: (workers, ...) flat per-worker buffers for one chunk's column matrix
-    and one chunk's GEMM result (F/G, samples * positions), scattered to `out` afterwards."""
+    """cols / staging: (workers, rows, chunk * positions) per-worker buffers for a chunk's
+    column matrix and GEMM result (F/G, samples * positions), scattered to `out` afterwards; a
+    short last chunk uses their first columns (the GEMMs take the buffers' row length as
+    their leading dimension)."""
     n_batch, groups, rows, positions = out.shape
     depth = weight.shape[2]
     workers = cols.shape[0]
+    stride = cols.shape[2]
     n_chunks = (n_batch + chunk - 1) // chunk
     for worker in prange(workers):
+        chunk_cols = cols[worker]
         for chunk_index in range(worker, n_chunks, workers):
             first, count = _chunk_bounds(chunk_index, chunk, n_batch)
             width = count * positions
-            chunk_cols = _matrix(cols[worker], depth, width)
             for g in range(groups):
                 if count == 1:
                     if pointwise:
-                        np.dot(weight[g], x[first, g], out[first, g])
+                        gemm(False, False, rows, positions, depth, weight[g], 0, depth,
+                             x[first, g], 0, positions, 0.0, out[first, g], 0, positions)
                     else:
                         _im2col(x[first, g], geometry, chunk_cols, 0)
-                        np.dot(weight[g], chunk_cols, out[first, g])
+                        gemm(False, False, rows, positions, depth, weight[g], 0, depth,
+                             chunk_cols, 0, stride, 0.0, out[first, g], 0, positions)
                     if bias is not None:
                         _add_bias(bias[g], out[first, g])
                     continue
                 for s in range(count):
                     _im2col(x[first + s, g], geometry, chunk_cols, s * positions)
-                result = _matrix(staging[worker], rows, width)
-                np.dot(weight[g], chunk_cols, result)
+                result = staging[worker]
+                gemm(False, False, rows, width, depth, weight[g], 0, depth, chunk_cols, 0, stride,
+                     0.0, result, 0, stride)
                 for s in range(count):
                     out[first + s, g] = result[:, s * positions:(s + 1) * positions]
                     if bias is not None:
@@ -167,52 +164,51 @@ def _conv_forward(x, weight, bias, out, geometry, pointwise, chunk, cols, stagin
 
 @pnjit
 def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, chunk,
-                   cols, staging, gweight_partial, gweight_chunk, gbias_partial):
+                   cols, staging, gweight_partial, gbias_partial):
     """gweight[g] = sum over chunks of gout_chunk @ im2col(x_chunk)^T;
     gx_chunk = col2im(weight[g]^T @ gout_chunk).
 
     Worker 0 sums its weight gradient straight into gweight, worker w > 0 into
-    gweight_partial[w - 1]; gweight_chunk[w] holds one chunk's product before it is added
-    (only needed by a worker that has more than one chunk). The partial sums are added last.
-    """
+    gweight_partial[w - 1] (the GEMMs accumulate); the partial sums are added last. cols and
+    staging as in _conv_forward."""
     n_batch, groups, rows, positions = gout.shape
     depth = weight.shape[2]
     workers = cols.shape[0]
+    stride = cols.shape[2]
     n_chunks = (n_batch + chunk - 1) // chunk
     for worker in prange(workers):
         if gbias is not None:
             gbias_partial[worker] = 0
+        chunk_cols = cols[worker]
         for chunk_index in range(worker, n_chunks, workers):
             first, count = _chunk_bounds(chunk_index, chunk, n_batch)
             width = count * positions
-            chunk_cols = _matrix(cols[worker], depth, width)
             for g in range(groups):
                 if count == 1:
-                    gout_chunk = gout[first, g]
+                    gout_chunk, gout_stride = gout[first, g], positions
                 else:       # the chunk's gradients side by side, like its columns
-                    gout_chunk = _matrix(staging[worker], rows, width)
+                    gout_chunk, gout_stride = staging[worker], stride
                     for s in range(count):
                         gout_chunk[:, s * positions:(s + 1) * positions] = gout[first + s, g]
                 if gbias is not None:
-                    _accumulate_bias_grad(gout_chunk, gbias_partial[worker, g])
+                    _accumulate_bias_grad(gout_chunk[:, :width], gbias_partial[worker, g])
                 if gweight is not None:
                     if pointwise and count == 1:
-                        inputs = x[first, g]
+                        inputs, inputs_stride = x[first, g], positions
                     else:
                         for s in range(count):
                             _im2col(x[first + s, g], geometry, chunk_cols, s * positions)
-                        inputs = chunk_cols
+                        inputs, inputs_stride = chunk_cols, stride
                     total = gweight[g] if worker == 0 else gweight_partial[worker - 1, g]
-                    if chunk_index == worker:       # this worker's first chunk
-                        np.dot(gout_chunk, inputs.T, total)
-                    else:
-                        np.dot(gout_chunk, inputs.T, gweight_chunk[worker])
-                        total += gweight_chunk[worker]
+                    gemm(False, True, rows, depth, width, gout_chunk, 0, gout_stride, inputs, 0, inputs_stride,
+                         0.0 if chunk_index == worker else 1.0, total, 0, depth)
                 if gx is not None:
                     if pointwise and count == 1:
-                        np.dot(weight[g].T, gout_chunk, gx[first, g])
+                        gemm(True, False, depth, positions, rows, weight[g], 0, depth, gout_chunk, 0, positions,
+                             0.0, gx[first, g], 0, positions)
                     else:
-                        np.dot(weight[g].T, gout_chunk, chunk_cols)
+                        gemm(True, False, depth, width, rows, weight[g], 0, depth, gout_chunk, 0, gout_stride,
+                             0.0, chunk_cols, 0, stride)
                         for s in range(count):
                             _col2im(chunk_cols, geometry, s * positions, gx[first + s, g])
     busy_workers = min(workers, n_chunks)
@@ -332,7 +328,8 @@ def _single_channel_taps(taps, image, geometry, row_width, result):
 
 @pnjit
 def _shifted_forward(x, weight, bias, out, geometry, taps, padded, wide):
-    """padded / wide: (workers, ...) flat per-worker buffers for one (sample, group)."""
+    """padded (workers, C/G, L) / wide (workers, F/G, Ho*Wp): per-worker buffers for one
+    (sample, group)."""
     n_batch, groups, rows, positions = out.shape
     channels = x.shape[2]
     _, _, kh, kw, _, _, _, _, dh, dw, grid_h, grid_w = geometry
@@ -340,8 +337,8 @@ def _shifted_forward(x, weight, bias, out, geometry, taps, padded, wide):
     _weight_taps(weight, taps)
     workers = padded.shape[0]
     for worker in prange(workers):
-        image = _matrix(padded[worker], channels, padded_length)
-        result = _matrix(wide[worker], rows, wide_width)
+        image = padded[worker]
+        result = wide[worker]
         for n in range(worker, n_batch, workers):
             for g in range(groups):
                 _pad_image(x[n, g], geometry, image)
@@ -375,9 +372,9 @@ def _shifted_backward(x, gout, gx, gweight, gbias, geometry, taps, padded, wide,
     for worker in prange(workers):
         if gbias is not None:
             gbias_partial[worker] = 0
-        image = _matrix(padded[worker], channels, padded_length)
-        gimage = _matrix(gpadded[worker], channels, padded_length)
-        gresult = _matrix(wide[worker], rows, wide_width)
+        image = padded[worker]
+        gimage = gpadded[worker]
+        gresult = wide[worker]
         for n in range(worker, n_batch, workers):
             first_sample = n == worker
             for g in range(groups):
@@ -523,9 +520,9 @@ class _ConvBase(Kernel):
 @register("cpu", "conv")
 class Conv(_ConvBase):
     # Everything but the shifted path's rearranged weights is used within one call (plan.py).
-    scratch_workspace = ("cols", "staging", "gweight_partial", "gweight_chunk", "gbias_partial",
+    scratch_workspace = ("cols", "staging", "gweight_partial", "gbias_partial",
                          "padded", "wide", "gpadded", "gtaps_partial",
-                         "winograd_u", "winograd_u_flipped", "winograd_v", "winograd_m", "winograd_scratch",
+                         "winograd_u", "winograd_u_flipped", "winograd_v", "winograd_m", "winograd_windows", "winograd_outputs",
                          "winograd_du")
 
     def __init__(self, spec):
@@ -541,9 +538,6 @@ class Conv(_ConvBase):
                         and shifted_pays(grid_h * (image_w + 2 * pw), rows * self.x_shape[2]))
         per_worker = -(-n_batch // self.workers)
         self.chunk = max(1, min(per_worker, -(-MIN_GEMM_COLUMNS // self.grid_positions)))
-        n_chunks = -(-n_batch // self.chunk)
-        # A worker with one chunk GEMMs its weight gradient straight into its running sum.
-        self.needs_gweight_chunk = n_chunks > self.workers
         # 3x3, stride 1, one group: Winograd where it pays (conv_winograd.py), in place of the
         # path chosen above.
         channels = self.x_shape[2]
@@ -568,8 +562,9 @@ class Conv(_ConvBase):
             "winograd_u_flipped": ((16, channels, rows), "float32"),      # ... of the input gradient
             "winograd_v": ((self.workers, max(p.v_size for p in plans)), "float32"),
             "winograd_m": ((self.workers, max(p.m_size for p in plans)), "float32"),
-            "winograd_scratch": ((self.workers, max(p.scratch_size for p in plans)), "float32"),
-            "winograd_du": ((self.workers, 16 * rows * channels), "float32"),   # per-worker weight gradients
+            "winograd_windows": ((self.workers, 16, max(p.width for p in plans)), "float32"),
+            "winograd_outputs": ((self.workers, 12, max(p.width for p in plans)), "float32"),
+            "winograd_du": ((self.workers, 16, rows, channels), "float32"),   # per-worker weight gradients
             "gbias_partial": ((self.workers, rows), "float32"),
         }
 
@@ -577,13 +572,11 @@ class Conv(_ConvBase):
         groups, rows, depth = self.weight_shape
         width = self.chunk * self.grid_positions
         # A pointwise layer whose chunks are single samples GEMMs from the image: no columns.
-        cols = 0 if self.pointwise and self.chunk == 1 else depth * width
+        no_cols = self.pointwise and self.chunk == 1
         return {
-            "cols": ((self.workers, cols), "float32"),            # a chunk's column matrix
-            "staging": ((self.workers, rows * width if self.chunk > 1 else 0), "float32"),
+            "cols": ((self.workers, 0 if no_cols else depth, width), "float32"),   # a chunk's column matrix
+            "staging": ((self.workers, rows if self.chunk > 1 else 0, width), "float32"),
             "gweight_partial": ((self.workers - 1, groups, rows, depth), "float32"),
-            "gweight_chunk": ((self.workers, rows if self.needs_gweight_chunk else 0,
-                               depth if self.needs_gweight_chunk else 0), "float32"),
             "gbias_partial": ((self.workers, groups, rows), "float32"),
         }
 
@@ -592,12 +585,12 @@ class Conv(_ConvBase):
         image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = self.geometry
         channels = self.x_shape[2]
         row_width = image_w + 2 * pw
-        padded = channels * ((image_h + 2 * ph) * row_width + (kw - 1) * dw)
+        padded = (image_h + 2 * ph) * row_width + (kw - 1) * dw
         return {
             "taps": ((groups, kh * kw, rows, channels), "float32"),    # forward writes, backward reads
-            "padded": ((self.workers, padded), "float32"),            # one (sample, group)'s padded image
-            "wide": ((self.workers, rows * grid_h * row_width), "float32"),
-            "gpadded": ((self.workers, padded), "float32"),
+            "padded": ((self.workers, channels, padded), "float32"),  # one (sample, group)'s padded image
+            "wide": ((self.workers, rows, grid_h * row_width), "float32"),
+            "gpadded": ((self.workers, channels, padded), "float32"),
             "gtaps_partial": ((self.workers, groups, kh * kw, rows, channels), "float32"),
             "gbias_partial": ((self.workers, groups, rows), "float32"),
         }
@@ -622,7 +615,7 @@ class Conv(_ConvBase):
         image_h, image_w, _, _, _, _, _, _, _, _, grid_h, grid_w = self.geometry
         out_h, out_w = (image_h, image_w) if input_gradient else (grid_h, grid_w)
         winograd_conv(source, plan.sources, u, None if bias is None else bias[0], target, out_h, out_w,
-                      plan.chunk, ws["winograd_v"], ws["winograd_m"], ws["winograd_scratch"])
+                      plan.chunk, ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         x, weight, _, _ = self._operands(xs, params, out)
@@ -636,7 +629,7 @@ class Conv(_ConvBase):
                 plan = self.winograd_forward
                 winograd_weight_grad(x.reshape(n_batch, -1, image_h * image_w), plan.sources,
                                      gout.reshape(n_batch, rows, positions), grid_h, grid_w, plan.chunk,
-                                     ws["winograd_v"], ws["winograd_m"], ws["winograd_scratch"], ws["winograd_du"],
+                                     ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_du"],
                                      gweight.reshape(rows, -1, 9), None if gbias is None else gbias[0],
                                      ws["gbias_partial"])
             elif gbias is not None:     # a frozen weight with a trained bias
@@ -647,8 +640,7 @@ class Conv(_ConvBase):
                               ws["gpadded"], ws["gtaps_partial"], ws["gbias_partial"])
         else:
             _conv_backward(x, weight, gout, gx, gweight, gbias, self.geometry, self.pointwise, self.chunk,
-                           ws["cols"], ws["staging"], ws["gweight_partial"], ws["gweight_chunk"],
-                           ws["gbias_partial"])
+                           ws["cols"], ws["staging"], ws["gweight_partial"], ws["gbias_partial"])
 
 
 @register("cpu", "deconv")

@@ -166,15 +166,15 @@ def _output_transform(m, n_out, width, columns, per_sample, tiles_w, out_h, out_
 
 
 @pnjit
-def winograd_conv(x, sources, u, bias, out, out_h, out_w, chunk, v, m, scratch):
+def winograd_conv(x, sources, u, bias, out, out_h, out_w, chunk, v, m, windows, outputs):
     """out (N, F, out_h*out_w) = the 3x3 stride-1 convolution of x (N, C, H*W) with the
     transformed weights u (16, F, C), plus bias (or None); sources: the tiles' input windows
     (WinogradPlan.sources, which holds the padding).
 
     The batch is cut into chunks of `chunk` samples, taken by the workers in turn as in
-    conv.py; v, m, scratch: (workers, ...) flat per-worker buffers for a chunk's transformed
-    inputs (16, C, chunk*tiles), GEMM results (16, F, chunk*tiles) and the transforms' scratch
-    (16 rows of chunk*tiles for the input's, then 12 for the output's)."""
+    conv.py; v, m: (workers, ...) flat per-worker buffers for a chunk's transformed inputs
+    (16, C, chunk*tiles) and GEMM results (16, F, chunk*tiles); windows (workers, 16, >= chunk*tiles)
+    and outputs (workers, 12, >= chunk*tiles): the transforms' scratch."""
     n_batch, n_in = x.shape[0], x.shape[1]
     n_out = out.shape[1]
     per_sample = sources.shape[0]
@@ -183,18 +183,16 @@ def winograd_conv(x, sources, u, bias, out, out_h, out_w, chunk, v, m, scratch):
     workers = v.shape[0]
     n_chunks = (n_batch + chunk - 1) // chunk
     for worker in prange(workers):
-        windows = scratch[worker][:16 * width].reshape((16, width))
-        outputs = scratch[worker][16 * width:28 * width].reshape((12, width))
         for chunk_index in range(worker, n_chunks, workers):
             first = chunk_index * chunk
             count = min(chunk, n_batch - first)
-            _input_transform(x[first:first + count], sources, v[worker], width, windows)
+            _input_transform(x[first:first + count], sources, v[worker], width, windows[worker])
             columns = count * per_sample
             for xi in range(16):
                 gemm(False, False, n_out, columns, n_in, u, xi * n_out * n_in, n_in,
                      v[worker], xi * n_in * width, width, 0.0, m[worker], xi * n_out * width, width)
             _output_transform(m[worker], n_out, width, columns, per_sample, tiles_w, out_h, out_w,
-                              bias, out[first:first + count], outputs)
+                              bias, out[first:first + count], outputs[worker])
 
 
 @njit
@@ -259,7 +257,7 @@ def _weight_gradient_transform(du, gweight):
 
 
 @pnjit
-def winograd_weight_grad(x, sources, gout, out_h, out_w, chunk, v, dm, scratch, du_partial, gweight,
+def winograd_weight_grad(x, sources, gout, out_h, out_w, chunk, v, dm, windows, du_partial, gweight,
                          gbias, gbias_partial):
     """gweight (F, C, 9) and gbias (F, or None) of a 3x3 stride-1 convolution of x (N, C, H*W)
     whose output gradient is gout (N, F, out_h*out_w); sources as for winograd_conv.
@@ -275,7 +273,6 @@ def winograd_weight_grad(x, sources, gout, out_h, out_w, chunk, v, dm, scratch, 
     workers = v.shape[0]
     n_chunks = (n_batch + chunk - 1) // chunk
     for worker in prange(workers):
-        windows = scratch[worker][:16 * width].reshape((16, width))
         if gbias is not None:
             gbias_partial[worker] = 0
         for chunk_index in range(worker, n_chunks, workers):
@@ -286,9 +283,9 @@ def winograd_weight_grad(x, sources, gout, out_h, out_w, chunk, v, dm, scratch, 
                 for s in range(count):
                     for f in range(n_out):
                         gbias_partial[worker, f] += np.sum(gout[first + s, f])
-            _input_transform(x[first:first + count], sources, v[worker], width, windows)
+            _input_transform(x[first:first + count], sources, v[worker], width, windows[worker])
             _output_gradient_transform(gout[first:first + count], n_out, width, columns, per_sample, tiles_w,
-                                       out_h, out_w, dm[worker], windows)
+                                       out_h, out_w, dm[worker], windows[worker])
             beta = 0.0 if chunk_index == worker else 1.0        # a worker's first chunk starts its sum
             for xi in range(16):
                 gemm(False, True, n_out, n_in, columns, dm[worker], xi * n_out * width, width,
@@ -296,7 +293,7 @@ def winograd_weight_grad(x, sources, gout, out_h, out_w, chunk, v, dm, scratch, 
     busy_workers = min(workers, n_chunks)
     for worker in range(1, busy_workers):
         du_partial[0] += du_partial[worker]
-    _weight_gradient_transform(du_partial[0].reshape((16, n_out, n_in)), gweight)
+    _weight_gradient_transform(du_partial[0], gweight)
     if gbias is not None:
         gbias[:] = 0
         for worker in range(busy_workers):
@@ -315,7 +312,6 @@ class WinogradPlan:
         self.width = self.chunk * self.per_sample
         self.v_size = 16 * n_in * self.width
         self.m_size = 16 * n_out * self.width
-        self.scratch_size = 28 * self.width
         # sources[t, 4*i + j]: input (2*ty - ph + i, 2*tx - pw + j) of tile t = ty*tiles_w + tx
         ty, tx, i, j = np.meshgrid(np.arange(tiles_h), np.arange(tiles_w), np.arange(4), np.arange(4),
                                    indexing="ij")
