@@ -32,6 +32,7 @@ uses it on a hot path.
 import numba
 import numpy as np
 
+from runtime.cpu.arrays import add_into, copy_into, copy_rows
 from runtime.cpu.blas import gemm
 from runtime.cpu.conv_winograd import WinogradPlan, weight_transform, winograd_conv, winograd_weight_grad
 from runtime.jit import njit, parallel_gemm, pnjit, prange
@@ -71,7 +72,7 @@ def _im2col(image, geometry, cols, first_col):
                     cols[row, base + ow_hi:base + grid_w] = 0
                     src = ih * image_w + col_offset
                     if sw == 1:     # a contiguous run: a vectorised copy
-                        cols[row, base + ow_lo:base + ow_hi] = image[c, src + ow_lo:src + ow_hi]
+                        copy_into(cols[row, base + ow_lo:base + ow_hi], image[c, src + ow_lo:src + ow_hi])
                     else:
                         for ow in range(ow_lo, ow_hi):
                             cols[row, base + ow] = image[c, src + ow * sw]
@@ -96,7 +97,7 @@ def _col2im(cols, geometry, first_col, image):
                     base = first_col + oh * grid_w
                     dst = ih * image_w + col_offset
                     if sw == 1:
-                        image[c, dst + ow_lo:dst + ow_hi] += cols[row, base + ow_lo:base + ow_hi]
+                        add_into(image[c, dst + ow_lo:dst + ow_hi], cols[row, base + ow_lo:base + ow_hi])
                     else:
                         for ow in range(ow_lo, ow_hi):
                             image[c, dst + ow * sw] += cols[row, base + ow]
@@ -107,7 +108,9 @@ def _add_bias(bias, out):
     """out (F, P) += bias (F) along rows: one (sample, group) block, right after its GEMM
     wrote it, while it is still in cache."""
     for f in range(out.shape[0]):
-        out[f, :] += bias[f]
+        shift = bias[f]
+        for p in range(out.shape[1]):
+            out[f, p] += shift
 
 
 @njit
@@ -157,7 +160,7 @@ def _conv_forward(x, weight, bias, out, geometry, pointwise, chunk, cols, stagin
                 gemm(False, False, rows, width, depth, weight[g], 0, depth, chunk_cols, 0, stride,
                      0.0, result, 0, stride)
                 for s in range(count):
-                    out[first + s, g] = result[:, s * positions:(s + 1) * positions]
+                    copy_rows(out[first + s, g], result[:, s * positions:(s + 1) * positions])
                     if bias is not None:
                         _add_bias(bias[g], out[first + s, g])
 
@@ -189,7 +192,7 @@ def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, chu
                 else:       # the chunk's gradients side by side, like its columns
                     gout_chunk, gout_stride = staging[worker], stride
                     for s in range(count):
-                        gout_chunk[:, s * positions:(s + 1) * positions] = gout[first + s, g]
+                        copy_rows(gout_chunk[:, s * positions:(s + 1) * positions], gout[first + s, g])
                 if gbias is not None:
                     _accumulate_bias_grad(gout_chunk[:, :width], gbias_partial[worker, g])
                 if gweight is not None:
@@ -283,7 +286,7 @@ def _pad_image(image, geometry, padded):
         for ih in range(image_h):
             start = (ih + ph) * row_width + pw
             padded[c, written:start] = 0
-            padded[c, start:start + image_w] = image[c, ih * image_w:(ih + 1) * image_w]
+            copy_into(padded[c, start:start + image_w], image[c, ih * image_w:(ih + 1) * image_w])
             written = start + image_w
         padded[c, written:] = 0
 
@@ -353,7 +356,8 @@ def _shifted_forward(x, weight, bias, out, geometry, taps, padded, wide):
                                  0.0 if t == 0 else 1.0, result, 0, wide_width)
                 for f in range(rows):
                     for oh in range(grid_h):
-                        out[n, g, f, oh * grid_w:(oh + 1) * grid_w] = result[f, oh * row_width:oh * row_width + grid_w]
+                        copy_into(out[n, g, f, oh * grid_w:(oh + 1) * grid_w],
+                                  result[f, oh * row_width:oh * row_width + grid_w])
                 if bias is not None:
                     _add_bias(bias[g], out[n, g])
 
@@ -382,7 +386,8 @@ def _shifted_backward(x, gout, gx, gweight, gbias, geometry, taps, padded, wide,
                     _accumulate_bias_grad(gout[n, g], gbias_partial[worker, g])
                 for f in range(rows):
                     for oh in range(grid_h):
-                        gresult[f, oh * row_width:oh * row_width + grid_w] = gout[n, g, f, oh * grid_w:(oh + 1) * grid_w]
+                        copy_into(gresult[f, oh * row_width:oh * row_width + grid_w],
+                                  gout[n, g, f, oh * grid_w:(oh + 1) * grid_w])
                         gresult[f, oh * row_width + grid_w:(oh + 1) * row_width] = 0
                 if gweight is not None:
                     _pad_image(x[n, g], geometry, image)
@@ -400,7 +405,7 @@ def _shifted_backward(x, gout, gx, gweight, gbias, geometry, taps, padded, wide,
                     for c in range(channels):
                         for ih in range(image_h):
                             start = (ih + ph) * row_width + pw
-                            gx[n, g, c, ih * image_w:(ih + 1) * image_w] = gimage[c, start:start + image_w]
+                            copy_into(gx[n, g, c, ih * image_w:(ih + 1) * image_w], gimage[c, start:start + image_w])
     busy_workers = min(workers, n_batch)
     if gweight is not None:
         kk = kh * kw

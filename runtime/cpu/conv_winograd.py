@@ -291,9 +291,10 @@ def winograd_weight_grad(x, sources, gout, out_h, out_w, chunk, v, dm, windows, 
                 gemm(False, True, n_out, n_in, columns, dm[worker], xi * n_out * width, width,
                      v[worker], xi * n_in * width, width, beta, du_partial[worker], xi * n_out * n_in, n_in)
     busy_workers = min(workers, n_chunks)
+    total = du_partial[0]       # (a name, not du_partial[0] += ...: see runtime/cpu/arrays.py)
     for worker in range(1, busy_workers):
-        du_partial[0] += du_partial[worker]
-    _weight_gradient_transform(du_partial[0], gweight)
+        total += du_partial[worker]
+    _weight_gradient_transform(total, gweight)
     if gbias is not None:
         gbias[:] = 0
         for worker in range(busy_workers):

@@ -48,6 +48,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from runtime.cpu.arrays import copy_into
 from runtime.cpu.blas import gemm
 from runtime.jit import njit, parallel_gemm, pnjit, prange, use_serial_blas
 from runtime.kernel_api import Kernel, register
@@ -173,7 +174,7 @@ def _group_gate_rows(weight, bounds, gate_count, grouped):
         width = bounds[p + 1] - lo
         for g in range(gate_count):
             for u in range(width):
-                grouped[gate_count * lo + g * width + u] = weight[g * size + lo + u]
+                copy_into(grouped[gate_count * lo + g * width + u], weight[g * size + lo + u])
 
 
 @njit
@@ -291,7 +292,7 @@ def _layer_grads(inputs, hidden, dgates_in, dgates_hidden, shared_dgates, w_ih, 
                 _row_sums(dgates_in, dst, width, steps, gb_ih, src)
             if gb_hh.size > 0:
                 if shared_dgates and gb_ih.size > 0:
-                    gb_hh[src:src + width] = gb_ih[src:src + width]
+                    copy_into(gb_hh[src:src + width], gb_ih[src:src + width])
                 else:
                     _row_sums(dgates_hidden, dst, width, steps, gb_hh, src)
         if want_dinputs:

@@ -1,0 +1,30 @@
+"""Copies between array slices in jitted kernels, as explicit loops.
+
+Numba compiles `dst[a:b] = src[c:d]` (an array assigned to a slice) with a shape check whose
+error message is built by f-strings, and compiling that message machinery costs ~7 s on the
+first kernel that needs it, in every cold start. These loops do the same copies (the callers
+size the slices equal) and vectorise the same way. `dst[a:b] += src[c:d]` would also
+allocate a temporary for the sum; add_into does not.
+"""
+from runtime.jit import njit
+
+
+@njit
+def copy_into(dst, src):
+    """dst[i] = src[i] for two 1-d slices of one length."""
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+
+
+@njit
+def add_into(dst, src):
+    """dst[i] += src[i] for two 1-d slices of one length."""
+    for i in range(dst.shape[0]):
+        dst[i] += src[i]
+
+
+@njit
+def copy_rows(dst, src):
+    """dst[r, i] = src[r, i] for two 2-d slices of one shape."""
+    for r in range(dst.shape[0]):
+        copy_into(dst[r], src[r])
