@@ -527,7 +527,7 @@ class Conv(_ConvBase):
     # Everything but the shifted path's rearranged weights is used within one call (plan.py).
     scratch_workspace = ("cols", "staging", "gweight_partial", "gbias_partial",
                          "padded", "wide", "gpadded", "gtaps_partial",
-                         "winograd_u", "winograd_u_flipped", "winograd_v", "winograd_m", "winograd_windows", "winograd_outputs",
+                         "winograd_u", "winograd_u_flipped", "winograd_zeros", "winograd_v", "winograd_m", "winograd_windows", "winograd_outputs",
                          "winograd_du")
 
     def __init__(self, spec):
@@ -564,6 +564,7 @@ class Conv(_ConvBase):
         plans = (self.winograd_forward, self.winograd_input_grad)
         return {
             "winograd_u": ((16, rows, channels), "float32"),              # transformed weights
+            "winograd_zeros": ((max(rows, channels),), "float32"),        # the bias of a pass without one
             "winograd_u_flipped": ((16, channels, rows), "float32"),      # ... of the input gradient
             "winograd_v": ((self.workers, max(p.v_size for p in plans)), "float32"),
             "winograd_m": ((self.workers, max(p.m_size for p in plans)), "float32"),
@@ -619,7 +620,10 @@ class Conv(_ConvBase):
         target = target.reshape(target.shape[0], target.shape[2], target.shape[3])
         image_h, image_w, _, _, _, _, _, _, _, _, grid_h, grid_w = self.geometry
         out_h, out_w = (image_h, image_w) if input_gradient else (grid_h, grid_w)
-        winograd_conv(source, plan.sources, u, None if bias is None else bias[0], target, out_h, out_w,
+        if bias is None:
+            bias = ws["winograd_zeros"][None, :target.shape[1]]
+            bias[:] = 0             # workspace storage is shared: whatever was there is not zero
+        winograd_conv(source, plan.sources, u, bias[0], target, out_h, out_w,
                       plan.chunk, ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):

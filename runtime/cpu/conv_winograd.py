@@ -117,7 +117,7 @@ def _input_transform(chunk, sources, v, width, d):
 
 @njit
 def _output_transform(m, n_out, width, columns, per_sample, tiles_w, out_h, out_w, bias, out, scratch):
-    """out[s, f, 2*ty + a, 2*tx + b] = (A^T M A)[a, b] (+ bias[f]) for every tile of the chunk's
+    """out[s, f, 2*ty + a, 2*tx + b] = (A^T M A)[a, b] + bias[f] for every tile of the chunk's
     samples s, from m (16, F, width) flattened, whose first `columns` columns are the chunk's
     tiles (sample by sample, row-major within one); outputs past an odd edge are dropped.
     scratch: (12, >= columns).
@@ -129,7 +129,7 @@ def _output_transform(m, n_out, width, columns, per_sample, tiles_w, out_h, out_
     p = scratch[:8]
     y = scratch[8:12]
     for f in range(n_out):
-        shift = bias[f] if bias is not None else np.float32(0)
+        shift = bias[f]
         at = f * width
         for j in range(4):
             for t in range(columns):
@@ -168,8 +168,9 @@ def _output_transform(m, n_out, width, columns, per_sample, tiles_w, out_h, out_
 @pnjit
 def winograd_conv(x, sources, u, bias, out, out_h, out_w, chunk, v, m, windows, outputs):
     """out (N, F, out_h*out_w) = the 3x3 stride-1 convolution of x (N, C, H*W) with the
-    transformed weights u (16, F, C), plus bias (or None); sources: the tiles' input windows
-    (WinogradPlan.sources, which holds the padding).
+    transformed weights u (16, F, C), plus bias (F; zeros for none: an array either way, so
+    that the forward and the input-gradient pass share one compiled function); sources: the
+    tiles' input windows (WinogradPlan.sources, which holds the padding).
 
     The batch is cut into chunks of `chunk` samples, taken by the workers in turn as in
     conv.py; v, m: (workers, ...) flat per-worker buffers for a chunk's transformed inputs
