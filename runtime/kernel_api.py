@@ -71,6 +71,27 @@ class Kernel:
         raise NotImplementedError
 
 
+class FusesRelu:
+    """Mixin for a kernel that can absorb the relu after it (the plan's `fuse_activation`).
+
+    Once fused, `self.relu` is True: forward writes the activated output, and backward, which
+    then reads that output (`backward_reads_out`), masks the gradient where it is zero, i.e.
+    where the pre-activation was <= 0. A kernel that can fuse only in some configurations says
+    so in `can_fuse_relu`."""
+    relu = False
+
+    def can_fuse_relu(self) -> bool:
+        return True
+
+    def fuse_activation(self, op, attrs) -> bool:
+        """Take over a following activation `op`; True when this kernel can."""
+        if op != "relu" or self.relu or not self.can_fuse_relu():
+            return False
+        self.relu = True
+        self.backward_reads_out = True
+        return True
+
+
 def register(device: str, *ops: str):
     """Class decorator: register a Kernel subclass for `ops` on `device`."""
     def deco(cls):

@@ -45,7 +45,7 @@ def relu_forward(x, out, param, parallel):
 
 
 @pnjit
-def _relu_backward(x, out, gout, gx, param, parallel):
+def relu_backward(x, out, gout, gx, param, parallel):
     if parallel:
         for i in prange(out.size):
             gx[i] = relu_grad(out[i], gout[i])
@@ -221,7 +221,7 @@ class _Elementwise(Kernel):
 @register("cpu", "relu")
 class Relu(_Elementwise):
     forward_loop = staticmethod(relu_forward)
-    backward_loop = staticmethod(_relu_backward)
+    backward_loop = staticmethod(relu_backward)
     forward_in_place = True
 
 

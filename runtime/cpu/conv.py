@@ -1,23 +1,30 @@
 """CPU kernels of the conv family: `conv` and `deconv` (transposed convolution).
 
-Both are im2col + BLAS GEMM. Layouts: every array is viewed (never copied) with the groups
-made explicit and the spatial dims flattened, so each per-(sample, group) operand of a GEMM
-is a C-contiguous matrix:
+conv has three lowerings, chosen per layer when the kernel is built (Conv.__init__, from the
+measured cost functions winograd_pays and shifted_pays; docs/CPU-BACKEND.md):
+  * Winograd F(2x2, 3x3) for 3x3 stride-1 layers with many channels (conv_winograd.py);
+  * shifted windows for other stride-1 layers on wide enough grids: one strided GEMM per
+    kernel tap over a padded image (see "shifted windows" below);
+  * im2col + GEMM for the rest (strided, 1x1, small grids with big weights), described here.
+
+Layouts: every array is viewed (never copied) with the groups made explicit and the spatial
+dims flattened, so each per-(sample, group) operand of a GEMM is a C-contiguous matrix:
     conv:   x (N, G, C/G, H*W)   weight (G, F/G, C/G*kh*kw)   out (N, G, F/G, Ho*Wo)
     deconv: x (N, G, C/G, H*W)   weight (G, C/G, F/G*kh*kw)   out (N, G, F/G, Ho*Wo)
 A column matrix has one row per (channel, kernel row, kernel col) and one column per
 position of the grid the kernel slides over.
 
-Who owns the cores (conv). The batch is cut into chunks of consecutive samples, and one
-Numba thread per core ("worker") takes every workers-th chunk: it builds the chunk's column
-matrix and runs the chunk's GEMMs on single-threaded BLAS (runtime/jit.py: the plan holds
-BLAS to one thread; layers below PARALLEL_MIN_FLOPS keep to one worker). Both cores therefore do
-im2col/col2im as well as GEMM, instead of one core copying while the other waits (measured:
-im2col was ~40% of the forward when it ran serially around 2-thread BLAS). A chunk holds
-enough samples that its GEMM has at least MIN_GEMM_COLUMNS columns: at 4x4 and 2x2 grids
-one sample's GEMM is too thin for BLAS to run near its peak. Each worker owns its buffers,
-and the weight gradient is summed per worker, then across workers, so no two threads ever
-write the same element.
+Who owns the cores (conv, every lowering). The batch is cut into chunks of consecutive
+samples, and one Numba thread per core ("worker") takes every workers-th chunk: it builds the
+chunk's column matrix and runs the chunk's GEMMs on single-threaded BLAS (runtime/jit.py: the
+plan holds BLAS to one thread; layers below PARALLEL_MIN_FLOPS keep to one worker). Both cores
+therefore do im2col/col2im as well as GEMM, instead of one core copying while the other waits
+(measured: im2col was ~40% of the forward when it ran serially around 2-thread BLAS). A chunk
+holds enough samples that its GEMM has at least MIN_GEMM_COLUMNS columns: at 4x4 and 2x2
+grids one sample's GEMM is too thin for BLAS to run near its peak. Each worker owns its
+buffers, and the weight gradient is summed per worker, then across workers, so no two threads
+ever write the same element. GEMMs go through runtime/cpu/blas.py, which takes leading
+dimensions, so one (rows, chunk columns) buffer per worker also serves a short last chunk.
 
 A 1x1 kernel with stride 1 and no padding makes a sample's column matrix equal to its
 image, so such "pointwise" layers GEMM straight from the input when a chunk is one sample.
@@ -303,7 +310,7 @@ def _weight_taps(weight, taps):
 
 
 @njit
-def _shifted_geometry(geometry, channels):
+def _shifted_geometry(geometry):
     image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
     row_width = image_w + 2 * pw
     padded_length = (image_h + 2 * ph) * row_width + (kw - 1) * dw
@@ -336,7 +343,7 @@ def _shifted_forward(x, weight, bias, out, geometry, taps, padded, wide):
     n_batch, groups, rows, positions = out.shape
     channels = x.shape[2]
     _, _, kh, kw, _, _, _, _, dh, dw, grid_h, grid_w = geometry
-    row_width, padded_length, wide_width = _shifted_geometry(geometry, channels)
+    row_width, padded_length, wide_width = _shifted_geometry(geometry)
     _weight_taps(weight, taps)
     workers = padded.shape[0]
     for worker in prange(workers):
@@ -371,7 +378,7 @@ def _shifted_backward(x, gout, gx, gweight, gbias, geometry, taps, padded, wide,
     n_batch, groups, rows, positions = gout.shape
     channels = x.shape[2]
     image_h, image_w, kh, kw, _, _, ph, pw, dh, dw, grid_h, grid_w = geometry
-    row_width, padded_length, wide_width = _shifted_geometry(geometry, channels)
+    row_width, padded_length, wide_width = _shifted_geometry(geometry)
     workers = padded.shape[0]
     for worker in prange(workers):
         if gbias is not None:

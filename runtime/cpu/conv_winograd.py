@@ -165,6 +165,14 @@ def _output_transform(m, n_out, width, columns, per_sample, tiles_w, out_h, out_
                         target[at_out + out_w + 1] = y[3, t]
 
 
+@njit
+def _chunking(n_batch, sources, out_w, chunk, v):
+    """(tiles per sample, tiles per output row, buffer columns per chunk, workers, chunks) of a
+    winograd_conv / winograd_weight_grad call."""
+    per_sample = sources.shape[0]
+    return per_sample, (out_w + 1) // 2, chunk * per_sample, v.shape[0], (n_batch + chunk - 1) // chunk
+
+
 @pnjit
 def winograd_conv(x, sources, u, bias, out, out_h, out_w, chunk, v, m, windows, outputs):
     """out (N, F, out_h*out_w) = the 3x3 stride-1 convolution of x (N, C, H*W) with the
@@ -176,13 +184,8 @@ def winograd_conv(x, sources, u, bias, out, out_h, out_w, chunk, v, m, windows, 
     conv.py; v, m: (workers, ...) flat per-worker buffers for a chunk's transformed inputs
     (16, C, chunk*tiles) and GEMM results (16, F, chunk*tiles); windows (workers, 16, >= chunk*tiles)
     and outputs (workers, 12, >= chunk*tiles): the transforms' scratch."""
-    n_batch, n_in = x.shape[0], x.shape[1]
-    n_out = out.shape[1]
-    per_sample = sources.shape[0]
-    tiles_w = (out_w + 1) // 2
-    width = chunk * per_sample
-    workers = v.shape[0]
-    n_chunks = (n_batch + chunk - 1) // chunk
+    n_batch, n_in, n_out = x.shape[0], x.shape[1], out.shape[1]
+    per_sample, tiles_w, width, workers, n_chunks = _chunking(n_batch, sources, out_w, chunk, v)
     for worker in prange(workers):
         for chunk_index in range(worker, n_chunks, workers):
             first = chunk_index * chunk
@@ -266,13 +269,8 @@ def winograd_weight_grad(x, sources, gout, out_h, out_w, chunk, v, dm, windows, 
     Per chunk: V of the inputs, dM of the output gradient, and dU[xi] += dM[xi] @ V[xi]^T, 16
     GEMMs with the tiles as depth. Each worker sums its chunks in du_partial[worker] (16, F, C)
     and gbias_partial[worker] (F); the sums over workers are transformed back at the end."""
-    n_batch, n_in = x.shape[0], x.shape[1]
-    n_out = gout.shape[1]
-    per_sample = sources.shape[0]
-    tiles_w = (out_w + 1) // 2
-    width = chunk * per_sample
-    workers = v.shape[0]
-    n_chunks = (n_batch + chunk - 1) // chunk
+    n_batch, n_in, n_out = x.shape[0], x.shape[1], gout.shape[1]
+    per_sample, tiles_w, width, workers, n_chunks = _chunking(n_batch, sources, out_w, chunk, v)
     for worker in prange(workers):
         if gbias is not None:
             gbias_partial[worker] = 0

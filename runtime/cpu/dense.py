@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from runtime.jit import njit, parallel_gemm, pnjit, prange
-from runtime.kernel_api import Kernel, register
+from runtime.kernel_api import FusesRelu, Kernel, register
 
 
 @njit
@@ -91,7 +91,7 @@ def _dense_backward_both(x, weight, out, gout, masked, gx, gweight, gbias, relu)
 
 
 @register("cpu", "dense")
-class Dense(Kernel):
+class Dense(FusesRelu, Kernel):
     backward_reads_out = False        # becomes True with a fused relu (the mask comes from out)
 
     def __init__(self, spec):
@@ -103,15 +103,6 @@ class Dense(Kernel):
         threads = numba.get_num_threads()
         self.forward_parts = threads if parallel_gemm(flops) and self.rows >= 2 * threads else 1
         self.parallel_backward = parallel_gemm(2 * flops)
-        self.relu = False
-
-    def fuse_activation(self, op, attrs) -> bool:
-        """Take over a following activation `op`; True when this kernel can."""
-        if op != "relu" or self.relu:
-            return False
-        self.relu = True
-        self.backward_reads_out = True
-        return True
 
     scratch_workspace = ("masked_grad",)
 

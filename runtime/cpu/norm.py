@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from runtime.jit import njit, pnjit, prange
-from runtime.kernel_api import Kernel, register
+from runtime.kernel_api import FusesRelu, Kernel, register
 
 
 def _channel_view(a):
@@ -191,7 +191,7 @@ def _batchnorm_backward_rows(x, gout, weight, mean, invstd, gx, gweight, gbias, 
 
 
 @register("cpu", "batchnorm")
-class BatchNorm(Kernel):
+class BatchNorm(FusesRelu, Kernel):
     """Train mode normalises with batch statistics and updates the running ones in place.
 
     A following relu can be fused (`fuse_activation`, (N, C, S) inputs with S > 1): forward
@@ -221,15 +221,10 @@ class BatchNorm(Kernel):
         self._layout = (n_batch, n_chan) if per_sample == 1 else (n_batch, n_chan, per_sample)
         self._values_per_channel = n_batch * per_sample
         self._partial_sums_shape = (0, 0, 0) if per_sample == 1 else (n_chan, 2, per_sample)
-        self.relu = False
 
-    def fuse_activation(self, op, attrs) -> bool:
-        """Take over a following relu (not for (N, C) inputs, whose row loops have no mask)."""
-        if op != "relu" or self.relu or len(self._layout) == 2:
-            return False
-        self.relu = True
-        self.backward_reads_out = True
-        return True
+    def can_fuse_relu(self) -> bool:
+        """Not for (N, C) inputs, whose row loops have no mask."""
+        return len(self._layout) == 3
 
     def forward(self, ctx, xs, params, out, ws):
         if ctx.training and self._values_per_channel == 1:

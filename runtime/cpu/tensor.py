@@ -7,8 +7,9 @@ buffers after forward.
 """
 import numpy as np
 
+from runtime.cpu.activation import relu_backward
 from runtime.jit import parallel_elementwise, pnjit, prange
-from runtime.kernel_api import Kernel, register
+from runtime.kernel_api import FusesRelu, Kernel, register
 
 
 @register("cpu", "identity", "flatten", "reshape")
@@ -65,20 +66,8 @@ def _add(a, b, out, relu, parallel):
     return
 
 
-@pnjit
-def _mask_gradient(gout, out, gx, parallel):
-    """gx = gout where out > 0, else 0: the gradient through a fused relu."""
-    if parallel:
-        for i in prange(gx.size):
-            gx[i] = gout[i] if out[i] > 0 else 0
-    else:
-        for i in range(gx.size):
-            gx[i] = gout[i] if out[i] > 0 else 0
-    return
-
-
 @register("cpu", "add")
-class Add(Kernel):
+class Add(FusesRelu, Kernel):
     """A following relu can be fused (`fuse_activation`, e.g. a residual block's add -> relu):
     the sum is relu'd as it is written, and backward masks the gradient by the output it then
     reads, instead of a relu pass each way."""
@@ -88,14 +77,9 @@ class Add(Kernel):
     def __init__(self, spec):
         super().__init__(spec)
         self.parallel = parallel_elementwise(int(np.prod(spec.out_shape, dtype=np.int64)))
-        self.relu = False
 
-    def fuse_activation(self, op, attrs) -> bool:
-        if op != "relu" or self.relu or len(self.spec.in_shapes) < 2:
-            return False
-        self.relu = True
-        self.backward_reads_out = True
-        return True
+    def can_fuse_relu(self) -> bool:
+        return len(self.spec.in_shapes) >= 2       # one input is a copy, written by numpy
 
     def forward(self, ctx, xs, params, out, ws):
         flat = out.reshape(-1)
@@ -113,7 +97,9 @@ class Add(Kernel):
         if not wanted:
             return
         if self.relu:
-            _mask_gradient(gout.reshape(-1), out.reshape(-1), wanted[0].reshape(-1), self.parallel)
+            # the relu kernel's own backward loop (it reads only out and gout)
+            flat_out = out.reshape(-1)
+            relu_backward(flat_out, flat_out, gout.reshape(-1), wanted[0].reshape(-1), 0.0, self.parallel)
             gout = wanted[0]
         for gx in wanted:
             if gx is not gout:
