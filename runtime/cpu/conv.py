@@ -2,7 +2,8 @@
 
 conv has three lowerings, chosen per layer when the kernel is built (Conv.__init__, from the
 measured cost functions winograd_pays and shifted_pays; docs/CPU-BACKEND.md):
-  * Winograd F(2x2, 3x3) for 3x3 stride-1 layers with many channels (conv_winograd.py);
+  * Winograd F(4x4, 3x3) or F(2x2, 3x3) for 3x3 stride-1 layers with many channels
+    (conv_winograd.py);
   * shifted windows for other stride-1 layers on wide enough grids: one strided GEMM per
     kernel tap over a padded image (see "shifted windows" below);
   * im2col + GEMM for the rest (strided, 1x1, small grids with big weights), described here.
@@ -41,7 +42,9 @@ import numpy as np
 
 from runtime.cpu.arrays import add_into, copy_into, copy_rows
 from runtime.cpu.blas import gemm
-from runtime.cpu.conv_winograd import WinogradPlan, weight_transform, winograd_conv, winograd_weight_grad
+from runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
+from runtime.cpu.conv_winograd import (WinogradPlan, weight_gradient_transform, weight_transform, winograd_conv,
+                                       winograd_weight_grad)
 from runtime.jit import njit, parallel_gemm, pnjit, prange
 from runtime.kernel_api import Kernel, register
 
@@ -253,18 +256,16 @@ def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, chu
 # Weights are used tap by tap, as (F/G, C/G) matrices: `taps` (G, kh*kw, F/G, C/G) is the
 # weight rearranged, written by forward and read by backward.
 
-def winograd_pays(channels: int, rows: int, grid_w: int) -> bool:
-    """Whether a 3x3 stride-1 layer with `channels` inputs and `rows` outputs per group, on an
-    output grid `grid_w` wide, runs faster by Winograd than on the other paths. Its transforms
-    cost in proportion to channels + rows per tile, its GEMMs (which it makes 2.25x smaller) to
-    channels * rows, so it pays where channels * rows / (channels + rows) is large; on wide grids
-    the shifted-window path it competes with wastes little, and it needs more. Measured on one
-    core, forward + backward, batch 64 (ms, Winograd vs the other path): 64->64 at 32x32 223 vs
-    198; 32->32 at 32x32 107 vs 68; 48->12 at 32x32 69 vs 27; 96->128 at 32x32 (batch 32) 283
-    vs 275; 128->128 at 16x16 162 vs 188; 256->256 at 8x8 122 vs 209; 512->512 at 4x4 126 vs
-    206; 512->512 at 2x2 60 vs 71."""
-    harmonic = channels * rows / (channels + rows)
-    return harmonic >= (WINOGRAD_MIN_HARMONIC if grid_w <= 16 else 2 * WINOGRAD_MIN_HARMONIC)
+def winograd_pays(channels: int, rows: int) -> bool:
+    """Whether a 3x3 stride-1 layer with `channels` inputs and `rows` outputs per group runs faster by Winograd than on the other paths. Its transforms
+    cost in proportion to channels + rows per tile, its GEMMs (which it makes 2.25x or 4x
+    smaller) to channels * rows, so it pays where channels * rows / (channels + rows) is large.
+    Measured on one core (thread time), forward + backward, batch 64 unless said (ms, Winograd
+    vs the best other path): 64->64 at 32x32 165 vs 192; 96->128 at 32x32 (batch 32) 171 vs
+    274; 128->192 at 32x32 (batch 32) 285 vs 548; 128->128 at 16x16 105 vs 193; 32->32 at 16x16
+    15.0 vs 12.7; 48->12 at 32x32 61 vs 27; 512->512 at 4x4 (F(2x2)) 127 vs 206. With F(2x2)
+    alone, wide grids needed twice the threshold; F(4x4) (grids of 8 and more) removed that."""
+    return channels * rows / (channels + rows) >= WINOGRAD_MIN_HARMONIC
 
 
 WINOGRAD_MIN_HARMONIC = 32
@@ -534,8 +535,8 @@ class Conv(_ConvBase):
     # Everything but the shifted path's rearranged weights is used within one call (plan.py).
     scratch_workspace = ("cols", "staging", "gweight_partial", "gbias_partial",
                          "padded", "wide", "gpadded", "gtaps_partial",
-                         "winograd_u", "winograd_u_flipped", "winograd_zeros", "winograd_v", "winograd_m", "winograd_windows", "winograd_outputs",
-                         "winograd_du")
+                         "winograd_u", "winograd_zeros", "winograd_v", "winograd_m", "winograd_windows", "winograd_outputs",
+                         "winograd_du", "winograd_weights", "unrolled")
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -554,31 +555,39 @@ class Conv(_ConvBase):
         # path chosen above.
         channels = self.x_shape[2]
         self.winograd = (groups == 1 and (kh, kw) == (3, 3) and (sh, sw) == (1, 1) and (dh, dw) == (1, 1)
-                         and max(ph, pw) <= 2 and winograd_pays(channels, rows, grid_w))
+                         and max(ph, pw) <= 2 and winograd_pays(channels, rows))
+        # An input grid no bigger than the kernel window: unrolled weights (conv_unrolled.py), in
+        # place of any of the above.
+        self.unrolled = unrolled_pays(image_h * image_w, kh * kw, groups,
+                                      channels * image_h * image_w * rows * positions)
+        if self.unrolled:
+            self.winograd = self.shifted = False
+            self.taps = tap_map(self.geometry)
         if self.winograd:
-            self.winograd_forward = WinogradPlan(n_batch, channels, rows, image_h, image_w, ph, pw,
-                                                 grid_h, grid_w, self.workers)
-            self.winograd_input_grad = WinogradPlan(n_batch, rows, channels, grid_h, grid_w, 2 - ph, 2 - pw,
-                                                    image_h, image_w, self.workers)
+            self.winograd_plan = WinogradPlan(n_batch, channels, rows, image_h, image_w, ph, pw, grid_h, grid_w,
+                                              self.workers)
 
     def workspace(self):
+        if self.unrolled:
+            _, _, rows, positions = self.out_shape
+            return {"unrolled": ((rows * positions, self.x_shape[2] * self.x_shape[3]), "float32")}   # D^T
         if self.winograd:
             return self._winograd_workspace()
         return self._shifted_workspace() if self.shifted else self._im2col_workspace()
 
     def _winograd_workspace(self):
         rows, channels = self.out_shape[2], self.x_shape[2]
-        plans = (self.winograd_forward, self.winograd_input_grad)
+        plan, workers = self.winograd_plan, self.workers
         return {
-            "winograd_u": ((16, rows, channels), "float32"),              # transformed weights
+            "winograd_u": ((plan.u_size,), "float32"),                     # transformed weights
             "winograd_zeros": ((max(rows, channels),), "float32"),        # the bias of a pass without one
-            "winograd_u_flipped": ((16, channels, rows), "float32"),      # ... of the input gradient
-            "winograd_v": ((self.workers, max(p.v_size for p in plans)), "float32"),
-            "winograd_m": ((self.workers, max(p.m_size for p in plans)), "float32"),
-            "winograd_windows": ((self.workers, 16, max(p.width for p in plans)), "float32"),
-            "winograd_outputs": ((self.workers, 12, max(p.width for p in plans)), "float32"),
-            "winograd_du": ((self.workers, 16, rows, channels), "float32"),   # per-worker weight gradients
-            "gbias_partial": ((self.workers, rows), "float32"),
+            "winograd_v": ((workers, plan.v_size), "float32"),
+            "winograd_m": ((workers, plan.m_size), "float32"),
+            "winograd_windows": ((workers, plan.windows_size), "float32"),
+            "winograd_outputs": ((workers, plan.outputs_size), "float32"),
+            "winograd_weights": ((workers, plan.weight_scratch_size), "float32"),
+            "winograd_du": ((workers, plan.u_size), "float32"),            # per-worker weight gradients
+            "gbias_partial": ((workers, rows), "float32"),
         }
 
     def _im2col_workspace(self):
@@ -610,18 +619,25 @@ class Conv(_ConvBase):
 
     def forward(self, ctx, xs, params, out, ws):
         x, weight, bias, out = self._operands(xs, params, out)
-        if self.winograd:
-            self._winograd(ws, weight, False, x, self.winograd_forward, bias, out)
+        if self.unrolled:
+            # one group: every operand as one matrix per sample (or per output feature)
+            unrolled_forward(x.reshape(x.shape[0], -1), weight[0], None if bias is None else bias[0],
+                             out.reshape(out.shape[0], -1), self.taps, self.workers, ws["unrolled"])
+        elif self.winograd:
+            self._winograd(ws, weight, False, x, bias, out)
         elif self.shifted:
             _shifted_forward(x, weight, bias, out, self.geometry, ws["taps"], ws["padded"], ws["wide"])
         else:
             _conv_forward(x, weight, bias, out, self.geometry, self.pointwise, self.chunk, ws["cols"], ws["staging"])
 
-    def _winograd(self, ws, weight, input_gradient, source, plan, bias, target):
+    def _winograd(self, ws, weight, input_gradient, source, bias, target):
         """target = the 3x3 convolution of source by Winograd: the layer's forward (x -> out),
         or its input gradient (gout -> gx, flipped weights and padding 2 - pad)."""
-        u = ws["winograd_u_flipped" if input_gradient else "winograd_u"]
-        weight_transform(weight.reshape(self.out_shape[2], -1, 9), u, input_gradient)
+        plan = self.winograd_plan
+        bt, g, _, at, _ = plan.matrices[source.dtype]
+        grid = plan.input_grad if input_gradient else plan.forward
+        u = ws["winograd_u"]
+        weight_transform(weight.reshape(self.out_shape[2], -1, 9), g, input_gradient, u, ws["winograd_weights"])
         # one group: (N, 1, C, H*W) -> (N, C, H*W), still C-contiguous
         source = source.reshape(source.shape[0], source.shape[2], source.shape[3])
         target = target.reshape(target.shape[0], target.shape[2], target.shape[3])
@@ -630,24 +646,33 @@ class Conv(_ConvBase):
         if bias is None:
             bias = ws["winograd_zeros"][None, :target.shape[1]]
             bias[:] = 0             # workspace storage is shared: whatever was there is not zero
-        winograd_conv(source, plan.sources, u, bias[0], target, out_h, out_w,
-                      plan.chunk, ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
+        winograd_conv(source, grid.sources, bt, at, u, bias[0], target, out_h, out_w, grid.chunk,
+                      ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         x, weight, _, _ = self._operands(xs, params, out)
         gout, gx, gweight, gbias = self._grads(gout, gxs, gparams)
+        if self.unrolled:
+            n_batch = x.shape[0]
+            unrolled_backward(x.reshape(n_batch, -1), weight[0], gout.reshape(n_batch, -1),
+                              None if gx is None else gx.reshape(n_batch, -1),
+                              None if gweight is None else gweight[0], None if gbias is None else gbias[0],
+                              self.taps, self.workers, ws["unrolled"])
+            return
         if self.winograd:
             if gx is not None:
-                self._winograd(ws, weight, True, gout, self.winograd_input_grad, None, gx)
+                self._winograd(ws, weight, True, gout, None, gx)
             if gweight is not None:
                 image_h, image_w, _, _, _, _, _, _, _, _, grid_h, grid_w = self.geometry
                 n_batch, _, rows, positions = self.out_shape
-                plan = self.winograd_forward
-                winograd_weight_grad(x.reshape(n_batch, -1, image_h * image_w), plan.sources,
-                                     gout.reshape(n_batch, rows, positions), grid_h, grid_w, plan.chunk,
+                plan = self.winograd_plan
+                bt, _, gt, _, a = plan.matrices[x.dtype]
+                winograd_weight_grad(x.reshape(n_batch, -1, image_h * image_w), plan.forward.sources, bt, a,
+                                     gout.reshape(n_batch, rows, positions), grid_h, grid_w, plan.forward.chunk,
                                      ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_du"],
-                                     gweight.reshape(rows, -1, 9), None if gbias is None else gbias[0],
-                                     ws["gbias_partial"])
+                                     ws["gbias_partial"], None if gbias is None else gbias[0])
+                weight_gradient_transform(ws["winograd_du"][0], gt, gweight.reshape(rows, -1, 9),
+                                          ws["winograd_weights"])
             elif gbias is not None:     # a frozen weight with a trained bias
                 np.sum(gout, axis=(0, 3), out=gbias)
             return

@@ -1,92 +1,193 @@
-"""Winograd F(2x2, 3x3) for the conv family's 3x3 stride-1 layers (CPU).
+"""Winograd F(m x m, 3x3), m = 2 or 4, for the conv family's 3x3 stride-1 layers (CPU).
 
-A 3x3 convolution computes each 2x2 block of outputs from a 4x4 tile of inputs with 36
-multiplications per (input, output) channel pair; Winograd's minimal filtering algorithm does it
-with 16 (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015):
+A 3x3 convolution computes each m x m block of outputs from an a x a tile of inputs, a = m + 2,
+with 9 m^2 multiplications per (input, output) channel pair; Winograd's minimal filtering
+algorithm does it with a^2 (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+2015):
 
-    Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise over the 4x4 "frequency" grid)
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise over the a x a "frequency" grid)
 
-    B^T = [1  0 -1  0]     G = [1    0    0 ]     A^T = [1  1  1  0]
-          [0  1  1  0]         [1/2  1/2  1/2]          [0  1 -1 -1]
-          [0 -1  1  0]         [1/2 -1/2  1/2]
-          [0  1  0 -1]         [0    0    1 ]
+with the constant matrices B^T (a x a), G (a x 3) and A^T (m x a) of ALGORITHMS below: 16 products
+for 4 outputs (2.25x less than direct) with m = 2, 36 for 16 (4x less) with m = 4.
 
-Summed over input channels, the elementwise products become 16 independent GEMMs, one per
-grid point xi: M[xi] (F, tiles) = U[xi] (F, C) @ V[xi] (C, tiles), U = G g G^T per channel pair
-(the weight transform), V = B^T d B per input tile (the input transform). That is 2.25x fewer
-multiply-adds than direct or im2col convolution; the transforms are a few additions per value.
-The GEMMs have the layer's channels as M and K and tiles x samples as N, which keeps them well
-shaped even on the 4x4 and 2x2 grids of deep layers, where im2col's are not (see conv.py).
+Summed over input channels, the elementwise products become a^2 independent GEMMs, one per grid
+point xi: M[xi] (F, tiles) = U[xi] (F, C) @ V[xi] (C, tiles), U = G g G^T per channel pair (the
+weight transform), V = B^T d B per input tile (the input transform). The GEMMs have the layer's
+channels as M and K and tiles x samples as N, which keeps them well shaped on the small grids of
+deep layers, where im2col's are not (see conv.py).
+
+Which m (WinogradPlan.tile_for): F(4x4) does 44% less GEMM work than F(2x2) and moves 44% less
+transformed data, but it has a quarter as many tiles, and on a 4x4 grid (one tile per sample)
+its GEMMs get too thin, so it takes grids of 8 and more. Its transforms have larger constants
+(up to 8 in A^T, 5 in B^T), which costs float32 accuracy: ~3e-5 absolute on outputs of size ~5
+with 512 input channels (float64 reference), against ~2e-6 for F(2x2) and ~1.5e-6 for torch's
+direct convolution; the kernel tests hold both to torch at 1e-4.
 
 The input gradient of a stride-1 3x3 conv is itself one: the output gradient convolved with the
-weights flipped in both spatial axes and with input/output channels swapped, padded by 2 - pad.
-So `winograd_conv` serves both; `weight_transform(..., for_input_gradient=True)` builds the
-flipped, transposed U. The weight gradient is the adjoint of the same algorithm
+weights flipped in both spatial axes and with input/output channels swapped, padded by 2 - pad,
+so `winograd_conv` serves both, each with its own weight transform (weight_transform(...,
+flipped=True) for the second). The weight gradient is the adjoint of the same algorithm
 (winograd_weight_grad): dU[xi] = sum over tiles of dM[xi] V[xi]^T with dM = A dY A^T, then
 dW = G^T dU G.
 
-Precision: the transforms only add and halve, and the float32 results match direct convolution
-to a few ulps of the largest term (the kernel tests hold them to torch at 1e-4).
+Every transform is one primitive applied twice, a small constant matrix times a stack of rows
+(_left_multiply, _right_multiply), where each row holds one value per tile (or per channel, for
+the weight transforms): the loops over a row are long, contiguous and branch-free, so LLVM
+vectorises them whatever m is, and the tiles of a whole chunk of samples go through at once.
+Buffers are flat (1-d) with explicit offsets, like BLAS's view of them.
 """
 import numpy as np
+from numba import uint64 as _u
 
+from runtime.cpu.arrays import add_into
 from runtime.cpu.blas import gemm
 from runtime.jit import njit, pnjit, prange
 
-TILE = 2            # outputs per tile side
+# m -> (B^T, G, A^T), float64; Lavin & Gray's matrices (interpolation points 0, +-1 for m = 2;
+# 0, +-1, +-2 for m = 4).
+ALGORITHMS = {
+    2: (np.array([[1, 0, -1, 0],
+                  [0, 1, 1, 0],
+                  [0, -1, 1, 0],
+                  [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0],
+                  [1 / 2, 1 / 2, 1 / 2],
+                  [1 / 2, -1 / 2, 1 / 2],
+                  [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0],
+                  [0, 1, -1, -1]], np.float64)),
+    4: (np.array([[4, 0, -5, 0, 1, 0],
+                  [0, -4, -4, 1, 1, 0],
+                  [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0],
+                  [0, 2, -1, -2, 1, 0],
+                  [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1 / 4, 0, 0],
+                  [-1 / 6, -1 / 6, -1 / 6],
+                  [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6],
+                  [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0],
+                  [0, 1, -1, 2, -2, 0],
+                  [0, 1, 1, 4, 4, 0],
+                  [0, 1, -1, 8, -8, 1]], np.float64)),
+}
 # Fewest GEMM columns (tiles x samples) a chunk aims for, as in conv.py's MIN_GEMM_COLUMNS.
 MIN_TILE_COLUMNS = 256
+# Smallest output grid side that takes F(4x4) (see the module docstring).
+F4_MIN_GRID = 8
 
 
-def tiles(size: int) -> int:
-    """Tiles along one output side (the last one may overhang an odd size)."""
-    return -(-size // TILE)
+# ---- the primitive: a small constant matrix times a stack of rows ----------------------------
+
+@njit
+def _left_multiply(mat, src, src_at, src_stride, dst, dst_at, dst_stride, inner, columns):
+    """dst row (a*inner + j) = sum over r of mat[a, r] * src row (r*inner + j), for a < mat rows
+    and j < inner: mat times a (mat cols x inner) grid of rows. Row k of src starts at
+    src_at + k*src_stride (likewise dst); each row is `columns` values.
+
+    The indices are unsigned (_u): with signed ones Numba wraps negative indices, a check in
+    the inner loop that kept LLVM from vectorising it (measured 14x slower)."""
+    for a in range(mat.shape[0]):
+        for j in range(inner):
+            out = _u(dst_at + (a * inner + j) * dst_stride)
+            for col in range(columns):
+                dst[out + _u(col)] = 0
+            for r in range(mat.shape[1]):
+                coef = mat[a, r]
+                if coef != 0:
+                    at = _u(src_at + (r * inner + j) * src_stride)
+                    for col in range(columns):
+                        dst[out + _u(col)] += coef * src[at + _u(col)]
 
 
 @njit
-def weight_transform(weight, u, for_input_gradient):
-    """u[xi] = G g G^T for every channel pair, g = weight[f, c] (3x3, flattened to 9).
+def _right_multiply(mat, src, src_at, src_stride, dst, dst_at, dst_stride, outer, columns):
+    """dst row (a*rows + b) = sum over j of mat[b, j] * src row (a*cols + j), for a < outer and
+    b < rows, (rows, cols) = mat's shape: an (outer x cols) grid of rows times mat^T. Rows and
+    indices as in _left_multiply."""
+    rows, cols = mat.shape
+    for a in range(outer):
+        for b in range(rows):
+            out = _u(dst_at + (a * rows + b) * dst_stride)
+            for col in range(columns):
+                dst[out + _u(col)] = 0
+            for j in range(cols):
+                coef = mat[b, j]
+                if coef != 0:
+                    at = _u(src_at + (a * cols + j) * src_stride)
+                    for col in range(columns):
+                        dst[out + _u(col)] += coef * src[at + _u(col)]
 
-    weight (F, C, 9); u (16, F, C), or, for_input_gradient, (16, C, F) from g flipped in both
-    axes: the weights of the input-gradient convolution."""
+
+@njit
+def _split(total, parts, part):
+    """[lo, hi) of part `part` of `total` items cut into `parts` near-equal pieces."""
+    return total * part // parts, total * (part + 1) // parts
+
+
+# ---- weights ---------------------------------------------------------------------------------
+
+@pnjit
+def weight_transform(weight, g_matrix, flipped, u, scratch):
+    """u = G g G^T for every channel pair, g = weight[f, c] (3x3, flattened to 9; weight (F, C, 9)).
+    Not flipped: u is (a^2, F, C), flat. Flipped: (a^2, C, F), from g flipped in both axes: the
+    weights of the input-gradient convolution. scratch: (workers, (9 + 3a) * max(F, C)).
+
+    One row per channel, transformed for a whole row of g at once: for each output feature f
+    (each input channel c when flipped) the 9 taps of every c (every f) are gathered into 9
+    rows, then G g G^T is two _left/_right products over those rows. The rows are split
+    between the workers."""
     n_out, n_in = weight.shape[0], weight.shape[1]
-    g = np.empty((3, 3), np.float64)
-    gg = np.empty((4, 3), np.float64)
-    for f in range(n_out):
-        for c in range(n_in):
-            for i in range(3):
-                for j in range(3):
-                    if for_input_gradient:
-                        g[i, j] = weight[f, c, (2 - i) * 3 + (2 - j)]
-                    else:
-                        g[i, j] = weight[f, c, i * 3 + j]
-            for j in range(3):          # G g
-                gg[0, j] = g[0, j]
-                gg[1, j] = 0.5 * (g[0, j] + g[1, j] + g[2, j])
-                gg[2, j] = 0.5 * (g[0, j] - g[1, j] + g[2, j])
-                gg[3, j] = g[2, j]
-            for i in range(4):          # (G g) G^T
-                a, b, d = gg[i, 0], gg[i, 1], gg[i, 2]
-                row = (a, 0.5 * (a + b + d), 0.5 * (a - b + d), d)
-                for j in range(4):
-                    if for_input_gradient:
-                        u[i * 4 + j, c, f] = row[j]
-                    else:
-                        u[i * 4 + j, f, c] = row[j]
+    alpha = g_matrix.shape[0]
+    outer, n = (n_in, n_out) if flipped else (n_out, n_in)     # one pass per `outer`, rows of n
+    workers = scratch.shape[0]
+    for worker in prange(workers):
+        taps, half = scratch[worker], 9 * n                     # rows: 9 of g, then 3a of G g
+        lo, hi = _split(outer, workers, worker)
+        for o in range(lo, hi):
+            for k in range(9):
+                for i in range(n):
+                    taps[_u(k * n + i)] = weight[i, o, 8 - k] if flipped else weight[o, i, k]
+            _left_multiply(g_matrix, taps, 0, n, taps, half, n, 3, n)
+            _right_multiply(g_matrix, taps, half, n, u, o * n, outer * n, alpha, n)
 
+
+@pnjit
+def weight_gradient_transform(du, gt_matrix, gweight, scratch):
+    """gweight[f, c] (3x3, flattened to 9) = G^T dU G, dU = du[:, f, c] (a x a; du flat
+    (a^2, F, C)): the adjoint of weight_transform, one row of channels per feature f, the
+    features split between the workers. scratch as for weight_transform."""
+    n_out, n_in = gweight.shape[0], gweight.shape[1]
+    alpha = gt_matrix.shape[1]
+    workers = scratch.shape[0]
+    for worker in prange(workers):
+        rows, half = scratch[worker], 9 * n_in                  # rows: 9 of dW, then 3a of G^T dU
+        lo, hi = _split(n_out, workers, worker)
+        for f in range(lo, hi):
+            _left_multiply(gt_matrix, du, f * n_in, n_out * n_in, rows, half, n_in, alpha, n_in)
+            _right_multiply(gt_matrix, rows, half, n_in, rows, 0, n_in, 3, n_in)
+            for k in range(9):
+                for c in range(n_in):
+                    gweight[f, c, k] = rows[_u(k * n_in + c)]
+
+
+# ---- tiles -----------------------------------------------------------------------------------
 
 @njit
-def _input_transform(chunk, sources, v, width, d):
-    """v[xi, c, s*T + t] = (B^T d B)[xi] for the 4x4 input window d of tile t of sample s:
+def _input_transform(chunk, sources, bt, v, width, scratch):
+    """v[xi, c, s*T + t] = (B^T d B)[xi] for the a x a input window d of tile t of sample s:
     sources[t, k] is the flat index of the window's k-th input (row-major) in an image, -1 in
-    the padding (zero). chunk (count, C, H*W); v (16, C, width) flattened; d: (16, >= count*T)
-    scratch.
+    the padding (zero). chunk (count, C, H*W); v (a^2, C, width) flat; scratch: 2 a^2 rows of
+    width, flat.
 
-    The windows of the whole chunk are gathered first, then transformed all at once by
-    contiguous, branch-free loops over the tiles (vectorised even where an image holds one or
-    two tiles): B^T d combines rows (k = 4r + j over r), then (B^T d) B combines columns."""
+    The windows of the whole chunk are gathered first (one table lookup per value: measured
+    faster than strided reads from a zero-padded copy, the rows of tiles being short), then
+    transformed all at once: B^T d into the second half of scratch, then (B^T d) B into v."""
     count, n_chan = chunk.shape[0], chunk.shape[1]
-    per_sample = sources.shape[0]
+    per_sample, window = sources.shape
+    alpha = bt.shape[0]
     columns = count * per_sample
     plane = n_chan * width
     for c in range(n_chan):
@@ -94,183 +195,110 @@ def _input_transform(chunk, sources, v, width, d):
             image = chunk[s, c]
             for t in range(per_sample):
                 col = s * per_sample + t
-                for k in range(16):
+                for k in range(window):
                     at = sources[t, k]
-                    value = image[max(at, 0)]
-                    d[k, col] = value if at >= 0 else np.float32(0)
-        for j in range(4):
-            for col in range(columns):
-                d0, d1, d2, d3 = d[j, col], d[4 + j, col], d[8 + j, col], d[12 + j, col]
-                d[j, col] = d0 - d2
-                d[4 + j, col] = d1 + d2
-                d[8 + j, col] = d2 - d1
-                d[12 + j, col] = d1 - d3
-        for i in range(4):
-            at = 4 * i * plane + c * width
-            for col in range(columns):
-                a0, a1, a2, a3 = d[4 * i, col], d[4 * i + 1, col], d[4 * i + 2, col], d[4 * i + 3, col]
-                v[at + col] = a0 - a2
-                v[at + plane + col] = a1 + a2
-                v[at + 2 * plane + col] = a2 - a1
-                v[at + 3 * plane + col] = a1 - a3
+                    value = image[_u(max(at, 0))]
+                    scratch[_u(k * width + col)] = value if at >= 0 else 0
+        _left_multiply(bt, scratch, 0, width, scratch, window * width, width, alpha, columns)
+        _right_multiply(bt, scratch, window * width, width, v, c * width, plane, alpha, columns)
 
 
 @njit
-def _output_transform(m, n_out, width, columns, per_sample, tiles_w, out_h, out_w, bias, out, scratch):
-    """out[s, f, 2*ty + a, 2*tx + b] = (A^T M A)[a, b] + bias[f] for every tile of the chunk's
-    samples s, from m (16, F, width) flattened, whose first `columns` columns are the chunk's
-    tiles (sample by sample, row-major within one); outputs past an odd edge are dropped.
-    scratch: (12, >= columns).
-
-    The transform itself runs over all the chunk's tiles at once, contiguous and branch-free
-    (vectorised even where a row holds one or two tiles): A^T M into eight rows, M A into the
-    four outputs of each tile, which are then put in place."""
+def _output_transform(m, at_matrix, n_out, width, columns, per_sample, tiles_w, out_h, out_w, bias, out,
+                      scratch):
+    """out[s, f, m*ty + a, m*tx + b] = (A^T M A)[a, b] + bias[f] for every tile of the chunk's
+    samples s, from m (a^2, F, width) flat, whose first `columns` columns are the chunk's tiles
+    (sample by sample, row-major within one); outputs past the grid's edge are dropped.
+    scratch: (m*a + m^2) rows of >= columns, flat."""
+    tile, alpha = at_matrix.shape
     plane = n_out * width
-    p = scratch[:8]
-    y = scratch[8:12]
+    y = tile * alpha * width                    # A^T M first, then the outputs, in scratch
     for f in range(n_out):
+        _left_multiply(at_matrix, m, f * width, plane, scratch, 0, width, alpha, columns)
+        _right_multiply(at_matrix, scratch, 0, width, scratch, y, width, tile, columns)
         shift = bias[f]
-        at = f * width
-        for j in range(4):
-            for t in range(columns):
-                m0 = m[at + j * plane + t]
-                m1 = m[at + (4 + j) * plane + t]
-                m2 = m[at + (8 + j) * plane + t]
-                m3 = m[at + (12 + j) * plane + t]
-                p[j, t] = m0 + m1 + m2
-                p[4 + j, t] = m1 - m2 - m3
         for t in range(columns):
-            y[0, t] = p[0, t] + p[1, t] + p[2, t] + shift
-            y[1, t] = p[1, t] - p[2, t] - p[3, t] + shift
-            y[2, t] = p[4, t] + p[5, t] + p[6, t] + shift
-            y[3, t] = p[5, t] - p[6, t] - p[7, t] + shift
-        even = out_h % 2 == 0 and out_w % 2 == 0
-        for t in range(columns):
-            sample, tile = t // per_sample, t % per_sample
-            oh, ow = 2 * (tile // tiles_w), 2 * (tile % tiles_w)
-            at_out = oh * out_w + ow
+            sample, tile_index = t // per_sample, t % per_sample
+            oh0, ow0 = tile * (tile_index // tiles_w), tile * (tile_index % tiles_w)
             target = out[sample, f]
-            if even:
-                target[at_out] = y[0, t]
-                target[at_out + 1] = y[1, t]
-                target[at_out + out_w] = y[2, t]
-                target[at_out + out_w + 1] = y[3, t]
-            else:
-                target[at_out] = y[0, t]
-                if ow + 1 < out_w:
-                    target[at_out + 1] = y[1, t]
-                if oh + 1 < out_h:
-                    target[at_out + out_w] = y[2, t]
-                    if ow + 1 < out_w:
-                        target[at_out + out_w + 1] = y[3, t]
+            for a in range(min(tile, out_h - oh0)):
+                for b in range(min(tile, out_w - ow0)):
+                    target[_u((oh0 + a) * out_w + ow0 + b)] = scratch[_u(y + (a * tile + b) * width + t)] + shift
 
 
 @njit
-def _chunking(n_batch, sources, out_w, chunk, v):
+def _output_gradient_transform(gout, a_matrix, n_out, width, columns, per_sample, tiles_w, out_h, out_w,
+                               dm, scratch):
+    """dm[xi, f, s*T + t] = (A dY A^T)[xi], dY the m x m block of gout[s, f] that tile t wrote
+    (0 past the grid's edge): the adjoint of _output_transform. a_matrix = A (a x m); dm
+    (a^2, F, width) flat; scratch: (m^2 + a*m) rows of >= columns, flat."""
+    alpha, tile = a_matrix.shape
+    plane = n_out * width
+    q = tile * tile * width                     # dY first, then A dY, in scratch
+    for f in range(n_out):
+        for t in range(columns):
+            sample, tile_index = t // per_sample, t % per_sample
+            oh0, ow0 = tile * (tile_index // tiles_w), tile * (tile_index % tiles_w)
+            source = gout[sample, f]
+            for a in range(tile):
+                for b in range(tile):
+                    oh, ow = oh0 + a, ow0 + b
+                    inside = oh < out_h and ow < out_w
+                    scratch[_u((a * tile + b) * width + t)] = source[_u(oh * out_w + ow)] if inside else 0
+        _left_multiply(a_matrix, scratch, 0, width, scratch, q, width, tile, columns)
+        _right_multiply(a_matrix, scratch, q, width, dm, f * width, plane, alpha, columns)
+
+
+@njit
+def _chunking(n_batch, sources, out_w, tile, chunk, v):
     """(tiles per sample, tiles per output row, buffer columns per chunk, workers, chunks) of a
     winograd_conv / winograd_weight_grad call."""
     per_sample = sources.shape[0]
-    return per_sample, (out_w + 1) // 2, chunk * per_sample, v.shape[0], (n_batch + chunk - 1) // chunk
+    return per_sample, (out_w + tile - 1) // tile, chunk * per_sample, v.shape[0], (n_batch + chunk - 1) // chunk
 
 
 @pnjit
-def winograd_conv(x, sources, u, bias, out, out_h, out_w, chunk, v, m, windows, outputs):
+def winograd_conv(x, sources, bt, at_matrix, u, bias, out, out_h, out_w, chunk, v, m, windows, outputs):
     """out (N, F, out_h*out_w) = the 3x3 stride-1 convolution of x (N, C, H*W) with the
-    transformed weights u (16, F, C), plus bias (F; zeros for none: an array either way, so
-    that the forward and the input-gradient pass share one compiled function); sources: the
-    tiles' input windows (WinogradPlan.sources, which holds the padding).
+    transformed weights u (a^2, F, C) flat, plus bias (F; zeros for none: an array either way,
+    so that the forward and the input-gradient pass share one compiled function); sources: the
+    tiles' input windows (_TileGrid.sources, which holds the padding); bt, at_matrix: B^T and
+    A^T in x's dtype.
 
     The batch is cut into chunks of `chunk` samples, taken by the workers in turn as in
     conv.py; v, m: (workers, ...) flat per-worker buffers for a chunk's transformed inputs
-    (16, C, chunk*tiles) and GEMM results (16, F, chunk*tiles); windows (workers, 16, >= chunk*tiles)
-    and outputs (workers, 12, >= chunk*tiles): the transforms' scratch."""
+    (a^2, C, chunk*tiles) and GEMM results (a^2, F, chunk*tiles); windows and outputs:
+    (workers, ...) flat scratch of the input and output transforms (WinogradPlan sizes them)."""
     n_batch, n_in, n_out = x.shape[0], x.shape[1], out.shape[1]
-    per_sample, tiles_w, width, workers, n_chunks = _chunking(n_batch, sources, out_w, chunk, v)
+    tile, alpha = at_matrix.shape
+    per_sample, tiles_w, width, workers, n_chunks = _chunking(n_batch, sources, out_w, tile, chunk, v)
     for worker in prange(workers):
         for chunk_index in range(worker, n_chunks, workers):
             first = chunk_index * chunk
             count = min(chunk, n_batch - first)
-            _input_transform(x[first:first + count], sources, v[worker], width, windows[worker])
+            _input_transform(x[first:first + count], sources, bt, v[worker], width, windows[worker])
             columns = count * per_sample
-            for xi in range(16):
+            for xi in range(alpha * alpha):
                 gemm(False, False, n_out, columns, n_in, u, xi * n_out * n_in, n_in,
                      v[worker], xi * n_in * width, width, 0.0, m[worker], xi * n_out * width, width)
-            _output_transform(m[worker], n_out, width, columns, per_sample, tiles_w, out_h, out_w,
+            _output_transform(m[worker], at_matrix, n_out, width, columns, per_sample, tiles_w, out_h, out_w,
                               bias, out[first:first + count], outputs[worker])
 
 
-@njit
-def _output_gradient_transform(gout, n_out, width, columns, per_sample, tiles_w, out_h, out_w, dm, scratch):
-    """dm[xi, f, s*T + t] = (A dY A^T)[xi], dY the 2x2 block of gout[s, f] that tile t wrote
-    (0 past an odd edge): the adjoint of _output_transform. dm (16, F, width) flattened;
-    scratch: (4, >= columns)."""
-    plane = n_out * width
-    y = scratch[:4]
-    even = out_h % 2 == 0 and out_w % 2 == 0
-    for f in range(n_out):
-        for t in range(columns):
-            sample, tile = t // per_sample, t % per_sample
-            oh, ow = 2 * (tile // tiles_w), 2 * (tile % tiles_w)
-            at = oh * out_w + ow
-            source = gout[sample, f]
-            if even:
-                y[0, t], y[1, t] = source[at], source[at + 1]
-                y[2, t], y[3, t] = source[at + out_w], source[at + out_w + 1]
-            else:
-                y[0, t] = source[at]
-                y[1, t] = source[at + 1] if ow + 1 < out_w else 0
-                y[2, t] = source[at + out_w] if oh + 1 < out_h else 0
-                y[3, t] = source[at + out_w + 1] if oh + 1 < out_h and ow + 1 < out_w else 0
-        at = f * width
-        for t in range(columns):
-            y00, y01, y10, y11 = y[0, t], y[1, t], y[2, t], y[3, t]
-            # A dY: the rows (q[i] = (q_i0, q_i1)), then (A dY) A^T: the columns
-            for i in range(4):
-                if i == 0:
-                    a, b = y00, y01
-                elif i == 1:
-                    a, b = y00 + y10, y01 + y11
-                elif i == 2:
-                    a, b = y00 - y10, y01 - y11
-                else:
-                    a, b = -y10, -y11
-                dm[at + 4 * i * plane + t] = a
-                dm[at + (4 * i + 1) * plane + t] = a + b
-                dm[at + (4 * i + 2) * plane + t] = a - b
-                dm[at + (4 * i + 3) * plane + t] = -b
-
-
-@njit
-def _weight_gradient_transform(du, gweight):
-    """gweight[f, c] (3x3, flattened to 9) = G^T dU G, dU = du[:, f, c] (4x4): the adjoint of
-    weight_transform."""
-    n_out, n_in = gweight.shape[0], gweight.shape[1]
-    h = np.empty((3, 4), np.float64)
-    for f in range(n_out):
-        for c in range(n_in):
-            for j in range(4):          # G^T dU
-                d0, d1, d2, d3 = du[j, f, c], du[4 + j, f, c], du[8 + j, f, c], du[12 + j, f, c]
-                h[0, j] = d0 + 0.5 * (d1 + d2)
-                h[1, j] = 0.5 * (d1 - d2)
-                h[2, j] = 0.5 * (d1 + d2) + d3
-            for k in range(3):          # (G^T dU) G
-                d0, d1, d2, d3 = h[k, 0], h[k, 1], h[k, 2], h[k, 3]
-                gweight[f, c, k * 3] = d0 + 0.5 * (d1 + d2)
-                gweight[f, c, k * 3 + 1] = 0.5 * (d1 - d2)
-                gweight[f, c, k * 3 + 2] = 0.5 * (d1 + d2) + d3
-
-
 @pnjit
-def winograd_weight_grad(x, sources, gout, out_h, out_w, chunk, v, dm, windows, du_partial, gweight,
-                         gbias, gbias_partial):
-    """gweight (F, C, 9) and gbias (F, or None) of a 3x3 stride-1 convolution of x (N, C, H*W)
-    whose output gradient is gout (N, F, out_h*out_w); sources as for winograd_conv.
+def winograd_weight_grad(x, sources, bt, a_matrix, gout, out_h, out_w, chunk, v, dm, windows, du_partial,
+                         gbias_partial, gbias):
+    """The weight gradient's transformed form dU (a^2, F, C), summed into du_partial[0], and gbias
+    (F, or None), of a 3x3 stride-1 convolution of x (N, C, H*W) whose output gradient is gout
+    (N, F, out_h*out_w); sources as for winograd_conv; a_matrix = A (a x m). The caller turns dU
+    into the weight gradient (weight_gradient_transform, split between the workers).
 
-    Per chunk: V of the inputs, dM of the output gradient, and dU[xi] += dM[xi] @ V[xi]^T, 16
-    GEMMs with the tiles as depth. Each worker sums its chunks in du_partial[worker] (16, F, C)
-    and gbias_partial[worker] (F); the sums over workers are transformed back at the end."""
+    Per chunk: V of the inputs, dM of the output gradient, and dU[xi] += dM[xi] @ V[xi]^T, a^2
+    GEMMs with the tiles as depth. Each worker sums its chunks in du_partial[worker] and
+    gbias_partial[worker] (F); the sums over workers are added at the end."""
     n_batch, n_in, n_out = x.shape[0], x.shape[1], gout.shape[1]
-    per_sample, tiles_w, width, workers, n_chunks = _chunking(n_batch, sources, out_w, chunk, v)
+    alpha, tile = a_matrix.shape
+    per_sample, tiles_w, width, workers, n_chunks = _chunking(n_batch, sources, out_w, tile, chunk, v)
     for worker in prange(workers):
         if gbias is not None:
             gbias_partial[worker] = 0
@@ -282,18 +310,20 @@ def winograd_weight_grad(x, sources, gout, out_h, out_w, chunk, v, dm, windows, 
                 for s in range(count):
                     for f in range(n_out):
                         gbias_partial[worker, f] += np.sum(gout[first + s, f])
-            _input_transform(x[first:first + count], sources, v[worker], width, windows[worker])
-            _output_gradient_transform(gout[first:first + count], n_out, width, columns, per_sample, tiles_w,
-                                       out_h, out_w, dm[worker], windows[worker])
+            _input_transform(x[first:first + count], sources, bt, v[worker], width, windows[worker])
+            _output_gradient_transform(gout[first:first + count], a_matrix, n_out, width, columns, per_sample,
+                                       tiles_w, out_h, out_w, dm[worker], windows[worker])
             beta = 0.0 if chunk_index == worker else 1.0        # a worker's first chunk starts its sum
-            for xi in range(16):
+            for xi in range(alpha * alpha):
                 gemm(False, True, n_out, n_in, columns, dm[worker], xi * n_out * width, width,
                      v[worker], xi * n_in * width, width, beta, du_partial[worker], xi * n_out * n_in, n_in)
     busy_workers = min(workers, n_chunks)
-    total = du_partial[0]       # (a name, not du_partial[0] += ...: see runtime/cpu/arrays.py)
-    for worker in range(1, busy_workers):
-        total += du_partial[worker]
-    _weight_gradient_transform(total, gweight)
+    total = du_partial[0]
+    size = total.shape[0]
+    for worker in prange(workers):          # the sum over workers, split between them
+        lo, hi = _split(size, workers, worker)
+        for other in range(1, busy_workers):
+            add_into(total[lo:hi], du_partial[other, lo:hi])
     if gbias is not None:
         gbias[:] = 0
         for worker in range(busy_workers):
@@ -301,20 +331,44 @@ def winograd_weight_grad(x, sources, gout, out_h, out_w, chunk, v, dm, windows, 
 
 
 class WinogradPlan:
-    """One winograd_conv call site (a layer's forward, or its input-gradient pass): the tiles'
-    input windows, the chunking and the buffer sizes."""
+    """One layer's Winograd geometry: the tile size m, the constant matrices, and for each of its
+    two convolutions (forward; input gradient) the tiles' input windows and the chunking."""
 
     def __init__(self, n_batch, n_in, n_out, image_h, image_w, ph, pw, out_h, out_w, workers):
-        tiles_h, tiles_w = tiles(out_h), tiles(out_w)
+        self.tile = 4 if min(out_h, out_w) >= F4_MIN_GRID else 2
+        self.alpha = self.tile + 2
+        bt, g, at = ALGORITHMS[self.tile]
+        # per dtype (float32 in training, float64 in the finite-difference tests): B^T, G, G^T, A^T, A
+        self.matrices = {np.dtype(d): tuple(np.ascontiguousarray(a, dtype=d) for a in (bt, g, g.T, at, at.T))
+                         for d in (np.float32, np.float64)}
+        self.forward = _TileGrid(self.tile, n_batch, image_h, image_w, ph, pw, out_h, out_w, workers)
+        # the input gradient: gout (out_h x out_w) convolved into gx (image_h x image_w), padded by 2 - pad
+        self.input_grad = _TileGrid(self.tile, n_batch, out_h, out_w, 2 - ph, 2 - pw, image_h, image_w, workers)
+        grids = (self.forward, self.input_grad)
+        channels = max(n_in, n_out)
+        alpha = self.alpha
+        self.u_size = alpha * alpha * n_in * n_out
+        self.v_size = max(alpha * alpha * channels * grid.width for grid in grids)
+        self.m_size = self.v_size
+        self.windows_size = max(2 * alpha * alpha * grid.width for grid in grids)
+        self.outputs_size = max((self.tile * alpha + self.tile * self.tile) * grid.width for grid in grids)
+        self.weight_scratch_size = (9 + 3 * alpha) * channels
+
+
+class _TileGrid:
+    """The tiles of one convolution: the input window of each tile and the chunking."""
+
+    def __init__(self, tile, n_batch, image_h, image_w, ph, pw, out_h, out_w, workers):
+        alpha = tile + 2
+        tiles_h, tiles_w = -(-out_h // tile), -(-out_w // tile)     # the last ones may overhang
         self.per_sample = tiles_h * tiles_w
         per_worker = -(-n_batch // workers)
         self.chunk = max(1, min(per_worker, -(-MIN_TILE_COLUMNS // self.per_sample)))
         self.width = self.chunk * self.per_sample
-        self.v_size = 16 * n_in * self.width
-        self.m_size = 16 * n_out * self.width
-        # sources[t, 4*i + j]: input (2*ty - ph + i, 2*tx - pw + j) of tile t = ty*tiles_w + tx
-        ty, tx, i, j = np.meshgrid(np.arange(tiles_h), np.arange(tiles_w), np.arange(4), np.arange(4),
+        # sources[t, a*i + j]: input (m*ty - ph + i, m*tx - pw + j) of tile t = ty*tiles_w + tx
+        ty, tx, i, j = np.meshgrid(np.arange(tiles_h), np.arange(tiles_w), np.arange(alpha), np.arange(alpha),
                                    indexing="ij")
-        rows, cols = 2 * ty - ph + i, 2 * tx - pw + j
+        rows, cols = tile * ty - ph + i, tile * tx - pw + j
         inside = (rows >= 0) & (rows < image_h) & (cols >= 0) & (cols < image_w)
-        self.sources = np.where(inside, rows * image_w + cols, -1).reshape(self.per_sample, 16).astype(np.int64)
+        self.sources = np.where(inside, rows * image_w + cols, -1).reshape(self.per_sample, alpha * alpha)
+        self.sources = self.sources.astype(np.int64)

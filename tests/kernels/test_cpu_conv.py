@@ -9,6 +9,7 @@ from tests.kernels.harness import Case, check_against_torch, check_finite_differ
 
 DEFAULT_SHIFTED_PAYS = runtime.cpu.conv.shifted_pays
 DEFAULT_WINOGRAD_PAYS = runtime.cpu.conv.winograd_pays
+DEFAULT_UNROLLED_PAYS = runtime.cpu.conv.unrolled_pays
 
 
 def _conv_attrs(channels, kernel, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1, bias=True):
@@ -87,6 +88,9 @@ CONV_CASES = [
     conv_case("3x3-pad2", (2, 3, 5, 4), _conv_attrs(4, (3, 3), pad=(2, 2))),
     conv_case("3x3-mixed-pad", (3, 2, 6, 5), _conv_attrs(3, (3, 3), pad=(0, 2), bias=False)),
     conv_case("grayscale-dilation2", (2, 1, 7, 7), _conv_attrs(2, (3, 3), pad=(2, 2), dilation=(2, 2))),
+    # grids of 8 and more: Winograd's 4x4 tiles (see F4_MIN_GRID), overhanging the edges
+    conv_case("3x3-f4-overhang", (3, 3, 9, 10), _conv_attrs(4, (3, 3), pad=(1, 1))),
+    conv_case("3x3-f4-valid", (2, 2, 10, 13), _conv_attrs(3, (3, 3), bias=False)),
 ]
 
 DECONV_CASES = [
@@ -114,25 +118,33 @@ FD_CASES = [
     conv_case("fd-pointwise", (2, 3, 2, 3), _conv_attrs(2, (1, 1))),
     conv_case("fd-chunked", (3, 2, 3, 3), _conv_attrs(2, (3, 3), pad=(1, 1))),
     conv_case("fd-grayscale", (2, 1, 4, 4), _conv_attrs(2, (3, 3), pad=(1, 1))),
+    conv_case("fd-f4-tiles", (1, 2, 8, 9), _conv_attrs(2, (3, 3), pad=(1, 1))),
     deconv_case("fd-stride2-outpad1", (1, 2, 3, 3), _deconv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1),
                                                                           output_pad=(1, 1))),
     deconv_case("fd-groups2", (1, 4, 3, 2), _deconv_attrs(2, (2, 3), stride=(1, 2), groups=2)),
 ]
 
 
-@pytest.fixture(autouse=True, params=["one-worker", "all-workers", "shifted-all-workers", "winograd-all-workers"])
+@pytest.fixture(autouse=True, params=["one-worker", "all-workers", "shifted-all-workers", "winograd-all-workers",
+                                      "unrolled-all-workers"])
 def workers(request, monkeypatch):
     """Every case runs with the conv on one worker and on all of them: these tiny layers
     would otherwise stay under PARALLEL_MIN_FLOPS and never split the batch. The third run
     takes the shifted-window path wherever it applies (stride 1, not pointwise), the fourth
-    Winograd wherever it applies (3x3, stride 1, one group); the first two take each where
-    shifted_pays / winograd_pays say so, which for these few channels is never Winograd."""
+    Winograd wherever it applies (3x3, stride 1, one group), the fifth unrolled weights wherever
+    they apply (one group, any geometry); the first two take shifted windows and Winograd where
+    shifted_pays / winograd_pays say so, which for these few channels is never Winograd, and
+    never unrolled weights, which would otherwise take every case whose input grid is no bigger
+    than its kernel away from the chunked im2col path those cases are there to drive."""
     if request.param != "one-worker":
         monkeypatch.setattr(runtime.cpu.conv, "parallel_gemm", lambda flops: True)
     if request.param == "shifted-all-workers":
         monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", lambda columns, tap_elements: True)
     if request.param == "winograd-all-workers":
-        monkeypatch.setattr(runtime.cpu.conv, "winograd_pays", lambda channels, rows, grid_w: True)
+        monkeypatch.setattr(runtime.cpu.conv, "winograd_pays", lambda channels, rows: True)
+    monkeypatch.setattr(runtime.cpu.conv, "unrolled_pays",
+                        lambda positions, taps, groups, elements: request.param == "unrolled-all-workers"
+                        and groups == 1)
 
 
 @pytest.mark.parametrize("case", CONV_CASES + DECONV_CASES, ids=str)
@@ -148,19 +160,26 @@ def test_finite_differences(case):
 @pytest.mark.parametrize("x_shape,channels,kernel,pad,path", [
     ((64, 128, 16, 16), 128, (3, 3), (1, 1), "winograd"),   # many channels: Winograd
     ((64, 512, 4, 4), 512, (3, 3), (1, 1), "winograd"),
-    ((64, 64, 32, 32), 64, (3, 3), (1, 1), "shifted"),      # ... unless the grid is wide
+    ((64, 64, 32, 32), 64, (3, 3), (1, 1), "winograd"),     # ... on wide grids too (4x4 tiles)
+    ((64, 32, 16, 16), 32, (3, 3), (1, 1), "shifted"),      # too few channels for Winograd
     ((64, 48, 32, 32), 12, (3, 3), (1, 1), "shifted"),      # few channels, wide grid: shifted windows
     ((64, 6, 14, 14), 16, (5, 5), (0, 0), "shifted"),       # LeNet's second conv
-    ((64, 512, 4, 4), 512, (5, 5), (2, 2), "im2col"),       # small grid, big taps: im2col chunks samples
+    ((64, 128, 4, 4), 128, (5, 5), (2, 2), "unrolled"),     # the kernel window covers the grid
+    ((64, 512, 2, 2), 512, (3, 3), (1, 1), "unrolled"),     # ... (VGG's last layers on CIFAR)
+    ((64, 256, 3, 3), 256, (3, 3), (1, 1), "unrolled"),
+    ((64, 512, 4, 4), 512, (5, 5), (2, 2), "im2col"),       # ... but D would pass UNROLLED_MAX_ELEMENTS
+    ((64, 512, 4, 4), 512, (3, 5), (1, 2), "im2col"),       # small grid, big taps: im2col chunks samples
 ])
 def test_path_choice(x_shape, channels, kernel, pad, path, monkeypatch):
     """Which lowering a stride-1 layer gets by default (see winograd_pays and shifted_pays)."""
     monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", DEFAULT_SHIFTED_PAYS)
     monkeypatch.setattr(runtime.cpu.conv, "winograd_pays", DEFAULT_WINOGRAD_PAYS)
+    monkeypatch.setattr(runtime.cpu.conv, "unrolled_pays", DEFAULT_UNROLLED_PAYS)
     n, c, h, w = x_shape
     out_h, out_w = h + 2 * pad[0] - kernel[0] + 1, w + 2 * pad[1] - kernel[1] + 1
     spec = NodeSpec(name="conv", op="conv", attrs=_conv_attrs(channels, kernel, pad=pad), in_shapes=(x_shape,),
                     in_dtypes=("float32",), out_shape=(n, channels, out_h, out_w),
                     param_shapes={"weight": (channels, c, *kernel), "bias": (channels,)})
     kernel = runtime.cpu.conv.Conv(spec)
-    assert ("winograd" if kernel.winograd else "shifted" if kernel.shifted else "im2col") == path
+    assert ("unrolled" if kernel.unrolled else "winograd" if kernel.winograd else "shifted" if kernel.shifted
+            else "im2col") == path
