@@ -14,6 +14,13 @@ explicitly to match a torch run that kept that default).
 Optimizers update parameters in place and never modify gradients: the plan owns both
 arrays and reuses them every step (the clipping functions do scale gradients in place). Arithmetic stays in the parameter's dtype (float32 in
 production), as in torch.
+
+Scratch memory: an update works on the effective gradient (grad + L2 term) and one array of
+intermediate terms. Neither carries anything from one parameter to the next, so all parameters
+share two flat buffers sized for the largest one; and an update that only reads its gradient
+(plain SGD and momentum) is handed the plan's gradient itself when there is no weight decay.
+The first step pays for every fresh page it touches: with two scratch arrays per parameter,
+VGG-11's (9.2M parameters) first SGD-momentum step took 0.25 s against 0.02 s for later ones.
 """
 from __future__ import annotations
 
@@ -38,15 +45,18 @@ class Optimizer:
     name: str = ""
     slots: tuple[str, ...] = ()
     scalar_slots: tuple[str, ...] = ()
+    # Whether `_update` may overwrite the gradient it is given; when not, and there is no weight
+    # decay, it is given the caller's gradient itself instead of a copy.
+    overwrites_grad: bool = True
 
     def __init__(self, params: dict[str, np.ndarray], *, weight_decay: float):
         self.params = params
         self.weight_decay = weight_decay
         self.state: dict[str, dict[str, np.ndarray]] = {slot: {} for slot in self.slots}
         self.step_count = 0
-        # Two scratch arrays per parameter: the effective gradient (grad + L2 term) and one
-        # for intermediate terms, so that steps after the first allocate nothing.
-        self._scratch: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # dtype -> the two flat scratch buffers every parameter's update shares (module docstring),
+        # made on the first step that needs them, so later steps allocate nothing.
+        self._scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
 
     def step(self, grads: dict[str, np.ndarray], lr: float) -> None:
         """Update every parameter named in `grads` with learning rate `lr`."""
@@ -55,17 +65,24 @@ class Optimizer:
             if grad.shape != param.shape:
                 raise ValueError(f"gradient of {pname!r} has shape {grad.shape}, "
                                  f"parameter has {param.shape}")
-            scratch = self._scratch.get(pname)
-            if scratch is None:
-                scratch = self._scratch[pname] = (np.empty_like(param), np.empty_like(param))
-            eff_grad, work = scratch
+            eff_grad, work = self._scratch_like(param)
             if self.weight_decay:
                 np.multiply(param, self.weight_decay, out=eff_grad)
                 eff_grad += grad
-            else:
+            elif self.overwrites_grad:
                 np.copyto(eff_grad, grad)
+            else:
+                eff_grad = grad
             self._update(pname, param, eff_grad, work, lr)
         self.step_count += 1
+
+    def _scratch_like(self, param: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Two scratch arrays of `param`'s shape and dtype, views of the shared buffers."""
+        buffers = self._scratch.get(param.dtype)
+        if buffers is None:
+            size = max(p.size for p in self.params.values() if p.dtype == param.dtype)
+            buffers = self._scratch[param.dtype] = (np.empty(size, param.dtype), np.empty(size, param.dtype))
+        return tuple(b[:param.size].reshape(param.shape) for b in buffers)
 
     def _slot(self, slot: str, pname: str, param: np.ndarray) -> np.ndarray:
         """The state array `slot` of parameter `pname`, created as zeros on first use."""
@@ -133,6 +150,7 @@ class SGD(Optimizer):
         super().__init__(params, weight_decay=weight_decay)
         self.momentum = momentum
         self.nesterov = nesterov
+        self.overwrites_grad = nesterov    # plain SGD and momentum only read their gradient
 
     def _update(self, pname, param, grad, work, lr):
         direction = grad
