@@ -1,7 +1,9 @@
 """CPU kernels of the conv family: `conv` and `deconv` (transposed convolution).
 
-conv has three lowerings, chosen per layer when the kernel is built (Conv.__init__, from the
-measured cost functions winograd_pays and shifted_pays; docs/CPU-BACKEND.md):
+conv has four lowerings, chosen per layer when the kernel is built (Conv.__init__, from the
+measured cost functions unrolled_pays, winograd_pays and shifted_pays; docs/CPU-BACKEND.md):
+  * unrolled weights where the input grid is no bigger than the kernel window: the conv as one
+    dense GEMM per pass (conv_unrolled.py);
   * Winograd F(4x4, 3x3) or F(2x2, 3x3) for 3x3 stride-1 layers with many channels
     (conv_winograd.py);
   * shifted windows for other stride-1 layers on wide enough grids: one strided GEMM per
@@ -43,8 +45,7 @@ import numpy as np
 from runtime.cpu.arrays import add_into, copy_into, copy_rows
 from runtime.cpu.blas import gemm
 from runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
-from runtime.cpu.conv_winograd import (WinogradPlan, weight_gradient_transform, weight_transform, winograd_conv,
-                                       winograd_weight_grad)
+from runtime.cpu.conv_winograd import WinogradPlan, winograd_conv, winograd_weight_grad
 from runtime.jit import njit, parallel_gemm, pnjit, prange
 from runtime.kernel_api import Kernel, register
 
@@ -585,7 +586,7 @@ class Conv(_ConvBase):
             "winograd_m": ((workers, plan.m_size), "float32"),
             "winograd_windows": ((workers, plan.windows_size), "float32"),
             "winograd_outputs": ((workers, plan.outputs_size), "float32"),
-            "winograd_weights": ((workers, plan.weight_scratch_size), "float32"),
+            "winograd_weights": ((plan.weight_scratch_size,), "float32"),   # the weight transforms' scratch
             "winograd_du": ((workers, plan.u_size), "float32"),            # per-worker weight gradients
             "gbias_partial": ((workers, rows), "float32"),
         }
@@ -636,8 +637,6 @@ class Conv(_ConvBase):
         plan = self.winograd_plan
         bt, g, _, at, _ = plan.matrices[source.dtype]
         grid = plan.input_grad if input_gradient else plan.forward
-        u = ws["winograd_u"]
-        weight_transform(weight.reshape(self.out_shape[2], -1, 9), g, input_gradient, u, ws["winograd_weights"])
         # one group: (N, 1, C, H*W) -> (N, C, H*W), still C-contiguous
         source = source.reshape(source.shape[0], source.shape[2], source.shape[3])
         target = target.reshape(target.shape[0], target.shape[2], target.shape[3])
@@ -646,7 +645,8 @@ class Conv(_ConvBase):
         if bias is None:
             bias = ws["winograd_zeros"][None, :target.shape[1]]
             bias[:] = 0             # workspace storage is shared: whatever was there is not zero
-        winograd_conv(source, grid.sources, bt, at, u, bias[0], target, out_h, out_w, grid.chunk,
+        winograd_conv(source, grid.sources, bt, at, weight.reshape(self.out_shape[2], -1, 9), g, input_gradient,
+                      ws["winograd_u"], ws["winograd_weights"], bias[0], target, out_h, out_w, grid.chunk,
                       ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
@@ -667,12 +667,11 @@ class Conv(_ConvBase):
                 n_batch, _, rows, positions = self.out_shape
                 plan = self.winograd_plan
                 bt, _, gt, _, a = plan.matrices[x.dtype]
-                winograd_weight_grad(x.reshape(n_batch, -1, image_h * image_w), plan.forward.sources, bt, a,
+                winograd_weight_grad(x.reshape(n_batch, -1, image_h * image_w), plan.forward.sources, bt, a, gt,
                                      gout.reshape(n_batch, rows, positions), grid_h, grid_w, plan.forward.chunk,
                                      ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_du"],
-                                     ws["gbias_partial"], None if gbias is None else gbias[0])
-                weight_gradient_transform(ws["winograd_du"][0], gt, gweight.reshape(rows, -1, 9),
-                                          ws["winograd_weights"])
+                                     ws["winograd_weights"], gweight.reshape(rows, -1, 9), ws["gbias_partial"],
+                                     None if gbias is None else gbias[0])
             elif gbias is not None:     # a frozen weight with a trained bias
                 np.sum(gout, axis=(0, 3), out=gbias)
             return

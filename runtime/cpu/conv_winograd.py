@@ -25,10 +25,16 @@ direct convolution; the kernel tests hold both to torch at 1e-4.
 
 The input gradient of a stride-1 3x3 conv is itself one: the output gradient convolved with the
 weights flipped in both spatial axes and with input/output channels swapped, padded by 2 - pad,
-so `winograd_conv` serves both, each with its own weight transform (weight_transform(...,
-flipped=True) for the second). The weight gradient is the adjoint of the same algorithm
+so `winograd_conv` serves both, each transforming the weights its way first (`flipped`, see
+_transform_weights). The weight gradient is the adjoint of the same algorithm
 (winograd_weight_grad): dU[xi] = sum over tiles of dM[xi] V[xi]^T with dM = A dY A^T, then
 dW = G^T dU G.
+
+Compile time: every parallel region is a function of its own for Numba to compile, ~4 s each
+on a cold cache (measured), so the weight transforms run serially before (winograd_conv) or
+after (winograd_weight_grad) the one parallel region of each entry point. Split between two
+workers they would save ~2% of a ResNet-18 step; the cold compile of a network with Winograd
+layers is 8 s shorter without that.
 
 Every transform is one primitive applied twice, a small constant matrix times a stack of rows
 (_left_multiply, _right_multiply), where each row holds one value per tile (or per channel, for
@@ -121,56 +127,44 @@ def _right_multiply(mat, src, src_at, src_stride, dst, dst_at, dst_stride, outer
                         dst[out + _u(col)] += coef * src[at + _u(col)]
 
 
-@njit
-def _split(total, parts, part):
-    """[lo, hi) of part `part` of `total` items cut into `parts` near-equal pieces."""
-    return total * part // parts, total * (part + 1) // parts
-
-
 # ---- weights ---------------------------------------------------------------------------------
 
-@pnjit
-def weight_transform(weight, g_matrix, flipped, u, scratch):
-    """u = G g G^T for every channel pair, g = weight[f, c] (3x3, flattened to 9; weight (F, C, 9)).
-    Not flipped: u is (a^2, F, C), flat. Flipped: (a^2, C, F), from g flipped in both axes: the
-    weights of the input-gradient convolution. scratch: (workers, (9 + 3a) * max(F, C)).
+@njit
+def _transform_weights(weight, g_matrix, flipped, u, taps, lo, hi):
+    """u = G g G^T for every channel pair, g = weight[f, c] (3x3, flattened to 9; weight (F, C, 9)),
+    for output features f in [lo, hi), or with `flipped` input channels c in [lo, hi). Not
+    flipped: u is (a^2, F, C), flat. Flipped: (a^2, C, F), from g flipped in both axes: the
+    weights of the input-gradient convolution. taps: (9 + 3a) * max(F, C) scratch.
 
     One row per channel, transformed for a whole row of g at once: for each output feature f
     (each input channel c when flipped) the 9 taps of every c (every f) are gathered into 9
-    rows, then G g G^T is two _left/_right products over those rows. The rows are split
-    between the workers."""
+    rows, then G g G^T is two _left/_right products over those rows."""
     n_out, n_in = weight.shape[0], weight.shape[1]
     alpha = g_matrix.shape[0]
     outer, n = (n_in, n_out) if flipped else (n_out, n_in)     # one pass per `outer`, rows of n
-    workers = scratch.shape[0]
-    for worker in prange(workers):
-        taps, half = scratch[worker], 9 * n                     # rows: 9 of g, then 3a of G g
-        lo, hi = _split(outer, workers, worker)
-        for o in range(lo, hi):
-            for k in range(9):
-                for i in range(n):
-                    taps[_u(k * n + i)] = weight[i, o, 8 - k] if flipped else weight[o, i, k]
-            _left_multiply(g_matrix, taps, 0, n, taps, half, n, 3, n)
-            _right_multiply(g_matrix, taps, half, n, u, o * n, outer * n, alpha, n)
+    half = 9 * n                                                # rows: 9 of g, then 3a of G g
+    for o in range(lo, hi):
+        for k in range(9):
+            for i in range(n):
+                taps[_u(k * n + i)] = weight[i, o, 8 - k] if flipped else weight[o, i, k]
+        _left_multiply(g_matrix, taps, 0, n, taps, half, n, 3, n)
+        _right_multiply(g_matrix, taps, half, n, u, o * n, outer * n, alpha, n)
 
 
-@pnjit
-def weight_gradient_transform(du, gt_matrix, gweight, scratch):
-    """gweight[f, c] (3x3, flattened to 9) = G^T dU G, dU = du[:, f, c] (a x a; du flat
-    (a^2, F, C)): the adjoint of weight_transform, one row of channels per feature f, the
-    features split between the workers. scratch as for weight_transform."""
+@njit
+def _weight_gradient_rows(du, gt_matrix, gweight, rows, lo, hi):
+    """gweight[f, c] (3x3, flattened to 9) = G^T dU G for f in [lo, hi), dU = du[:, f, c] (a x a;
+    du flat (a^2, F, C)): the adjoint of _transform_weights, one row of channels per feature.
+    rows: scratch as for _transform_weights."""
     n_out, n_in = gweight.shape[0], gweight.shape[1]
     alpha = gt_matrix.shape[1]
-    workers = scratch.shape[0]
-    for worker in prange(workers):
-        rows, half = scratch[worker], 9 * n_in                  # rows: 9 of dW, then 3a of G^T dU
-        lo, hi = _split(n_out, workers, worker)
-        for f in range(lo, hi):
-            _left_multiply(gt_matrix, du, f * n_in, n_out * n_in, rows, half, n_in, alpha, n_in)
-            _right_multiply(gt_matrix, rows, half, n_in, rows, 0, n_in, 3, n_in)
-            for k in range(9):
-                for c in range(n_in):
-                    gweight[f, c, k] = rows[_u(k * n_in + c)]
+    half = 9 * n_in                                             # rows: 9 of dW, then 3a of G^T dU
+    for f in range(lo, hi):
+        _left_multiply(gt_matrix, du, f * n_in, n_out * n_in, rows, half, n_in, alpha, n_in)
+        _right_multiply(gt_matrix, rows, half, n_in, rows, 0, n_in, 3, n_in)
+        for k in range(9):
+            for c in range(n_in):
+                gweight[f, c, k] = rows[_u(k * n_in + c)]
 
 
 # ---- tiles -----------------------------------------------------------------------------------
@@ -258,12 +252,15 @@ def _chunking(n_batch, sources, out_w, tile, chunk, v):
 
 
 @pnjit
-def winograd_conv(x, sources, bt, at_matrix, u, bias, out, out_h, out_w, chunk, v, m, windows, outputs):
-    """out (N, F, out_h*out_w) = the 3x3 stride-1 convolution of x (N, C, H*W) with the
-    transformed weights u (a^2, F, C) flat, plus bias (F; zeros for none: an array either way,
-    so that the forward and the input-gradient pass share one compiled function); sources: the
-    tiles' input windows (_TileGrid.sources, which holds the padding); bt, at_matrix: B^T and
-    A^T in x's dtype.
+def winograd_conv(x, sources, bt, at_matrix, weight, g_matrix, flipped, u, weight_scratch, bias, out, out_h, out_w,
+                  chunk, v, m, windows, outputs):
+    """out (N, F, out_h*out_w) = the 3x3 stride-1 convolution of x (N, C, H*W) with `weight`
+    (F, C, 9), or with `flipped` the input gradient of the layer whose weight that is (see
+    _transform_weights), plus bias (F; zeros for none: an array either way, so that the forward
+    and the input-gradient pass share one compiled function); sources: the tiles' input windows
+    (_TileGrid.sources, which holds the padding); bt, at_matrix, g_matrix: B^T, A^T and G in x's
+    dtype; u: the transformed weights, flat; weight_scratch: flat scratch of the weight
+    transform, which runs first.
 
     The batch is cut into chunks of `chunk` samples, taken by the workers in turn as in
     conv.py; v, m: (workers, ...) flat per-worker buffers for a chunk's transformed inputs
@@ -272,6 +269,7 @@ def winograd_conv(x, sources, bt, at_matrix, u, bias, out, out_h, out_w, chunk, 
     n_batch, n_in, n_out = x.shape[0], x.shape[1], out.shape[1]
     tile, alpha = at_matrix.shape
     per_sample, tiles_w, width, workers, n_chunks = _chunking(n_batch, sources, out_w, tile, chunk, v)
+    _transform_weights(weight, g_matrix, flipped, u, weight_scratch, 0, weight.shape[1] if flipped else weight.shape[0])
     for worker in prange(workers):
         for chunk_index in range(worker, n_chunks, workers):
             first = chunk_index * chunk
@@ -286,16 +284,16 @@ def winograd_conv(x, sources, bt, at_matrix, u, bias, out, out_h, out_w, chunk, 
 
 
 @pnjit
-def winograd_weight_grad(x, sources, bt, a_matrix, gout, out_h, out_w, chunk, v, dm, windows, du_partial,
-                         gbias_partial, gbias):
-    """The weight gradient's transformed form dU (a^2, F, C), summed into du_partial[0], and gbias
-    (F, or None), of a 3x3 stride-1 convolution of x (N, C, H*W) whose output gradient is gout
-    (N, F, out_h*out_w); sources as for winograd_conv; a_matrix = A (a x m). The caller turns dU
-    into the weight gradient (weight_gradient_transform, split between the workers).
+def winograd_weight_grad(x, sources, bt, a_matrix, gt_matrix, gout, out_h, out_w, chunk, v, dm, windows,
+                         du_partial, weight_scratch, gweight, gbias_partial, gbias):
+    """gweight (F, C, 9) and gbias (F, or None) of a 3x3 stride-1 convolution of x (N, C, H*W)
+    whose output gradient is gout (N, F, out_h*out_w); sources as for winograd_conv; a_matrix
+    = A (a x m), gt_matrix = G^T.
 
     Per chunk: V of the inputs, dM of the output gradient, and dU[xi] += dM[xi] @ V[xi]^T, a^2
-    GEMMs with the tiles as depth. Each worker sums its chunks in du_partial[worker] and
-    gbias_partial[worker] (F); the sums over workers are added at the end."""
+    GEMMs with the tiles as depth. Each worker sums its chunks in du_partial[worker] (flat
+    (a^2, F, C)) and gbias_partial[worker] (F); the sums over workers are added and transformed
+    back (_weight_gradient_rows) at the end. weight_scratch: the transform's scratch (flat)."""
     n_batch, n_in, n_out = x.shape[0], x.shape[1], gout.shape[1]
     alpha, tile = a_matrix.shape
     per_sample, tiles_w, width, workers, n_chunks = _chunking(n_batch, sources, out_w, tile, chunk, v)
@@ -319,11 +317,9 @@ def winograd_weight_grad(x, sources, bt, a_matrix, gout, out_h, out_w, chunk, v,
                      v[worker], xi * n_in * width, width, beta, du_partial[worker], xi * n_out * n_in, n_in)
     busy_workers = min(workers, n_chunks)
     total = du_partial[0]
-    size = total.shape[0]
-    for worker in prange(workers):          # the sum over workers, split between them
-        lo, hi = _split(size, workers, worker)
-        for other in range(1, busy_workers):
-            add_into(total[lo:hi], du_partial[other, lo:hi])
+    for other in range(1, busy_workers):
+        add_into(total, du_partial[other])
+    _weight_gradient_rows(total, gt_matrix, gweight, weight_scratch, 0, n_out)
     if gbias is not None:
         gbias[:] = 0
         for worker in range(busy_workers):
