@@ -1,18 +1,35 @@
 """CPU kernels of the recurrent family: embed, rnn (tanh), lstm, gru (docs/OPS.md).
 
-Layout: the user-facing tensors are batch first (N, T, F); every per-layer buffer in the
-workspace is feature major, (rows, T, N): inputs (F, T, N), hidden and cell states (H, T, N),
-gate pre-activations and gradients (G*H, T, N). Viewed as (rows, T*N) matrices, the work that
-does not depend on the recurrence is one GEMM per layer (and part, below), and step t of any
-buffer is the (rows, N) matrix at column offset t*N with row stride T*N, which BLAS reads in
-place:
+Layout: the user-facing tensors are batch first (N, T, F). In the workspace, what the
+whole-sequence GEMMs read or write is feature major, (rows, T, N): the inputs (F, T, N), the
+hidden states (H, T, N), dloss/dh (H, T, N) and the gate gradients (G*H, T, N). Viewed as
+(rows, T*N) matrices, each product over the sequence is one GEMM, and step t of such a buffer
+is the (rows, N) matrix at column offset t*N with row stride T*N, which BLAS reads in place.
+What only the cell loops read or write is time major: one step's gate pre-activations or
+gate gradients in a (G*H, N) step block, and the per-step saves, (T, rows, N): LSTM gates
+and cell states, GRU gates and W_hn h + b_hn. A step of those is one contiguous block, where
+in a feature-major buffer consecutive units of a step lie T*N values apart, and a cell loop
+walking ~10 such strided streams at once outruns the hardware prefetcher (the LSTM's forward
+cell math took ~4 ms per layer so, ~1.8 ms on step blocks; single thread, the benchmark's
+size). The cell loops touch at most two feature-major streams (the hidden state, dloss/dh,
+the RNN's gate gradients). Per layer:
 
-    forward   projected (G*H, T*N) = W_ih (G*H, F) @ inputs (F, T*N)
-              per step: projected[:, t] += W_hh (G*H, H) @ h_{t-1} (H, N), then the cell math
-              (which adds the biases as it reads the pre-activations)
-    backward  per step: the cell math, then dh_{t-1} (H, N) = W_hh^T (H, G*H) @ dgates[:, t]
+    forward   per step: step (G*H, N) = W_ih (G*H, F) @ x_t + W_hh (G*H, H) @ h_{t-1}, then
+              the cell math (which adds the biases as it reads the pre-activations)
+    backward  per step: the cell math into a step block, dh_{t-1} (H, N) = W_hh^T @ that
+              block, and the block stored into dgates[:, t]
               after the loop: dW_ih = dgates @ inputs^T, dW_hh = dgates[:, 1:] @ h[:, :-1]^T,
               dinputs = W_ih^T @ dgates, bias gradients = row sums of dgates
+
+The input projection is a GEMM per step (K = F) rather than one over the sequence: that one
+could only write feature major, copying its output into step blocks cost 1.2-2.5 ms per
+layer, and per step it runs as fast (see _step_products; projecting chunks of 2-8 steps at
+once was no faster either). Every per-step GEMM is cut into blocks small enough for
+OpenBLAS's unpacked small-matrix kernel (_step_gemm), 13-22% faster than one call each.
+A time-major layout with the batch innermost inside each step, (T, N, rows), would keep the
+sequence GEMMs whole without any store, but BLAS ran the per-step GEMMs, which then write a
+(N, G*H) block, ~30% slower (measured with one call per step: W_hh @ h_{t-1} over 64 steps,
+H 256, N 32).
 
 Both cores: the per-step GEMMs are small (M = batch), and BLAS threads them poorly, so each
 step splits the hidden units into one part per Numba thread (`prange`) and each part runs its
@@ -29,10 +46,10 @@ which BLAS ran ~10% slower than the partials cost.) One parallel region per step
 synchronisation; the whole-sequence GEMMs of a layer's gradients share one region. Each loop
 body is a closure run either by `prange` or, for one part, directly: a `prange` over one part
 would still wake the other worker at every step. BLAS is called directly (scipy's cython_blas
-sgemm/dgemm, see runtime/cpu/blas.py) to read step slices in place, accumulate with beta = 1 and transpose
-by flag; it runs in the calling thread (runtime/jit.py's threading policy), so it does not
-compete with Numba's threads. Small layers, where a per-step wake-up of the other worker
-would cost more than it saves, run as one part (see _RecurrentKernel.__init__).
+sgemm/dgemm, see runtime/cpu/blas.py) to read step slices in place, accumulate with beta = 1
+and transpose by flag; it runs in the calling thread (runtime/jit.py's threading policy), so
+it does not compete with Numba's threads. Small layers, where a per-step wake-up of the other
+worker would cost more than it saves, run as one part (see _RecurrentKernel.__init__).
 
 The cell loops are written for LLVM's vectoriser, which gives up silently: no branch on the
 step inside them (step 0 reads the zero initial state from a padding slot, see _time_slots),
@@ -204,24 +221,71 @@ def _transpose(matrix, transposed):
                     transposed[c, r] = matrix[r, c]
 
 
-@pnjit
-def _project_inputs(inputs, w_ih, gate_count, bounds, steps, projected):
-    """projected (G*H, T, N) = W_ih @ inputs (F, T, N), W_ih's rows regrouped: a part's gate
-    rows are contiguous, so it is one GEMM per part. The biases are left to the cell loops,
-    which add them as they read the pre-activations (one pass over `projected` less)."""
-    _, slots, batch = projected.shape
-    features = inputs.shape[0]
-    cols = slots * batch                # row stride
-    def run_part(p):
-        first = gate_count * bounds[p]
-        part_rows = gate_count * (bounds[p + 1] - bounds[p])
-        gemm(False, False, part_rows, steps * batch, features, w_ih, first * features,
-              features, inputs, 0, cols, 0.0, projected, first * cols, cols)
-    if len(bounds) > 2:            # several parts: one per worker
-        for p in prange(len(bounds) - 1):
-            run_part(p)
-    else:
-        run_part(0)
+# OpenBLAS's SkylakeX kernels (what scipy's OpenBLAS picks on the benchmark's machine) run
+# small GEMMs through a small-matrix kernel that packs neither operand. A step's GEMM is
+# larger (1024 x 32 x 256 for an LSTM of 256 units, batch 32) and repacks the same weights
+# at every step; cut into blocks of 64 x 32 x 256 (2^19 multiply-adds) it ran 13-22% faster
+# (single thread, 63 steps: W_hh h 12.7-13.1 -> 11.0-11.4 ms, W_ih x at F = 64 3.2-3.5 ->
+# 2.5-2.6 ms, W_hh^T dgates 13.7-14.3 -> 12.1-13.1 ms), while blocks of 128 x 32 x 256 ran
+# slower than one call: the cut-off lies between, near 10^6.
+_SMALL_GEMM_MACS = 1 << 19
+_SMALL_GEMM_DEPTH = 256
+_SMALL_GEMM_MIN_ROWS = 16           # thinner blocks: one call (no measurement below this)
+
+
+@njit
+def _step_gemm(m, n, k, a, a_at, lda, b, b_at, ldb, beta, c, c_at, ldc):
+    """C (m, n) = A (m, k) @ B (k, n) + beta * C, like blas.gemm without transposes, as
+    blocks of rows and depth small enough for OpenBLAS's small-matrix kernel (see above)."""
+    depth = min(k, _SMALL_GEMM_DEPTH)
+    rows = _SMALL_GEMM_MACS // max(n * depth, 1)
+    if rows < _SMALL_GEMM_MIN_ROWS:
+        gemm(False, False, m, n, k, a, a_at, lda, b, b_at, ldb, beta, c, c_at, ldc)
+        return
+    for r0 in range(0, m, rows):
+        block_rows = min(rows, m - r0)
+        for k0 in range(0, k, depth):
+            gemm(False, False, block_rows, n, min(depth, k - k0), a, a_at + r0 * lda + k0, lda,
+                 b, b_at + k0 * ldb, ldb, beta if k0 == 0 else 1.0, c, c_at + r0 * ldc, ldc)
+
+
+@njit
+def _step_products(w_ih, inputs, w_hh, hidden, first, rows, t, recurrent_apart, preact,
+                   preact_hidden):
+    """The pre-activations of step t for `rows` regrouped gate rows from `first`:
+    preact[first:first+rows] (rows, N) = W_ih x_t, and W_hh h_{t-1} added to it, or written
+    to preact_hidden where `recurrent_apart` (GRU's n gate needs it apart). x_t and h_{t-1}
+    are read in place from the feature-major inputs and hidden states. The biases are left
+    to the cell loops, which add them as they read the pre-activations.
+
+    Cut into small blocks (_step_gemm), W_ih x_t per step ran as fast as one GEMM over the
+    sequence (single thread, the benchmark's size: 2.5 vs 3.0-3.4 ms at F = 64, 11.0-11.8 vs
+    11.2-11.8 ms at F = 256), and it lands in the step block the cell loop reads while that
+    is still in cache (module docstring). One GEMM over [W_ih W_hh] and a stacked
+    [x_t; h_{t-1}] ran slower than the two."""
+    features, slots, batch = inputs.shape
+    size = hidden.shape[0]
+    _step_gemm(rows, batch, features, w_ih, first * features, features, inputs, t * batch,
+               slots * batch, 0.0, preact, first * batch, batch)
+    if recurrent_apart:
+        if t > 0:
+            _step_gemm(rows, batch, size, w_hh, first * size, size, hidden, (t - 1) * batch,
+                       slots * batch, 0.0, preact_hidden, first * batch, batch)
+        else:               # zero initial state
+            preact_hidden[first:first + rows] = 0
+    elif t > 0:             # zero initial state: no recurrent term at step 0
+        _step_gemm(rows, batch, size, w_hh, first * size, size, hidden, (t - 1) * batch,
+                   slots * batch, 1.0, preact, first * batch, batch)
+
+
+@njit
+def _store_step(step, first, rows, t, sequence):
+    """sequence[first:first+rows, t] = step[first:first+rows]: one step's block into a
+    feature-major (rows, slots, N) buffer. The backward cell loops write their step's gate
+    gradients to a step block and store it with this afterwards: writing the feature-major
+    buffer from the cell loop directly ran the LSTM's backward through time ~8% slower."""
+    for r in range(first, first + rows):
+        copy_into(sequence[r, t], step[r])
 
 
 @njit
@@ -312,21 +376,18 @@ def _layer_grads(inputs, hidden, dgates_in, dgates_hidden, shared_dgates, w_ih, 
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _rnn_layer_forward(w_hh, bias, bounds, steps, projected, hidden):
+def _rnn_layer_forward(inputs, w_ih, w_hh, bias, bounds, steps, preact, hidden):
     # The hidden states are the only save: tanh' = 1 - h^2.
     size, slots, batch = hidden.shape
-    cols = slots * batch                # row stride
     for t in range(steps):
         def run_part(p):
             lo = bounds[p]
             width = bounds[p + 1] - lo
-            if t > 0:               # zero initial state: no recurrent term at step 0
-                gemm(False, False, width, batch, size, w_hh, lo * size, size,
-                      hidden, (t - 1) * batch, cols, 1.0, projected, lo * cols + t * batch, cols)
+            _step_products(w_ih, inputs, w_hh, hidden, lo, width, t, False, preact, preact)
             for j in range(lo, lo + width):
                 b = bias[j]
                 for n in range(batch):
-                    hidden[j, t, n] = _tanh(projected[j, t, n] + b)
+                    hidden[j, t, n] = _tanh(preact[j, n] + b)
         if len(bounds) > 2:            # several parts: one per worker
             for p in prange(len(bounds) - 1):
                 run_part(p)
@@ -349,8 +410,8 @@ def _rnn_backward_through_time(w_hh_t, bounds, steps, hidden, dhidden, dgates, p
                     h = hidden[j, t, n]
                     dgates[j, t, n] = dhidden[j, t, n] * (_ONE - h * h)
             if t > 0:
-                gemm(False, False, size, batch, width, w_hh_t, lo, size,
-                      dgates, lo * cols + t * batch, cols, 0.0, partials[t % 2, p], 0, batch)
+                _step_gemm(size, batch, width, w_hh_t, lo, size, dgates, lo * cols + t * batch,
+                           cols, 0.0, partials[t % 2, p], 0, batch)
         if len(bounds) > 2:            # several parts: one per worker
             for p in prange(len(bounds) - 1):
                 run_part(p)
@@ -363,26 +424,22 @@ def _rnn_backward_through_time(w_hh_t, bounds, steps, hidden, dhidden, dgates, p
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _lstm_layer_forward(w_hh, bias, bounds, steps, projected, gates, cells, hidden):
-    # Saves the activated i, f, g, o in `gates`, apart from `projected`: rewriting the
-    # pre-activations in place stops the loop from vectorising (about 6x slower), as LLVM
-    # cannot prove that one gate row's writes miss another row's reads. For the same reason
-    # the cell update is a loop of its own (half the time of one loop over both).
+def _lstm_layer_forward(inputs, w_ih, w_hh, bias, bounds, steps, preact, gates, cells, hidden):
+    # Saves the activated i, f, g, o in `gates` and the cell states in `cells`, both time
+    # major (see the module docstring).
     size, slots, batch = hidden.shape
-    cols = slots * batch                # row stride
-    cells[:, slots - 1] = 0             # c_{-1}: see _time_slots
+    cells[slots - 1] = 0                # c_{-1}: see _time_slots
     for t in range(steps):
         prev = (t - 1) % slots
         def run_part(p):
             lo = bounds[p]
             width = bounds[p + 1] - lo
             first = 4 * lo
-            if t > 0:               # zero initial state: no recurrent term at step 0
-                gemm(False, False, 4 * width, batch, size, w_hh, first * size, size,
-                      hidden, (t - 1) * batch, cols, 1.0, projected, first * cols + t * batch, cols)
+            _step_products(w_ih, inputs, w_hh, hidden, first, 4 * width, t, False, preact,
+                           preact)
             for u in range(width):
                 j = lo + u
-                row_i = first + u
+                row_i = first + u       # gate blocks i, f, g, o, `width` rows each
                 row_f = row_i + width
                 row_g = row_f + width
                 row_o = row_g + width
@@ -391,15 +448,17 @@ def _lstm_layer_forward(w_hh, bias, bounds, steps, projected, gates, cells, hidd
                 b_g = bias[row_g]
                 b_o = bias[row_o]
                 for n in range(batch):
-                    gates[row_i, t, n] = _sigmoid(projected[row_i, t, n] + b_i)
-                    gates[row_f, t, n] = _sigmoid(projected[row_f, t, n] + b_f)
-                    gates[row_g, t, n] = _tanh(projected[row_g, t, n] + b_g)
-                    gates[row_o, t, n] = _sigmoid(projected[row_o, t, n] + b_o)
-                for n in range(batch):
-                    c = (gates[row_i, t, n] * gates[row_g, t, n]
-                         + gates[row_f, t, n] * cells[j, prev, n])
-                    cells[j, t, n] = c
-                    hidden[j, t, n] = gates[row_o, t, n] * _tanh(c)
+                    i = _sigmoid(preact[row_i, n] + b_i)
+                    f = _sigmoid(preact[row_f, n] + b_f)
+                    g = _tanh(preact[row_g, n] + b_g)
+                    o = _sigmoid(preact[row_o, n] + b_o)
+                    gates[t, row_i, n] = i
+                    gates[t, row_f, n] = f
+                    gates[t, row_g, n] = g
+                    gates[t, row_o, n] = o
+                    cell = i * g + f * cells[prev, j, n]
+                    cells[t, j, n] = cell
+                    hidden[j, t, n] = o * _tanh(cell)
         if len(bounds) > 2:            # several parts: one per worker
             for p in prange(len(bounds) - 1):
                 run_part(p)
@@ -409,11 +468,10 @@ def _lstm_layer_forward(w_hh, bias, bounds, steps, projected, gates, cells, hidd
 
 @pnjit
 def _lstm_backward_through_time(w_hh_t, bounds, steps, gates, cells, dhidden, dgates, partials,
-                                dcell):
+                                dcell, step_dgates):
     # The cell loop has no branch on t: one stops it from vectorising (about 3x slower), so
     # dc_{T} starts at zero and c_{-1} is read from the zero slot forward left (_time_slots).
-    size, slots, batch = cells.shape
-    cols = slots * batch                # row stride
+    size, slots, batch = dhidden.shape
     dcell[:] = 0
     for t in range(steps - 1, -1, -1):
         prev = (t - 1) % slots
@@ -421,8 +479,7 @@ def _lstm_backward_through_time(w_hh_t, bounds, steps, gates, cells, dhidden, dg
             lo = bounds[p]
             width = bounds[p + 1] - lo
             first = 4 * lo
-            later = t < steps - 1       # whether step t+1 sent dh back
-            if later:
+            if t < steps - 1:           # step t+1 sent dh back
                 _add_partials(partials[(t + 1) % 2], lo, width, dhidden, t)
             for u in range(width):
                 j = lo + u
@@ -431,21 +488,22 @@ def _lstm_backward_through_time(w_hh_t, bounds, steps, gates, cells, dhidden, dg
                 row_g = row_f + width
                 row_o = row_g + width
                 for n in range(batch):
-                    i = gates[row_i, t, n]
-                    f = gates[row_f, t, n]
-                    g = gates[row_g, t, n]
-                    o = gates[row_o, t, n]
-                    tanh_c = _tanh(cells[j, t, n])
+                    i = gates[t, row_i, n]
+                    f = gates[t, row_f, n]
+                    g = gates[t, row_g, n]
+                    o = gates[t, row_o, n]
+                    tanh_c = _tanh(cells[t, j, n])
                     dh = dhidden[j, t, n]
                     dc = dh * o * (_ONE - tanh_c * tanh_c) + dcell[j, n]
-                    dgates[row_i, t, n] = dc * g * i * (_ONE - i)
-                    dgates[row_f, t, n] = dc * cells[j, prev, n] * f * (_ONE - f)
-                    dgates[row_g, t, n] = dc * i * (_ONE - g * g)
-                    dgates[row_o, t, n] = dh * tanh_c * o * (_ONE - o)
+                    step_dgates[row_i, n] = dc * g * i * (_ONE - i)
+                    step_dgates[row_f, n] = dc * cells[prev, j, n] * f * (_ONE - f)
+                    step_dgates[row_g, n] = dc * i * (_ONE - g * g)
+                    step_dgates[row_o, n] = dh * tanh_c * o * (_ONE - o)
                     dcell[j, n] = dc * f
             if t > 0:
-                gemm(False, False, size, batch, 4 * width, w_hh_t, first, 4 * size,
-                      dgates, first * cols + t * batch, cols, 0.0, partials[t % 2, p], 0, batch)
+                _step_gemm(size, batch, 4 * width, w_hh_t, first, 4 * size, step_dgates,
+                           first * batch, batch, 0.0, partials[t % 2, p], 0, batch)
+            _store_step(step_dgates, first, 4 * width, t, dgates)
         if len(bounds) > 2:            # several parts: one per worker
             for p in prange(len(bounds) - 1):
                 run_part(p)
@@ -458,14 +516,12 @@ def _lstm_backward_through_time(w_hh_t, bounds, steps, gates, cells, dhidden, dg
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _gru_layer_forward(w_hh, bias, b_hh, bounds, steps, projected, recurrent, gates, hidden_proj,
-                       hidden):
-    # Saves the activated r, z, n in `gates` and W_hn h + b_hn in hidden_proj, which the
-    # gradient of r needs. The recurrent product goes to its own (G*H, N) buffer: the n gate
-    # needs it apart from the input projection. Two loops with no branch on t, for the
-    # reasons given in _lstm_layer_forward.
+def _gru_layer_forward(inputs, w_ih, w_hh, bias, b_hh, bounds, steps, preact, preact_hidden,
+                       gates, hidden_proj, hidden):
+    # Saves the activated r, z, n in `gates` and W_hn h + b_hn in hidden_proj (time major),
+    # which the gradient of r needs. The recurrent product goes to its own step buffer: the
+    # n gate needs it apart from the input projection.
     size, slots, batch = hidden.shape
-    cols = slots * batch                # row stride
     hidden[:, slots - 1] = 0            # h_{-1}: see _time_slots
     for t in range(steps):
         prev = (t - 1) % slots
@@ -473,11 +529,8 @@ def _gru_layer_forward(w_hh, bias, b_hh, bounds, steps, projected, recurrent, ga
             lo = bounds[p]
             width = bounds[p + 1] - lo
             first = 3 * lo
-            if t > 0:
-                gemm(False, False, 3 * width, batch, size, w_hh, first * size, size,
-                      hidden, (t - 1) * batch, cols, 0.0, recurrent, first * batch, batch)
-            else:                   # zero initial state: no recurrent term at step 0
-                recurrent[first:first + 3 * width] = 0
+            _step_products(w_ih, inputs, w_hh, hidden, first, 3 * width, t, True, preact,
+                           preact_hidden)
             for u in range(width):
                 j = lo + u
                 row_r = first + u
@@ -488,16 +541,15 @@ def _gru_layer_forward(w_hh, bias, b_hh, bounds, steps, projected, recurrent, ga
                 b_in = bias[row_n]
                 b_hn = b_hh[2 * size + j]
                 for n in range(batch):
-                    r = _sigmoid(projected[row_r, t, n] + b_r + recurrent[row_r, n])
-                    hn = recurrent[row_n, n] + b_hn
-                    gates[row_r, t, n] = r
-                    gates[row_z, t, n] = _sigmoid(projected[row_z, t, n] + b_z
-                                                  + recurrent[row_z, n])
-                    gates[row_n, t, n] = _tanh(projected[row_n, t, n] + b_in + r * hn)
-                    hidden_proj[j, t, n] = hn
-                for n in range(batch):
-                    z = gates[row_z, t, n]
-                    hidden[j, t, n] = (_ONE - z) * gates[row_n, t, n] + z * hidden[j, prev, n]
+                    r = _sigmoid(preact[row_r, n] + b_r + preact_hidden[row_r, n])
+                    z = _sigmoid(preact[row_z, n] + b_z + preact_hidden[row_z, n])
+                    hn = preact_hidden[row_n, n] + b_hn
+                    new = _tanh(preact[row_n, n] + b_in + r * hn)
+                    gates[t, row_r, n] = r
+                    gates[t, row_z, n] = z
+                    gates[t, row_n, n] = new
+                    hidden_proj[t, j, n] = hn
+                    hidden[j, t, n] = (_ONE - z) * new + z * hidden[j, prev, n]
         if len(bounds) > 2:            # several parts: one per worker
             for p in prange(len(bounds) - 1):
                 run_part(p)
@@ -507,11 +559,11 @@ def _gru_layer_forward(w_hh, bias, b_hh, bounds, steps, projected, recurrent, ga
 
 @pnjit
 def _gru_backward_through_time(w_hh_t, bounds, steps, gates, hidden_proj, hidden, dhidden,
-                               dgates_in, dgates_hidden, partials, dh_direct):
-    # No branch on t in the cell loops (see _lstm_backward_through_time): the direct path
+                               dgates_in, dgates_hidden, partials, dh_direct, step_dgates_in,
+                               step_dgates_hidden):
+    # No branch on t in the cell loop (see _lstm_backward_through_time): the direct path
     # starts at zero and h_{-1} is read from the zero slot forward left.
     size, slots, batch = hidden.shape
-    cols = slots * batch                # row stride
     dh_direct[:] = 0
     for t in range(steps - 1, -1, -1):
         prev = (t - 1) % slots
@@ -519,8 +571,7 @@ def _gru_backward_through_time(w_hh_t, bounds, steps, gates, hidden_proj, hidden
             lo = bounds[p]
             width = bounds[p + 1] - lo
             first = 3 * lo
-            later = t < steps - 1       # whether step t+1 sent dh back
-            if later:
+            if t < steps - 1:           # step t+1 sent dh back
                 _add_partials(partials[(t + 1) % 2], lo, width, dhidden, t)
             for u in range(width):
                 j = lo + u
@@ -528,25 +579,27 @@ def _gru_backward_through_time(w_hh_t, bounds, steps, gates, hidden_proj, hidden
                 row_z = row_r + width
                 row_n = row_z + width
                 for n in range(batch):
-                    r = gates[row_r, t, n]
-                    z = gates[row_z, t, n]
-                    new = gates[row_n, t, n]
+                    r = gates[t, row_r, n]
+                    z = gates[t, row_z, n]
+                    new = gates[t, row_n, n]
                     # h_{t+1} = ... + z h_t: step t+1's direct path adds to dloss/dh_t.
                     dh = dhidden[j, t, n] + dh_direct[j, n]
                     dnew = dh * (_ONE - z) * (_ONE - new * new)
-                    dgates_in[row_r, t, n] = dnew * hidden_proj[j, t, n] * r * (_ONE - r)
-                    dgates_in[row_z, t, n] = dh * (hidden[j, prev, n] - new) * z * (_ONE - z)
-                    dgates_in[row_n, t, n] = dnew
-                    dh_direct[j, n] = dh * z
-                for n in range(batch):
-                    dgates_hidden[row_r, t, n] = dgates_in[row_r, t, n]
-                    dgates_hidden[row_z, t, n] = dgates_in[row_z, t, n]
+                    dr = dnew * hidden_proj[t, j, n] * r * (_ONE - r)
+                    dz = dh * (hidden[j, prev, n] - new) * z * (_ONE - z)
+                    step_dgates_in[row_r, n] = dr
+                    step_dgates_in[row_z, n] = dz
+                    step_dgates_in[row_n, n] = dnew
+                    step_dgates_hidden[row_r, n] = dr
+                    step_dgates_hidden[row_z, n] = dz
                     # r scales W_hn h + b_hn, so the hidden side of the n gate sees dnew * r.
-                    dgates_hidden[row_n, t, n] = dgates_in[row_n, t, n] * gates[row_r, t, n]
+                    step_dgates_hidden[row_n, n] = dnew * r
+                    dh_direct[j, n] = dh * z
             if t > 0:
-                gemm(False, False, size, batch, 3 * width, w_hh_t, first, 3 * size,
-                      dgates_hidden, first * cols + t * batch, cols, 0.0, partials[t % 2, p],
-                      0, batch)
+                _step_gemm(size, batch, 3 * width, w_hh_t, first, 3 * size, step_dgates_hidden,
+                           first * batch, batch, 0.0, partials[t % 2, p], 0, batch)
+            _store_step(step_dgates_in, first, 3 * width, t, dgates_in)
+            _store_step(step_dgates_hidden, first, 3 * width, t, dgates_hidden)
         if len(bounds) > 2:            # several parts: one per worker
             for p in prange(len(bounds) - 1):
                 run_part(p)
@@ -564,15 +617,17 @@ def unit_parts(size, parts):
 
 
 def _time_slots(steps):
-    """Step slots per row of the (rows, slots, N) buffers: an odd number above `steps`.
+    """Step slots of the feature-major (rows, slots, N) and time-major (slots, rows, N)
+    buffers: an odd number above `steps`.
 
-    With exactly T slots the rows of a step slice lie T*N*4 bytes apart, a multiple of 4 KiB
-    for the usual power-of-two T and N, so all of them fall in the same few cache sets and
-    evict one another in every per-step GEMM and cell loop. An odd slot count makes the row
-    stride an odd multiple of the N*4 bytes one row of a step holds, so the rows of a step
-    tile the cache sets. The extra slots hold no step; the cell loops read the last one of
-    the cell or hidden states as the zero initial state c_{-1} / h_{-1} (the forward of the
-    layer zeroes it), so that step 0 needs no branch of its own.
+    With exactly T slots the rows of a feature-major step slice lie T*N*4 bytes apart, a
+    multiple of 4 KiB for the usual power-of-two T and N, so all of them fall in the same few
+    cache sets and evict one another in every per-step GEMM that reads them in place. An odd
+    slot count makes the row stride an odd multiple of the N*4 bytes one row of a step holds,
+    so the rows of a step tile the cache sets. The extra slots hold no step; the cell loops
+    read the last one of the cell or hidden states as the zero initial state c_{-1} / h_{-1}
+    (slot (t - 1) mod slots; the forward of the layer zeroes it), so that step 0 needs no
+    branch of its own.
     """
     return steps + 1 if steps % 2 == 0 else steps + 2
 
@@ -607,7 +662,9 @@ class _RecurrentKernel(Kernel):
         width = self.gate_count * size
         ws = {
             "inputs": ((self.features, slots, batch), "float32"),
-            "projected": ((width, slots, batch), "float32"),    # the current layer's
+            # One step's gate block: the pre-activations in forward, their gradients in
+            # backward (see the module docstring).
+            "step_gates": ((width, batch), "float32"),
             "dgates": ((width, slots, batch), "float32"),       # reused by every layer
             "dhidden": ((size, slots, batch), "float32"),       # dloss/dh from above, per layer
             "partials": ((2, len(self.bounds) - 1, size, batch), "float32"),  # parts' dh_{t-1}
@@ -628,8 +685,8 @@ class _RecurrentKernel(Kernel):
         """Buffers only this cell type needs."""
         return {}
 
-    def forward_layer(self, layer, params, ws):
-        """Run `layer` over every step from ws["projected"] and its regrouped W_hh and biases."""
+    def forward_layer(self, layer, inputs, params, ws):
+        """Run `layer` over every step of `inputs` with its regrouped weights and biases."""
         raise NotImplementedError
 
     def backward_through_time(self, layer, ws):
@@ -646,9 +703,7 @@ class _RecurrentKernel(Kernel):
             _group_gate_rows(w_hh, self.bounds, self.gate_count, ws[f"weight_hh{layer}"])
             _group_biases(b_ih, b_hh, self.bounds, self.gate_count, self.folded_gates,
                           ws[f"bias{layer}"])
-            _project_inputs(inputs, ws[f"weight_ih{layer}"], self.gate_count, self.bounds,
-                            self.steps, ws["projected"])
-            self.forward_layer(layer, params, ws)
+            self.forward_layer(layer, inputs, params, ws)
             inputs = ws[f"hidden{layer}"]
         if self.sequence:
             _swap_first_and_last_axes(inputs, out)
@@ -694,9 +749,10 @@ class RNNKernel(_RecurrentKernel):
     gate_count = 1
     folded_gates = 1
 
-    def forward_layer(self, layer, params, ws):
-        _rnn_layer_forward(ws[f"weight_hh{layer}"], ws[f"bias{layer}"], self.bounds, self.steps,
-                           ws["projected"], ws[f"hidden{layer}"])
+    def forward_layer(self, layer, inputs, params, ws):
+        _rnn_layer_forward(inputs, ws[f"weight_ih{layer}"], ws[f"weight_hh{layer}"],
+                           ws[f"bias{layer}"], self.bounds, self.steps, ws["step_gates"],
+                           ws[f"hidden{layer}"])
 
     def backward_through_time(self, layer, ws):
         _rnn_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps,
@@ -711,22 +767,22 @@ class LSTMKernel(_RecurrentKernel):
     folded_gates = 4
 
     def cell_workspace(self):
-        shape = (self.size, self.slots, self.batch)
         ws = {"dcell": ((self.size, self.batch), "float32")}
         for layer in range(self.layers):
-            ws[f"gates{layer}"] = ((4 * self.size, self.slots, self.batch), "float32")
-            ws[f"cells{layer}"] = (shape, "float32")
+            # Time major (module docstring).
+            ws[f"gates{layer}"] = ((self.slots, 4 * self.size, self.batch), "float32")
+            ws[f"cells{layer}"] = ((self.slots, self.size, self.batch), "float32")
         return ws
 
-    def forward_layer(self, layer, params, ws):
-        _lstm_layer_forward(ws[f"weight_hh{layer}"], ws[f"bias{layer}"], self.bounds, self.steps,
-                            ws["projected"], ws[f"gates{layer}"], ws[f"cells{layer}"],
-                            ws[f"hidden{layer}"])
+    def forward_layer(self, layer, inputs, params, ws):
+        _lstm_layer_forward(inputs, ws[f"weight_ih{layer}"], ws[f"weight_hh{layer}"],
+                            ws[f"bias{layer}"], self.bounds, self.steps, ws["step_gates"],
+                            ws[f"gates{layer}"], ws[f"cells{layer}"], ws[f"hidden{layer}"])
 
     def backward_through_time(self, layer, ws):
         _lstm_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps,
                                     ws[f"gates{layer}"], ws[f"cells{layer}"], ws["dhidden"],
-                                    ws["dgates"], ws["partials"], ws["dcell"])
+                                    ws["dgates"], ws["partials"], ws["dcell"], ws["step_gates"])
         return ws["dgates"], ws["dgates"]
 
 
@@ -736,26 +792,28 @@ class GRUKernel(_RecurrentKernel):
     folded_gates = 2
 
     def cell_workspace(self):
-        shape = (self.size, self.slots, self.batch)
         ws = {
-            "recurrent": ((3 * self.size, self.batch), "float32"),   # W_hh h_{t-1}, one step
+            # The same for the W_hh h_{t-1} + b_hh side (GRU's n gate needs it apart).
+            "step_gates_hidden": ((3 * self.size, self.batch), "float32"),
             "dgates_hidden": ((3 * self.size, self.slots, self.batch), "float32"),
             "dh_direct": ((self.size, self.batch), "float32"),    # dloss/dh_{t-1} via z h_{t-1}
         }
         for layer in range(self.layers):
-            ws[f"gates{layer}"] = ((3 * self.size, self.slots, self.batch), "float32")
-            ws[f"hidden_proj{layer}"] = (shape, "float32")
+            # Time major (module docstring).
+            ws[f"gates{layer}"] = ((self.slots, 3 * self.size, self.batch), "float32")
+            ws[f"hidden_proj{layer}"] = ((self.slots, self.size, self.batch), "float32")
         return ws
 
-    def forward_layer(self, layer, params, ws):
-        _gru_layer_forward(ws[f"weight_hh{layer}"], ws[f"bias{layer}"],
-                           params[f"bias_hh_l{layer}"], self.bounds, self.steps, ws["projected"],
-                           ws["recurrent"], ws[f"gates{layer}"], ws[f"hidden_proj{layer}"],
-                           ws[f"hidden{layer}"])
+    def forward_layer(self, layer, inputs, params, ws):
+        _gru_layer_forward(inputs, ws[f"weight_ih{layer}"], ws[f"weight_hh{layer}"],
+                           ws[f"bias{layer}"], params[f"bias_hh_l{layer}"], self.bounds,
+                           self.steps, ws["step_gates"], ws["step_gates_hidden"],
+                           ws[f"gates{layer}"], ws[f"hidden_proj{layer}"], ws[f"hidden{layer}"])
 
     def backward_through_time(self, layer, ws):
         _gru_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps,
                                    ws[f"gates{layer}"], ws[f"hidden_proj{layer}"],
                                    ws[f"hidden{layer}"], ws["dhidden"], ws["dgates"],
-                                   ws["dgates_hidden"], ws["partials"], ws["dh_direct"])
+                                   ws["dgates_hidden"], ws["partials"], ws["dh_direct"],
+                                   ws["step_gates"], ws["step_gates_hidden"])
         return ws["dgates"], ws["dgates_hidden"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.cpu.recurrent import unit_parts
+from runtime.cpu.recurrent import _step_gemm, unit_parts
 from runtime.kernel_api import Context
 from tests.kernels.harness import (Case, check_against_torch, check_finite_differences,
                                    make_kernel)
@@ -56,7 +56,8 @@ EMBED_CASES = [
 ]
 
 # (N, T, F, H, layers, sequence): 1 and 2 layers, both output modes, T from 1 to 12 with
-# backpropagation through 10+ steps for every cell.
+# backpropagation through 10+ steps for every cell. The cell loops vectorise over the batch:
+# N = 21 runs their vector body (16 float32 lanes with AVX-512) and a remainder.
 RECURRENT_SHAPES = [
     (2, 5, 3, 4, 1, False),
     (1, 1, 3, 2, 1, True),
@@ -64,6 +65,7 @@ RECURRENT_SHAPES = [
     (2, 4, 3, 5, 2, True),
     (3, 1, 2, 3, 2, False),
     (1, 11, 2, 3, 1, True),
+    (21, 6, 5, 7, 2, True),
 ]
 RECURRENT_CASES = [recurrent_case(op, *shape) for op in GATES for shape in RECURRENT_SHAPES]
 
@@ -144,7 +146,7 @@ def test_embed_rejects_out_of_range_ids():
 def test_units_split_into_parts_give_the_same_results(op, sequence):
     """The per-thread split of the hidden units (uneven parts, a part of one unit) changes no
     result: small layers run as one part, so this drives the split path directly."""
-    batch, steps, features, hidden = 3, 6, 4, 5
+    batch, steps, features, hidden = 19, 6, 4, 5
     case = recurrent_case(op, batch, steps, features, hidden, 2, sequence)
     rng = np.random.default_rng(2)
     xs, ps = random_inputs_and_params(case, rng)
@@ -170,3 +172,29 @@ def test_units_split_into_parts_give_the_same_results(op, sequence):
         for name in ps:
             np.testing.assert_allclose(split[2][name], whole[2][name], rtol=1e-5, atol=1e-5,
                                        err_msg=f"{name}, {parts} parts")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k", [
+    (150, 32, 600),     # blocks of 64 rows (64, 64, 22) and 256 deep (256, 256, 88)
+    (40, 200, 300),     # blocks would be thinner than the minimum: one call
+])
+def test_step_gemm_matches_one_product(dtype, m, n, k):
+    """_step_gemm cuts a step's product into row and depth blocks (see recurrent.py): the
+    result is the whole product, for beta 0 (whatever C held: workspaces start as garbage)
+    and 1, with offsets and row strides honoured."""
+    rng = np.random.default_rng(3)
+    a_buf = rng.standard_normal((m + 2, k + 5)).astype(dtype)
+    b_buf = rng.standard_normal((k + 1, n + 3)).astype(dtype)
+    c_buf = rng.standard_normal((m + 1, n + 4)).astype(dtype)
+    a, b = a_buf[2:, 5:], b_buf[1:, 3:]
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for beta in (0.0, 1.0):
+        c = c_buf.copy()
+        if beta == 0.0:
+            c[1:, 4:] = np.nan
+        _step_gemm(m, n, k, a_buf, 2 * (k + 5) + 5, k + 5, b_buf, (n + 3) + 3, n + 3, beta,
+                   c, (n + 4) + 4, n + 4)
+        expected = c_buf.copy()
+        expected[1:, 4:] = a.astype(np.float64) @ b + beta * c_buf[1:, 4:]
+        np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * k)
