@@ -1,8 +1,9 @@
 """CUDA kernels of the recurrent family: embed, rnn (tanh), lstm, gru (docs/OPS.md).
 
-The structure follows the CPU kernels (runtime/cpu/recurrent.py): user-facing tensors are
-batch first (N, T, F), every per-layer buffer is time major (T, N, ...), so each step's hidden
-state is a contiguous (N, H) matrix and "all steps" a contiguous (T*N, ...) matrix. The matrix
+The structure follows the CPU kernels (runtime/cpu/recurrent.py), not their layout: user-facing
+tensors are batch first (N, T, F); here every per-layer buffer is time major (T, N, ...), so
+each step's hidden state is a contiguous (N, H) matrix and "all steps" a contiguous (T*N, ...)
+matrix (the CPU keeps the sequence GEMMs' buffers feature major, for BLAS's row strides). The matrix
 products run on the shared tiled GEMM (runtime/cuda/gemm.py):
 
     forward   projected (T*N, G*H) = inputs (T*N, F) @ W_ih^T          one GEMM per layer
