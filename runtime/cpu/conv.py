@@ -640,13 +640,11 @@ class Conv(_ConvBase):
         # one group: (N, 1, C, H*W) -> (N, C, H*W), still C-contiguous
         source = source.reshape(source.shape[0], source.shape[2], source.shape[3])
         target = target.reshape(target.shape[0], target.shape[2], target.shape[3])
-        image_h, image_w, _, _, _, _, _, _, _, _, grid_h, grid_w = self.geometry
-        out_h, out_w = (image_h, image_w) if input_gradient else (grid_h, grid_w)
         if bias is None:
             bias = ws["winograd_zeros"][None, :target.shape[1]]
             bias[:] = 0             # workspace storage is shared: whatever was there is not zero
-        winograd_conv(source, grid.sources, bt, at, weight.reshape(self.out_shape[2], -1, 9), g, input_gradient,
-                      ws["winograd_u"], ws["winograd_weights"], bias[0], target, out_h, out_w, grid.chunk,
+        winograd_conv(source, grid.sources, grid.targets, bt, at, weight.reshape(self.out_shape[2], -1, 9), g,
+                      input_gradient, ws["winograd_u"], ws["winograd_weights"], bias[0], target, grid.chunk,
                       ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
@@ -663,15 +661,14 @@ class Conv(_ConvBase):
             if gx is not None:
                 self._winograd(ws, weight, True, gout, None, gx)
             if gweight is not None:
-                image_h, image_w, _, _, _, _, _, _, _, _, grid_h, grid_w = self.geometry
                 n_batch, _, rows, positions = self.out_shape
                 plan = self.winograd_plan
                 bt, _, gt, _, a = plan.matrices[x.dtype]
-                winograd_weight_grad(x.reshape(n_batch, -1, image_h * image_w), plan.forward.sources, bt, a, gt,
-                                     gout.reshape(n_batch, rows, positions), grid_h, grid_w, plan.forward.chunk,
-                                     ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_du"],
-                                     ws["winograd_weights"], gweight.reshape(rows, -1, 9), ws["gbias_partial"],
-                                     None if gbias is None else gbias[0])
+                winograd_weight_grad(x.reshape(n_batch, x.shape[2], x.shape[3]), plan.forward.sources,
+                                     plan.forward.targets, bt, a, gt, gout.reshape(n_batch, rows, positions),
+                                     plan.forward.chunk, ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"],
+                                     ws["winograd_du"], ws["winograd_weights"], gweight.reshape(rows, -1, 9),
+                                     ws["gbias_partial"], None if gbias is None else gbias[0])
             elif gbias is not None:     # a frozen weight with a trained bias
                 np.sum(gout, axis=(0, 3), out=gbias)
             return

@@ -172,93 +172,96 @@ def _weight_gradient_rows(du, gt_matrix, gweight, rows, lo, hi):
 @njit
 def _input_transform(chunk, sources, bt, v, width, scratch):
     """v[xi, c, s*T + t] = (B^T d B)[xi] for the a x a input window d of tile t of sample s:
-    sources[t, k] is the flat index of the window's k-th input (row-major) in an image, -1 in
-    the padding (zero). chunk (count, C, H*W); v (a^2, C, width) flat; scratch: 2 a^2 rows of
-    width, flat.
+    sources[k, t] is the flat index of the k-th input (row-major) of tile t's window in an
+    image, -1 in the padding (zero). chunk (count, C, H*W); v (a^2, C, width) flat; scratch:
+    2 a^2 rows of width, flat.
 
-    The windows of the whole chunk are gathered first (one table lookup per value: measured
-    faster than strided reads from a zero-padded copy, the rows of tiles being short), then
-    transformed all at once: B^T d into the second half of scratch, then (B^T d) B into v."""
+    The windows of the whole chunk are gathered first, one table lookup per value, the tiles
+    innermost (so the gather vectorises; measured faster than strided reads from a zero-padded
+    copy, the rows of tiles being short), then transformed all at once: B^T d into the second
+    half of scratch, then (B^T d) B into v."""
     count, n_chan = chunk.shape[0], chunk.shape[1]
-    per_sample, window = sources.shape
+    window, per_sample = sources.shape
     alpha = bt.shape[0]
     columns = count * per_sample
     plane = n_chan * width
     for c in range(n_chan):
         for s in range(count):
             image = chunk[s, c]
-            for t in range(per_sample):
-                col = s * per_sample + t
-                for k in range(window):
-                    at = sources[t, k]
+            for k in range(window):
+                row = k * width + s * per_sample
+                for t in range(per_sample):
+                    at = sources[k, t]
                     value = image[_u(max(at, 0))]
-                    scratch[_u(k * width + col)] = value if at >= 0 else 0
+                    scratch[_u(row + t)] = value if at >= 0 else 0
         _left_multiply(bt, scratch, 0, width, scratch, window * width, width, alpha, columns)
         _right_multiply(bt, scratch, window * width, width, v, c * width, plane, alpha, columns)
 
 
 @njit
-def _output_transform(m, at_matrix, n_out, width, columns, per_sample, tiles_w, out_h, out_w, bias, out,
-                      scratch):
-    """out[s, f, m*ty + a, m*tx + b] = (A^T M A)[a, b] + bias[f] for every tile of the chunk's
-    samples s, from m (a^2, F, width) flat, whose first `columns` columns are the chunk's tiles
-    (sample by sample, row-major within one); outputs past the grid's edge are dropped.
-    scratch: (m*a + m^2) rows of >= columns, flat."""
+def _output_transform(m, at_matrix, n_out, width, count, targets, bias, out, scratch):
+    """out[s, f] at targets[a*m + b, t] = (A^T M A)[a, b] + bias[f] for every tile t of the
+    chunk's `count` samples s, from m (a^2, F, width) flat, whose columns are the chunk's tiles
+    (sample by sample); targets: the flat output index of each of a tile's m^2 outputs, -1
+    past the grid's edge (dropped). scratch: (m*a + m^2) rows of >= columns, flat."""
     tile, alpha = at_matrix.shape
+    outputs, per_sample = targets.shape
+    columns = count * per_sample
     plane = n_out * width
     y = tile * alpha * width                    # A^T M first, then the outputs, in scratch
     for f in range(n_out):
         _left_multiply(at_matrix, m, f * width, plane, scratch, 0, width, alpha, columns)
         _right_multiply(at_matrix, scratch, 0, width, scratch, y, width, tile, columns)
         shift = bias[f]
-        for t in range(columns):
-            sample, tile_index = t // per_sample, t % per_sample
-            oh0, ow0 = tile * (tile_index // tiles_w), tile * (tile_index % tiles_w)
-            target = out[sample, f]
-            for a in range(min(tile, out_h - oh0)):
-                for b in range(min(tile, out_w - ow0)):
-                    target[_u((oh0 + a) * out_w + ow0 + b)] = scratch[_u(y + (a * tile + b) * width + t)] + shift
+        for s in range(count):
+            target = out[s, f]
+            for k in range(outputs):
+                row = y + k * width + s * per_sample
+                for t in range(per_sample):
+                    at = targets[k, t]
+                    if at >= 0:
+                        target[_u(at)] = scratch[_u(row + t)] + shift
 
 
 @njit
-def _output_gradient_transform(gout, a_matrix, n_out, width, columns, per_sample, tiles_w, out_h, out_w,
-                               dm, scratch):
+def _output_gradient_transform(gout, a_matrix, n_out, width, count, targets, dm, scratch):
     """dm[xi, f, s*T + t] = (A dY A^T)[xi], dY the m x m block of gout[s, f] that tile t wrote
-    (0 past the grid's edge): the adjoint of _output_transform. a_matrix = A (a x m); dm
-    (a^2, F, width) flat; scratch: (m^2 + a*m) rows of >= columns, flat."""
+    (0 past the grid's edge): the adjoint of _output_transform, targets as there. a_matrix =
+    A (a x m); dm (a^2, F, width) flat; scratch: (m^2 + a*m) rows of >= columns, flat."""
     alpha, tile = a_matrix.shape
+    outputs, per_sample = targets.shape
+    columns = count * per_sample
     plane = n_out * width
     q = tile * tile * width                     # dY first, then A dY, in scratch
     for f in range(n_out):
-        for t in range(columns):
-            sample, tile_index = t // per_sample, t % per_sample
-            oh0, ow0 = tile * (tile_index // tiles_w), tile * (tile_index % tiles_w)
-            source = gout[sample, f]
-            for a in range(tile):
-                for b in range(tile):
-                    oh, ow = oh0 + a, ow0 + b
-                    inside = oh < out_h and ow < out_w
-                    scratch[_u((a * tile + b) * width + t)] = source[_u(oh * out_w + ow)] if inside else 0
+        for s in range(count):
+            source = gout[s, f]
+            for k in range(outputs):
+                row = k * width + s * per_sample
+                for t in range(per_sample):
+                    at = targets[k, t]
+                    value = source[_u(max(at, 0))]
+                    scratch[_u(row + t)] = value if at >= 0 else 0
         _left_multiply(a_matrix, scratch, 0, width, scratch, q, width, tile, columns)
         _right_multiply(a_matrix, scratch, q, width, dm, f * width, plane, alpha, columns)
 
 
 @njit
-def _chunking(n_batch, sources, out_w, tile, chunk, v):
-    """(tiles per sample, tiles per output row, buffer columns per chunk, workers, chunks) of a
-    winograd_conv / winograd_weight_grad call."""
-    per_sample = sources.shape[0]
-    return per_sample, (out_w + tile - 1) // tile, chunk * per_sample, v.shape[0], (n_batch + chunk - 1) // chunk
+def _chunking(n_batch, sources, chunk, v):
+    """(tiles per sample, buffer columns per chunk, workers, chunks) of a winograd_conv /
+    winograd_weight_grad call."""
+    per_sample = sources.shape[1]
+    return per_sample, chunk * per_sample, v.shape[0], (n_batch + chunk - 1) // chunk
 
 
 @pnjit
-def winograd_conv(x, sources, bt, at_matrix, weight, g_matrix, flipped, u, weight_scratch, bias, out, out_h, out_w,
+def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped, u, weight_scratch, bias, out,
                   chunk, v, m, windows, outputs):
-    """out (N, F, out_h*out_w) = the 3x3 stride-1 convolution of x (N, C, H*W) with `weight`
+    """out (N, F, Ho*Wo) = the 3x3 stride-1 convolution of x (N, C, H*W) with `weight`
     (F, C, 9), or with `flipped` the input gradient of the layer whose weight that is (see
     _transform_weights), plus bias (F; zeros for none: an array either way, so that the forward
-    and the input-gradient pass share one compiled function); sources: the tiles' input windows
-    (_TileGrid.sources, which holds the padding); bt, at_matrix, g_matrix: B^T, A^T and G in x's
+    and the input-gradient pass share one compiled function); sources, targets: where the tiles'
+    inputs and outputs lie (_TileGrid, which holds the padding and the edges); bt, at_matrix, g_matrix: B^T, A^T and G in x's
     dtype; u: the transformed weights, flat; weight_scratch: flat scratch of the weight
     transform, which runs first.
 
@@ -268,7 +271,7 @@ def winograd_conv(x, sources, bt, at_matrix, weight, g_matrix, flipped, u, weigh
     (workers, ...) flat scratch of the input and output transforms (WinogradPlan sizes them)."""
     n_batch, n_in, n_out = x.shape[0], x.shape[1], out.shape[1]
     tile, alpha = at_matrix.shape
-    per_sample, tiles_w, width, workers, n_chunks = _chunking(n_batch, sources, out_w, tile, chunk, v)
+    per_sample, width, workers, n_chunks = _chunking(n_batch, sources, chunk, v)
     _transform_weights(weight, g_matrix, flipped, u, weight_scratch, 0, weight.shape[1] if flipped else weight.shape[0])
     for worker in prange(workers):
         for chunk_index in range(worker, n_chunks, workers):
@@ -279,15 +282,15 @@ def winograd_conv(x, sources, bt, at_matrix, weight, g_matrix, flipped, u, weigh
             for xi in range(alpha * alpha):
                 gemm(False, False, n_out, columns, n_in, u, xi * n_out * n_in, n_in,
                      v[worker], xi * n_in * width, width, 0.0, m[worker], xi * n_out * width, width)
-            _output_transform(m[worker], at_matrix, n_out, width, columns, per_sample, tiles_w, out_h, out_w,
-                              bias, out[first:first + count], outputs[worker])
+            _output_transform(m[worker], at_matrix, n_out, width, count, targets, bias, out[first:first + count],
+                              outputs[worker])
 
 
 @pnjit
-def winograd_weight_grad(x, sources, bt, a_matrix, gt_matrix, gout, out_h, out_w, chunk, v, dm, windows,
+def winograd_weight_grad(x, sources, targets, bt, a_matrix, gt_matrix, gout, chunk, v, dm, windows,
                          du_partial, weight_scratch, gweight, gbias_partial, gbias):
     """gweight (F, C, 9) and gbias (F, or None) of a 3x3 stride-1 convolution of x (N, C, H*W)
-    whose output gradient is gout (N, F, out_h*out_w); sources as for winograd_conv; a_matrix
+    whose output gradient is gout (N, F, Ho*Wo); sources and targets as for winograd_conv; a_matrix
     = A (a x m), gt_matrix = G^T.
 
     Per chunk: V of the inputs, dM of the output gradient, and dU[xi] += dM[xi] @ V[xi]^T, a^2
@@ -295,8 +298,8 @@ def winograd_weight_grad(x, sources, bt, a_matrix, gt_matrix, gout, out_h, out_w
     (a^2, F, C)) and gbias_partial[worker] (F); the sums over workers are added and transformed
     back (_weight_gradient_rows) at the end. weight_scratch: the transform's scratch (flat)."""
     n_batch, n_in, n_out = x.shape[0], x.shape[1], gout.shape[1]
-    alpha, tile = a_matrix.shape
-    per_sample, tiles_w, width, workers, n_chunks = _chunking(n_batch, sources, out_w, tile, chunk, v)
+    alpha = a_matrix.shape[0]
+    per_sample, width, workers, n_chunks = _chunking(n_batch, sources, chunk, v)
     for worker in prange(workers):
         if gbias is not None:
             gbias_partial[worker] = 0
@@ -309,8 +312,8 @@ def winograd_weight_grad(x, sources, bt, a_matrix, gt_matrix, gout, out_h, out_w
                     for f in range(n_out):
                         gbias_partial[worker, f] += np.sum(gout[first + s, f])
             _input_transform(x[first:first + count], sources, bt, v[worker], width, windows[worker])
-            _output_gradient_transform(gout[first:first + count], a_matrix, n_out, width, columns, per_sample,
-                                       tiles_w, out_h, out_w, dm[worker], windows[worker])
+            _output_gradient_transform(gout[first:first + count], a_matrix, n_out, width, count, targets,
+                                       dm[worker], windows[worker])
             beta = 0.0 if chunk_index == worker else 1.0        # a worker's first chunk starts its sum
             for xi in range(alpha * alpha):
                 gemm(False, True, n_out, n_in, columns, dm[worker], xi * n_out * width, width,
@@ -352,7 +355,7 @@ class WinogradPlan:
 
 
 class _TileGrid:
-    """The tiles of one convolution: the input window of each tile and the chunking."""
+    """The tiles of one convolution: where each tile's inputs and outputs lie, and the chunking."""
 
     def __init__(self, tile, n_batch, image_h, image_w, ph, pw, out_h, out_w, workers):
         alpha = tile + 2
@@ -361,10 +364,16 @@ class _TileGrid:
         per_worker = -(-n_batch // workers)
         self.chunk = max(1, min(per_worker, -(-MIN_TILE_COLUMNS // self.per_sample)))
         self.width = self.chunk * self.per_sample
-        # sources[t, a*i + j]: input (m*ty - ph + i, m*tx - pw + j) of tile t = ty*tiles_w + tx
-        ty, tx, i, j = np.meshgrid(np.arange(tiles_h), np.arange(tiles_w), np.arange(alpha), np.arange(alpha),
-                                   indexing="ij")
-        rows, cols = tile * ty - ph + i, tile * tx - pw + j
-        inside = (rows >= 0) & (rows < image_h) & (cols >= 0) & (cols < image_w)
-        self.sources = np.where(inside, rows * image_w + cols, -1).reshape(self.per_sample, alpha * alpha)
-        self.sources = self.sources.astype(np.int64)
+        self.sources = _flat_indices(tiles_h, tiles_w, tile, alpha, -ph, -pw, image_h, image_w)
+        self.targets = _flat_indices(tiles_h, tiles_w, tile, tile, 0, 0, out_h, out_w)
+
+
+def _flat_indices(tiles_h, tiles_w, tile, size, row0, col0, height, width):
+    """(size^2, tiles) int64: [size*i + j, ty*tiles_w + tx] = the flat index of position
+    (tile*ty + row0 + i, tile*tx + col0 + j) in a height x width grid, -1 outside it. With
+    size = a and the padding as offset: each tile's input window; with size = m: its outputs."""
+    i, j, ty, tx = np.meshgrid(np.arange(size), np.arange(size), np.arange(tiles_h), np.arange(tiles_w),
+                               indexing="ij")
+    rows, cols = tile * ty + row0 + i, tile * tx + col0 + j
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    return np.where(inside, rows * width + cols, -1).reshape(size * size, tiles_h * tiles_w).astype(np.int64)
