@@ -88,43 +88,41 @@ F4_MIN_GRID = 8
 # ---- the primitive: a small constant matrix times a stack of rows ----------------------------
 
 @njit
+def _combine_rows(mat, row, src, first, step, dst, out, columns):
+    """dst row at `out` = sum over r of mat[row, r] * src row at first + r*step (`columns`
+    values each). Unsigned indices (_u): with signed ones Numba wraps negative indices, a check
+    in the inner loop that kept LLVM from vectorising it (measured 14x slower)."""
+    for col in range(columns):
+        dst[_u(out) + _u(col)] = 0
+    for r in range(mat.shape[1]):
+        coef = mat[row, r]
+        if coef != 0:
+            at = _u(first + r * step)
+            for col in range(columns):
+                dst[_u(out) + _u(col)] += coef * src[at + _u(col)]
+
+
+@njit
 def _left_multiply(mat, src, src_at, src_stride, dst, dst_at, dst_stride, inner, columns):
     """dst row (a*inner + j) = sum over r of mat[a, r] * src row (r*inner + j), for a < mat rows
     and j < inner: mat times a (mat cols x inner) grid of rows. Row k of src starts at
-    src_at + k*src_stride (likewise dst); each row is `columns` values.
-
-    The indices are unsigned (_u): with signed ones Numba wraps negative indices, a check in
-    the inner loop that kept LLVM from vectorising it (measured 14x slower)."""
+    src_at + k*src_stride (likewise dst); each row is `columns` values."""
     for a in range(mat.shape[0]):
         for j in range(inner):
-            out = _u(dst_at + (a * inner + j) * dst_stride)
-            for col in range(columns):
-                dst[out + _u(col)] = 0
-            for r in range(mat.shape[1]):
-                coef = mat[a, r]
-                if coef != 0:
-                    at = _u(src_at + (r * inner + j) * src_stride)
-                    for col in range(columns):
-                        dst[out + _u(col)] += coef * src[at + _u(col)]
+            _combine_rows(mat, a, src, src_at + j * src_stride, inner * src_stride,
+                          dst, dst_at + (a * inner + j) * dst_stride, columns)
 
 
 @njit
 def _right_multiply(mat, src, src_at, src_stride, dst, dst_at, dst_stride, outer, columns):
     """dst row (a*rows + b) = sum over j of mat[b, j] * src row (a*cols + j), for a < outer and
-    b < rows, (rows, cols) = mat's shape: an (outer x cols) grid of rows times mat^T. Rows and
-    indices as in _left_multiply."""
+    b < rows, (rows, cols) = mat's shape: an (outer x cols) grid of rows times mat^T. Rows as
+    in _left_multiply."""
     rows, cols = mat.shape
     for a in range(outer):
         for b in range(rows):
-            out = _u(dst_at + (a * rows + b) * dst_stride)
-            for col in range(columns):
-                dst[out + _u(col)] = 0
-            for j in range(cols):
-                coef = mat[b, j]
-                if coef != 0:
-                    at = _u(src_at + (a * cols + j) * src_stride)
-                    for col in range(columns):
-                        dst[out + _u(col)] += coef * src[at + _u(col)]
+            _combine_rows(mat, b, src, src_at + a * cols * src_stride, src_stride,
+                          dst, dst_at + (a * rows + b) * dst_stride, columns)
 
 
 # ---- weights ---------------------------------------------------------------------------------
@@ -170,16 +168,27 @@ def _weight_gradient_rows(du, gt_matrix, gweight, rows, lo, hi):
 # ---- tiles -----------------------------------------------------------------------------------
 
 @njit
+def _gather(image, table, scratch, first, width):
+    """Row k of scratch (rows of `width`), from column `first` on, = image[table[k, t]] for every
+    tile t, 0 where table[k, t] is -1. The tiles innermost, so the gather vectorises."""
+    for k in range(table.shape[0]):
+        row = k * width + first
+        for t in range(table.shape[1]):
+            at = table[k, t]
+            value = image[_u(max(at, 0))]
+            scratch[_u(row + t)] = value if at >= 0 else 0
+
+
+@njit
 def _input_transform(chunk, sources, bt, v, width, scratch):
     """v[xi, c, s*T + t] = (B^T d B)[xi] for the a x a input window d of tile t of sample s:
     sources[k, t] is the flat index of the k-th input (row-major) of tile t's window in an
     image, -1 in the padding (zero). chunk (count, C, H*W); v (a^2, C, width) flat; scratch:
     2 a^2 rows of width, flat.
 
-    The windows of the whole chunk are gathered first, one table lookup per value, the tiles
-    innermost (so the gather vectorises; measured faster than strided reads from a zero-padded
-    copy, the rows of tiles being short), then transformed all at once: B^T d into the second
-    half of scratch, then (B^T d) B into v."""
+    The windows of the whole chunk are gathered first, one table lookup per value (measured
+    faster than strided reads from a zero-padded copy, the rows of tiles being short), then
+    transformed all at once: B^T d into the second half of scratch, then (B^T d) B into v."""
     count, n_chan = chunk.shape[0], chunk.shape[1]
     window, per_sample = sources.shape
     alpha = bt.shape[0]
@@ -187,13 +196,7 @@ def _input_transform(chunk, sources, bt, v, width, scratch):
     plane = n_chan * width
     for c in range(n_chan):
         for s in range(count):
-            image = chunk[s, c]
-            for k in range(window):
-                row = k * width + s * per_sample
-                for t in range(per_sample):
-                    at = sources[k, t]
-                    value = image[_u(max(at, 0))]
-                    scratch[_u(row + t)] = value if at >= 0 else 0
+            _gather(chunk[s, c], sources, scratch, s * per_sample, width)
         _left_multiply(bt, scratch, 0, width, scratch, window * width, width, alpha, columns)
         _right_multiply(bt, scratch, window * width, width, v, c * width, plane, alpha, columns)
 
@@ -229,19 +232,13 @@ def _output_gradient_transform(gout, a_matrix, n_out, width, count, targets, dm,
     (0 past the grid's edge): the adjoint of _output_transform, targets as there. a_matrix =
     A (a x m); dm (a^2, F, width) flat; scratch: (m^2 + a*m) rows of >= columns, flat."""
     alpha, tile = a_matrix.shape
-    outputs, per_sample = targets.shape
+    per_sample = targets.shape[1]
     columns = count * per_sample
     plane = n_out * width
     q = tile * tile * width                     # dY first, then A dY, in scratch
     for f in range(n_out):
         for s in range(count):
-            source = gout[s, f]
-            for k in range(outputs):
-                row = k * width + s * per_sample
-                for t in range(per_sample):
-                    at = targets[k, t]
-                    value = source[_u(max(at, 0))]
-                    scratch[_u(row + t)] = value if at >= 0 else 0
+            _gather(gout[s, f], targets, scratch, s * per_sample, width)
         _left_multiply(a_matrix, scratch, 0, width, scratch, q, width, tile, columns)
         _right_multiply(a_matrix, scratch, q, width, dm, f * width, plane, alpha, columns)
 
