@@ -45,7 +45,7 @@ import numpy as np
 from runtime.cpu.arrays import add_into, copy_into, copy_rows
 from runtime.cpu.blas import gemm
 from runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
-from runtime.cpu.conv_winograd import WinogradPlan, winograd_conv, winograd_weight_grad
+from runtime.cpu.conv_winograd import WinogradPlan, winograd_conv, winograd_pays, winograd_weight_grad
 from runtime.jit import njit, parallel_gemm, pnjit, prange
 from runtime.kernel_api import Kernel, register
 
@@ -256,21 +256,6 @@ def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, chu
 #
 # Weights are used tap by tap, as (F/G, C/G) matrices: `taps` (G, kh*kw, F/G, C/G) is the
 # weight rearranged, written by forward and read by backward.
-
-def winograd_pays(channels: int, rows: int) -> bool:
-    """Whether a 3x3 stride-1 layer with `channels` inputs and `rows` outputs per group runs faster by Winograd than on the other paths. Its transforms
-    cost in proportion to channels + rows per tile, its GEMMs (which it makes 2.25x or 4x
-    smaller) to channels * rows, so it pays where channels * rows / (channels + rows) is large.
-    Measured on one core (thread time), forward + backward, batch 64 unless said (ms, Winograd
-    vs the best other path): 64->64 at 32x32 165 vs 192; 96->128 at 32x32 (batch 32) 171 vs
-    274; 128->192 at 32x32 (batch 32) 285 vs 548; 128->128 at 16x16 105 vs 193; 32->32 at 16x16
-    15.0 vs 12.7; 48->12 at 32x32 61 vs 27; 512->512 at 4x4 (F(2x2)) 127 vs 206. With F(2x2)
-    alone, wide grids needed twice the threshold; F(4x4) (grids of 8 and more) removed that."""
-    return channels * rows / (channels + rows) >= WINOGRAD_MIN_HARMONIC
-
-
-WINOGRAD_MIN_HARMONIC = 32
-
 
 def shifted_pays(wide_columns: int, tap_elements: int) -> bool:
     """Whether a stride-1 layer runs faster on shifted windows than on im2col, from the columns
@@ -582,8 +567,8 @@ class Conv(_ConvBase):
         return {
             "winograd_u": ((plan.u_size,), "float32"),                     # transformed weights
             "winograd_zeros": ((max(rows, channels),), "float32"),        # the bias of a pass without one
-            "winograd_v": ((workers, plan.v_size), "float32"),
-            "winograd_m": ((workers, plan.m_size), "float32"),
+            "winograd_v": ((workers, plan.tiles_size), "float32"),
+            "winograd_m": ((workers, plan.tiles_size), "float32"),
             "winograd_windows": ((workers, plan.windows_size), "float32"),
             "winograd_outputs": ((workers, plan.outputs_size), "float32"),
             "winograd_weights": ((plan.weight_scratch_size,), "float32"),   # the weight transforms' scratch

@@ -16,7 +16,7 @@ weight transform), V = B^T d B per input tile (the input transform). The GEMMs h
 channels as M and K and tiles x samples as N, which keeps them well shaped on the small grids of
 deep layers, where im2col's are not (see conv.py).
 
-Which m (WinogradPlan.tile_for): F(4x4) does 44% less GEMM work than F(2x2) and moves 44% less
+Which m (WinogradPlan, F4_MIN_GRID): F(4x4) does 44% less GEMM work than F(2x2) and moves 44% less
 transformed data, but it has a quarter as many tiles, and on a 4x4 grid (one tile per sample)
 its GEMMs get too thin, so it takes grids of 8 and more. Its transforms have larger constants
 (up to 8 in A^T, 5 in B^T), which costs float32 accuracy: ~3e-5 absolute on outputs of size ~5
@@ -37,7 +37,7 @@ workers they would save ~2% of a ResNet-18 step; the cold compile of a network w
 layers is 8 s shorter without that.
 
 Every transform is one primitive applied twice, a small constant matrix times a stack of rows
-(_left_multiply, _right_multiply), where each row holds one value per tile (or per channel, for
+(_left_multiply, _right_multiply, both through _combine_rows), where each row holds one value per tile (or per channel, for
 the weight transforms): the loops over a row are long, contiguous and branch-free, so LLVM
 vectorises them whatever m is, and the tiles of a whole chunk of samples go through at once.
 Buffers are flat (1-d) with explicit offsets, like BLAS's view of them.
@@ -83,6 +83,21 @@ ALGORITHMS = {
 MIN_TILE_COLUMNS = 256
 # Smallest output grid side that takes F(4x4) (see the module docstring).
 F4_MIN_GRID = 8
+# Smallest channels * rows / (channels + rows) of a layer that takes Winograd (winograd_pays).
+WINOGRAD_MIN_HARMONIC = 32
+
+
+def winograd_pays(channels: int, rows: int) -> bool:
+    """Whether a 3x3 stride-1 layer with `channels` inputs and `rows` outputs per group runs
+    faster by Winograd than on conv.py's other paths. Its transforms cost in proportion to
+    channels + rows per tile, its GEMMs (which it makes 2.25x or 4x smaller) to channels * rows,
+    so it pays where channels * rows / (channels + rows) is large.
+    Measured on one core (thread time), forward + backward, batch 64 unless said (ms, Winograd
+    vs the best other path): 64->64 at 32x32 165 vs 192; 96->128 at 32x32 (batch 32) 171 vs
+    274; 128->192 at 32x32 (batch 32) 285 vs 548; 128->128 at 16x16 105 vs 193; 32->32 at 16x16
+    15.0 vs 12.7; 48->12 at 32x32 61 vs 27; 512->512 at 4x4 (F(2x2)) 127 vs 206. With F(2x2)
+    alone, wide grids needed twice the threshold; F(4x4) (grids of 8 and more) removed that."""
+    return channels * rows / (channels + rows) >= WINOGRAD_MIN_HARMONIC
 
 
 # ---- the primitive: a small constant matrix times a stack of rows ----------------------------
@@ -258,12 +273,12 @@ def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped,
     (F, C, 9), or with `flipped` the input gradient of the layer whose weight that is (see
     _transform_weights), plus bias (F; zeros for none: an array either way, so that the forward
     and the input-gradient pass share one compiled function); sources, targets: where the tiles'
-    inputs and outputs lie (_TileGrid, which holds the padding and the edges); bt, at_matrix, g_matrix: B^T, A^T and G in x's
-    dtype; u: the transformed weights, flat; weight_scratch: flat scratch of the weight
-    transform, which runs first.
+    inputs and outputs lie (_TileGrid, which holds the padding and the edges); bt, at_matrix,
+    g_matrix: B^T, A^T and G in x's dtype; u: the transformed weights, flat; weight_scratch:
+    flat scratch of the weight transform, which runs first.
 
     The batch is cut into chunks of `chunk` samples, taken by the workers in turn as in
-    conv.py; v, m: (workers, ...) flat per-worker buffers for a chunk's transformed inputs
+    conv.py; v, m: (workers, tiles_size) flat per-worker buffers for a chunk's transformed inputs
     (a^2, C, chunk*tiles) and GEMM results (a^2, F, chunk*tiles); windows and outputs:
     (workers, ...) flat scratch of the input and output transforms (WinogradPlan sizes them)."""
     n_batch, n_in, n_out = x.shape[0], x.shape[1], out.shape[1]
@@ -287,8 +302,8 @@ def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped,
 def winograd_weight_grad(x, sources, targets, bt, a_matrix, gt_matrix, gout, chunk, v, dm, windows,
                          du_partial, weight_scratch, gweight, gbias_partial, gbias):
     """gweight (F, C, 9) and gbias (F, or None) of a 3x3 stride-1 convolution of x (N, C, H*W)
-    whose output gradient is gout (N, F, Ho*Wo); sources and targets as for winograd_conv; a_matrix
-    = A (a x m), gt_matrix = G^T.
+    whose output gradient is gout (N, F, Ho*Wo); sources and targets as for winograd_conv;
+    a_matrix = A (a x m), gt_matrix = G^T.
 
     Per chunk: V of the inputs, dM of the output gradient, and dU[xi] += dM[xi] @ V[xi]^T, a^2
     GEMMs with the tiles as depth. Each worker sums its chunks in du_partial[worker] (flat
@@ -344,8 +359,9 @@ class WinogradPlan:
         channels = max(n_in, n_out)
         alpha = self.alpha
         self.u_size = alpha * alpha * n_in * n_out
-        self.v_size = max(alpha * alpha * channels * grid.width for grid in grids)
-        self.m_size = self.v_size
+        # a chunk's transformed tiles, inputs (v) or GEMM results (m): the input-gradient pass
+        # swaps the channel counts, so both are sized for the larger
+        self.tiles_size = max(alpha * alpha * channels * grid.width for grid in grids)
         self.windows_size = max(2 * alpha * alpha * grid.width for grid in grids)
         self.outputs_size = max((self.tile * alpha + self.tile * self.tile) * grid.width for grid in grids)
         self.weight_scratch_size = (9 + 3 * alpha) * channels

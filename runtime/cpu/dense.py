@@ -93,6 +93,7 @@ def _dense_backward_both(x, weight, out, gout, masked, gx, gweight, gbias, relu)
 @register("cpu", "dense")
 class Dense(FusesRelu, Kernel):
     backward_reads_out = False        # becomes True with a fused relu (the mask comes from out)
+    scratch_workspace = ("masked_grad",)
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -103,8 +104,6 @@ class Dense(FusesRelu, Kernel):
         threads = numba.get_num_threads()
         self.forward_parts = threads if parallel_gemm(flops) and self.rows >= 2 * threads else 1
         self.parallel_backward = parallel_gemm(2 * flops)
-
-    scratch_workspace = ("masked_grad",)
 
     def workspace(self):
         # the gradient at the pre-activation, masked by the fused relu

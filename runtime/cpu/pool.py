@@ -250,20 +250,25 @@ def _padded_extent(start, kernel, image_size, pad):
 
 
 @njit
+def _avg_window(oh, ow, image_h, image_w, kh, kw, sh, sw, ph, pw):
+    """Output (oh, ow)'s window clipped to the image, (h_lo, h_hi, w_lo, w_hi), and the area
+    its average divides by (see _padded_extent)."""
+    top, left = oh * sh - ph, ow * sw - pw
+    area = _padded_extent(top, kh, image_h, ph) * _padded_extent(left, kw, image_w, pw)
+    return max(top, 0), min(top + kh, image_h), max(left, 0), min(left + kw, image_w), area
+
+
+@njit
 def _avgpool_forward_rows(x, first, last, image_h, image_w, kh, kw, sh, sw, ph, pw, out_h, out_w, out):
     for p in range(first, last):
         for oh in range(out_h):
-            h_lo = max(oh * sh - ph, 0)
-            h_hi = min(oh * sh - ph + kh, image_h)
-            rows = _padded_extent(oh * sh - ph, kh, image_h, ph)
             for ow in range(out_w):
-                w_lo = max(ow * sw - pw, 0)
-                w_hi = min(ow * sw - pw + kw, image_w)
+                h_lo, h_hi, w_lo, w_hi, area = _avg_window(oh, ow, image_h, image_w, kh, kw, sh, sw, ph, pw)
                 total = 0.0
                 for ih in range(h_lo, h_hi):
                     for iw in range(w_lo, w_hi):
                         total += x[p, ih * image_w + iw]
-                out[p, oh * out_w + ow] = total / (rows * _padded_extent(ow * sw - pw, kw, image_w, pw))
+                out[p, oh * out_w + ow] = total / area
 
 
 @pnjit
@@ -283,13 +288,9 @@ def _avgpool_backward_rows(gout, first, last, image_h, image_w, kh, kw, sh, sw, 
     _fill_rows(gx, first, last, 0)
     for p in range(first, last):
         for oh in range(out_h):
-            h_lo = max(oh * sh - ph, 0)
-            h_hi = min(oh * sh - ph + kh, image_h)
-            rows = _padded_extent(oh * sh - ph, kh, image_h, ph)
             for ow in range(out_w):
-                w_lo = max(ow * sw - pw, 0)
-                w_hi = min(ow * sw - pw + kw, image_w)
-                share = gout[p, oh * out_w + ow] / (rows * _padded_extent(ow * sw - pw, kw, image_w, pw))
+                h_lo, h_hi, w_lo, w_hi, area = _avg_window(oh, ow, image_h, image_w, kh, kw, sh, sw, ph, pw)
+                share = gout[p, oh * out_w + ow] / area
                 for ih in range(h_lo, h_hi):
                     for iw in range(w_lo, w_hi):
                         gx[p, ih * image_w + iw] += share
@@ -496,6 +497,8 @@ class MaxUnpool(_WindowPool):
     window's value is written (as torch's max_unpool2d) while the backward, like torch's,
     gives every window the gradient at its argmax."""
     image_input = 1
+
+    scratch_workspace = ("maxima",)      # the argmax is kept for backward
 
     def workspace(self):
         # the window maxima: a by-product of finding the argmax, unused
