@@ -41,8 +41,9 @@ uses it on a hot path.
 """
 import numba
 import numpy as np
+from numba import uint64 as _u
 
-from runtime.cpu.arrays import add_into, copy_into, copy_rows
+from runtime.cpu.arrays import copy_into, copy_rows
 from runtime.cpu.blas import gemm
 from runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
 from runtime.cpu.conv_winograd import WinogradPlan, winograd_conv, winograd_pays, winograd_weight_grad
@@ -65,28 +66,32 @@ def _valid_grid_range(offset, stride, image_size, grid_size):
 @njit
 def _im2col(image, geometry, cols, first_col):
     """cols[(c*kh + i)*kw + j, first_col + oh*grid_w + ow] = image[c, ih, iw] (0 in the padding),
-    ih = oh*sh - ph + i*dh, iw = ow*sw - pw + j*dw. image is (C, image_h*image_w)."""
+    ih = oh*sh - ph + i*dh, iw = ow*sw - pw + j*dw. image is (C, image_h*image_w).
+
+    Plain loops over unsigned offsets: slice assignments per grid row (a view each) and signed
+    indices (a wraparound check each) made this ~2x slower at stride 2 and on small grids."""
     image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
     for c in range(image.shape[0]):
+        channel = image[c]
         for i in range(kh):
+            oh_lo, oh_hi = _valid_grid_range(i * dh - ph, sh, image_h, grid_h)
             for j in range(kw):
-                row = (c * kh + i) * kw + j
+                row = cols[(c * kh + i) * kw + j]
                 col_offset = j * dw - pw
                 ow_lo, ow_hi = _valid_grid_range(col_offset, sw, image_w, grid_w)
                 for oh in range(grid_h):
-                    ih = oh * sh - ph + i * dh
                     base = first_col + oh * grid_w
-                    if ih < 0 or ih >= image_h:
-                        cols[row, base:base + grid_w] = 0
+                    if oh < oh_lo or oh >= oh_hi:
+                        for ow in range(grid_w):
+                            row[_u(base + ow)] = 0
                         continue
-                    cols[row, base:base + ow_lo] = 0
-                    cols[row, base + ow_hi:base + grid_w] = 0
-                    src = ih * image_w + col_offset
-                    if sw == 1:     # a contiguous run: a vectorised copy
-                        copy_into(cols[row, base + ow_lo:base + ow_hi], image[c, src + ow_lo:src + ow_hi])
-                    else:
-                        for ow in range(ow_lo, ow_hi):
-                            cols[row, base + ow] = image[c, src + ow * sw]
+                    src = (oh * sh - ph + i * dh) * image_w + col_offset
+                    for ow in range(ow_lo):
+                        row[_u(base + ow)] = 0
+                    for ow in range(ow_lo, ow_hi):
+                        row[_u(base + ow)] = channel[_u(src + ow * sw)]
+                    for ow in range(ow_hi, grid_w):
+                        row[_u(base + ow)] = 0
 
 
 @njit
@@ -96,22 +101,18 @@ def _col2im(cols, geometry, first_col, image):
     image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
     image[:] = 0
     for c in range(image.shape[0]):
+        channel = image[c]
         for i in range(kh):
+            oh_lo, oh_hi = _valid_grid_range(i * dh - ph, sh, image_h, grid_h)
             for j in range(kw):
-                row = (c * kh + i) * kw + j
+                row = cols[(c * kh + i) * kw + j]
                 col_offset = j * dw - pw
                 ow_lo, ow_hi = _valid_grid_range(col_offset, sw, image_w, grid_w)
-                for oh in range(grid_h):
-                    ih = oh * sh - ph + i * dh
-                    if ih < 0 or ih >= image_h:
-                        continue
+                for oh in range(oh_lo, oh_hi):
                     base = first_col + oh * grid_w
-                    dst = ih * image_w + col_offset
-                    if sw == 1:
-                        add_into(image[c, dst + ow_lo:dst + ow_hi], cols[row, base + ow_lo:base + ow_hi])
-                    else:
-                        for ow in range(ow_lo, ow_hi):
-                            image[c, dst + ow * sw] += cols[row, base + ow]
+                    dst = (oh * sh - ph + i * dh) * image_w + col_offset
+                    for ow in range(ow_lo, ow_hi):
+                        channel[_u(dst + ow * sw)] += row[_u(base + ow)]
 
 
 @njit
