@@ -258,16 +258,22 @@ def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, chu
 # Weights are used tap by tap, as (F/G, C/G) matrices: `taps` (G, kh*kw, F/G, C/G) is the
 # weight rearranged, written by forward and read by backward.
 
-def shifted_pays(wide_columns: int, tap_elements: int) -> bool:
+def shifted_pays(wide_columns: int, channels: int, features: int) -> bool:
     """Whether a stride-1 layer runs faster on shifted windows than on im2col, from the columns
-    of each tap's GEMM (Ho*Wp) and the elements of one tap's weights ((F/G) * (C/G)).
+    of each tap's GEMM (Ho*Wp) and the channels C/G and features F/G of a group.
 
-    Measured on one core, forward + backward, batch 64 (ms, shifted vs im2col): 64->64 at 32x32
-    199 vs 330; 32->32 at 16x16 11.5 vs 29.4; 6->16 5x5 at 14->10 (LeNet) 3.4 vs 8.0; 128->128
-    at 8x8 56 vs 86; 256->256 at 8x8 237 vs 239; 128->128 at 4x4 17 vs 25; 256->512 at 4x4 246
-    vs 137; 512->512 at 4x4 544 vs 288; 512->512 at 2x2 403 vs 97. The split falls where a
-    tap's weights are used on fewer than ~1/1024 as many columns as they have elements."""
-    return wide_columns * 1024 >= tap_elements
+    Two costs decide it. A tap's GEMM is C/G deep, so shifted windows update the (F/G, Ho*Wp)
+    output kh*kw times, which costs most when C/G is small next to F/G; im2col copies C/G*kh*kw
+    rows per sample, a cost spread over F/G outputs, so it costs most when F/G is small.
+    Measured forward + backward, 2 workers (ms, shifted vs im2col): 16->32 5x5 at 32x32 18 vs
+    33; 32->96 5x5 at 32x32 128-152 vs 113-120; 3->192 3x3 at 32x32 13.7 vs 11.4-11.7; 3->24
+    3x3 at 32x32 3.2 vs 2.8; 1->6 5x5 at 32x32 (LeNet) 1.7-2.0 vs 1.2-1.9; 48->12 3x3 at 32x32
+    20 vs 66; 6->16 5x5 at 14x14 1.2-1.5 vs 1.5-1.9. Hence im2col from three features per
+    channel on. On small grids, a tap's weights are reused over few columns, and im2col, which
+    puts several samples side by side, wins (one core, batch 64: 128->128 at 8x8 56 vs 86 but
+    256->512 at 4x4 246 vs 137, 512->512 at 2x2 403 vs 97): shifted windows only while a tap's
+    weights have at most 1024 times fewer elements than its GEMM has columns."""
+    return features < 3 * channels and wide_columns * 1024 >= channels * features
 
 
 @njit
@@ -535,7 +541,7 @@ class Conv(_ConvBase):
         image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = self.geometry
         # Stride 1: shifted windows (see above) where they pay.
         self.shifted = ((sh, sw) == (1, 1) and not self.pointwise
-                        and shifted_pays(grid_h * (image_w + 2 * pw), rows * self.x_shape[2]))
+                        and shifted_pays(grid_h * (image_w + 2 * pw), self.x_shape[2], rows))
         per_worker = -(-n_batch // self.workers)
         self.chunk = max(1, min(per_worker, -(-MIN_GEMM_COLUMNS // self.grid_positions)))
         # 3x3, stride 1, one group: Winograd where it pays (conv_winograd.py), in place of the

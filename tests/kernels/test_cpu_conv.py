@@ -139,7 +139,7 @@ def workers(request, monkeypatch):
     if request.param != "one-worker":
         monkeypatch.setattr(runtime.cpu.conv, "parallel_gemm", lambda flops: True)
     if request.param == "shifted-all-workers":
-        monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", lambda columns, tap_elements: True)
+        monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", lambda columns, channels, features: True)
     if request.param == "winograd-all-workers":
         monkeypatch.setattr(runtime.cpu.conv, "winograd_pays", lambda channels, rows: True)
     monkeypatch.setattr(runtime.cpu.conv, "unrolled_pays",
@@ -164,6 +164,9 @@ def test_finite_differences(case):
     ((64, 32, 16, 16), 32, (3, 3), (1, 1), "shifted"),      # too few channels for Winograd
     ((64, 48, 32, 32), 12, (3, 3), (1, 1), "shifted"),      # few channels, wide grid: shifted windows
     ((64, 6, 14, 14), 16, (5, 5), (0, 0), "shifted"),       # LeNet's second conv
+    ((32, 16, 32, 32), 32, (5, 5), (2, 2), "shifted"),      # GoogLeNet's 5x5 in 3a
+    ((32, 32, 32, 32), 96, (5, 5), (2, 2), "im2col"),       # ... in 3b: three features per channel
+    ((32, 3, 32, 32), 192, (3, 3), (1, 1), "im2col"),       # a stem on RGB
     ((64, 128, 4, 4), 128, (5, 5), (2, 2), "unrolled"),     # the kernel window covers the grid
     ((64, 512, 2, 2), 512, (3, 3), (1, 1), "unrolled"),     # ... (VGG's last layers on CIFAR)
     ((64, 256, 3, 3), 256, (3, 3), (1, 1), "unrolled"),
