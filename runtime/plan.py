@@ -4,7 +4,9 @@ The plan holds
   * the schedule: the graph's nodes in topological order (inputs excluded), as steps of one
     kernel call each. A kernel that can absorb the activation after it (`fuse_activation`,
     e.g. dense + relu) makes one step of the pair: it writes the activation's output and the
-    pre-activation is never stored;
+    pre-activation is never stored. In inference plans a conv also absorbs the eval-mode
+    batchnorm after it (`fuse_batchnorm`), then that one's activation: conv -> batchnorm ->
+    relu is one call;
   * the backward: the same steps reversed, restricted to those through which a gradient
     reaches a trainable parameter. Where a tensor fans out (residual adds, concat branches, a
     shared input) the first consumer in backward order writes its gradient and every later
@@ -38,6 +40,10 @@ are the safe assumptions):
                            take over the following parameter-free activation `op`: forward
                            then writes the activated output, backward receives that output
                            and its gradient.
+    fuse_batchnorm(attrs) -> bool
+                           (inference plans only) take over the following batchnorm: forward
+                           receives its parameters too, as "batchnorm.<name>", and writes its
+                           output. Asked before fuse_activation.
 
 Frozen parameters get no gradient buffers, and nodes with nothing trainable upstream or
 downstream of them get no backward work.
@@ -109,7 +115,7 @@ class _Step:
     output: str
     index: int                      # position on the forward timeline
     is_view: bool = False           # output is a view of the input: forward has nothing to do
-    absorbed: str | None = None     # the fused activation node
+    absorbed: tuple = ()            # the nodes fused into this call, in order (output: the last)
     args: tuple = ()                # (xs, params, out, ws), bound once
     backward_args: tuple = ()       # (xs, params, out, gout, gxs, gparams, ws)
     accumulations: list = field(default_factory=list)   # (gradient, aside buffer) added after backward
@@ -175,18 +181,32 @@ class Plan:
         self.backward_schedule = [n for n in reversed(self.schedule) if n in self.grad_nodes]
 
     # ---- steps: fusion ---------------------------------------------------------------------------
-    def _fusable_activation(self, n, consumers):
-        """The activation node that `n`'s kernel absorbs, or None."""
+    def _fusable(self, n, tail, consumers, op_kind):
+        """The node after `tail` that `n`'s kernel absorbs, or None: `tail` (n itself, or what
+        n absorbed last) must have that node as its only consumer, and be no output of the
+        network (a fused node's input is never stored). op_kind "activation": a
+        parameter-free activation (`fuse_activation`); "batchnorm": in inference plans only, a
+        batchnorm in eval mode (`fuse_batchnorm`), whose parameters n's step then receives."""
         g = self.net.graph
-        fuse = getattr(self.kernels[n], "fuse_activation", None)
         kept = set(self.net.outputs) | {self.net.loss}
-        if fuse is None or n in kept or len(consumers) != 1:
+        if tail in kept or len(consumers[tail]) != 1:
             return None
-        c = consumers[0]
+        c = consumers[tail][0]
         d = g.nodes[c]
-        if d["inputs"] != [n] or d["params"] or self.dtypes[c] != self.dtypes[n]:
+        if d["inputs"] != [tail] or self.dtypes[c] != self.dtypes[tail]:
             return None
-        return c if fuse(d["op"], dict(d["attrs"])) else None
+        kernel = self.kernels[n]
+        if op_kind == "batchnorm":
+            fuse = getattr(kernel, "fuse_batchnorm", None)
+            if self.training or fuse is None or d["op"] != "batchnorm":
+                return None
+        else:
+            fuse = getattr(kernel, "fuse_activation", None)
+            if fuse is None or d["params"]:
+                return None
+            attrs = dict(d["attrs"])
+            return c if fuse(d["op"], attrs) else None
+        return c if fuse(dict(d["attrs"])) else None
 
     def _plan_steps(self):
         g = self.net.graph
@@ -194,22 +214,33 @@ class Plan:
         for c in self.schedule:
             for i in dict.fromkeys(g.nodes[c]["inputs"]):
                 consumers[i].append(c)
-        absorbs, absorbed = {}, set()   # producer -> the activation it absorbs; the absorbed ones
+        # producer -> the nodes it absorbs, in order (a batchnorm, then an activation)
+        absorbs, absorbed = {}, set()
         for n in self.schedule:
-            c = None if n in absorbed else self._fusable_activation(n, consumers[n])
-            if c is not None:
-                absorbs[n] = c
-                absorbed.add(c)
+            if n in absorbed:
+                continue
+            chain = []
+            for op_kind in ("batchnorm", "activation"):
+                c = self._fusable(n, chain[-1] if chain else n, consumers, op_kind)
+                if c is not None:
+                    chain.append(c)
+            if chain:
+                absorbs[n] = chain
+                absorbed.update(chain)
         self.steps: list[_Step] = []
         for n in self.schedule:
             if n in absorbed:
                 continue
-            output = absorbs.get(n, n)
+            chain = absorbs.get(n, [])
+            output = chain[-1] if chain else n
             kernel = self.kernels[n]
             inputs = list(g.nodes[n]["inputs"])
             is_view = self.reuse_memory and bool(getattr(kernel, "output_is_input_view", False)) and len(inputs) == 1
             self.steps.append(_Step(n, kernel, inputs, output, len(self.steps), is_view=is_view,
-                                    absorbed=output if output != n else None))
+                                    absorbed=tuple(chain)))
+            for c in chain:
+                if g.nodes[c]["op"] == "batchnorm":     # fuse_batchnorm: its parameters go with n's
+                    self.node_params[n].update({f"batchnorm.{k}": p for k, p in self.node_params[c].items()})
         self.step_of = {s.output: s for s in self.steps}
         self.backward_steps = [s for s in reversed(self.steps) if s.node in self.grad_nodes]
 
@@ -338,8 +369,8 @@ class Plan:
             else:
                 self._asides[where[1:]] = buf
         for s in steps:
-            if s.absorbed:
-                self.out[s.node] = self.out[s.output]    # for reading only: the pre-activation is not kept
+            for t in (s.node,) + s.absorbed[:-1]:
+                self.out[t] = self.out[s.output]    # for reading only: what the chain absorbed is not kept
         self.param_grads = {}
         for s in self.backward_steps:
             for k in self.node_trainable[s.node]:

@@ -1,4 +1,4 @@
-"""Copies between array slices in jitted kernels, as explicit loops.
+"""Copies between array slices in jitted kernels, as explicit loops (and one row update).
 
 Numba compiles `dst[a:b] = src[c:d]` (an array assigned to a slice) with a shape check whose
 error message is built by f-strings, and compiling that message machinery costs ~7 s on the
@@ -28,3 +28,16 @@ def copy_rows(dst, src):
     """dst[r, i] = src[r, i] for two 2-d slices of one shape."""
     for r in range(dst.shape[0]):
         copy_into(dst[r], src[r])
+
+
+@njit
+def scale_shift(row, factor, offset, relu):
+    """row[i] = row[i] * factor + offset, then max(., 0) where `relu` (NaN -> 0, as relu's
+    kernel), for a 1-d slice: a conv's per-feature output epilogue."""
+    if relu:
+        for i in range(row.shape[0]):
+            value = row[i] * factor + offset
+            row[i] = value if value > 0 else 0
+    else:
+        for i in range(row.shape[0]):
+            row[i] = row[i] * factor + offset

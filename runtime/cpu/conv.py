@@ -43,12 +43,13 @@ import numba
 import numpy as np
 from numba import uint64 as _u
 
-from runtime.cpu.arrays import copy_into, copy_rows
+from runtime.cpu.activation import relu_backward
+from runtime.cpu.arrays import copy_into, copy_rows, scale_shift
 from runtime.cpu.blas import gemm
 from runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
 from runtime.cpu.conv_winograd import WinogradPlan, winograd_conv, winograd_pays, winograd_weight_grad
-from runtime.jit import njit, parallel_gemm, pnjit, prange
-from runtime.kernel_api import Kernel, register
+from runtime.jit import njit, parallel_elementwise, parallel_gemm, pnjit, prange
+from runtime.kernel_api import FusesRelu, Kernel, register
 
 # Fewest GEMM columns (grid positions x samples) a conv chunk aims for: below ~256 columns
 # single-threaded OpenBLAS sgemm falls well short of its peak on these shapes.
@@ -116,13 +117,16 @@ def _col2im(cols, geometry, first_col, image):
 
 
 @njit
-def _add_bias(bias, out):
-    """out (F, P) += bias (F) along rows: one (sample, group) block, right after its GEMM
-    wrote it, while it is still in cache."""
+def _epilogue(scale, shift, relu, out):
+    """out (F, P) = out * scale (F) + shift (F) along rows, then relu where `relu`; scale and
+    shift may each be None (left out). One (sample, group) block, right after its GEMM wrote
+    it, while it is still in cache: a bias, a batchnorm folded in (inference, see
+    Conv.fuse_batchnorm) and a fused relu cost no pass of their own."""
+    if scale is None and shift is None and not relu:
+        return
     for f in range(out.shape[0]):
-        shift = bias[f]
-        for p in range(out.shape[1]):
-            out[f, p] += shift
+        scale_shift(out[f], np.float32(1) if scale is None else scale[f],
+                    np.float32(0) if shift is None else shift[f], relu)
 
 
 @njit
@@ -139,8 +143,8 @@ def _chunk_bounds(chunk_index, chunk, n_batch):
 
 
 @pnjit
-def _conv_forward(x, weight, bias, out, geometry, pointwise, chunk, cols, staging):
-    """cols / staging: (workers, rows, chunk * positions) per-worker buffers for a chunk's
+def _conv_forward(x, weight, scale, shift, relu, out, geometry, pointwise, chunk, cols, staging):
+    """The epilogue (scale, shift, relu) as in _epilogue, per group. cols / staging: (workers, rows, chunk * positions) per-worker buffers for a chunk's
     column matrix and GEMM result (F/G, samples * positions), scattered to `out` afterwards; a
     short last chunk uses their first columns (the GEMMs take the buffers' row length as
     their leading dimension)."""
@@ -163,8 +167,8 @@ def _conv_forward(x, weight, bias, out, geometry, pointwise, chunk, cols, stagin
                         _im2col(x[first, g], geometry, chunk_cols, 0)
                         gemm(False, False, rows, positions, depth, weight[g], 0, depth,
                              chunk_cols, 0, stride, 0.0, out[first, g], 0, positions)
-                    if bias is not None:
-                        _add_bias(bias[g], out[first, g])
+                    _epilogue(None if scale is None else scale[g], None if shift is None else shift[g], relu,
+                              out[first, g])
                     continue
                 for s in range(count):
                     _im2col(x[first + s, g], geometry, chunk_cols, s * positions)
@@ -173,8 +177,8 @@ def _conv_forward(x, weight, bias, out, geometry, pointwise, chunk, cols, stagin
                      0.0, result, 0, stride)
                 for s in range(count):
                     copy_rows(out[first + s, g], result[:, s * positions:(s + 1) * positions])
-                    if bias is not None:
-                        _add_bias(bias[g], out[first + s, g])
+                    _epilogue(None if scale is None else scale[g], None if shift is None else shift[g], relu,
+                              out[first + s, g])
 
 
 @pnjit
@@ -331,7 +335,7 @@ def _single_channel_taps(taps, image, geometry, row_width, result):
 
 
 @pnjit
-def _shifted_forward(x, weight, bias, out, geometry, taps, padded, wide):
+def _shifted_forward(x, weight, scale, shift, relu, out, geometry, taps, padded, wide):
     """padded (workers, C/G, L) / wide (workers, F/G, Ho*Wp): per-worker buffers for one
     (sample, group)."""
     n_batch, groups, rows, positions = out.shape
@@ -359,8 +363,7 @@ def _shifted_forward(x, weight, bias, out, geometry, taps, padded, wide):
                     for oh in range(grid_h):
                         copy_into(out[n, g, f, oh * grid_w:(oh + 1) * grid_w],
                                   result[f, oh * row_width:oh * row_width + grid_w])
-                if bias is not None:
-                    _add_bias(bias[g], out[n, g])
+                _epilogue(None if scale is None else scale[g], None if shift is None else shift[g], relu, out[n, g])
 
 
 @pnjit
@@ -436,7 +439,7 @@ def _deconv_forward(x, weight, bias, out, geometry, pointwise, cols):
                 np.dot(weight[g].T, x[n, g], cols)
                 _col2im(cols, geometry, 0, out[n, g])
             if bias is not None:
-                _add_bias(bias[g], out[n, g])
+                _epilogue(None, bias[g], False, out[n, g])
 
 
 @njit
@@ -524,12 +527,42 @@ class _ConvBase(Kernel):
 
 
 @register("cpu", "conv")
-class Conv(_ConvBase):
+class Conv(FusesRelu, _ConvBase):
+    """Every lowering ends in one epilogue per output block, done while the block is in cache
+    (_epilogue; Winograd's as it scatters its outputs): the bias, and what the plan fused in,
+    a following relu (`fuse_activation`, training or inference) and, in inference plans, a
+    batchnorm before it (`fuse_batchnorm`). In eval mode a batchnorm is a per-channel affine
+    map, so conv -> batchnorm -> relu becomes one conv with a scale and a shift and no pass
+    over the activations of its own."""
     # Everything but the shifted path's rearranged weights is used within one call (plan.py).
     scratch_workspace = ("cols", "staging", "gweight_partial", "gbias_partial",
                          "padded", "wide", "gpadded", "gtaps_partial",
-                         "winograd_u", "winograd_zeros", "winograd_v", "winograd_m", "winograd_windows", "winograd_outputs",
-                         "winograd_du", "winograd_weights", "unrolled")
+                         "winograd_u", "winograd_v", "winograd_m", "winograd_windows", "winograd_outputs",
+                         "winograd_du", "winograd_weights", "unrolled", "masked_grad")
+    folded_batchnorm_eps = None     # set by fuse_batchnorm
+
+    def fuse_batchnorm(self, attrs) -> bool:
+        """Take over the eval-mode batchnorm that follows (inference plans only: training
+        normalises with batch statistics): forward then writes
+        (conv + bias - running_mean) * weight / sqrt(running_var + eps) + bias of the batchnorm,
+        whose parameters arrive among this node's as "batchnorm.<name>". A relu fused before it
+        would apply first, so it is refused then."""
+        if self.relu or self.folded_batchnorm_eps is not None:
+            return False
+        self.folded_batchnorm_eps = float(attrs.get("eps", 1e-5))
+        return True
+
+    def _epilogue_operands(self, params, bias):
+        """(scale, shift) of the epilogue, (G, F/G) each or None: the bias alone, or with a
+        folded batchnorm conv * scale + shift, scale = weight / sqrt(running_var + eps) and
+        shift = bias_bn - running_mean * scale (+ the conv's bias * scale)."""
+        if self.folded_batchnorm_eps is None:
+            return None, bias
+        scale = params["batchnorm.weight"] / np.sqrt(params["batchnorm.running_var"] + self.folded_batchnorm_eps)
+        shift = params["batchnorm.bias"] - params["batchnorm.running_mean"] * scale
+        if bias is not None:
+            shift += bias.reshape(-1) * scale
+        return scale.reshape(self.bias_shape), shift.reshape(self.bias_shape)
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -561,19 +594,20 @@ class Conv(_ConvBase):
                                               self.workers)
 
     def workspace(self):
+        # the gradient at the pre-activation of a fused relu (backward)
+        masked = {"masked_grad": ((int(np.prod(self.spec.out_shape)) if self.relu else 0,), "float32")}
         if self.unrolled:
             _, _, rows, positions = self.out_shape
-            return {"unrolled": ((rows * positions, self.x_shape[2] * self.x_shape[3]), "float32")}   # D^T
+            return {"unrolled": ((rows * positions, self.x_shape[2] * self.x_shape[3]), "float32"), **masked}  # D^T
         if self.winograd:
-            return self._winograd_workspace()
-        return self._shifted_workspace() if self.shifted else self._im2col_workspace()
+            return {**self._winograd_workspace(), **masked}
+        return {**(self._shifted_workspace() if self.shifted else self._im2col_workspace()), **masked}
 
     def _winograd_workspace(self):
         rows, channels = self.out_shape[2], self.x_shape[2]
         plan, workers = self.winograd_plan, self.workers
         return {
             "winograd_u": ((plan.u_size,), "float32"),                     # transformed weights
-            "winograd_zeros": ((max(rows, channels),), "float32"),        # the bias of a pass without one
             "winograd_v": ((workers, plan.tiles_size), "float32"),
             "winograd_m": ((workers, plan.tiles_size), "float32"),
             "winograd_windows": ((workers, plan.windows_size), "float32"),
@@ -612,35 +646,48 @@ class Conv(_ConvBase):
 
     def forward(self, ctx, xs, params, out, ws):
         x, weight, bias, out = self._operands(xs, params, out)
+        scale, shift = self._epilogue_operands(params, bias)
         if self.unrolled:
             # one group: every operand as one matrix per sample (or per output feature)
-            unrolled_forward(x.reshape(x.shape[0], -1), weight[0], None if bias is None else bias[0],
-                             out.reshape(out.shape[0], -1), self.taps, self.workers, ws["unrolled"])
+            unrolled_forward(x.reshape(x.shape[0], -1), weight[0], None if scale is None else scale[0],
+                             None if shift is None else shift[0], self.relu, out.reshape(out.shape[0], -1),
+                             self.taps, self.workers, ws["unrolled"])
         elif self.winograd:
-            self._winograd(ws, weight, False, x, bias, out)
+            self._winograd(ws, weight, False, x, scale, shift, self.relu, out)
         elif self.shifted:
-            _shifted_forward(x, weight, bias, out, self.geometry, ws["taps"], ws["padded"], ws["wide"])
+            _shifted_forward(x, weight, scale, shift, self.relu, out, self.geometry, ws["taps"], ws["padded"],
+                             ws["wide"])
         else:
-            _conv_forward(x, weight, bias, out, self.geometry, self.pointwise, self.chunk, ws["cols"], ws["staging"])
+            _conv_forward(x, weight, scale, shift, self.relu, out, self.geometry, self.pointwise, self.chunk,
+                          ws["cols"], ws["staging"])
 
-    def _winograd(self, ws, weight, input_gradient, source, bias, target):
-        """target = the 3x3 convolution of source by Winograd: the layer's forward (x -> out),
-        or its input gradient (gout -> gx, flipped weights and padding 2 - pad)."""
+    def _winograd(self, ws, weight, input_gradient, source, scale, shift, relu, target):
+        """target = the 3x3 convolution of source by Winograd, then the epilogue: the layer's
+        forward (x -> out), or its input gradient (gout -> gx, flipped weights and padding
+        2 - pad, no epilogue)."""
         plan = self.winograd_plan
         bt, g, _, at, _ = plan.matrices[source.dtype]
         grid = plan.input_grad if input_gradient else plan.forward
         # one group: (N, 1, C, H*W) -> (N, C, H*W), still C-contiguous
         source = source.reshape(source.shape[0], source.shape[2], source.shape[3])
         target = target.reshape(target.shape[0], target.shape[2], target.shape[3])
-        if bias is None:
-            bias = ws["winograd_zeros"][None, :target.shape[1]]
-            bias[:] = 0             # workspace storage is shared: whatever was there is not zero
+        # The epilogue's operands are arrays either way (see winograd_conv); (F,) each, tiny.
+        features = target.shape[1]
+        scale = np.ones(features, source.dtype) if scale is None else scale[0]
+        shift = np.zeros(features, source.dtype) if shift is None else shift[0]
         winograd_conv(source, grid.sources, grid.targets, bt, at, weight.reshape(self.out_shape[2], -1, 9), g,
-                      input_gradient, ws["winograd_u"], ws["winograd_weights"], bias[0], target, grid.chunk,
-                      ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
+                      input_gradient, ws["winograd_u"], ws["winograd_weights"], scale, shift, relu, target,
+                      grid.chunk, ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
-        x, weight, _, _ = self._operands(xs, params, out)
+        if self.folded_batchnorm_eps is not None:
+            raise RuntimeError(f"{self.spec.name}: a conv with a batchnorm folded in runs in inference plans only")
+        x, weight, _, out = self._operands(xs, params, out)
+        if self.relu:       # the gradient at the pre-activation: relu's own backward, from out
+            masked = ws["masked_grad"]
+            relu_backward(out.reshape(-1), out.reshape(-1), gout.reshape(-1), masked, 0.0,
+                          parallel_elementwise(masked.size))
+            gout = masked.reshape(gout.shape)
         gout, gx, gweight, gbias = self._grads(gout, gxs, gparams)
         if self.unrolled:
             n_batch = x.shape[0]
@@ -651,7 +698,7 @@ class Conv(_ConvBase):
             return
         if self.winograd:
             if gx is not None:
-                self._winograd(ws, weight, True, gout, None, gx)
+                self._winograd(ws, weight, True, gout, None, None, False, gx)
             if gweight is not None:
                 n_batch, _, rows, positions = self.out_shape
                 plan = self.winograd_plan

@@ -30,6 +30,7 @@ gradient). Either way no two workers write one element and no worker waits for a
 import numpy as np
 from numba import uint64 as _u
 
+from runtime.cpu.arrays import scale_shift
 from runtime.cpu.blas import gemm
 from runtime.jit import njit, pnjit, prange
 
@@ -108,8 +109,9 @@ def _fold(unrolled_grad, taps, c_lo, c_hi, gweight):
 
 
 @pnjit
-def unrolled_forward(x, weight, bias, out, taps, workers, unrolled):
-    """out (N, F*P) = x (N, C*Q) @ D (+ bias per feature); weight (F, C*kh*kw); unrolled
+def unrolled_forward(x, weight, scale, shift, relu, out, taps, workers, unrolled):
+    """out (N, F*P) = x (N, C*Q) @ D, then the epilogue per feature: * scale, + shift (each
+    None or (F)), relu where `relu` (conv.py's _epilogue); weight (F, C*kh*kw); unrolled
     (F*P, C*Q), scratch for D^T."""
     n_batch, inputs = x.shape
     features = weight.shape[0]
@@ -121,11 +123,12 @@ def unrolled_forward(x, weight, bias, out, taps, workers, unrolled):
         lo, width = f_lo * grid_positions, (f_hi - f_lo) * grid_positions
         gemm(False, True, n_batch, width, inputs, x, 0, inputs, unrolled, lo * inputs, inputs,
              0.0, out, lo, columns)
-        if bias is not None:
+        if scale is not None or shift is not None or relu:
             for n in range(n_batch):
                 for f in range(f_lo, f_hi):
-                    for p in range(grid_positions):
-                        out[n, f * grid_positions + p] += bias[f]
+                    scale_shift(out[n, f * grid_positions:(f + 1) * grid_positions],
+                                np.float32(1) if scale is None else scale[f],
+                                np.float32(0) if shift is None else shift[f], relu)
 
 
 @pnjit

@@ -217,8 +217,9 @@ def _input_transform(chunk, sources, bt, v, width, scratch):
 
 
 @njit
-def _output_transform(m, at_matrix, n_out, width, count, targets, bias, out, scratch):
-    """out[s, f] at targets[a*m + b, t] = (A^T M A)[a, b] + bias[f] for every tile t of the
+def _output_transform(m, at_matrix, n_out, width, count, targets, scale, shift, relu, out, scratch):
+    """out[s, f] at targets[a*m + b, t] = (A^T M A)[a, b] * scale[f] + shift[f], then relu where
+    `relu` (conv.py's epilogue, done as the outputs are scattered), for every tile t of the
     chunk's `count` samples s, from m (a^2, F, width) flat, whose columns are the chunk's tiles
     (sample by sample); targets: the flat output index of each of a tile's m^2 outputs, -1
     past the grid's edge (dropped). scratch: (m*a + m^2) rows of >= columns, flat."""
@@ -230,7 +231,7 @@ def _output_transform(m, at_matrix, n_out, width, count, targets, bias, out, scr
     for f in range(n_out):
         _left_multiply(at_matrix, m, f * width, plane, scratch, 0, width, alpha, columns)
         _right_multiply(at_matrix, scratch, 0, width, scratch, y, width, tile, columns)
-        shift = bias[f]
+        factor, offset = scale[f], shift[f]
         for s in range(count):
             target = out[s, f]
             for k in range(outputs):
@@ -238,7 +239,8 @@ def _output_transform(m, at_matrix, n_out, width, count, targets, bias, out, scr
                 for t in range(per_sample):
                     at = targets[k, t]
                     if at >= 0:
-                        target[_u(at)] = scratch[_u(row + t)] + shift
+                        value = scratch[_u(row + t)] * factor + offset
+                        target[_u(at)] = value if value > 0 or not relu else 0
 
 
 @njit
@@ -267,12 +269,13 @@ def _chunking(n_batch, sources, chunk, v):
 
 
 @pnjit
-def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped, u, weight_scratch, bias, out,
-                  chunk, v, m, windows, outputs):
+def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped, u, weight_scratch, scale, shift,
+                  relu, out, chunk, v, m, windows, outputs):
     """out (N, F, Ho*Wo) = the 3x3 stride-1 convolution of x (N, C, H*W) with `weight`
     (F, C, 9), or with `flipped` the input gradient of the layer whose weight that is (see
-    _transform_weights), plus bias (F; zeros for none: an array either way, so that the forward
-    and the input-gradient pass share one compiled function); sources, targets: where the tiles'
+    _transform_weights), then the epilogue: * scale, + shift (F each; ones and zeros for none:
+    arrays either way, so that the forward and the input-gradient pass share one compiled
+    function), relu where `relu`; sources, targets: where the tiles'
     inputs and outputs lie (_TileGrid, which holds the padding and the edges); bt, at_matrix,
     g_matrix: B^T, A^T and G in x's dtype; u: the transformed weights, flat; weight_scratch:
     flat scratch of the weight transform, which runs first.
@@ -294,8 +297,8 @@ def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped,
             for xi in range(alpha * alpha):
                 gemm(False, False, n_out, columns, n_in, u, xi * n_out * n_in, n_in,
                      v[worker], xi * n_in * width, width, 0.0, m[worker], xi * n_out * width, width)
-            _output_transform(m[worker], at_matrix, n_out, width, count, targets, bias, out[first:first + count],
-                              outputs[worker])
+            _output_transform(m[worker], at_matrix, n_out, width, count, targets, scale, shift, relu,
+                              out[first:first + count], outputs[worker])
 
 
 @pnjit

@@ -1,9 +1,11 @@
 """CPU conv / deconv kernels against torch.nn.functional and against finite differences."""
+import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 
 import runtime.cpu.conv
-from runtime.kernel_api import NodeSpec
+from runtime.kernel_api import Context, NodeSpec
 
 from tests.kernels.harness import Case, check_against_torch, check_finite_differences
 
@@ -32,12 +34,18 @@ def _torch_deconv(xs, ps, a):
                               output_padding=a["output_pad"], groups=a["groups"])
 
 
-def conv_case(id, x_shape, attrs, **kw):
+def _torch_conv_relu(xs, ps, a):
+    return F.relu(_torch_conv(xs, ps, a))
+
+
+def conv_case(id, x_shape, attrs, relu=False, **kw):
+    """relu: the kernel absorbs a following relu (the plan's fuse_activation)."""
     c = x_shape[1]
     params = {"weight": (attrs["channels"], c // attrs["groups"], *attrs["kernel"])}
     if attrs["bias"]:
         params["bias"] = (attrs["channels"],)
-    return Case("conv", attrs, [x_shape], _torch_conv, params=params, id=f"conv-{id}", **kw)
+    return Case("conv", attrs, [x_shape], _torch_conv_relu if relu else _torch_conv, params=params,
+                id=f"conv-{id}{'+relu' if relu else ''}", fuse="relu" if relu else None, **kw)
 
 
 def deconv_case(id, x_shape, attrs, **kw):
@@ -91,6 +99,14 @@ CONV_CASES = [
     # grids of 8 and more: Winograd's 4x4 tiles (see F4_MIN_GRID), overhanging the edges
     conv_case("3x3-f4-overhang", (3, 3, 9, 10), _conv_attrs(4, (3, 3), pad=(1, 1))),
     conv_case("3x3-f4-valid", (2, 2, 10, 13), _conv_attrs(3, (3, 3), bias=False)),
+    # a fused relu, in every lowering's epilogue (the fixture below picks the lowering)
+    conv_case("3x3-pad1", (2, 3, 7, 6), _conv_attrs(4, (3, 3), pad=(1, 1)), relu=True),
+    conv_case("3x3-f4-overhang", (3, 3, 9, 10), _conv_attrs(4, (3, 3), pad=(1, 1), bias=False), relu=True),
+    conv_case("chunked-stride2", (9, 4, 6, 6), _conv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1)), relu=True),
+    conv_case("pointwise", (2, 5, 4, 3), _conv_attrs(3, (1, 1)), relu=True),
+    conv_case("chunked-pointwise-groups2", (6, 4, 4, 4), _conv_attrs(6, (1, 1), groups=2), relu=True),
+    conv_case("grayscale-5x5", (3, 1, 9, 8), _conv_attrs(4, (5, 5), pad=(1, 0)), relu=True),
+    conv_case("first-layer", (2, 3, 6, 6), _conv_attrs(4, (3, 3), pad=(1, 1)), relu=True, grad_inputs=()),
 ]
 
 DECONV_CASES = [
@@ -119,6 +135,7 @@ FD_CASES = [
     conv_case("fd-chunked", (3, 2, 3, 3), _conv_attrs(2, (3, 3), pad=(1, 1))),
     conv_case("fd-grayscale", (2, 1, 4, 4), _conv_attrs(2, (3, 3), pad=(1, 1))),
     conv_case("fd-f4-tiles", (1, 2, 8, 9), _conv_attrs(2, (3, 3), pad=(1, 1))),
+    conv_case("fd-chunked", (3, 2, 3, 3), _conv_attrs(2, (3, 3), pad=(1, 1)), relu=True),
     deconv_case("fd-stride2-outpad1", (1, 2, 3, 3), _deconv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1),
                                                                           output_pad=(1, 1))),
     deconv_case("fd-groups2", (1, 4, 3, 2), _deconv_attrs(2, (2, 3), stride=(1, 2), groups=2)),
@@ -186,3 +203,55 @@ def test_path_choice(x_shape, channels, kernel, pad, path, monkeypatch):
     kernel = runtime.cpu.conv.Conv(spec)
     assert ("unrolled" if kernel.unrolled else "winograd" if kernel.winograd else "shifted" if kernel.shifted
             else "im2col") == path
+
+
+@pytest.mark.parametrize("x_shape,attrs,relu", [
+    ((3, 3, 9, 10), _conv_attrs(4, (3, 3), pad=(1, 1)), True),
+    ((9, 4, 6, 6), _conv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1), bias=False), True),
+    ((2, 5, 4, 3), _conv_attrs(3, (1, 1)), False),
+    ((2, 4, 6, 5), _conv_attrs(6, (3, 3), groups=2, bias=False), True),
+    ((4, 3, 2, 2), _conv_attrs(5, (3, 3), pad=(1, 1)), True),
+], ids=["3x3", "stride2-nobias", "pointwise-no-relu", "groups2", "2x2-grid"])
+def test_folded_batchnorm_matches_torch_eval(x_shape, attrs, relu):
+    """An inference plan's conv -> batchnorm (-> relu) as one kernel (fuse_batchnorm): the
+    batchnorm's parameters arrive as "batchnorm.<name>", and the output is torch's eval-mode
+    batch_norm of the convolution, in every lowering (the fixture picks it)."""
+    rng = np.random.default_rng(0)
+    n, c, h, w = x_shape
+    f, groups, (kh, kw) = attrs["channels"], attrs["groups"], attrs["kernel"]
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    params = {"weight": rng.standard_normal((f, c // groups, kh, kw)).astype(np.float32)}
+    if attrs["bias"]:
+        params["bias"] = rng.standard_normal(f).astype(np.float32)
+    bn = {"weight": rng.uniform(0.5, 1.5, f), "bias": rng.standard_normal(f),
+          "running_mean": rng.standard_normal(f), "running_var": rng.uniform(0.5, 2.0, f)}
+    bn = {k: v.astype(np.float32) for k, v in bn.items()}
+    t = {k: torch.from_numpy(v) for k, v in bn.items()}
+    expected = F.batch_norm(_torch_conv([torch.from_numpy(x)], {k: torch.from_numpy(v) for k, v in params.items()},
+                                        attrs), t["running_mean"], t["running_var"], t["weight"], t["bias"],
+                            training=False, eps=1e-3)
+    if relu:
+        expected = F.relu(expected)
+    spec = NodeSpec(name="conv", op="conv", attrs=attrs, in_shapes=(x_shape,), in_dtypes=("float32",),
+                    out_shape=tuple(expected.shape), param_shapes={k: v.shape for k, v in params.items()})
+    kernel = runtime.cpu.conv.Conv(spec)
+    assert kernel.fuse_batchnorm({"eps": 1e-3, "momentum": 0.1})
+    assert not kernel.fuse_batchnorm({"eps": 1e-3, "momentum": 0.1})     # one batchnorm
+    if relu:
+        assert kernel.fuse_activation("relu", {})
+    ws = {k: np.zeros(shape, dt) for k, (shape, dt) in kernel.workspace().items()}
+    out = np.full(tuple(expected.shape), np.nan, np.float32)
+    kernel.forward(Context(training=False), [x], {**params, **{f"batchnorm.{k}": v for k, v in bn.items()}}, out, ws)
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match="inference plans only"):
+        kernel.backward(Context(), [x], params, out, out, [None], {}, ws)
+
+
+def test_batchnorm_is_not_folded_after_a_relu():
+    """relu then batchnorm is not batchnorm then relu: once a relu is fused the conv refuses."""
+    attrs = _conv_attrs(3, (3, 3), pad=(1, 1))
+    spec = NodeSpec(name="conv", op="conv", attrs=attrs, in_shapes=((2, 2, 5, 5),), in_dtypes=("float32",),
+                    out_shape=(2, 3, 5, 5), param_shapes={"weight": (3, 2, 3, 3), "bias": (3,)})
+    kernel = runtime.cpu.conv.Conv(spec)
+    assert kernel.fuse_activation("relu", {})
+    assert not kernel.fuse_batchnorm({"eps": 1e-5})

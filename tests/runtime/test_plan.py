@@ -150,6 +150,49 @@ def test_inference_plan_releases_activations():
     assert inference.bytes < separate.bytes / 4
 
 
+@pytest.mark.parametrize("source,batch", [(DEEP_CHAIN, 16), (FAN_OUT, 4)], ids=["deep-chain", "fan-out"])
+def test_inference_folds_batchnorm_into_conv(source, batch, monkeypatch):
+    """In inference plans conv -> batchnorm -> relu is one call (the conv's epilogue scales,
+    shifts and clamps), and gives what the three ops give one by one, once training has moved
+    the running statistics and the batchnorm's own parameters are not the identity."""
+    import runtime.cpu.conv
+    model = Model(_compiled(source), seed=0)
+    rng = np.random.default_rng(4)
+    shape = (batch, *model.net.graph.nodes["image"]["type"].shape[1:])
+    feeds = {"image": rng.standard_normal(shape).astype(np.float32),
+             "label": rng.integers(0, 5, batch).astype(np.int64)}
+    for _ in range(3):      # momentum 0.1: the running statistics move off zeros and ones
+        model.forward(training=True, **feeds)
+    g = model.net.graph
+    for n in g.nodes:
+        if g.nodes[n]["op"] == "batchnorm":
+            c = model.params[f"{n}.weight"].shape
+            model.set_param(f"{n}.weight", rng.uniform(0.5, 1.5, c).astype(np.float32))
+            model.set_param(f"{n}.bias", rng.standard_normal(c).astype(np.float32))
+
+    def outputs(plan):
+        plan.set_inputs({"image": feeds["image"]})
+        plan.forward(Context(training=False))
+        return {o: plan.out[o].copy() for o in model.net.outputs}
+
+    def folded(plan):
+        return [s.absorbed for s in plan.steps if any(g.nodes[a]["op"] == "batchnorm" for a in s.absorbed)]
+
+    fused = Plan(model.net, model._dev, model.device, batch, {}, False, None, with_loss=False)
+    convs_before_batchnorm = [n for n in g.nodes if g.nodes[n]["op"] == "conv"
+                              and any(g.nodes[c]["op"] == "batchnorm" for c in g.successors(n))]
+    assert len(folded(fused)) == len(convs_before_batchnorm) > 0
+    assert all(g.nodes[chain[-1]]["op"] == "relu" for chain in folded(fused))
+    training = Plan(model.net, model._dev, model.device, batch, {}, True, set(model.trainable_names()))
+    assert not folded(training)             # training normalises with batch statistics
+    monkeypatch.setattr(runtime.cpu.conv.Conv, "fuse_batchnorm", lambda self, attrs: False)
+    separate = Plan(model.net, model._dev, model.device, batch, {}, False, None, with_loss=False)
+    assert not folded(separate)
+    expected = outputs(separate)
+    for name, value in outputs(fused).items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 # ---- serial / parallel thresholds ------------------------------------------------------------
 
 def _elementwise_spec(op, shape, attrs=None):
