@@ -8,6 +8,7 @@ buffers after forward.
 import numpy as np
 
 from runtime.cpu.activation import relu_backward
+from runtime.cpu.arrays import copy_into
 from runtime.jit import parallel_elementwise, pnjit, prange
 from runtime.kernel_api import FusesRelu, Kernel, register
 
@@ -30,26 +31,51 @@ class Copy(Kernel):
             np.copyto(gxs[0].reshape(-1), gout.reshape(-1))
 
 
+@pnjit
+def _copy_columns(src, dst, src_at, dst_at, width, parallel):
+    """dst[r, dst_at:dst_at + width] = src[r, src_at:src_at + width] for every row r, the rows
+    split between the workers when `parallel` (one thread leaves a 2-core machine's memory
+    bandwidth half used: GoogLeNet's 480-channel concat took 5.9 ms as numpy's copy, 3.3 ms
+    so)."""
+    if parallel:
+        for r in prange(src.shape[0]):
+            copy_into(dst[r, dst_at:dst_at + width], src[r, src_at:src_at + width])
+    else:
+        for r in range(src.shape[0]):
+            copy_into(dst[r, dst_at:dst_at + width], src[r, src_at:src_at + width])
+    return
+
+
 @register("cpu", "concat")
 class Concat(Kernel):
+    """Each input is a block of columns of the output viewed as (rows, columns), rows being
+    the dims before the concat axis: forward copies the blocks in, backward copies them out."""
     backward_reads_inputs = False
     backward_reads_out = False
-    def _slices(self):
-        """The index of each input's block inside the output."""
-        axis = self.spec.attrs["axis"]
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        axis = spec.attrs["axis"]
+        out_shape = spec.out_shape
+        self.rows = int(np.prod(out_shape[:axis], dtype=np.int64))
+        inner = int(np.prod(out_shape[axis + 1:], dtype=np.int64))
+        self.blocks = []            # (first column, columns) of each input in the output
         start = 0
-        for shape in self.spec.in_shapes:
-            yield (slice(None),) * axis + (slice(start, start + shape[axis]),)
+        for shape in spec.in_shapes:
+            self.blocks.append((start * inner, shape[axis] * inner))
             start += shape[axis]
+        self.parallel = parallel_elementwise(int(np.prod(out_shape, dtype=np.int64)))
 
     def forward(self, ctx, xs, params, out, ws):
-        for x, block in zip(xs, self._slices()):
-            out[block] = x
+        out = out.reshape(self.rows, -1)
+        for x, (first, width) in zip(xs, self.blocks):
+            _copy_columns(x.reshape(self.rows, width), out, 0, first, width, self.parallel)
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
-        for gx, block in zip(gxs, self._slices()):
+        gout = gout.reshape(self.rows, -1)
+        for gx, (first, width) in zip(gxs, self.blocks):
             if gx is not None:
-                gx[...] = gout[block]
+                _copy_columns(gout, gx.reshape(self.rows, width), first, 0, width, self.parallel)
 
 
 @pnjit

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import runtime.cpu.tensor
 from tests.kernels.harness import Case, check_against_torch, check_finite_differences
 
 
@@ -52,6 +53,14 @@ FD_CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_against_torch(case):
+    check_against_torch(case)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.op == "concat"], ids=str)
+def test_concat_split_between_workers(case, monkeypatch):
+    """Big concats split their copies' rows between the workers (parallel_elementwise): the
+    concat cases again with that path taken."""
+    monkeypatch.setattr(runtime.cpu.tensor, "parallel_elementwise", lambda size: True)
     check_against_torch(case)
 
 
