@@ -116,9 +116,22 @@ class _Step:
     index: int                      # position on the forward timeline
     is_view: bool = False           # output is a view of the input: forward has nothing to do
     absorbed: tuple = ()            # the nodes fused into this call, in order (output: the last)
+    leader: _Step | None = None     # the step whose call computes this one's output (siblings)
+    followers: list = field(default_factory=list)       # steps whose outputs this call computes too
     args: tuple = ()                # (xs, params, out, ws), bound once
     backward_args: tuple = ()       # (xs, params, out, gout, gxs, gparams, ws)
     accumulations: list = field(default_factory=list)   # (gradient, aside buffer) added after backward
+
+
+    @property
+    def runs(self) -> bool:
+        """Whether this step calls its kernel (a view or a led sibling has nothing to do)."""
+        return not self.is_view and self.leader is None
+
+    @property
+    def caller(self) -> _Step:
+        """The step whose call does this one's work, in forward and in backward."""
+        return self.leader or self
 
 
 def _reads_input(kernel, position: int) -> bool:
@@ -241,8 +254,27 @@ class Plan:
             for c in chain:
                 if g.nodes[c]["op"] == "batchnorm":     # fuse_batchnorm: its parameters go with n's
                     self.node_params[n].update({f"batchnorm.{k}": p for k, p in self.node_params[c].items()})
+        self._fuse_siblings()
         self.step_of = {s.output: s for s in self.steps}
         self.backward_steps = [s for s in reversed(self.steps) if s.node in self.grad_nodes]
+
+    def _fuse_siblings(self):
+        """Horizontal fusion: steps that read the same single input with kernels of equal
+        `sibling_key()` (an inception module's 1x1 convs) become one call of the first of them,
+        the leader (`lead_siblings`), which computes every member's output in forward and, in
+        backward, every member's parameter gradients and their summed input gradient; the
+        others do nothing. Members take part in backward all or none."""
+        groups = {}
+        for s in self.steps:
+            key = getattr(s.kernel, "sibling_key", lambda: None)()
+            if key is not None and not s.is_view and len(s.inputs) == 1:
+                groups.setdefault((s.inputs[0], key, s.node in self.grad_nodes), []).append(s)
+        for members in groups.values():
+            leader, followers = members[0], members[1:]
+            if followers and leader.kernel.lead_siblings([f.kernel for f in followers]):
+                leader.followers = followers
+                for f in followers:
+                    f.leader = leader
 
     # ---- static memory plan ------------------------------------------------------------------
     def _plan_memory(self):
@@ -257,8 +289,8 @@ class Plan:
         def tensor_dtype(t):
             return DTYPES[self.dtypes[t]]
 
-        # when each tensor is written and last read
-        start = {s.output: s.index for s in steps}
+        # when each tensor is written and last read (a led sibling's: when its leader runs)
+        start = {s.output: s.caller.index for s in steps}
         end = dict(start)
         for s in steps:
             for i in s.inputs:
@@ -266,10 +298,10 @@ class Plan:
                     end[i] = max(end[i], s.index)
         for s in self.backward_steps:
             if getattr(s.kernel, "backward_reads_out", True):
-                end[s.output] = t_bwd(s)
+                end[s.output] = t_bwd(s.caller)
             for k, i in enumerate(s.inputs):
                 if i in end and _reads_input(s.kernel, k):
-                    end[i] = max(end[i], t_bwd(s))
+                    end[i] = max(end[i], t_bwd(s.caller))
         for t in list(self.net.outputs) + [self.net.loss]:
             if t in end:
                 end[t] = keep
@@ -318,6 +350,8 @@ class Plan:
         self.ws = {s.node: {} for s in steps}
         self.ws_backward = {s.node: {} for s in steps}
         for s in steps:
+            if s.leader is not None:
+                continue            # the leader's workspace serves the whole group
             last = t_bwd(s) if s.output in in_backward else s.index
             scratch = set(getattr(s.kernel, "scratch_workspace", ())) if self.reuse_memory else set()
             for k, (shape, dt) in s.kernel.workspace().items():
@@ -335,7 +369,7 @@ class Plan:
         first_write = {}
         for s in self.backward_steps:
             for k, i in enumerate(s.inputs):
-                if i not in in_backward:
+                if i not in in_backward or s.leader is not None:     # the leader writes the group's
                     continue
                 if i not in written:
                     written.add(i)
@@ -347,7 +381,7 @@ class Plan:
         for t in in_backward:
             if t == self.net.loss:
                 continue
-            requests.append((first_write[t], t_bwd(self.step_of[t]), self.shapes[t], np.float32, ("grad", t)))
+            requests.append((first_write[t], t_bwd(self.step_of[t].caller), self.shapes[t], np.float32, ("grad", t)))
 
         arena = _Arena(dev, share=self.reuse_memory)
         self.grad, self._asides = {}, {}
@@ -400,8 +434,13 @@ class Plan:
             gparams = {k: self.param_grads[f"{s.node}.{k}"] for k in self.node_trainable[s.node]}
             xs, params, out, _ = s.args
             s.backward_args = (xs, params, out, gout, gxs, gparams, self.ws_backward[s.node])
-        self._forward_calls = [(s.kernel.forward, s.args) for s in self.steps if not s.is_view]
-        self._backward_calls = [(s.kernel.backward, s.backward_args, s.accumulations) for s in self.backward_steps]
+        for s in self.steps:
+            if s.followers:         # each follower's (params, out, gout, gparams)
+                s.kernel.bind_siblings([(f.args[1], f.args[2], f.backward_args[3] if f.backward_args else None,
+                                         f.backward_args[5] if f.backward_args else {}) for f in s.followers])
+        self._forward_calls = [(s.kernel.forward, s.args) for s in self.steps if s.runs]
+        self._backward_calls = [(s.kernel.backward, s.backward_args, s.accumulations) for s in self.backward_steps
+                                if s.leader is None]
 
     # ---- execution -----------------------------------------------------------------------------
     def set_inputs(self, feeds: dict):
@@ -434,7 +473,7 @@ class Plan:
         that is being abandoned: the rerun updates batchnorm statistics and draws dropout
         masks again."""
         for s in self.steps:
-            if not s.is_view:
+            if s.runs:
                 s.kernel.forward(self._ctx, *s.args)
             a = self.device.to_host(self.out[s.output])
             if a.dtype.kind == "f" and not np.all(np.isfinite(a)):

@@ -31,13 +31,14 @@ def copy_rows(dst, src):
 
 
 @njit
-def scale_shift(row, factor, offset, relu):
-    """row[i] = row[i] * factor + offset, then max(., 0) where `relu` (NaN -> 0, as relu's
-    kernel), for a 1-d slice: a conv's per-feature output epilogue."""
+def scale_shift(dst, src, factor, offset, relu):
+    """dst[i] = src[i] * factor + offset, then max(., 0) where `relu` (NaN -> 0, as relu's
+    kernel), for two 1-d slices of one length (dst may be src): a conv's per-feature output
+    epilogue."""
     if relu:
-        for i in range(row.shape[0]):
-            value = row[i] * factor + offset
-            row[i] = value if value > 0 else 0
+        for i in range(dst.shape[0]):
+            value = src[i] * factor + offset
+            dst[i] = value if value > 0 else 0
     else:
-        for i in range(row.shape[0]):
-            row[i] = row[i] * factor + offset
+        for i in range(dst.shape[0]):
+            dst[i] = src[i] * factor + offset

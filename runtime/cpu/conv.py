@@ -34,7 +34,10 @@ image, so such "pointwise" layers GEMM straight from the input when a chunk is o
 
 Optional operands (bias, and each gradient of the backward pass) are passed as None when not
 wanted; Numba compiles the `is None` branches away, so a frozen layer skips the weight
-gradient and a first layer skips the input gradient (a col2im and a GEMM per chunk).
+gradient and a first layer skips the input gradient (a col2im and a GEMM per chunk). One
+exception: im2col's input gradient is an array and a flag (_conv_backward), because nearly
+every network has an im2col first layer and im2col layers after it, and a None would compile
+that big function twice.
 
 deconv keeps one sample at a time with BLAS owning the cores: no model the project measures
 uses it on a hot path.
@@ -125,7 +128,7 @@ def _epilogue(scale, shift, relu, out):
     if scale is None and shift is None and not relu:
         return
     for f in range(out.shape[0]):
-        scale_shift(out[f], np.float32(1) if scale is None else scale[f],
+        scale_shift(out[f], out[f], np.float32(1) if scale is None else scale[f],
                     np.float32(0) if shift is None else shift[f], relu)
 
 
@@ -182,10 +185,12 @@ def _conv_forward(x, weight, scale, shift, relu, out, geometry, pointwise, chunk
 
 
 @pnjit
-def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, chunk,
+def _conv_backward(x, weight, gout, gx, want_gx, gweight, gbias, geometry, pointwise, chunk,
                    cols, staging, gweight_partial, gbias_partial):
     """gweight[g] = sum over chunks of gout_chunk @ im2col(x_chunk)^T;
-    gx_chunk = col2im(weight[g]^T @ gout_chunk).
+    gx_chunk = col2im(weight[g]^T @ gout_chunk), where want_gx. gx is an array either way
+    (unwritten without want_gx): a None there, a network's first layer, would compile a second
+    copy of this function (~6 s of every cold start).
 
     Worker 0 sums its weight gradient straight into gweight, worker w > 0 into
     gweight_partial[w - 1] (the GEMMs accumulate); the partial sums are added last. cols and
@@ -221,7 +226,7 @@ def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, chu
                     total = gweight[g] if worker == 0 else gweight_partial[worker - 1, g]
                     gemm(False, True, rows, depth, width, gout_chunk, 0, gout_stride, inputs, 0, inputs_stride,
                          0.0 if chunk_index == worker else 1.0, total, 0, depth)
-                if gx is not None:
+                if want_gx:
                     if pointwise and count == 1:
                         gemm(True, False, depth, positions, rows, weight[g], 0, depth, gout_chunk, 0, positions,
                              0.0, gx[first, g], 0, positions)
@@ -238,6 +243,86 @@ def _conv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, chu
         gbias[:] = 0
         for worker in range(busy_workers):
             gbias += gbias_partial[worker]
+
+
+# ---- sibling pointwise layers: one GEMM for several 1x1 convolutions of one input ------------
+#
+# An inception module's 1x1 convolutions all read the same tensor. Each alone is one GEMM per
+# sample with as many rows as it has features, and thin GEMMs run BLAS far below its peak
+# (2 workers, a sample's (F, 192) @ (192, 1024): 36 GFLOP/s at F = 16, 90 at 64, 140 at 176).
+# The plan hands such siblings to the first of them (its `_fuse_siblings`, Conv.lead_siblings),
+# which stacks their weights into one (sum of F, C) matrix: forward is one GEMM per block of a
+# sample's columns into a staging buffer, whose rows are scattered to each layer's output
+# through that layer's epilogue; backward stacks the output gradients (masked by each fused
+# relu) into the staging buffer and runs one weight-gradient GEMM and one input-gradient GEMM
+# (K = sum of F, where apart the input gradient took one GEMM per layer and an addition of
+# their results). Column blocks of SIBLING_COLUMNS keep the staging buffer in L2.
+
+SIBLING_COLUMNS = 256
+
+
+@pnjit
+def _siblings_forward(x, weight, scale, shift, relu, outs, rows, workers, staging):
+    """outs[i][n] (F_i, P) = the epilogue of rows [rows[i], rows[i+1]) of weight (F, C) @ x[n]
+    (C, P), row r's epilogue being * scale[r] + shift[r], then relu where relu[r]; staging:
+    (workers, F, SIBLING_COLUMNS)."""
+    n_batch, channels, positions = x.shape
+    features = weight.shape[0]
+    width = staging.shape[2]
+    for worker in prange(workers):
+        result = staging[worker]
+        for n in range(worker, n_batch, workers):
+            for first in range(0, positions, width):
+                cols = min(width, positions - first)
+                gemm(False, False, features, cols, channels, weight, 0, channels, x[n], first, positions,
+                     0.0, result, 0, width)
+                for i in range(len(outs)):
+                    target = outs[i][n]
+                    for r in range(rows[i], rows[i + 1]):
+                        scale_shift(target[r - rows[i], first:first + cols], result[r, :cols], scale[r], shift[r],
+                                    relu[r] != 0)
+
+
+@pnjit
+def _siblings_backward(x, weight, outs, gouts, relu, rows, gx, gweight, gbias, workers, staging,
+                       gweight_partial, gbias_partial):
+    """With G_n the stacked output gradients of sample n (F, P), gouts[i][n] on rows
+    [rows[i], rows[i+1]), each masked where outs[i][n] is 0 if its relu is fused (relu[r]):
+    gweight (F, C) = sum over n of G_n @ x[n]^T, gbias (F) = G's row sums, gx[n] (C, P) =
+    weight^T @ G_n (gx None: not wanted). Worker 0 sums into gweight, worker w > 0 into
+    gweight_partial[w - 1]; gbias_partial (workers, F); staging as in _siblings_forward."""
+    n_batch, channels, positions = x.shape
+    features = weight.shape[0]
+    width = staging.shape[2]
+    for worker in prange(workers):
+        gbias_partial[worker] = 0
+        total = gweight if worker == 0 else gweight_partial[worker - 1]
+        grads = staging[worker]
+        for n in range(worker, n_batch, workers):
+            for first in range(0, positions, width):
+                cols = min(width, positions - first)
+                for i in range(len(gouts)):
+                    gout, out = gouts[i][n], outs[i][n]
+                    for r in range(rows[i], rows[i + 1]):
+                        source = gout[r - rows[i], first:first + cols]
+                        row = grads[r, :cols]
+                        if relu[r] != 0:
+                            activated = out[r - rows[i], first:first + cols]
+                            for k in range(cols):
+                                row[k] = source[k] if activated[k] > 0 else 0
+                        else:
+                            copy_into(row, source)
+                        gbias_partial[worker, r] += np.sum(row)
+                gemm(False, True, features, channels, cols, grads, 0, width, x[n], first, positions,
+                     0.0 if n == worker and first == 0 else 1.0, total, 0, channels)
+                if gx is not None:
+                    gemm(True, False, channels, cols, features, weight, 0, channels, grads, 0, width,
+                         0.0, gx[n], first, positions)
+    gbias[:] = 0
+    for worker in range(min(workers, n_batch)):
+        if worker > 0:
+            gweight += gweight_partial[worker - 1]
+        gbias += gbias_partial[worker]
 
 
 # ---- shifted windows: stride-1 convolution without a column matrix ---------------------------
@@ -538,8 +623,10 @@ class Conv(FusesRelu, _ConvBase):
     scratch_workspace = ("cols", "staging", "gweight_partial", "gbias_partial",
                          "padded", "wide", "gpadded", "gtaps_partial",
                          "winograd_u", "winograd_v", "winograd_m", "winograd_windows", "winograd_outputs",
-                         "winograd_du", "winograd_weights", "unrolled", "masked_grad")
+                         "winograd_du", "winograd_weights", "unrolled", "masked_grad",
+                         "sibling_weight", "sibling_staging", "sibling_gweight", "sibling_gbias")
     folded_batchnorm_eps = None     # set by fuse_batchnorm
+    siblings = ()                   # set by lead_siblings: the other layers this one's calls compute
 
     def fuse_batchnorm(self, attrs) -> bool:
         """Take over the eval-mode batchnorm that follows (inference plans only: training
@@ -551,6 +638,88 @@ class Conv(FusesRelu, _ConvBase):
             return False
         self.folded_batchnorm_eps = float(attrs.get("eps", 1e-5))
         return True
+
+    def sibling_key(self):
+        """Layers with equal keys that read one tensor may share their GEMMs (the plan's
+        _fuse_siblings; "sibling pointwise layers" above): pointwise, one group, on the path
+        that GEMMs each sample straight from its image."""
+        if not (self.pointwise and self.weight_shape[0] == 1 and self.chunk == 1 and not self.unrolled):
+            return None
+        return ("pointwise", self.x_shape)
+
+    def lead_siblings(self, siblings) -> bool:
+        """Compute the outputs (and in backward the gradients) of `siblings` too, other Conv
+        kernels with this one's sibling_key; their operands arrive through bind_siblings."""
+        members = [self, *siblings]
+        self.siblings = list(siblings)
+        self.sibling_rows = np.cumsum([0] + [k.out_shape[2] for k in members]).astype(np.int64)
+        self.sibling_relu = np.concatenate([np.full(k.out_shape[2], k.relu, np.uint8) for k in members])
+        n_batch, _, channels, positions = self.x_shape
+        flops = 2 * n_batch * int(self.sibling_rows[-1]) * channels * positions
+        self.sibling_workers = max(1, min(numba.get_num_threads() if parallel_gemm(flops) else 1, n_batch))
+        return True
+
+    def bind_siblings(self, operands):
+        """Each sibling's (params, out, gout, gparams), as the plan bound them (gout None and
+        gparams empty outside backward)."""
+        self.sibling_operands = operands
+
+    def _sibling_workspace(self):
+        features, channels = int(self.sibling_rows[-1]), self.x_shape[2]
+        workers = self.sibling_workers
+        return {
+            "sibling_weight": ((features, channels), "float32"),         # the weights stacked
+            "sibling_staging": ((workers, features, SIBLING_COLUMNS), "float32"),
+            "sibling_gweight": ((features, channels), "float32"),
+            "sibling_gbias": ((features,), "float32"),
+            "gweight_partial": ((workers - 1, features, channels), "float32"),
+            "gbias_partial": ((workers, features), "float32"),
+        }
+
+    def _sibling_members(self, params, out, gout=None, gparams=None):
+        """(kernel, params, out, gout, gparams, first row, last row) of every layer of the group."""
+        operands = [(params, out, gout, gparams or {})] + list(self.sibling_operands)
+        kernels = [self, *self.siblings]
+        return [(k, *ops, int(self.sibling_rows[i]), int(self.sibling_rows[i + 1]))
+                for i, (k, ops) in enumerate(zip(kernels, operands))]
+
+    def _stack_weights(self, members, weight):
+        for kernel, params, _, _, _, lo, hi in members:
+            weight[lo:hi] = params["weight"].reshape(hi - lo, -1)
+        return weight
+
+    def _sibling_forward(self, x, params, out, ws):
+        members = self._sibling_members(params, out)
+        features = int(self.sibling_rows[-1])
+        scale, shift = np.ones(features, x.dtype), np.zeros(features, x.dtype)
+        for kernel, params, _, _, _, lo, hi in members:
+            bias = params["bias"] if kernel.has_bias else None
+            member_scale, member_shift = kernel._epilogue_operands(params, bias)
+            if member_scale is not None:
+                scale[lo:hi] = member_scale.reshape(-1)
+            if member_shift is not None:
+                shift[lo:hi] = member_shift.reshape(-1)
+        n_batch, _, channels, positions = self.x_shape
+        outs = tuple(out.reshape(n_batch, hi - lo, positions) for _, _, out, _, _, lo, hi in members)
+        _siblings_forward(x.reshape(n_batch, channels, positions), self._stack_weights(members, ws["sibling_weight"]),
+                          scale, shift, self.sibling_relu, outs, self.sibling_rows, self.sibling_workers,
+                          ws["sibling_staging"])
+
+    def _sibling_backward(self, x, params, out, gout, gx, gparams, ws):
+        members = self._sibling_members(params, out, gout, gparams)
+        n_batch, _, channels, positions = self.x_shape
+        outs = tuple(out.reshape(n_batch, hi - lo, positions) for _, _, out, _, _, lo, hi in members)
+        gouts = tuple(gout.reshape(n_batch, hi - lo, positions) for _, _, _, gout, _, lo, hi in members)
+        gweight, gbias = ws["sibling_gweight"], ws["sibling_gbias"]
+        _siblings_backward(x.reshape(n_batch, channels, positions), self._stack_weights(members, ws["sibling_weight"]),
+                           outs, gouts, self.sibling_relu, self.sibling_rows,
+                           None if gx is None else gx.reshape(n_batch, channels, positions), gweight, gbias,
+                           self.sibling_workers, ws["sibling_staging"], ws["gweight_partial"], ws["gbias_partial"])
+        for _, _, _, _, member_gparams, lo, hi in members:
+            if "weight" in member_gparams:
+                member_gparams["weight"].reshape(hi - lo, channels)[:] = gweight[lo:hi]
+            if "bias" in member_gparams:
+                member_gparams["bias"][:] = gbias[lo:hi]
 
     def _epilogue_operands(self, params, bias):
         """(scale, shift) of the epilogue, (G, F/G) each or None: the bias alone, or with a
@@ -594,6 +763,8 @@ class Conv(FusesRelu, _ConvBase):
                                               self.workers)
 
     def workspace(self):
+        if self.siblings:
+            return self._sibling_workspace()
         # the gradient at the pre-activation of a fused relu (backward)
         masked = {"masked_grad": ((int(np.prod(self.spec.out_shape)) if self.relu else 0,), "float32")}
         if self.unrolled:
@@ -645,6 +816,9 @@ class Conv(FusesRelu, _ConvBase):
         }
 
     def forward(self, ctx, xs, params, out, ws):
+        if self.siblings:
+            self._sibling_forward(xs[0], params, out, ws)
+            return
         x, weight, bias, out = self._operands(xs, params, out)
         scale, shift = self._epilogue_operands(params, bias)
         if self.unrolled:
@@ -682,6 +856,9 @@ class Conv(FusesRelu, _ConvBase):
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         if self.folded_batchnorm_eps is not None:
             raise RuntimeError(f"{self.spec.name}: a conv with a batchnorm folded in runs in inference plans only")
+        if self.siblings:
+            self._sibling_backward(xs[0], params, out, gout, gxs[0], gparams, ws)
+            return
         x, weight, _, out = self._operands(xs, params, out)
         if self.relu:       # the gradient at the pre-activation: relu's own backward, from out
             masked = ws["masked_grad"]
@@ -715,7 +892,8 @@ class Conv(FusesRelu, _ConvBase):
             _shifted_backward(x, gout, gx, gweight, gbias, self.geometry, ws["taps"], ws["padded"], ws["wide"],
                               ws["gpadded"], ws["gtaps_partial"], ws["gbias_partial"])
         else:
-            _conv_backward(x, weight, gout, gx, gweight, gbias, self.geometry, self.pointwise, self.chunk,
+            _conv_backward(x, weight, gout, x if gx is None else gx, gx is not None, gweight, gbias, self.geometry,
+                           self.pointwise, self.chunk,
                            ws["cols"], ws["staging"], ws["gweight_partial"], ws["gbias_partial"])
 
 

@@ -126,8 +126,8 @@ def unrolled_forward(x, weight, scale, shift, relu, out, taps, workers, unrolled
         if scale is not None or shift is not None or relu:
             for n in range(n_batch):
                 for f in range(f_lo, f_hi):
-                    scale_shift(out[n, f * grid_positions:(f + 1) * grid_positions],
-                                np.float32(1) if scale is None else scale[f],
+                    row = out[n, f * grid_positions:(f + 1) * grid_positions]
+                    scale_shift(row, row, np.float32(1) if scale is None else scale[f],
                                 np.float32(0) if shift is None else shift[f], relu)
 
 

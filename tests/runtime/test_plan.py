@@ -193,6 +193,89 @@ def test_inference_folds_batchnorm_into_conv(source, batch, monkeypatch):
         np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+# An inception module on a 16x16 grid (one sample's GEMM has 256 columns, the pointwise path
+# that GEMMs straight from the image): its three 1x1 convs read one tensor, with and without a
+# bias and a relu; the fourth branch's 1x1 conv reads the max-pool's output and stays alone.
+INCEPTION = """
+network inception
+input image: [6, 16, 16]
+input label: int
+logits = image -> stem: conv(8, 3x3, pad = 1) -> relu
+  -> concat {
+      a: conv(4, 1x1) -> relu
+    | b: conv(3, 1x1) -> relu -> conv(5, 3x3, pad = 1) -> relu
+    | c: conv(2, 1x1, bias = false) -> conv(3, 5x5, pad = 2) -> relu
+    | maxpool(3x3, stride = 1, pad = 1) -> d: conv(2, 1x1) -> relu
+  }
+  -> avgpool(global) -> flatten -> fc: dense(5)
+loss cross_entropy(logits, label)
+"""
+
+
+def _inception_feeds(batch=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.standard_normal((batch, 6, 16, 16)).astype(np.float32),
+            "label": rng.integers(0, 5, batch).astype(np.int64)}
+
+
+def _sibling_groups(plan):
+    return {s.node: [f.node for f in s.followers] for s in plan.steps if s.followers}
+
+
+@pytest.mark.parametrize("workers", ["one-worker", "all-workers"])
+@pytest.mark.parametrize("frozen", [(), ("branch2.b.weight",)], ids=["all-trained", "one-weight-frozen"])
+def test_sibling_pointwise_convs_share_one_gemm(workers, frozen, monkeypatch):
+    """The three 1x1 convs that read the stem's output run as one call of the first (the
+    plan's _fuse_siblings), in training and inference, and give what three calls give: the
+    same outputs, loss and gradients, a frozen member's weight left without one."""
+    import runtime.cpu.conv
+    if workers == "all-workers":
+        monkeypatch.setattr(runtime.cpu.conv, "parallel_gemm", lambda flops: True)
+    model = Model(_compiled(INCEPTION), seed=1)
+    feeds = _inception_feeds()
+    trainable = set(model.trainable_names()) - set(frozen)
+
+    def run(training):
+        plan = Plan(model.net, model._dev, model.device, 4, {}, training, trainable if training else None)
+        plan.set_inputs(feeds)
+        plan.forward(Context(training=training))
+        if training:
+            plan.backward(Context(training=training))
+        return plan, (float(plan.loss_value()), {o: plan.out[o].copy() for o in model.net.outputs},
+                      {k: v.copy() for k, v in plan.param_grads.items()})
+
+    results = {}
+    for training in (True, False):
+        plan, results[training] = run(training)
+        group = _sibling_groups(plan)
+        assert group == {"branch1.a": ["branch2.b", "branch3.c"]}
+    monkeypatch.setattr(runtime.cpu.conv.Conv, "sibling_key", lambda self: None)
+    for training in (True, False):
+        plan, (loss, outs, grads) = run(training)
+        assert not _sibling_groups(plan)
+        fused_loss, fused_outs, fused_grads = results[training]
+        assert fused_loss == pytest.approx(loss, rel=1e-5)
+        for k in outs:
+            np.testing.assert_allclose(fused_outs[k], outs[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        assert fused_grads.keys() == grads.keys() and not set(frozen) & set(grads)
+        for k in grads:
+            np.testing.assert_allclose(fused_grads[k], grads[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_sibling_pointwise_convs_match_torch():
+    net = _compiled(INCEPTION)
+    model = Model(net, seed=2)
+    feeds = _inception_feeds(batch=3, seed=1)
+    before = {k: v.copy() for k, v in model.params.items()}
+    out = model.forward(training=True, **feeds)
+    assert _sibling_groups(model._last)
+    grads = model.backward()
+    ref_loss, _, ref_grads = run_torch(net, before, feeds)
+    assert out["loss"] == pytest.approx(ref_loss, rel=1e-4)
+    for k, g in grads.items():
+        np.testing.assert_allclose(g, ref_grads[k], rtol=2e-3, atol=2e-4, err_msg=k)
+
+
 # ---- serial / parallel thresholds ------------------------------------------------------------
 
 def _elementwise_spec(op, shape, attrs=None):
