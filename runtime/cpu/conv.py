@@ -47,7 +47,7 @@ import numpy as np
 from numba import uint64 as _u
 
 from runtime.cpu.activation import relu_backward
-from runtime.cpu.arrays import copy_into, copy_rows, scale_shift
+from runtime.cpu.arrays import add_into, copy_into, copy_rows, fill, scale_shift
 from runtime.cpu.blas import gemm
 from runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
 from runtime.cpu.conv_winograd import WinogradPlan, winograd_conv, winograd_pays, winograd_weight_grad
@@ -202,7 +202,8 @@ def _conv_backward(x, weight, gout, gx, want_gx, gweight, gbias, geometry, point
     n_chunks = (n_batch + chunk - 1) // chunk
     for worker in prange(workers):
         if gbias is not None:
-            gbias_partial[worker] = 0
+            for g in range(groups):
+                fill(gbias_partial[worker, g], 0)
         chunk_cols = cols[worker]
         for chunk_index in range(worker, n_chunks, workers):
             first, count = _chunk_bounds(chunk_index, chunk, n_batch)
@@ -236,13 +237,15 @@ def _conv_backward(x, weight, gout, gx, want_gx, gweight, gbias, geometry, point
                         for s in range(count):
                             _col2im(chunk_cols, geometry, s * positions, gx[first + s, g])
     busy_workers = min(workers, n_chunks)
-    if gweight is not None:
-        for worker in range(1, busy_workers):
-            gweight += gweight_partial[worker - 1]
-    if gbias is not None:
-        gbias[:] = 0
-        for worker in range(busy_workers):
-            gbias += gbias_partial[worker]
+    for g in range(groups):     # loops, not array expressions: see runtime/cpu/arrays.py
+        if gweight is not None:
+            for worker in range(1, busy_workers):
+                for f in range(rows):
+                    add_into(gweight[g, f], gweight_partial[worker - 1, g, f])
+        if gbias is not None:
+            fill(gbias[g], 0)
+            for worker in range(busy_workers):
+                add_into(gbias[g], gbias_partial[worker, g])
 
 
 # ---- sibling pointwise layers: one GEMM for several 1x1 convolutions of one input ------------
@@ -295,7 +298,7 @@ def _siblings_backward(x, weight, outs, gouts, relu, rows, gx, gweight, gbias, w
     features = weight.shape[0]
     width = staging.shape[2]
     for worker in prange(workers):
-        gbias_partial[worker] = 0
+        fill(gbias_partial[worker], 0)
         total = gweight if worker == 0 else gweight_partial[worker - 1]
         grads = staging[worker]
         for n in range(worker, n_batch, workers):
@@ -312,17 +315,21 @@ def _siblings_backward(x, weight, outs, gouts, relu, rows, gx, gweight, gbias, w
                                 row[k] = source[k] if activated[k] > 0 else 0
                         else:
                             copy_into(row, source)
-                        gbias_partial[worker, r] += np.sum(row)
+                        row_sum = row[0] * 0
+                        for k in range(cols):
+                            row_sum += row[k]
+                        gbias_partial[worker, r] += row_sum
                 gemm(False, True, features, channels, cols, grads, 0, width, x[n], first, positions,
                      0.0 if n == worker and first == 0 else 1.0, total, 0, channels)
                 if gx is not None:
                     gemm(True, False, channels, cols, features, weight, 0, channels, grads, 0, width,
                          0.0, gx[n], first, positions)
-    gbias[:] = 0
+    fill(gbias, 0)          # loops, not array expressions: see runtime/cpu/arrays.py
     for worker in range(min(workers, n_batch)):
         if worker > 0:
-            gweight += gweight_partial[worker - 1]
-        gbias += gbias_partial[worker]
+            for r in range(features):
+                add_into(gweight[r], gweight_partial[worker - 1, r])
+        add_into(gbias, gbias_partial[worker])
 
 
 # ---- shifted windows: stride-1 convolution without a column matrix ---------------------------
@@ -400,25 +407,6 @@ def _shifted_geometry(geometry):
     return row_width, padded_length, grid_h * row_width
 
 
-@njit
-def _single_channel_taps(taps, image, geometry, row_width, result):
-    """result[f] = sum over taps t of taps[t, f, 0] * (the image shifted by t's offset): the
-    taps' GEMMs when the image has one channel (a grayscale input layer). Each GEMM would have
-    a depth of 1, where BLAS's call and packing cost more than these vectorised row updates
-    (measured, 1 -> 6 channels 5x5 at 32x32: 8 us per sample against 18)."""
-    _, _, kh, kw, _, _, _, _, dh, dw, _, _ = geometry
-    rows, width = result.shape
-    result[:] = 0
-    for f in range(rows):
-        total = result[f]
-        for i in range(kh):
-            for j in range(kw):
-                w = taps[i * kw + j, f, 0]
-                shifted = image[0, i * dh * row_width + j * dw:]
-                for k in range(width):
-                    total[k] += w * shifted[k]
-
-
 @pnjit
 def _shifted_forward(x, weight, scale, shift, relu, out, geometry, taps, padded, wide):
     """padded (workers, C/G, L) / wide (workers, F/G, Ho*Wp): per-worker buffers for one
@@ -435,15 +423,12 @@ def _shifted_forward(x, weight, scale, shift, relu, out, geometry, taps, padded,
         for n in range(worker, n_batch, workers):
             for g in range(groups):
                 _pad_image(x[n, g], geometry, image)
-                if channels == 1:
-                    _single_channel_taps(taps[g], image, geometry, row_width, result)
-                else:
-                    for i in range(kh):
-                        for j in range(kw):
-                            t = i * kw + j
-                            gemm(False, False, rows, wide_width, channels, taps[g, t], 0, channels,
-                                 image, i * dh * row_width + j * dw, padded_length,
-                                 0.0 if t == 0 else 1.0, result, 0, wide_width)
+                for i in range(kh):
+                    for j in range(kw):
+                        t = i * kw + j
+                        gemm(False, False, rows, wide_width, channels, taps[g, t], 0, channels,
+                             image, i * dh * row_width + j * dw, padded_length,
+                             0.0 if t == 0 else 1.0, result, 0, wide_width)
                 for f in range(rows):
                     for oh in range(grid_h):
                         copy_into(out[n, g, f, oh * grid_w:(oh + 1) * grid_w],
@@ -464,7 +449,8 @@ def _shifted_backward(x, gout, gx, gweight, gbias, geometry, taps, padded, wide,
     workers = padded.shape[0]
     for worker in prange(workers):
         if gbias is not None:
-            gbias_partial[worker] = 0
+            for g in range(groups):
+                fill(gbias_partial[worker, g], 0)
         image = padded[worker]
         gimage = gpadded[worker]
         gresult = wide[worker]
@@ -477,7 +463,7 @@ def _shifted_backward(x, gout, gx, gweight, gbias, geometry, taps, padded, wide,
                     for oh in range(grid_h):
                         copy_into(gresult[f, oh * row_width:oh * row_width + grid_w],
                                   gout[n, g, f, oh * grid_w:(oh + 1) * grid_w])
-                        gresult[f, oh * row_width + grid_w:(oh + 1) * row_width] = 0
+                        fill(gresult[f, oh * row_width + grid_w:(oh + 1) * row_width], 0)
                 if gweight is not None:
                     _pad_image(x[n, g], geometry, image)
                     for t in range(kh * kw):
@@ -486,7 +472,8 @@ def _shifted_backward(x, gout, gx, gweight, gbias, geometry, taps, padded, wide,
                              image, i * dh * row_width + j * dw, padded_length,
                              0.0 if first_sample else 1.0, gtaps_partial[worker, g, t], 0, channels)
                 if gx is not None:
-                    gimage[:] = 0
+                    for c in range(channels):
+                        fill(gimage[c], 0)
                     for t in range(kh * kw):
                         i, j = t // kw, t % kw
                         gemm(True, False, channels, wide_width, rows, taps[g, t], 0, channels,
@@ -506,10 +493,11 @@ def _shifted_backward(x, gout, gx, gweight, gbias, geometry, taps, padded, wide,
                         for worker in range(1, busy_workers):
                             total += gtaps_partial[worker, g, t, f, c]
                         gweight[g, f, c * kk + t] = total
-    if gbias is not None:
-        gbias[:] = 0
-        for worker in range(busy_workers):
-            gbias += gbias_partial[worker]
+    if gbias is not None:   # loops, not array expressions: see runtime/cpu/arrays.py
+        for g in range(groups):
+            fill(gbias[g], 0)
+            for worker in range(busy_workers):
+                add_into(gbias[g], gbias_partial[worker, g])
 
 
 @njit

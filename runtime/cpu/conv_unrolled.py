@@ -30,7 +30,7 @@ gradient). Either way no two workers write one element and no worker waits for a
 import numpy as np
 from numba import uint64 as _u
 
-from runtime.cpu.arrays import scale_shift
+from runtime.cpu.arrays import fill, scale_shift
 from runtime.cpu.blas import gemm
 from runtime.jit import njit, pnjit, prange
 
@@ -152,7 +152,7 @@ def unrolled_backward(x, weight, gout, gx, gweight, gbias, taps, workers, unroll
                  0.0, unrolled, lo, inputs)
             _fold(unrolled, taps, c_lo, c_hi, gweight)
     if gbias is not None:
-        gbias[:] = 0.0
+        fill(gbias, 0)      # a loop, not an array expression: see runtime/cpu/arrays.py
         for n in range(n_batch):
             for f in range(gbias.shape[0]):
                 for p in range(grid_positions):

@@ -45,7 +45,7 @@ Buffers are flat (1-d) with explicit offsets, like BLAS's view of them.
 import numpy as np
 from numba import uint64 as _u
 
-from runtime.cpu.arrays import add_into
+from runtime.cpu.arrays import add_into, fill
 from runtime.cpu.blas import gemm
 from runtime.jit import njit, pnjit, prange
 
@@ -317,7 +317,7 @@ def winograd_weight_grad(x, sources, targets, bt, a_matrix, gt_matrix, gout, chu
     per_sample, width, workers, n_chunks = _chunking(n_batch, sources, chunk, v)
     for worker in prange(workers):
         if gbias is not None:
-            gbias_partial[worker] = 0
+            fill(gbias_partial[worker], 0)
         for chunk_index in range(worker, n_chunks, workers):
             first = chunk_index * chunk
             count = min(chunk, n_batch - first)
@@ -325,7 +325,11 @@ def winograd_weight_grad(x, sources, targets, bt, a_matrix, gt_matrix, gout, chu
             if gbias is not None:
                 for s in range(count):
                     for f in range(n_out):
-                        gbias_partial[worker, f] += np.sum(gout[first + s, f])
+                        row = gout[first + s, f]
+                        row_sum = row[0] * 0
+                        for p in range(row.shape[0]):
+                            row_sum += row[p]
+                        gbias_partial[worker, f] += row_sum
             _input_transform(x[first:first + count], sources, bt, v[worker], width, windows[worker])
             _output_gradient_transform(gout[first:first + count], a_matrix, n_out, width, count, targets,
                                        dm[worker], windows[worker])
@@ -338,10 +342,10 @@ def winograd_weight_grad(x, sources, targets, bt, a_matrix, gt_matrix, gout, chu
     for other in range(1, busy_workers):
         add_into(total, du_partial[other])
     _weight_gradient_rows(total, gt_matrix, gweight, weight_scratch, 0, n_out)
-    if gbias is not None:
-        gbias[:] = 0
+    if gbias is not None:   # loops, not array expressions: see runtime/cpu/arrays.py
+        fill(gbias, 0)
         for worker in range(busy_workers):
-            gbias += gbias_partial[worker]
+            add_into(gbias, gbias_partial[worker])
 
 
 class WinogradPlan:

@@ -88,7 +88,7 @@ CONV_CASES = [
     # An odd batch, so that one worker has more samples than the other.
     conv_case("odd-batch-wide", (3, 4, 5, 17), _conv_attrs(5, (3, 3), pad=(1, 1))),
     conv_case("valid-5x5-nobias", (2, 2, 6, 20), _conv_attrs(3, (5, 5), groups=1, bias=False)),
-    # one input channel: the shifted path's row updates instead of depth-1 GEMMs
+    # one input channel (depth-1 GEMMs on the shifted path)
     conv_case("grayscale-5x5", (3, 1, 9, 8), _conv_attrs(4, (5, 5), pad=(1, 0))),
     # 3x3 stride 1 with each padding Winograd takes (its input gradient pads by 2 - pad), odd
     # and even sizes (a tile overhangs an odd edge)
