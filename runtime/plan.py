@@ -6,7 +6,9 @@ The plan holds
     e.g. dense + relu) makes one step of the pair: it writes the activation's output and the
     pre-activation is never stored. In inference plans a conv also absorbs the eval-mode
     batchnorm after it (`fuse_batchnorm`), then that one's activation: conv -> batchnorm ->
-    relu is one call;
+    relu is one call. Steps that read one tensor with kernels that say they can share their
+    work (`sibling_key`, an inception module's 1x1 convs) run as one call of the first of them
+    ("horizontal fusion", see _fuse_siblings);
   * the backward: the same steps reversed, restricted to those through which a gradient
     reaches a trainable parameter. Where a tensor fans out (residual adds, concat branches, a
     shared input) the first consumer in backward order writes its gradient and every later
@@ -44,6 +46,15 @@ are the safe assumptions):
                            (inference plans only) take over the following batchnorm: forward
                            receives its parameters too, as "batchnorm.<name>", and writes its
                            output. Asked before fuse_activation.
+    sibling_key() -> hashable or None
+    lead_siblings(kernels) -> bool
+    bind_siblings(operands)
+                           steps reading the same single input whose kernels return equal keys
+                           form a group; the first is asked to lead the others, and if it
+                           accepts, its forward computes every member's output and its
+                           backward every member's parameter gradients and their summed input
+                           gradient, from each other member's (params, out, gout, gparams)
+                           handed over by bind_siblings. The others' calls are skipped.
 
 Frozen parameters get no gradient buffers, and nodes with nothing trainable upstream or
 downstream of them get no backward work.
@@ -121,7 +132,6 @@ class _Step:
     args: tuple = ()                # (xs, params, out, ws), bound once
     backward_args: tuple = ()       # (xs, params, out, gout, gxs, gparams, ws)
     accumulations: list = field(default_factory=list)   # (gradient, aside buffer) added after backward
-
 
     @property
     def runs(self) -> bool:
@@ -213,13 +223,11 @@ class Plan:
             fuse = getattr(kernel, "fuse_batchnorm", None)
             if self.training or fuse is None or d["op"] != "batchnorm":
                 return None
-        else:
-            fuse = getattr(kernel, "fuse_activation", None)
-            if fuse is None or d["params"]:
-                return None
-            attrs = dict(d["attrs"])
-            return c if fuse(d["op"], attrs) else None
-        return c if fuse(dict(d["attrs"])) else None
+            return c if fuse(dict(d["attrs"])) else None
+        fuse = getattr(kernel, "fuse_activation", None)
+        if fuse is None or d["params"]:
+            return None
+        return c if fuse(d["op"], dict(d["attrs"])) else None
 
     def _plan_steps(self):
         g = self.net.graph

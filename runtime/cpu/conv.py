@@ -606,7 +606,9 @@ class Conv(FusesRelu, _ConvBase):
     a following relu (`fuse_activation`, training or inference) and, in inference plans, a
     batchnorm before it (`fuse_batchnorm`). In eval mode a batchnorm is a per-channel affine
     map, so conv -> batchnorm -> relu becomes one conv with a scale and a shift and no pass
-    over the activations of its own."""
+    over the activations of its own. Pointwise layers that read one tensor may also run as one
+    call of the first of them (`sibling_key`, `lead_siblings`: "sibling pointwise layers"
+    above)."""
     # Everything but the shifted path's rearranged weights is used within one call (plan.py).
     scratch_workspace = ("cols", "staging", "gweight_partial", "gbias_partial",
                          "padded", "wide", "gpadded", "gtaps_partial",
