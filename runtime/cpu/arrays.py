@@ -29,6 +29,15 @@ def fill(dst, value):
 
 
 @njit
+def row_sum(src):
+    """The sum of a 1-d slice (np.sum inside a parallel kernel becomes a parallel loop)."""
+    result = src[0] * 0
+    for i in range(src.shape[0]):
+        result += src[i]
+    return result
+
+
+@njit
 def add_into(dst, src):
     """dst[i] += src[i] for two 1-d slices of one length."""
     for i in range(dst.shape[0]):

@@ -46,8 +46,8 @@ import numba
 import numpy as np
 from numba import uint64 as _u
 
-from runtime.cpu.activation import relu_backward
-from runtime.cpu.arrays import add_into, copy_into, copy_rows, fill, scale_shift
+from runtime.cpu.activation import relu_backward, relu_grad
+from runtime.cpu.arrays import add_into, copy_into, copy_rows, fill, row_sum, scale_shift
 from runtime.cpu.blas import gemm
 from runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
 from runtime.cpu.conv_winograd import WinogradPlan, winograd_conv, winograd_pays, winograd_weight_grad
@@ -120,16 +120,16 @@ def _col2im(cols, geometry, first_col, image):
 
 
 @njit
-def _epilogue(scale, shift, relu, out):
-    """out (F, P) = out * scale (F) + shift (F) along rows, then relu where `relu`; scale and
-    shift may each be None (left out). One (sample, group) block, right after its GEMM wrote
+def _epilogue(scale, shift, g, relu, out):
+    """out (F, P) = out * scale[g] (F) + shift[g] (F) along rows, then relu where `relu`; scale
+    and shift, (G, F) each, may be None (left out). One (sample, group g) block, right after its GEMM wrote
     it, while it is still in cache: a bias, a batchnorm folded in (inference, see
     Conv.fuse_batchnorm) and a fused relu cost no pass of their own."""
     if scale is None and shift is None and not relu:
         return
     for f in range(out.shape[0]):
-        scale_shift(out[f], out[f], np.float32(1) if scale is None else scale[f],
-                    np.float32(0) if shift is None else shift[f], relu)
+        scale_shift(out[f], out[f], np.float32(1) if scale is None else scale[g, f],
+                    np.float32(0) if shift is None else shift[g, f], relu)
 
 
 @njit
@@ -170,8 +170,7 @@ def _conv_forward(x, weight, scale, shift, relu, out, geometry, pointwise, chunk
                         _im2col(x[first, g], geometry, chunk_cols, 0)
                         gemm(False, False, rows, positions, depth, weight[g], 0, depth,
                              chunk_cols, 0, stride, 0.0, out[first, g], 0, positions)
-                    _epilogue(None if scale is None else scale[g], None if shift is None else shift[g], relu,
-                              out[first, g])
+                    _epilogue(scale, shift, g, relu, out[first, g])
                     continue
                 for s in range(count):
                     _im2col(x[first + s, g], geometry, chunk_cols, s * positions)
@@ -180,8 +179,7 @@ def _conv_forward(x, weight, scale, shift, relu, out, geometry, pointwise, chunk
                      0.0, result, 0, stride)
                 for s in range(count):
                     copy_rows(out[first + s, g], result[:, s * positions:(s + 1) * positions])
-                    _epilogue(None if scale is None else scale[g], None if shift is None else shift[g], relu,
-                              out[first + s, g])
+                    _epilogue(scale, shift, g, relu, out[first + s, g])
 
 
 @pnjit
@@ -312,13 +310,10 @@ def _siblings_backward(x, weight, outs, gouts, relu, rows, gx, gweight, gbias, w
                         if relu[r] != 0:
                             activated = out[r - rows[i], first:first + cols]
                             for k in range(cols):
-                                row[k] = source[k] if activated[k] > 0 else 0
+                                row[k] = relu_grad(activated[k], source[k])
                         else:
                             copy_into(row, source)
-                        row_sum = row[0] * 0
-                        for k in range(cols):
-                            row_sum += row[k]
-                        gbias_partial[worker, r] += row_sum
+                        gbias_partial[worker, r] += row_sum(row)
                 gemm(False, True, features, channels, cols, grads, 0, width, x[n], first, positions,
                      0.0 if n == worker and first == 0 else 1.0, total, 0, channels)
                 if gx is not None:
@@ -433,7 +428,7 @@ def _shifted_forward(x, weight, scale, shift, relu, out, geometry, taps, padded,
                     for oh in range(grid_h):
                         copy_into(out[n, g, f, oh * grid_w:(oh + 1) * grid_w],
                                   result[f, oh * row_width:oh * row_width + grid_w])
-                _epilogue(None if scale is None else scale[g], None if shift is None else shift[g], relu, out[n, g])
+                _epilogue(scale, shift, g, relu, out[n, g])
 
 
 @pnjit
@@ -512,7 +507,7 @@ def _deconv_forward(x, weight, bias, out, geometry, pointwise, cols):
                 np.dot(weight[g].T, x[n, g], cols)
                 _col2im(cols, geometry, 0, out[n, g])
             if bias is not None:
-                _epilogue(None, bias[g], False, out[n, g])
+                _epilogue(None, bias, g, False, out[n, g])
 
 
 @njit
@@ -749,6 +744,7 @@ class Conv(FusesRelu, _ConvBase):
             self.winograd = self.shifted = False
             self.taps = tap_map(self.geometry)
         if self.winograd:
+            self._plain_epilogue = {}       # dtype -> (ones, zeros), see _winograd
             self.winograd_plan = WinogradPlan(n_batch, channels, rows, image_h, image_w, ph, pw, grid_h, grid_w,
                                               self.workers)
 
@@ -765,7 +761,7 @@ class Conv(FusesRelu, _ConvBase):
         return {**(self._shifted_workspace() if self.shifted else self._im2col_workspace()), **masked}
 
     def _winograd_workspace(self):
-        rows, channels = self.out_shape[2], self.x_shape[2]
+        rows = self.out_shape[2]
         plan, workers = self.winograd_plan, self.workers
         return {
             "winograd_u": ((plan.u_size,), "float32"),                     # transformed weights
@@ -835,10 +831,15 @@ class Conv(FusesRelu, _ConvBase):
         # one group: (N, 1, C, H*W) -> (N, C, H*W), still C-contiguous
         source = source.reshape(source.shape[0], source.shape[2], source.shape[3])
         target = target.reshape(target.shape[0], target.shape[2], target.shape[3])
-        # The epilogue's operands are arrays either way (see winograd_conv); (F,) each, tiny.
+        # The epilogue's operands are arrays either way (see winograd_conv): ones and zeros,
+        # made once per dtype, where there is no scale or shift.
+        if source.dtype not in self._plain_epilogue:
+            size = max(self.out_shape[2], self.x_shape[2])      # features of either pass
+            self._plain_epilogue[source.dtype] = (np.ones(size, source.dtype), np.zeros(size, source.dtype))
+        ones, zeros = self._plain_epilogue[source.dtype]
         features = target.shape[1]
-        scale = np.ones(features, source.dtype) if scale is None else scale[0]
-        shift = np.zeros(features, source.dtype) if shift is None else shift[0]
+        scale = ones[:features] if scale is None else scale[0]
+        shift = zeros[:features] if shift is None else shift[0]
         winograd_conv(source, grid.sources, grid.targets, bt, at, weight.reshape(self.out_shape[2], -1, 9), g,
                       input_gradient, ws["winograd_u"], ws["winograd_weights"], scale, shift, relu, target,
                       grid.chunk, ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])

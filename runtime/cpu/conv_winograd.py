@@ -45,7 +45,7 @@ Buffers are flat (1-d) with explicit offsets, like BLAS's view of them.
 import numpy as np
 from numba import uint64 as _u
 
-from runtime.cpu.arrays import add_into, fill
+from runtime.cpu.arrays import add_into, fill, row_sum
 from runtime.cpu.blas import gemm
 from runtime.jit import njit, pnjit, prange
 
@@ -325,11 +325,7 @@ def winograd_weight_grad(x, sources, targets, bt, a_matrix, gt_matrix, gout, chu
             if gbias is not None:
                 for s in range(count):
                     for f in range(n_out):
-                        row = gout[first + s, f]
-                        row_sum = row[0] * 0
-                        for p in range(row.shape[0]):
-                            row_sum += row[p]
-                        gbias_partial[worker, f] += row_sum
+                        gbias_partial[worker, f] += row_sum(gout[first + s, f])
             _input_transform(x[first:first + count], sources, bt, v[worker], width, windows[worker])
             _output_gradient_transform(gout[first:first + count], a_matrix, n_out, width, count, targets,
                                        dm[worker], windows[worker])
