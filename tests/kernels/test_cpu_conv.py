@@ -12,6 +12,7 @@ from tests.kernels.harness import Case, check_against_torch, check_finite_differ
 DEFAULT_SHIFTED_PAYS = runtime.cpu.conv.shifted_pays
 DEFAULT_WINOGRAD_PAYS = runtime.cpu.conv.winograd_pays
 DEFAULT_UNROLLED_PAYS = runtime.cpu.conv.unrolled_pays
+DEFAULT_GATHER_PAYS = runtime.cpu.conv.gather_pays
 
 
 def _conv_attrs(channels, kernel, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1, bias=True):
@@ -152,9 +153,12 @@ def workers(request, monkeypatch):
     they apply (one group, any geometry); the first two take shifted windows and Winograd where
     shifted_pays / winograd_pays say so, which for these few channels is never Winograd, and
     never unrolled weights, which would otherwise take every case whose input grid is no bigger
-    than its kernel away from the chunked im2col path those cases are there to drive."""
+    than its kernel away from the chunked im2col path those cases are there to drive.
+    im2col builds its columns by the loops over grid rows in the first run and by the table of
+    offsets in every other (gather_pays would give nearly all these small grids the table)."""
     if request.param != "one-worker":
         monkeypatch.setattr(runtime.cpu.conv, "parallel_gemm", lambda flops: True)
+    monkeypatch.setattr(runtime.cpu.conv, "gather_pays", lambda grid_w: request.param != "one-worker")
     if request.param == "shifted-all-workers":
         monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", lambda columns, channels, features: True)
     if request.param == "winograd-all-workers":
@@ -203,6 +207,27 @@ def test_path_choice(x_shape, channels, kernel, pad, path, monkeypatch):
     kernel = runtime.cpu.conv.Conv(spec)
     assert ("unrolled" if kernel.unrolled else "winograd" if kernel.winograd else "shifted" if kernel.shifted
             else "im2col") == path
+
+
+@pytest.mark.parametrize("grid_w,gathers", [(4, True), (8, True), (16, False), (32, False)])
+def test_gather_choice(grid_w, gathers):
+    """im2col goes through a table of offsets on short grid rows only (see gather_pays)."""
+    assert DEFAULT_GATHER_PAYS(grid_w) == gathers
+
+
+def test_gather_offsets_match_the_geometry():
+    """Each table entry is the input position a window tap reads, -1 in the padding: checked
+    against the definition, on a geometry with stride, padding and dilation differing per axis."""
+    geometry = image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = (7, 9, 3, 2, 2, 1, 1, 0, 2, 1, 3, 8)
+    offsets = runtime.cpu.conv.gather_offsets(geometry)
+    assert offsets.shape == (kh * kw, grid_h * grid_w)
+    for i in range(kh):
+        for j in range(kw):
+            for oh in range(grid_h):
+                for ow in range(grid_w):
+                    ih, iw = oh * sh - ph + i * dh, ow * sw - pw + j * dw
+                    inside = 0 <= ih < image_h and 0 <= iw < image_w
+                    assert offsets[i * kw + j, oh * grid_w + ow] == (ih * image_w + iw if inside else -1)
 
 
 @pytest.mark.parametrize("x_shape,attrs,relu", [
