@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
+from . import compile_ahead
 from .kernel_api import Context, NodeSpec, kernel_class
 
 DTYPES = {"float32": np.float32, "int64": np.int64}
@@ -188,6 +189,9 @@ class Plan:
         self._plan_memory()
         self._bind()
         self._ctx = Context(training=training)
+        # With an empty kernel cache, a helper process compiles from the far end of the first
+        # step while this one compiles from its start (runtime/compile_ahead.py).
+        self._compile_helper = compile_ahead.start(self) if device.name == "cpu" else None
 
     # ---- which nodes take part in backward -------------------------------------------------
     def _plan_gradients(self):
@@ -460,6 +464,8 @@ class Plan:
         self._ctx = ctx
         for forward, args in self._forward_calls:
             forward(ctx, *args)
+        if not self.training:
+            self._stop_compile_helper()
 
     def backward(self, ctx: Context):
         """Gradients of the loss w.r.t. every trainable parameter, into self.param_grads."""
@@ -468,6 +474,13 @@ class Plan:
             backward(ctx, *args)
             for gradient, aside in accumulations:
                 accumulate(gradient, aside)
+        self._stop_compile_helper()
+
+    def _stop_compile_helper(self):
+        """After a complete first step every kernel is compiled here: the helper has no more to do."""
+        if self._compile_helper is not None:
+            self._compile_helper.stop()
+            self._compile_helper = None
 
     def loss_value(self) -> float:
         return self.device.scalar(self.out[self.net.loss])

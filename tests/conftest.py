@@ -15,3 +15,7 @@ def _has_nvidia_gpu():
 
 if not _has_nvidia_gpu():
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+# Plans fork no compile-ahead helper in the test processes (runtime/compile_ahead.py): they
+# compile every kernel in one process anyway. tests/runtime/test_compile_ahead.py turns it on.
+os.environ.setdefault("DSLC_COMPILE_AHEAD", "0")

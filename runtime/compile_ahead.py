@@ -1,0 +1,188 @@
+"""Cold start: compile a CPU plan's kernels from both ends at once.
+
+Numba compiles a kernel the first time it is called, one kernel at a time (it holds a global
+compiler lock), and compiling is single-threaded: with an empty kernel cache the first
+training step of the GoogLeNet-style benchmark spent ~53 s compiling on one core while the
+other idled. Kernels are cached on disk (runtime/jit.py), and Numba looks in that cache when
+it first meets a signature, not before; so a second process that compiles kernels and saves
+them there does part of the first process's work.
+
+When a CPU plan is built, `start` forks a helper process that walks the plan's kernel calls in
+the opposite order from the one its first step takes (the first step meets the forward steps
+first to last, then the backward steps last to first; the helper starts from the first step's
+backward) and compiles each jitted function those calls reach without running it, saving it
+to the cache. The parent, when it reaches a function the helper has saved, loads it instead
+of compiling it. The two meet about half way, and the helper stops when the parent asks
+(after the plan's first complete step, see Plan.forward/backward) or when it reaches the end.
+Measured from launch to the end of the first training step with an empty cache (bench/'s
+cold start, one run each): GoogLeNet-style 53.5 s -> 36.6 s, ResNet-18 41.6 s -> 26.0 s.
+
+How the helper compiles without running: in the child process only, calling a Numba
+dispatcher compiles it for the argument types and returns None (`compile_only`). The
+kernels' Python code runs as usual around those calls, on the child's copy of the plan's
+buffers, with the inputs zeroed (some are checked: labels against the class count). A kernel
+whose Python code needs a jitted result goes no further (its error is ignored): the parent
+compiles what it missed. Functions already compiled in this process or already in the disk
+cache are skipped, so with a warm cache the helper exits at once.
+
+The helper only ever compiles, and writes nothing to the terminal (its output goes to
+/dev/null). The parent ends it with SIGTERM, which it turns into an exception, so that a cache
+file being written is removed rather than left half done (Numba writes each file aside, then
+renames it). It also stops when the parent exits (the pipe between them closes), and
+`HELPER_TIME_LIMIT` ends it in any case.
+
+Linux only (fork). `DSLC_COMPILE_AHEAD=0` turns it off; the test suite does, except in the
+tests of this module, since its processes compile every kernel in one place anyway.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import threading
+import warnings
+
+# Seconds after which the helper ends, whatever it is doing: a safety net for a child that
+# could not make progress (it compiles for well under a minute in the largest benchmark).
+HELPER_TIME_LIMIT = 600
+
+# The write ends of the running helpers' stop pipes, which a later helper must close: a pipe
+# reads as closed only when every copy of its write end is.
+_stop_pipes: set[int] = set()
+
+
+def enabled() -> bool:
+    """Whether plans start a compile-ahead helper: on Linux, unless DSLC_COMPILE_AHEAD=0."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get("DSLC_COMPILE_AHEAD", "1") != "0"
+
+
+class Helper:
+    """The parent's handle on a running helper process."""
+
+    def __init__(self, pid: int, stop_pipe: int):
+        self.pid = pid
+        self._stop_pipe = stop_pipe
+        self._reaper = threading.Thread(target=self._reap, name="dslc-compile-ahead-reaper", daemon=True)
+        self._reaper.start()
+
+    def _reap(self):
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+    def stop(self):
+        """End the helper now: what it is compiling, the parent has compiled already or will
+        not need."""
+        if self._stop_pipe is None:
+            return
+        _stop_pipes.discard(self._stop_pipe)
+        os.close(self._stop_pipe)
+        self._stop_pipe = None
+        if self._reaper.is_alive():     # not reaped, so the pid is still the helper's
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the helper to exit; True when it has."""
+        self._reaper.join(timeout)
+        return not self._reaper.is_alive()
+
+    def __del__(self):
+        try:
+            self.stop()
+        except Exception:   # noqa: BLE001 - at interpreter exit, module state may be gone
+            pass
+
+
+def start(plan) -> Helper | None:
+    """Fork a helper that compiles `plan`'s kernels from the end of its first step backwards;
+    None where compile-ahead is off. Call on a CPU plan whose calls are bound."""
+    if not enabled():
+        return None
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a multi-threaded process may deadlock the child: this
+        # child takes no lock another thread could hold but Numba's compiler lock, which the
+        # forking thread holds whenever anything compiles (and HELPER_TIME_LIMIT ends it).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        for pipe in _stop_pipes | {write_end}:
+            os.close(pipe)
+        try:
+            _run_helper(plan, read_end)
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    _stop_pipes.add(write_end)
+    return Helper(pid, write_end)
+
+
+def _run_helper(plan, stop_pipe):
+    """The child: compile what the plan's calls reach, in the reverse of the first step's order."""
+    signal.alarm(HELPER_TIME_LIMIT)     # its default action ends the process
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    warnings.simplefilter("ignore")
+    try:
+        os.nice(5)      # the parent's first step is the critical path
+    except OSError:
+        pass
+    from numba.core.registry import CPUDispatcher
+
+    from .kernel_api import Context
+
+    class Stop(BaseException):
+        """The parent asked the helper to stop (it closed the pipe, or sent SIGTERM)."""
+
+    def on_terminate(signum, frame):
+        # Raised between bytecodes, inside Numba's compiler at worst: that compile is dropped,
+        # and a cache file being written is removed (Numba writes it aside, then renames it).
+        raise Stop
+
+    signal.signal(signal.SIGTERM, on_terminate)
+
+    def compile_only(dispatcher, *args, **kwargs):
+        if select.select([stop_pipe], [], [], 0)[0]:
+            raise Stop
+        if kwargs:
+            return None
+        signature = tuple(dispatcher.typeof_pyval(a) for a in args)
+        if signature not in dispatcher.overloads and not _in_disk_cache(dispatcher, signature):
+            dispatcher.compile(signature)
+        return None
+
+    CPUDispatcher.__call__ = compile_only
+    # The kernels' Python code checks some inputs (labels and token ids must be valid indices):
+    # this process's copy of the input buffers, uninitialised so far, is zeroed for that.
+    for name in plan.inputs:
+        plan.out[name][...] = 0
+    ctx = Context(training=plan.training)
+    calls = ([(backward, args) for backward, args, _ in reversed(plan._backward_calls)]
+             + [(forward, args) for forward, args in reversed(plan._forward_calls)])
+    for call, args in calls:
+        try:
+            call(ctx, *args)
+        except Stop:
+            return
+        except Exception:   # noqa: BLE001 - a kernel that needed a jitted result; see the docstring
+            continue
+
+
+def _in_disk_cache(dispatcher, signature) -> bool:
+    """Whether Numba's disk cache holds `dispatcher` compiled for `signature` (the parent then
+    loads it: the helper need not). Reads Numba's cache index the way Dispatcher.compile does,
+    through Numba internals; where those differ, the answer is False and the helper compiles."""
+    try:
+        cache = dispatcher._cache
+        key = cache._index_key(signature, dispatcher.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:   # noqa: BLE001 - another Numba version: fall back to compiling
+        return False

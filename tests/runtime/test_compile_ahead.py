@@ -1,0 +1,97 @@
+"""The compile-ahead helper (runtime/compile_ahead.py): what it compiles is what a plan's first
+step needs, it stays silent, and it stops when the first step is done. Each test runs plans in
+fresh processes on an empty Numba cache of its own, since the test process has every kernel
+compiled already."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime import compile_ahead
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# A small network whose kernels compile in seconds: dense, a fused relu, batchnorm, softmax
+# cross-entropy.
+SCRIPT = r'''
+import gc, json, sys
+import numpy as np
+from numba.core.registry import CPUDispatcher
+from dslc.compiler import compile_source
+from dslc.diagnostics import Source
+from runtime.kernel_api import Context
+from runtime.model import Model
+from runtime.plan import Plan
+
+NET = """
+network mlp
+input x: [6]
+input label: int
+logits = x -> dense(8) -> relu -> batchnorm -> dense(3)
+loss cross_entropy(logits, label)
+"""
+net, _ = compile_source(Source("mlp.net", NET))
+model = Model(net)
+plan = Plan(model.net, model._dev, model.device, 4, {}, True, set(model.trainable_names()))
+helper = plan._compile_helper
+report = {"helper": helper is not None}
+if sys.argv[1] == "step":
+    rng = np.random.default_rng(0)
+    plan.set_inputs({"x": rng.standard_normal((4, 6)).astype(np.float32),
+                     "label": rng.integers(0, 3, 4).astype(np.int64)})
+    plan.forward(Context(training=True))
+    plan.backward(Context(training=True))
+    report["helper_dropped"] = plan._compile_helper is None
+    report["loss"] = float(plan.loss_value())
+    dispatchers = [d for d in gc.get_objects() if isinstance(d, CPUDispatcher)]
+    report["compiled"] = sorted(d.py_func.__qualname__ for d in dispatchers if d.stats.cache_misses)
+    report["loaded"] = sorted(d.py_func.__qualname__ for d in dispatchers if d.stats.cache_hits)
+if helper is not None:
+    report["helper_exited"] = helper.wait(timeout=300)
+print(json.dumps(report))
+'''
+
+
+def _run(mode, cache_dir, ahead):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), DSLC_COMPILE_AHEAD="1" if ahead else "0")
+    done = subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), done
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="compile-ahead forks: Linux only")
+def test_the_helper_compiles_what_the_first_step_needs(tmp_path):
+    """A helper left to finish on an empty cache, with no step run: a later process's first
+    step then loads every kernel from the cache and compiles none. The helper writes nothing
+    to the terminal."""
+    report, done = _run("build", tmp_path, ahead=True)
+    assert report == {"helper": True, "helper_exited": True}
+    assert done.stdout.strip() == json.dumps(report) and done.stderr == ""
+    report, _ = _run("step", tmp_path, ahead=False)
+    assert report["compiled"] == []
+    assert report["loaded"]                     # the dense, batchnorm and loss kernels at least
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="compile-ahead forks: Linux only")
+def test_the_helper_stops_after_the_first_step(tmp_path):
+    """Parent and helper compiling at once on an empty cache: the step's result is that of a
+    process alone, the plan lets the helper go after its first complete step, and the helper
+    exits. With the cache warm, a helper still starts and finds nothing to do."""
+    alone, _ = _run("step", tmp_path / "alone", ahead=False)
+    report, done = _run("step", tmp_path / "both", ahead=True)
+    assert report["helper"] and report["helper_dropped"] and report["helper_exited"]
+    assert report["loss"] == alone["loss"]
+    assert done.stderr == ""
+    warm, _ = _run("step", tmp_path / "both", ahead=True)
+    assert warm["helper_exited"] and warm["compiled"] == []
+
+
+def test_off_by_environment(monkeypatch):
+    """DSLC_COMPILE_AHEAD=0 (as in the test suite) starts no helper."""
+    monkeypatch.setenv("DSLC_COMPILE_AHEAD", "0")
+    assert not compile_ahead.enabled()
+    assert compile_ahead.start(object()) is None
