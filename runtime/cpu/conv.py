@@ -49,6 +49,7 @@ from numba import uint64 as _u
 from runtime.cpu.activation import relu_backward, relu_grad
 from runtime.cpu.arrays import add_into, copy_into, copy_rows, fill, row_sum, scale_shift
 from runtime.cpu.blas import gemm
+from runtime.cpu.conv_geometry import window_offsets
 from runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
 from runtime.cpu.conv_winograd import WinogradPlan, winograd_conv, winograd_pays, winograd_weight_grad
 from runtime.jit import njit, parallel_elementwise, parallel_gemm, pnjit, prange
@@ -130,20 +131,9 @@ def gather_pays(grid_w: int) -> bool:
     return grid_w <= 8
 
 
-def gather_offsets(geometry) -> np.ndarray:
-    """(kh*kw, grid positions) int64: the offset in an image channel that tap i*kw + j reads for
-    each grid position, or -1 where the window lies in the padding."""
-    image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
-    ih = (np.arange(grid_h) * sh - ph)[None, :, None] + (np.arange(kh) * dh)[:, None, None]   # (kh, grid_h, 1)
-    iw = (np.arange(grid_w) * sw - pw)[None, None, :] + (np.arange(kw) * dw)[:, None, None]   # (kw, 1, grid_w)
-    ih, iw = ih[:, None], iw[None]                                                           # (kh, kw, gh, gw)
-    inside = (ih >= 0) & (ih < image_h) & (iw >= 0) & (iw < image_w)
-    return np.where(inside, ih * image_w + iw, -1).reshape(kh * kw, grid_h * grid_w).astype(np.int64)
-
-
 @njit
 def _im2col_gather(image, offsets, cols, first_col):
-    """_im2col by a table of offsets (gather_offsets): cols[c*taps + k, first_col + p] =
+    """_im2col by a table of offsets (conv_geometry.window_offsets): cols[c*taps + k, first_col + p] =
     image[c, offsets[k, p]], 0 where that is -1. Branch-free, so the loop over p vectorises
     (a masked gather)."""
     taps, positions = offsets.shape
@@ -805,7 +795,7 @@ class Conv(FusesRelu, _ConvBase):
         self.chunk = max(1, min(per_worker, -(-MIN_GEMM_COLUMNS // self.grid_positions)))
         # im2col's columns by a table of offsets on short grid rows (gather_pays); an empty
         # table asks for the loops, and keeps one compiled signature for both.
-        self.offsets = (gather_offsets(self.geometry) if gather_pays(grid_w)
+        self.offsets = (window_offsets(self.geometry) if gather_pays(grid_w)
                         else np.empty((0, 0), np.int64))
         # 3x3, stride 1, one group: Winograd where it pays (conv_winograd.py), in place of the
         # path chosen above.

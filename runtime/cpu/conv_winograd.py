@@ -47,6 +47,7 @@ from numba import uint64 as _u
 
 from runtime.cpu.arrays import add_into, fill, row_sum
 from runtime.cpu.blas import gemm
+from runtime.cpu.conv_geometry import window_offsets
 from runtime.jit import njit, pnjit, prange
 
 # m -> (B^T, G, A^T), float64; Lavin & Gray's matrices (interpolation points 0, +-1 for m = 2;
@@ -387,9 +388,6 @@ class _TileGrid:
 def _flat_indices(tiles_h, tiles_w, tile, size, row0, col0, height, width):
     """(size^2, tiles) int64: [size*i + j, ty*tiles_w + tx] = the flat index of position
     (tile*ty + row0 + i, tile*tx + col0 + j) in a height x width grid, -1 outside it. With
-    size = a and the padding as offset: each tile's input window; with size = m: its outputs."""
-    i, j, ty, tx = np.meshgrid(np.arange(size), np.arange(size), np.arange(tiles_h), np.arange(tiles_w),
-                               indexing="ij")
-    rows, cols = tile * ty + row0 + i, tile * tx + col0 + j
-    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    return np.where(inside, rows * width + cols, -1).reshape(size * size, tiles_h * tiles_w).astype(np.int64)
+    size = a and the padding as offset: each tile's input window; with size = m: its outputs.
+    Both are the windows of a size x size kernel sliding with stride `tile`."""
+    return window_offsets((height, width, size, size, tile, tile, -row0, -col0, 1, 1, tiles_h, tiles_w))

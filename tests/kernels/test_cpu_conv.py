@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import runtime.cpu.conv
+from runtime.cpu.conv_geometry import window_offsets
 from runtime.kernel_api import Context, NodeSpec
 
 from tests.kernels.harness import Case, check_against_torch, check_finite_differences
@@ -215,11 +216,11 @@ def test_gather_choice(grid_w, gathers):
     assert DEFAULT_GATHER_PAYS(grid_w) == gathers
 
 
-def test_gather_offsets_match_the_geometry():
+def test_window_offsets_match_the_geometry():
     """Each table entry is the input position a window tap reads, -1 in the padding: checked
     against the definition, on a geometry with stride, padding and dilation differing per axis."""
     geometry = image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = (7, 9, 3, 2, 2, 1, 1, 0, 2, 1, 3, 8)
-    offsets = runtime.cpu.conv.gather_offsets(geometry)
+    offsets = window_offsets(geometry)
     assert offsets.shape == (kh * kw, grid_h * grid_w)
     for i in range(kh):
         for j in range(kw):
