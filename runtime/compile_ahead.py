@@ -139,13 +139,16 @@ def _run_helper(plan, stop_pipe):
 
     from .kernel_api import Context
 
-    class Stop(BaseException):
-        """The parent asked the helper to stop (it closed the pipe, or sent SIGTERM)."""
+    class Stop(Exception):
+        """The parent asked the helper to stop (it closed the pipe, or sent SIGTERM).
+
+        An Exception, not a BaseException: raised inside Numba's compiler, it drops that
+        compile, and Numba, which writes a cache file aside and then renames it, removes the
+        file it was writing on an Exception only. Should Numba wrap it in an error of its own,
+        the next dispatcher call raises it again (the pipe is closed by then)."""
 
     def on_terminate(signum, frame):
-        # Raised between bytecodes, inside Numba's compiler at worst: that compile is dropped,
-        # and a cache file being written is removed (Numba writes it aside, then renames it).
-        raise Stop
+        raise Stop      # between bytecodes, wherever the helper is
 
     signal.signal(signal.SIGTERM, on_terminate)
 
@@ -172,7 +175,7 @@ def _run_helper(plan, stop_pipe):
             call(ctx, *args)
         except Stop:
             return
-        except Exception:   # noqa: BLE001 - a kernel that needed a jitted result; see the docstring
+        except Exception:   # noqa: BLE001 - a kernel that needed a jitted result (module docstring)
             continue
 
 
