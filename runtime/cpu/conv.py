@@ -666,7 +666,8 @@ class Conv(FusesRelu, _ConvBase):
     over the activations of its own. Pointwise layers that read one tensor may also run as one
     call of the first of them (`sibling_key`, `lead_siblings`: "sibling pointwise layers"
     above)."""
-    # Everything but the shifted path's rearranged weights is used within one call (plan.py).
+    # Everything but the shifted path's rearranged weights is used within one call (plan.py),
+    # and F(2x2) Winograd's transformed weights, which its backward reads (__init__).
     scratch_workspace = ("cols", "staging", "gweight_partial", "gbias_partial",
                          "padded", "wide", "gpadded", "gtaps_partial",
                          "winograd_u", "winograd_v", "winograd_m", "winograd_windows", "winograd_outputs",
@@ -811,8 +812,12 @@ class Conv(FusesRelu, _ConvBase):
             self.taps = tap_map(self.geometry)
         if self.winograd:
             self._plain_epilogue = {}       # dtype -> (ones, zeros), see _winograd
+            self._no_planes = np.empty(0, np.int64)
             self.winograd_plan = WinogradPlan(n_batch, channels, rows, image_h, image_w, ph, pw, grid_h, grid_w,
                                               self.workers)
+            if self.winograd_plan.flip_planes is not None:
+                # the input gradient reads the forward's transformed weights: they live until then
+                self.scratch_workspace = tuple(n for n in Conv.scratch_workspace if n != "winograd_u")
 
     def workspace(self):
         if self.siblings:
@@ -907,8 +912,10 @@ class Conv(FusesRelu, _ConvBase):
         features = target.shape[1]
         scale = ones[:features] if scale is None else scale[0]
         shift = zeros[:features] if shift is None else shift[0]
+        # F(2x2)'s input gradient reads the forward's transformed weights (winograd_conv)
+        planes = plan.flip_planes if input_gradient and plan.flip_planes is not None else self._no_planes
         winograd_conv(source, grid.sources, grid.targets, bt, at, weight.reshape(self.out_shape[2], -1, 9), g,
-                      input_gradient, ws["winograd_u"], ws["winograd_weights"], scale, shift, relu, target,
+                      input_gradient, planes, ws["winograd_u"], ws["winograd_weights"], scale, shift, relu, target,
                       grid.chunk, ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):

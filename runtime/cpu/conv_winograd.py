@@ -26,7 +26,12 @@ direct convolution; the kernel tests hold both to torch at 1e-4.
 The input gradient of a stride-1 3x3 conv is itself one: the output gradient convolved with the
 weights flipped in both spatial axes and with input/output channels swapped, padded by 2 - pad,
 so `winograd_conv` serves both, each transforming the weights its way first (`flipped`, see
-_transform_weights). The weight gradient is the adjoint of the same algorithm
+_transform_weights). With F(2x2) the input-gradient pass transforms nothing: flipping g in
+both axes permutes the rows of G g (G's interpolation points 0, 1, -1 and infinity: the flip
+swaps 0 and infinity), so the flipped kernel's U is the forward's U with its a x a grid
+permuted, and each of its GEMMs reads a plane of the forward's U transposed (`planes`, see
+_flip_planes). The transform it saves is serial and bound by memory: ~8 ms per step on a
+512->512 layer. F(4x4)'s points +-2 would map to +-1/2, so it transforms. The weight gradient is the adjoint of the same algorithm
 (winograd_weight_grad): dU[xi] = sum over tiles of dM[xi] V[xi]^T with dM = A dY A^T, then
 dW = G^T dU G.
 
@@ -270,16 +275,18 @@ def _chunking(n_batch, sources, chunk, v):
 
 
 @pnjit
-def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped, u, weight_scratch, scale, shift,
-                  relu, out, chunk, v, m, windows, outputs):
+def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped, planes, u, weight_scratch,
+                  scale, shift, relu, out, chunk, v, m, windows, outputs):
     """out (N, F, Ho*Wo) = the 3x3 stride-1 convolution of x (N, C, H*W) with `weight`
     (F, C, 9), or with `flipped` the input gradient of the layer whose weight that is (see
     _transform_weights), then the epilogue: * scale, + shift (F each; ones and zeros for none:
     arrays either way, so that the forward and the input-gradient pass share one compiled
     function), relu where `relu`; sources, targets: where the tiles'
     inputs and outputs lie (_TileGrid, which holds the padding and the edges); bt, at_matrix,
-    g_matrix: B^T, A^T and G in x's dtype; u: the transformed weights, flat; weight_scratch:
-    flat scratch of the weight transform, which runs first.
+    g_matrix: B^T, A^T and G in x's dtype; u: the transformed weights, flat, which the weight
+    transform writes first (weight_scratch: its flat scratch). Where `planes` is not empty (the
+    flipped pass of F(2x2), see _flip_planes), u already holds the forward pass's transformed
+    weights, and grid point xi's GEMM reads plane planes[xi] of it, transposed.
 
     The batch is cut into chunks of `chunk` samples, taken by the workers in turn as in
     conv.py; v, m: (workers, tiles_size) flat per-worker buffers for a chunk's transformed inputs
@@ -288,7 +295,10 @@ def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped,
     n_batch, n_in, n_out = x.shape[0], x.shape[1], out.shape[1]
     tile, alpha = at_matrix.shape
     per_sample, width, workers, n_chunks = _chunking(n_batch, sources, chunk, v)
-    _transform_weights(weight, g_matrix, flipped, u, weight_scratch, 0, weight.shape[1] if flipped else weight.shape[0])
+    reuse = planes.shape[0] > 0
+    if not reuse:
+        _transform_weights(weight, g_matrix, flipped, u, weight_scratch, 0,
+                           weight.shape[1] if flipped else weight.shape[0])
     for worker in prange(workers):
         for chunk_index in range(worker, n_chunks, workers):
             first = chunk_index * chunk
@@ -296,8 +306,12 @@ def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped,
             _input_transform(x[first:first + count], sources, bt, v[worker], width, windows[worker])
             columns = count * per_sample
             for xi in range(alpha * alpha):
-                gemm(False, False, n_out, columns, n_in, u, xi * n_out * n_in, n_in,
-                     v[worker], xi * n_in * width, width, 0.0, m[worker], xi * n_out * width, width)
+                if reuse:       # the forward's plane, (n_in, n_out), read transposed
+                    gemm(True, False, n_out, columns, n_in, u, planes[xi] * n_out * n_in, n_out,
+                         v[worker], xi * n_in * width, width, 0.0, m[worker], xi * n_out * width, width)
+                else:
+                    gemm(False, False, n_out, columns, n_in, u, xi * n_out * n_in, n_in,
+                         v[worker], xi * n_in * width, width, 0.0, m[worker], xi * n_out * width, width)
             _output_transform(m[worker], at_matrix, n_out, width, count, targets, scale, shift, relu,
                               out[first:first + count], outputs[worker])
 
@@ -356,6 +370,8 @@ class WinogradPlan:
         # per dtype (float32 in training, float64 in the finite-difference tests): B^T, G, G^T, A^T, A
         self.matrices = {np.dtype(d): tuple(np.ascontiguousarray(a, dtype=d) for a in (bt, g, g.T, at, at.T))
                          for d in (np.float32, np.float64)}
+        # the input gradient's planes of the forward's U, where flipping permutes them (F(2x2))
+        self.flip_planes = _flip_planes(g)
         self.forward = _TileGrid(self.tile, n_batch, image_h, image_w, ph, pw, out_h, out_w, workers)
         # the input gradient: gout (out_h x out_w) convolved into gx (image_h x image_w), padded by 2 - pad
         self.input_grad = _TileGrid(self.tile, n_batch, out_h, out_w, 2 - ph, 2 - pw, image_h, image_w, workers)
@@ -369,6 +385,22 @@ class WinogradPlan:
         self.windows_size = max(2 * alpha * alpha * grid.width for grid in grids)
         self.outputs_size = max((self.tile * alpha + self.tile * self.tile) * grid.width for grid in grids)
         self.weight_scratch_size = (9 + 3 * alpha) * channels
+
+
+def _flip_planes(g_matrix):
+    """(a^2,) int64, or None: the plane of U = G g G^T that holds each grid point of the flipped
+    kernel's G g' G^T (g' = g flipped in both axes), where flipping g permutes the rows of G g:
+    row r of G J (J the 3x3 reversal) is row p[r] of G, so G g' G^T = (G J) g (G J)^T has
+    [r, s] = U[p[r], p[s]]. None where some row of G J is no row of G (F(4x4))."""
+    flipped_rows = g_matrix[:, ::-1]
+    alpha = g_matrix.shape[0]
+    p = []
+    for row in flipped_rows:
+        same = [i for i in range(alpha) if np.array_equal(g_matrix[i], row)]
+        if not same:
+            return None
+        p.append(same[0])
+    return np.array([p[r] * alpha + p[s] for r in range(alpha) for s in range(alpha)], np.int64)
 
 
 class _TileGrid:

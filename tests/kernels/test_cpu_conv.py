@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import runtime.cpu.conv
+from runtime.cpu import conv_winograd
 from runtime.cpu.conv_geometry import window_offsets
 from runtime.kernel_api import Context, NodeSpec
 
@@ -229,6 +230,28 @@ def test_window_offsets_match_the_geometry():
                     ih, iw = oh * sh - ph + i * dh, ow * sw - pw + j * dw
                     inside = 0 <= ih < image_h and 0 <= iw < image_w
                     assert offsets[i * kw + j, oh * grid_w + ow] == (ih * image_w + iw if inside else -1)
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_flipped_weights_are_the_forward_planes_permuted(tile):
+    """F(2x2)'s input gradient reads the forward's transformed weights (conv_winograd._flip_planes):
+    transforming the flipped kernel gives exactly those planes, permuted and transposed. F(4x4)
+    has no such permutation and transforms the flipped kernel itself."""
+    g_matrix = conv_winograd.ALGORITHMS[tile][1]
+    planes = conv_winograd._flip_planes(g_matrix)
+    if tile == 4:
+        assert planes is None
+        return
+    features, channels, alpha = 5, 3, tile + 2
+    weight = np.random.default_rng(0).standard_normal((features, channels, 9))
+    scratch = np.empty((9 + 3 * alpha) * max(features, channels))
+    forward = np.empty(alpha * alpha * features * channels)
+    flipped = np.empty_like(forward)
+    conv_winograd._transform_weights(weight, g_matrix, False, forward, scratch, 0, features)
+    conv_winograd._transform_weights(weight, g_matrix, True, flipped, scratch, 0, channels)
+    forward = forward.reshape(alpha * alpha, features, channels)
+    flipped = flipped.reshape(alpha * alpha, channels, features)
+    np.testing.assert_allclose(flipped, forward[planes].transpose(0, 2, 1), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("x_shape,attrs,relu", [
