@@ -103,15 +103,23 @@ def start(plan) -> Helper | None:
     None where compile-ahead is off. Call on a CPU plan whose calls are bound."""
     if not enabled():
         return None
-    read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:         # out of file descriptors: compile in this process alone
+        return None
     with warnings.catch_warnings():
         # Python 3.12+ warns that forking a multi-threaded process may deadlock the child: this
         # child takes no lock another thread could hold but Numba's compiler lock, which the
         # forking thread holds whenever anything compiles (and HELPER_TIME_LIMIT ends it).
         warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:     # no process to spare (a limit, a sandbox): this one compiles alone
+            os.close(read_end)
+            os.close(write_end)
+            return None
     if pid == 0:
         for pipe in _stop_pipes | {write_end}:
             os.close(pipe)

@@ -95,3 +95,14 @@ def test_off_by_environment(monkeypatch):
     monkeypatch.setenv("DSLC_COMPILE_AHEAD", "0")
     assert not compile_ahead.enabled()
     assert compile_ahead.start(object()) is None
+
+
+def test_no_helper_where_fork_fails(monkeypatch):
+    """A process that may not fork (a limit, a sandbox) compiles alone: the plan gets no helper."""
+    monkeypatch.setenv("DSLC_COMPILE_AHEAD", "1")
+
+    def refuse():
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    assert compile_ahead.start(object()) is None
