@@ -148,7 +148,8 @@ def _run_helper(plan, stop_pipe):
     from .kernel_api import Context
 
     class Stop(Exception):
-        """The parent asked the helper to stop (it closed the pipe, or sent SIGTERM).
+        """The parent asked the helper to stop (it closed the pipe, or sent SIGTERM), or the
+        user pressed Ctrl-C.
 
         An Exception, not a BaseException: raised inside Numba's compiler, it drops that
         compile, and Numba, which writes a cache file aside and then renames it, removes the
@@ -159,6 +160,8 @@ def _run_helper(plan, stop_pipe):
         raise Stop      # between bytecodes, wherever the helper is
 
     signal.signal(signal.SIGTERM, on_terminate)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:     # as the parent: ignored stays ignored
+        signal.signal(signal.SIGINT, on_terminate)     # Ctrl-C reaches the whole process group
 
     def compile_only(dispatcher, *args, **kwargs):
         if select.select([stop_pipe], [], [], 0)[0]:

@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # A small network whose kernels compile in seconds: dense, a fused relu, batchnorm, softmax
 # cross-entropy.
 SCRIPT = r'''
-import gc, json, sys
+import gc, json, os, signal, sys, time
 import numpy as np
 from numba.core.registry import CPUDispatcher
 from dslc.compiler import compile_source
@@ -49,6 +49,12 @@ if sys.argv[1] == "step":
     dispatchers = [d for d in gc.get_objects() if isinstance(d, CPUDispatcher)]
     report["compiled"] = sorted(d.py_func.__qualname__ for d in dispatchers if d.stats.cache_misses)
     report["loaded"] = sorted(d.py_func.__qualname__ for d in dispatchers if d.stats.cache_hits)
+if sys.argv[1] == "interrupt":     # Ctrl-C, which reaches the whole process group
+    try:
+        os.killpg(os.getpgid(0), signal.SIGINT)
+        time.sleep(300)             # the KeyboardInterrupt comes first
+    except KeyboardInterrupt:
+        report["interrupted"] = True
 if helper is not None:
     report["helper_exited"] = helper.wait(timeout=300)
 print(json.dumps(report))
@@ -57,8 +63,9 @@ print(json.dumps(report))
 
 def _run(mode, cache_dir, ahead):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), DSLC_COMPILE_AHEAD="1" if ahead else "0")
+    # a session of its own: the interrupt test signals its whole process group
     done = subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, start_new_session=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout), done
 
@@ -88,6 +95,18 @@ def test_the_helper_stops_after_the_first_step(tmp_path):
     assert done.stderr == ""
     warm, _ = _run("step", tmp_path / "both", ahead=True)
     assert warm["helper_exited"] and warm["compiled"] == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="compile-ahead forks: Linux only")
+def test_ctrl_c_ends_the_helper(tmp_path):
+    """Ctrl-C while the helper compiles: the parent gets its KeyboardInterrupt, the helper
+    stops there (a later first step finds kernels left to compile: the helper did not go on
+    to the end) and leaves no half-written file in the kernel cache."""
+    report, _ = _run("interrupt", tmp_path, ahead=True)
+    assert report == {"helper": True, "interrupted": True, "helper_exited": True}
+    assert not [f for f in tmp_path.rglob("*") if ".tmp." in f.name]
+    later, _ = _run("step", tmp_path, ahead=False)
+    assert later["compiled"]
 
 
 def test_off_by_environment(monkeypatch):
