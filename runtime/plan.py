@@ -5,7 +5,7 @@ The plan holds
     kernel call each. A kernel that can absorb the activation after it (`fuse_activation`,
     e.g. dense + relu) makes one step of the pair: it writes the activation's output and the
     pre-activation is never stored. In inference plans a conv also absorbs the eval-mode
-    batchnorm after it (`fuse_batchnorm`), then that one's activation: conv -> batchnorm ->
+    batchnorm after it (`fuse_inference`), then that one's activation: conv -> batchnorm ->
     relu is one call. Steps that read one tensor with kernels that say they can share their
     work (`sibling_key`, an inception module's 1x1 convs) run as one call of the first of them
     ("horizontal fusion", see _fuse_siblings);
@@ -42,9 +42,10 @@ are the safe assumptions):
                            take over the following parameter-free activation `op`: forward
                            then writes the activated output, backward receives that output
                            and its gradient.
-    fuse_batchnorm(attrs) -> bool
-                           (inference plans only) take over the following batchnorm: forward
-                           receives its parameters too, as "batchnorm.<name>", and writes its
+    fuse_inference(op, attrs) -> bool
+                           (inference plans only) take over the following node with
+                           parameters, `op` (e.g. conv: an eval-mode batchnorm): forward
+                           receives its parameters too, as "<op>.<name>", and writes its
                            output. Asked before fuse_activation.
     sibling_key() -> hashable or None
     lead_siblings(kernels) -> bool
@@ -212,8 +213,9 @@ class Plan:
         """The node after `tail` that `n`'s kernel absorbs, or None: `tail` (n itself, or what
         n absorbed last) must have that node as its only consumer, and be no output of the
         network (a fused node's input is never stored). op_kind "activation": a
-        parameter-free activation (`fuse_activation`); "batchnorm": in inference plans only, a
-        batchnorm in eval mode (`fuse_batchnorm`), whose parameters n's step then receives."""
+        parameter-free node (`fuse_activation`); "parametrized": in inference plans only, a
+        node with parameters (`fuse_inference`, e.g. an eval-mode batchnorm), which n's step
+        then receives. The kernel says which ops it takes; the plan tests none by name."""
         g = self.net.graph
         kept = set(self.net.outputs) | {self.net.loss}
         if tail in kept or len(consumers[tail]) != 1:
@@ -222,16 +224,11 @@ class Plan:
         d = g.nodes[c]
         if d["inputs"] != [tail] or self.dtypes[c] != self.dtypes[tail]:
             return None
-        kernel = self.kernels[n]
-        if op_kind == "batchnorm":
-            fuse = getattr(kernel, "fuse_batchnorm", None)
-            if self.training or fuse is None or d["op"] != "batchnorm":
-                return None
-            return c if fuse(dict(d["attrs"])) else None
-        fuse = getattr(kernel, "fuse_activation", None)
-        if fuse is None or d["params"]:
-            return None
-        return c if fuse(d["op"], dict(d["attrs"])) else None
+        if op_kind == "parametrized":
+            fuse = None if self.training or not d["params"] else getattr(self.kernels[n], "fuse_inference", None)
+        else:
+            fuse = None if d["params"] else getattr(self.kernels[n], "fuse_activation", None)
+        return c if fuse is not None and fuse(d["op"], dict(d["attrs"])) else None
 
     def _plan_steps(self):
         g = self.net.graph
@@ -239,13 +236,13 @@ class Plan:
         for c in self.schedule:
             for i in dict.fromkeys(g.nodes[c]["inputs"]):
                 consumers[i].append(c)
-        # producer -> the nodes it absorbs, in order (a batchnorm, then an activation)
+        # producer -> the nodes it absorbs, in order (one with parameters, then an activation)
         absorbs, absorbed = {}, set()
         for n in self.schedule:
             if n in absorbed:
                 continue
             chain = []
-            for op_kind in ("batchnorm", "activation"):
+            for op_kind in ("parametrized", "activation"):
                 c = self._fusable(n, chain[-1] if chain else n, consumers, op_kind)
                 if c is not None:
                     chain.append(c)
@@ -263,9 +260,8 @@ class Plan:
             is_view = self.reuse_memory and bool(getattr(kernel, "output_is_input_view", False)) and len(inputs) == 1
             self.steps.append(_Step(n, kernel, inputs, output, len(self.steps), is_view=is_view,
                                     absorbed=tuple(chain)))
-            for c in chain:
-                if g.nodes[c]["op"] == "batchnorm":     # fuse_batchnorm: its parameters go with n's
-                    self.node_params[n].update({f"batchnorm.{k}": p for k, p in self.node_params[c].items()})
+            for c in chain:     # an absorbed node's parameters go with n's, as "<op>.<name>" (fuse_inference)
+                self.node_params[n].update({f"{g.nodes[c]['op']}.{k}": p for k, p in self.node_params[c].items()})
         self._fuse_siblings()
         self.step_of = {s.output: s for s in self.steps}
         self.backward_steps = [s for s in reversed(self.steps) if s.node in self.grad_nodes]

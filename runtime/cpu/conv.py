@@ -676,6 +676,11 @@ class Conv(FusesRelu, _ConvBase):
     folded_batchnorm_eps = None     # set by fuse_batchnorm
     siblings = ()                   # set by lead_siblings: the other layers this one's calls compute
 
+    def fuse_inference(self, op, attrs) -> bool:
+        """The plan's hook for a following node with parameters in an inference plan: a
+        batchnorm only (fuse_batchnorm)."""
+        return op == "batchnorm" and self.fuse_batchnorm(attrs)
+
     def fuse_batchnorm(self, attrs) -> bool:
         """Take over the eval-mode batchnorm that follows (inference plans only: training
         normalises with batch statistics): forward then writes
