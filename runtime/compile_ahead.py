@@ -163,12 +163,17 @@ def _run_helper(plan, stop_pipe):
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:     # as the parent: ignored stays ignored
         signal.signal(signal.SIGINT, on_terminate)     # Ctrl-C reaches the whole process group
 
+    seen = set()    # (dispatcher, signature) already handled: many layers share a kernel
+
     def compile_only(dispatcher, *args, **kwargs):
         if select.select([stop_pipe], [], [], 0)[0]:
             raise Stop
         if kwargs:
             return None
         signature = tuple(dispatcher.typeof_pyval(a) for a in args)
+        if (dispatcher, signature) in seen:
+            return None
+        seen.add((dispatcher, signature))
         if signature not in dispatcher.overloads and not _in_disk_cache(dispatcher, signature):
             dispatcher.compile(signature)
         return None

@@ -895,8 +895,7 @@ class Conv(FusesRelu, _ConvBase):
                              ws["wide"])
         else:
             _conv_forward(x, weight, scale, shift, self.relu, out, self.geometry, self.offsets, self.pointwise,
-                          self.chunk,
-                          ws["cols"], ws["staging"])
+                          self.chunk, ws["cols"], ws["staging"])
 
     def _winograd(self, ws, weight, input_gradient, source, scale, shift, relu, target):
         """target = the 3x3 convolution of source by Winograd, then the epilogue: the layer's

@@ -30,8 +30,9 @@ _transform_weights). With F(2x2) the input-gradient pass transforms nothing: fli
 both axes permutes the rows of G g (G's interpolation points 0, 1, -1 and infinity: the flip
 swaps 0 and infinity), so the flipped kernel's U is the forward's U with its a x a grid
 permuted, and each of its GEMMs reads a plane of the forward's U transposed (`planes`, see
-_flip_planes). The transform it saves is serial and bound by memory: ~8 ms per step on a
-512->512 layer. F(4x4)'s points +-2 would map to +-1/2, so it transforms. The weight gradient is the adjoint of the same algorithm
+_flip_planes). The transform it saves runs serially: ~8 ms per step on a 512->512 layer.
+F(4x4)'s points +-2 would map to +-1/2, so it transforms. The weight gradient is the adjoint
+of the same algorithm
 (winograd_weight_grad): dU[xi] = sum over tiles of dM[xi] V[xi]^T with dM = A dY A^T, then
 dW = G^T dU G.
 
