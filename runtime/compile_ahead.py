@@ -153,10 +153,16 @@ def _run_helper(plan, stop_pipe):
 
         An Exception, not a BaseException: raised inside Numba's compiler, it drops that
         compile, and Numba, which writes a cache file aside and then renames it, removes the
-        file it was writing on an Exception only. Should Numba wrap it in an error of its own,
-        the next dispatcher call raises it again (the pipe is closed by then)."""
+        file it was writing on an Exception only. Should anything swallow it or wrap it in an
+        error of its own, the helper still stops (`stopping`, below)."""
+
+    # Set by the signal handler too: code that catches every Exception (Numba's, or
+    # _in_disk_cache's fallback) may swallow the Stop it raised, and the helper must stop all
+    # the same (seen once in the Ctrl-C test: the helper went on to compile everything).
+    stopping = []
 
     def on_terminate(signum, frame):
+        stopping.append(signum)
         raise Stop      # between bytecodes, wherever the helper is
 
     signal.signal(signal.SIGTERM, on_terminate)
@@ -166,7 +172,7 @@ def _run_helper(plan, stop_pipe):
     seen = set()    # (dispatcher, signature) already handled: many layers share a kernel
 
     def compile_only(dispatcher, *args, **kwargs):
-        if select.select([stop_pipe], [], [], 0)[0]:
+        if stopping or select.select([stop_pipe], [], [], 0)[0]:
             raise Stop
         if kwargs:
             return None
@@ -175,6 +181,8 @@ def _run_helper(plan, stop_pipe):
             return None
         seen.add((dispatcher, signature))
         if signature not in dispatcher.overloads and not _in_disk_cache(dispatcher, signature):
+            if stopping:
+                raise Stop
             dispatcher.compile(signature)
         return None
 
@@ -192,7 +200,8 @@ def _run_helper(plan, stop_pipe):
         except Stop:
             return
         except Exception:   # noqa: BLE001 - a kernel that needed a jitted result (module docstring)
-            continue
+            if stopping:    # or a Stop that Numba wrapped in an error of its own
+                return
 
 
 def _in_disk_cache(dispatcher, signature) -> bool:
