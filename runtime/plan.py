@@ -6,8 +6,9 @@ The plan holds
     e.g. dense + relu) makes one step of the pair: it writes the activation's output and the
     pre-activation is never stored. In inference plans a conv also absorbs the eval-mode
     batchnorm after it (`fuse_inference`), then that one's activation: conv -> batchnorm ->
-    relu is one call. Steps that read one tensor with kernels that say they can share their
-    work (`sibling_key`, an inception module's 1x1 convs) run as one call of the first of them
+    relu is one call, and a recurrent layer absorbs the embed that feeds it (`fuse_input`).
+    Steps that read one tensor with kernels that say they can share their work
+    (`sibling_key`, an inception module's 1x1 convs) run as one call of the first of them
     ("horizontal fusion", see _fuse_siblings);
   * the backward: the same steps reversed, restricted to those through which a gradient
     reaches a trainable parameter. Where a tensor fans out (residual adds, concat branches, a
@@ -47,6 +48,12 @@ are the safe assumptions):
                            parameters, `op` (e.g. conv: an eval-mode batchnorm): forward
                            receives its parameters too, as "<op>.<name>", and writes its
                            output. Asked before fuse_activation.
+    fuse_input(op, attrs) -> bool
+                           (inference plans only) take over the node `op` that produces its
+                           first input, when that node has no other reader: forward then
+                           receives that node's inputs in place of its output, and its
+                           parameters as "<op>.<name>" (e.g. lstm: the embed before it, whose
+                           lookup it folds into its input projection).
     sibling_key() -> hashable or None
     lead_siblings(kernels) -> bool
     bind_siblings(operands)
@@ -129,6 +136,7 @@ class _Step:
     index: int                      # position on the forward timeline
     is_view: bool = False           # output is a view of the input: forward has nothing to do
     absorbed: tuple = ()            # the nodes fused into this call, in order (output: the last)
+    absorbed_input: str | None = None   # the node feeding this one that its call computes too
     leader: _Step | None = None     # the step whose call computes this one's output (siblings)
     followers: list = field(default_factory=list)       # steps whose outputs this call computes too
     args: tuple = ()                # (xs, params, out, ws), bound once
@@ -230,6 +238,22 @@ class Plan:
             fuse = None if d["params"] else getattr(self.kernels[n], "fuse_activation", None)
         return c if fuse is not None and fuse(d["op"], dict(d["attrs"])) else None
 
+    def _fusable_input(self, n, consumers, fused):
+        """The producer of n's first input that n's kernel absorbs (`fuse_input`), or None: in
+        inference plans only, a node of the schedule that takes no part in another fusion
+        (`fused`), has n as its only consumer and is no output of the network."""
+        g = self.net.graph
+        inputs = g.nodes[n]["inputs"]
+        fuse = getattr(self.kernels[n], "fuse_input", None)
+        if self.training or fuse is None or not inputs:
+            return None
+        p = inputs[0]
+        if (p not in self.kernels or p in fused or consumers[p] != [n]
+                or p in set(self.net.outputs) | {self.net.loss}):
+            return None
+        d = g.nodes[p]
+        return p if fuse(d["op"], dict(d["attrs"])) else None
+
     def _plan_steps(self):
         g = self.net.graph
         consumers = {n: [] for n in self.shapes}
@@ -249,6 +273,14 @@ class Plan:
             if chain:
                 absorbs[n] = chain
                 absorbed.update(chain)
+        # consumer -> the producer of its first input that it absorbs (fuse_input)
+        absorbs_input = {}
+        for n in self.schedule:
+            if n not in absorbed:
+                p = self._fusable_input(n, consumers, absorbed | absorbs.keys() | absorbs_input.keys())
+                if p is not None:
+                    absorbs_input[n] = p
+                    absorbed.add(p)
         self.steps: list[_Step] = []
         for n in self.schedule:
             if n in absorbed:
@@ -257,10 +289,14 @@ class Plan:
             output = chain[-1] if chain else n
             kernel = self.kernels[n]
             inputs = list(g.nodes[n]["inputs"])
+            producer = absorbs_input.get(n)
+            if producer is not None:        # n reads what its absorbed producer reads
+                inputs = list(g.nodes[producer]["inputs"]) + inputs[1:]
             is_view = self.reuse_memory and bool(getattr(kernel, "output_is_input_view", False)) and len(inputs) == 1
             self.steps.append(_Step(n, kernel, inputs, output, len(self.steps), is_view=is_view,
-                                    absorbed=tuple(chain)))
-            for c in chain:     # an absorbed node's parameters go with n's, as "<op>.<name>" (fuse_inference)
+                                    absorbed=tuple(chain), absorbed_input=producer))
+            # an absorbed node's parameters go with n's, as "<op>.<name>" (fuse_inference, fuse_input)
+            for c in chain + ([producer] if producer is not None else []):
                 self.node_params[n].update({f"{g.nodes[c]['op']}.{k}": p for k, p in self.node_params[c].items()})
         self._fuse_siblings()
         self.step_of = {s.output: s for s in self.steps}

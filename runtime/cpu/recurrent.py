@@ -26,6 +26,8 @@ could only write feature major, copying its output into step blocks cost 1.2-2.5
 layer, and per step it runs as fast (see _step_products; projecting chunks of 2-8 steps at
 once was no faster either). Every per-step GEMM is cut into blocks small enough for
 OpenBLAS's unpacked small-matrix kernel (_step_gemm), 13-22% faster than one call each.
+In inference plans, a layer that absorbed the embed before it gathers its first layer's input
+projection from a table of one column per id instead (_RecurrentKernel.fuse_input).
 A time-major layout with the batch innermost inside each step, (T, N, rows), would keep the
 sequence GEMMs whole without any store, but BLAS ran the per-step GEMMs, which then write a
 (N, G*H) block, ~30% slower (measured with one call per step: W_hh @ h_{t-1} over 64 steps,
@@ -113,6 +115,19 @@ class EmbedKernel(Kernel):
         # ids are integers: there is never an input gradient.
         if "weight" in gparams:
             _embed_backward(xs[0], gout, gparams["weight"])
+
+
+@njit
+def _ids_time_major(ids, vocab, out):
+    """out[t, n] = ids[n, t], checked as _embed_forward checks them: the ids of an embed that
+    a recurrent layer absorbed (_RecurrentKernel.fuse_input)."""
+    batch, steps = ids.shape
+    for n in range(batch):
+        for t in range(steps):
+            row = ids[n, t]
+            if row < 0 or row >= vocab:
+                raise IndexError("embed: id outside [0, vocab)")
+            out[t, n] = row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +274,7 @@ def _step_gemm(m, n, k, a, a_at, lda, b, b_at, ldb, beta, c, c_at, ldc):
 
 
 @njit
-def _step_products(w_ih, inputs, w_hh, hidden, first, rows, t, recurrent_apart, preact,
+def _step_products(w_ih, inputs, ids, w_hh, hidden, first, rows, t, recurrent_apart, preact,
                    preact_hidden):
     """The pre-activations of step t for `rows` regrouped gate rows from `first`:
     preact[first:first+rows] (rows, N) = W_ih x_t, and W_hh h_{t-1} added to it, or written
@@ -267,15 +282,24 @@ def _step_products(w_ih, inputs, w_hh, hidden, first, rows, t, recurrent_apart, 
     are read in place from the feature-major inputs and hidden states. The biases are left
     to the cell loops, which add them as they read the pre-activations.
 
+    With `ids` (time major, (slots, N); empty otherwise) the layer reads an absorbed embed:
+    w_ih is then the table of W_ih x for every id, (G*H, vocab) with its rows regrouped,
+    and W_ih x_t is column ids[t, n] of it for each n (see _RecurrentKernel.fuse_input).
+
     Cut into small blocks (_step_gemm), W_ih x_t per step ran as fast as one GEMM over the
     sequence (single thread, the benchmark's size: 2.5 vs 3.0-3.4 ms at F = 64, 11.0-11.8 vs
     11.2-11.8 ms at F = 256), and it lands in the step block the cell loop reads while that
     is still in cache (module docstring). One GEMM over [W_ih W_hh] and a stacked
     [x_t; h_{t-1}] ran slower than the two."""
-    features, slots, batch = inputs.shape
-    size = hidden.shape[0]
-    _step_gemm(rows, batch, features, w_ih, first * features, features, inputs, t * batch,
-               slots * batch, 0.0, preact, first * batch, batch)
+    features = inputs.shape[0]
+    size, slots, batch = hidden.shape
+    if ids.shape[0] > 0:
+        for r in range(first, first + rows):
+            for n in range(batch):
+                preact[r, n] = w_ih[r, ids[t, n]]
+    else:
+        _step_gemm(rows, batch, features, w_ih, first * features, features, inputs, t * batch,
+                   slots * batch, 0.0, preact, first * batch, batch)
     if recurrent_apart:
         if t > 0:
             _step_gemm(rows, batch, size, w_hh, first * size, size, hidden, (t - 1) * batch,
@@ -385,14 +409,14 @@ def _layer_grads(inputs, hidden, dgates_in, dgates_hidden, shared_dgates, w_ih, 
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _rnn_layer_forward(inputs, w_ih, w_hh, bias, bounds, steps, preact, hidden):
+def _rnn_layer_forward(inputs, ids, w_ih, w_hh, bias, bounds, steps, preact, hidden):
     # The hidden states are the only save: tanh' = 1 - h^2.
     size, slots, batch = hidden.shape
     for t in range(steps):
         def run_part(p):
             lo = bounds[p]
             width = bounds[p + 1] - lo
-            _step_products(w_ih, inputs, w_hh, hidden, lo, width, t, False, preact, preact)
+            _step_products(w_ih, inputs, ids, w_hh, hidden, lo, width, t, False, preact, preact)
             for j in range(lo, lo + width):
                 b = bias[j]
                 for n in range(batch):
@@ -433,7 +457,8 @@ def _rnn_backward_through_time(w_hh_t, bounds, steps, hidden, dhidden, dgates, p
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _lstm_layer_forward(inputs, w_ih, w_hh, bias, bounds, steps, preact, gates, cells, hidden):
+def _lstm_layer_forward(inputs, ids, w_ih, w_hh, bias, bounds, steps, preact, gates, cells,
+                        hidden):
     # Saves the activated i, f, g, o in `gates` and the cell states in `cells`, both time
     # major (see the module docstring).
     size, slots, batch = hidden.shape
@@ -444,7 +469,7 @@ def _lstm_layer_forward(inputs, w_ih, w_hh, bias, bounds, steps, preact, gates, 
             lo = bounds[p]
             width = bounds[p + 1] - lo
             first = 4 * lo
-            _step_products(w_ih, inputs, w_hh, hidden, first, 4 * width, t, False, preact,
+            _step_products(w_ih, inputs, ids, w_hh, hidden, first, 4 * width, t, False, preact,
                            preact)
             for u in range(width):
                 j = lo + u
@@ -525,7 +550,7 @@ def _lstm_backward_through_time(w_hh_t, bounds, steps, gates, cells, dhidden, dg
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _gru_layer_forward(inputs, w_ih, w_hh, bias, b_hh, bounds, steps, preact, preact_hidden,
+def _gru_layer_forward(inputs, ids, w_ih, w_hh, bias, b_hh, bounds, steps, preact, preact_hidden,
                        gates, hidden_proj, hidden):
     # Saves the activated r, z, n in `gates` and W_hn h + b_hn in hidden_proj (time major),
     # which the gradient of r needs. The recurrent product goes to its own step buffer: the
@@ -538,7 +563,7 @@ def _gru_layer_forward(inputs, w_ih, w_hh, bias, b_hh, bounds, steps, preact, pr
             lo = bounds[p]
             width = bounds[p + 1] - lo
             first = 3 * lo
-            _step_products(w_ih, inputs, w_hh, hidden, first, 3 * width, t, True, preact,
+            _step_products(w_ih, inputs, ids, w_hh, hidden, first, 3 * width, t, True, preact,
                            preact_hidden)
             for u in range(width):
                 j = lo + u
@@ -665,12 +690,28 @@ class _RecurrentKernel(Kernel):
         parts = min(numba.get_num_threads(), self.size) if parallel_gemm(step_flops) else 1
         self.bounds = unit_parts(self.size, parts)
         self.slots = _time_slots(self.steps)
+        self.vocab = None               # set by fuse_input: the absorbed embed's
+        self._no_ids = np.empty((0, self.batch), np.int64)
+
+    def fuse_input(self, op, attrs) -> bool:
+        """The plan's hook for the node that feeds this one, in inference plans: an embed,
+        when its vocabulary is no larger than a batch's positions. The first layer's input
+        projection of an embedded id, W_ih E[id], is then column `id` of the table W_ih E^T
+        (G*H, vocab), one small GEMM per forward; each step gathers its columns in place of
+        a GEMM (_step_products), and the embeddings are never written. For the benchmark's
+        LSTM (vocab 65, 64 features, N*T = 2048 positions) that drops 0.27 of 3.5 GFLOP and
+        the layout swap of the inputs."""
+        if op != "embed" or attrs["vocab"] > self.batch * self.steps:
+            return False
+        self.vocab = int(attrs["vocab"])
+        return True
 
     def workspace(self):
         slots, batch, size = self.slots, self.batch, self.size
         width = self.gate_count * size
         ws = {
-            "inputs": ((self.features, slots, batch), "float32"),
+            # an absorbed embed's layer reads no embeddings, but the table and its ids
+            "inputs": ((0 if self.vocab else self.features, slots, batch), "float32"),
             # One step's gate block: the pre-activations in forward, their gradients in
             # backward (see the module docstring).
             "step_gates": ((width, batch), "float32"),
@@ -687,6 +728,9 @@ class _RecurrentKernel(Kernel):
             ws[f"weight_ih{layer}"] = ((width, features), "float32")
             ws[f"weight_hh{layer}"] = ((width, size), "float32")
             ws[f"bias{layer}"] = ((width,), "float32")     # see _group_biases
+        if self.vocab:
+            ws["table"] = ((width, self.vocab), "float32")
+            ws["ids"] = ((slots, batch), "int64")
         ws.update(self.cell_workspace())
         return ws
 
@@ -694,8 +738,10 @@ class _RecurrentKernel(Kernel):
         """Buffers only this cell type needs."""
         return {}
 
-    def forward_layer(self, layer, inputs, params, ws):
-        """Run `layer` over every step of `inputs` with its regrouped weights and biases."""
+    def forward_layer(self, layer, inputs, ids, w_ih, params, ws):
+        """Run `layer` over every step of `inputs` with its regrouped weights and biases; with
+        `ids` not empty, over the ids of an absorbed embed, w_ih being its table (see
+        _step_products)."""
         raise NotImplementedError
 
     def backward_through_time(self, layer, ws):
@@ -704,15 +750,24 @@ class _RecurrentKernel(Kernel):
         raise NotImplementedError
 
     def forward(self, ctx, xs, params, out, ws):
-        inputs = ws["inputs"]
-        _swap_first_and_last_axes(xs[0], inputs)
+        inputs, ids = ws["inputs"], self._no_ids
+        if self.vocab:              # xs[0] holds the absorbed embed's ids (fuse_input)
+            ids = ws["ids"]
+            _ids_time_major(xs[0], self.vocab, ids)
+        else:
+            _swap_first_and_last_axes(xs[0], inputs)
         for layer in range(self.layers):
             w_ih, w_hh, b_ih, b_hh = self.layer_params(params, layer)
-            _group_gate_rows(w_ih, self.bounds, self.gate_count, ws[f"weight_ih{layer}"])
+            grouped_w_ih = ws[f"weight_ih{layer}"]
+            _group_gate_rows(w_ih, self.bounds, self.gate_count, grouped_w_ih)
             _group_gate_rows(w_hh, self.bounds, self.gate_count, ws[f"weight_hh{layer}"])
             _group_biases(b_ih, b_hh, self.bounds, self.gate_count, self.folded_gates,
                           ws[f"bias{layer}"])
-            self.forward_layer(layer, inputs, params, ws)
+            if layer == 0 and self.vocab:
+                np.dot(grouped_w_ih, params["embed.weight"].T, out=ws["table"])
+                self.forward_layer(layer, inputs, ids, ws["table"], params, ws)
+            else:
+                self.forward_layer(layer, inputs, self._no_ids, grouped_w_ih, params, ws)
             inputs = ws[f"hidden{layer}"]
         if self.sequence:
             _swap_first_and_last_axes(inputs, out)
@@ -758,8 +813,8 @@ class RNNKernel(_RecurrentKernel):
     gate_count = 1
     folded_gates = 1
 
-    def forward_layer(self, layer, inputs, params, ws):
-        _rnn_layer_forward(inputs, ws[f"weight_ih{layer}"], ws[f"weight_hh{layer}"],
+    def forward_layer(self, layer, inputs, ids, w_ih, params, ws):
+        _rnn_layer_forward(inputs, ids, w_ih, ws[f"weight_hh{layer}"],
                            ws[f"bias{layer}"], self.bounds, self.steps, ws["step_gates"],
                            ws[f"hidden{layer}"])
 
@@ -783,8 +838,8 @@ class LSTMKernel(_RecurrentKernel):
             ws[f"cells{layer}"] = ((self.slots, self.size, self.batch), "float32")
         return ws
 
-    def forward_layer(self, layer, inputs, params, ws):
-        _lstm_layer_forward(inputs, ws[f"weight_ih{layer}"], ws[f"weight_hh{layer}"],
+    def forward_layer(self, layer, inputs, ids, w_ih, params, ws):
+        _lstm_layer_forward(inputs, ids, w_ih, ws[f"weight_hh{layer}"],
                             ws[f"bias{layer}"], self.bounds, self.steps, ws["step_gates"],
                             ws[f"gates{layer}"], ws[f"cells{layer}"], ws[f"hidden{layer}"])
 
@@ -813,8 +868,8 @@ class GRUKernel(_RecurrentKernel):
             ws[f"hidden_proj{layer}"] = ((self.slots, self.size, self.batch), "float32")
         return ws
 
-    def forward_layer(self, layer, inputs, params, ws):
-        _gru_layer_forward(inputs, ws[f"weight_ih{layer}"], ws[f"weight_hh{layer}"],
+    def forward_layer(self, layer, inputs, ids, w_ih, params, ws):
+        _gru_layer_forward(inputs, ids, w_ih, ws[f"weight_hh{layer}"],
                            ws[f"bias{layer}"], params[f"bias_hh_l{layer}"], self.bounds,
                            self.steps, ws["step_gates"], ws["step_gates_hidden"],
                            ws[f"gates{layer}"], ws[f"hidden_proj{layer}"], ws[f"hidden{layer}"])

@@ -141,6 +141,56 @@ def test_embed_rejects_out_of_range_ids():
         kernel.forward(Context(), [ids], {"weight": weight}, np.empty((1, 2, 2), np.float32), {})
 
 
+@pytest.mark.parametrize("parts", [1, 2, 3])
+@pytest.mark.parametrize("sequence", [True, False])
+@pytest.mark.parametrize("op", list(GATES))
+def test_absorbed_embed_matches_torch(op, sequence, parts):
+    """An inference plan's recurrent layer that absorbed the embed before it (fuse_input)
+    reads ids, gathers its first layer's input projection from the table W_ih E^T, and gives
+    torch's embedding -> layers, whatever the workspaces held before, in one part or split
+    (uneven parts)."""
+    batch, steps, vocab, dim, hidden = 3, 7, 9, 5, 4
+    case = recurrent_case(op, batch, steps, dim, hidden, 2, sequence)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, vocab, (batch, steps)).astype(np.int64)
+    _, ps = random_inputs_and_params(case, rng)
+    ps["embed.weight"] = rng.standard_normal((vocab, dim)).astype(np.float32)
+    out_shape = (batch, steps, hidden) if sequence else (batch, hidden)
+
+    kernel = make_kernel(case, [np.empty((batch, steps, dim), np.float32)], ps, out_shape, "float32")
+    assert kernel.fuse_input("embed", {"vocab": vocab, "dim": dim})
+    kernel.bounds = unit_parts(hidden, parts)
+    ws = {n: np.full(s, np.nan if np.dtype(d).kind == "f" else vocab + 1, d)
+          for n, (s, d) in kernel.workspace().items()}
+    assert "table" in ws and ws["inputs"].size == 0     # no embeddings are written
+    out = np.full(out_shape, np.nan, np.float32)
+    kernel.forward(Context(training=False), [ids], ps, out, ws)
+
+    embedded = F.embedding(torch.tensor(ids), torch.tensor(ps["embed.weight"]))
+    layer_params = {n: torch.tensor(p) for n, p in ps.items() if not n.startswith("embed.")}
+    expected = case.torch_fn([embedded], layer_params, case.attrs).detach().numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+    ids[1, 2] = vocab           # an id the embed would reject is rejected here too
+    with pytest.raises(IndexError):
+        kernel.forward(Context(training=False), [ids], ps, out, ws)
+
+
+@pytest.mark.parametrize("op", list(GATES))
+def test_embed_is_absorbed_only_where_its_table_is_smaller(op):
+    """The table (G*H, vocab) replaces a projection of each of the N*T positions: worth it
+    only for a vocabulary no larger than that; nothing but an embed is absorbed."""
+    case = recurrent_case(op, 2, 3, 4, 5, 1, True)
+    xs = [np.empty((2, 3, 4), np.float32)]
+    _, ps = random_inputs_and_params(case, np.random.default_rng(0))
+
+    def kernel():
+        return make_kernel(case, xs, ps, (2, 3, 5), "float32")
+    assert kernel().fuse_input("embed", {"vocab": 6, "dim": 4})
+    assert not kernel().fuse_input("embed", {"vocab": 7, "dim": 4})
+    assert not kernel().fuse_input("dense", {"units": 4})
+
+
 @pytest.mark.parametrize("op", list(GATES))
 @pytest.mark.parametrize("sequence", [True, False])
 def test_units_split_into_parts_give_the_same_results(op, sequence):

@@ -193,6 +193,51 @@ def test_inference_folds_batchnorm_into_conv(source, batch, monkeypatch):
         np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+# A language model whose LSTM reads an embed (absorbed in inference plans), and a GRU that
+# reads an embed whose output a second head reads too (never absorbed: it must be stored).
+EMBEDDED = """
+network embedded(vocab = 9)
+input text: int[T]
+input next: int[T]
+logits = text -> embed(vocab, 6) -> lstm(7, layers = 2) -> dense(vocab)
+shared = text -> words: embed(vocab, 5)
+both = shared -> gru(5) -> add(shared) -> dense(vocab)
+loss cross_entropy(logits, next) + cross_entropy(both, next)
+"""
+
+
+def test_inference_folds_embed_into_recurrent_layer(monkeypatch):
+    """In inference plans a recurrent layer absorbs the embed that feeds it alone (it gathers
+    its input projection from a table, see recurrent.py's fuse_input) and reads the ids
+    itself; training plans keep the embed; outputs are what the separate calls give."""
+    import runtime.cpu.recurrent
+    model = Model(_compiled(EMBEDDED), seed=0)
+    g = model.net.graph
+    batch, symbols = 4, {"T": 6}
+    ids = np.random.default_rng(6).integers(0, 9, (batch, 6)).astype(np.int64)
+
+    def outputs(plan):
+        plan.set_inputs({"text": ids})
+        plan.forward(Context(training=False))
+        return {o: plan.out[o].copy() for o in model.net.outputs}
+
+    def absorbed(plan):
+        return {s.node: s.absorbed_input for s in plan.steps if s.absorbed_input}
+
+    fused = Plan(model.net, model._dev, model.device, batch, symbols, False, None, with_loss=False)
+    (lstm, embed), = absorbed(fused).items()
+    assert g.nodes[lstm]["op"] == "lstm" and g.nodes[embed]["op"] == "embed"
+    assert fused.step_of[lstm].inputs == ["text"] and embed not in fused.step_of
+    training = Plan(model.net, model._dev, model.device, batch, symbols, True, set(model.trainable_names()))
+    assert not absorbed(training)
+    monkeypatch.setattr(runtime.cpu.recurrent._RecurrentKernel, "fuse_input", lambda self, op, attrs: False)
+    separate = Plan(model.net, model._dev, model.device, batch, symbols, False, None, with_loss=False)
+    assert not absorbed(separate)
+    expected = outputs(separate)
+    for name, value in outputs(fused).items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 # An inception module on a 16x16 grid (one sample's GEMM has 256 columns, the pointwise path
 # that GEMMs straight from the image): its three 1x1 convs read one tensor, with and without a
 # bias and a relu; the fourth branch's 1x1 conv reads the max-pool's output and stays alone.
