@@ -78,15 +78,22 @@ from runtime.kernel_api import Kernel, register
 # ---------------------------------------------------------------------------------------------
 
 @njit
+def _checked_id(ids, n, t, vocab):
+    """ids[n, t], which must be a row of the embedding table: Numba does not bounds-check,
+    so a bad id would silently read other memory."""
+    row = ids[n, t]
+    if row < 0 or row >= vocab:
+        raise IndexError("embed: id outside [0, vocab)")
+    return row
+
+
+@njit
 def _embed_forward(ids, weight, out):
     vocab, dim = weight.shape
     batch, steps = ids.shape
     for n in range(batch):
         for t in range(steps):
-            row = ids[n, t]
-            # Numba does not bounds-check: a bad id would silently read other memory.
-            if row < 0 or row >= vocab:
-                raise IndexError("embed: id outside [0, vocab)")
+            row = _checked_id(ids, n, t, vocab)
             for k in range(dim):
                 out[n, t, k] = weight[row, k]
 
@@ -124,10 +131,7 @@ def _ids_time_major(ids, vocab, out):
     batch, steps = ids.shape
     for n in range(batch):
         for t in range(steps):
-            row = ids[n, t]
-            if row < 0 or row >= vocab:
-                raise IndexError("embed: id outside [0, vocab)")
-            out[t, n] = row
+            out[t, n] = _checked_id(ids, n, t, vocab)
 
 
 # ---------------------------------------------------------------------------------------------
