@@ -12,12 +12,14 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .augment import Augment
 from .checkpoint import load_checkpoint, rng_from_arrays, rng_state_to_arrays, save_checkpoint
+from .compile_watch import CompileWatch
 from .data import Dataset, batches, load_dataset
 from .errors import CheckpointError, RuntimeUserError
 from .optim import clip_grad_norm, clip_grad_value, make_optimizer, make_schedule
@@ -191,7 +193,8 @@ class Trainer:
             t0, seen0 = time.perf_counter(), self.partial["samples"]
             try:
                 for xb, yb in it:
-                    loss, pred = self._step(xb, yb, lr)
+                    with self._reporting_compiles(bar, "training step"):
+                        loss, pred = self._step(xb, yb, lr)
                     c, n = self._correct(pred, yb)
                     p = self.partial
                     p["loss"] += loss * len(xb)
@@ -225,7 +228,8 @@ class Trainer:
                       "train_accuracy": (p["correct"] / p["count"]) if p["count"] else None,
                       "samples_per_s": (p["samples"] - seen0) / elapsed}
             if self.val is not None and len(self.val):
-                v = self.evaluate(self.val)
+                with self._reporting_compiles(None, "evaluation"):
+                    v = self.evaluate(self.val)
                 record["val_loss"], record["val_accuracy"] = v["loss"], v["accuracy"]
             else:
                 record["val_loss"] = record["val_accuracy"] = None
@@ -239,6 +243,32 @@ class Trainer:
             if self.checkpoint_dir:
                 self.save()
         return self.history
+
+    @contextmanager
+    def _reporting_compiles(self, bar, what):
+        """Say what Numba compiles meanwhile (runtime/compile_watch.py): live on the progress
+        bar, then one line with the count and the time, so that a cold first step (tens of
+        seconds) neither looks hung nor goes unexplained. Silent when nothing compiles (every
+        later step, and every step of a run whose kernels are cached) and without progress."""
+        if not self.progress:
+            yield
+            return
+        live = bar is not None and not bar.disable
+
+        def show(name, compiled):
+            if live:
+                bar.set_postfix_str(f"compiling kernels, once (cached for later runs): {compiled} done, now {name}")
+
+        t0 = time.perf_counter()
+        with CompileWatch(show).installed() as watch:
+            yield
+        if watch.compiled:
+            line = (f"{what}: compiled {watch.compiled} kernel functions in {time.perf_counter() - t0:.1f} s; "
+                    "later runs load them from the cache")
+            if live:
+                bar.write(line, file=sys.stderr)
+            else:
+                self.log(line)
 
     def _bar(self, steps):
         if not self.progress:
@@ -402,13 +432,14 @@ def eval_command(args, overrides) -> int:
         raise CheckpointError(f"{args.weights} does not hold this network's parameters:\n{report}",
                               "evaluate with the .net file and --set values the weights were trained with")
     train, val = _datasets(net, args.data, cfg, args.limit)
-    trainer = Trainer(model, cfg, train, val, progress=False)
+    trainer = Trainer(model, cfg, train, val, log=lambda s: print(s, file=sys.stderr))
     g = net.graph
     classes = None
     if trainer.classify:
         classes = g.nodes[trainer.pred_node]["type"].shape[trainer.class_axis]
     topk = (1, 5) if classes and isinstance(classes, int) and classes > 5 else (1,)
-    res = trainer.evaluate(val if len(val) else train, topk=topk)
+    with trainer._reporting_compiles(None, "evaluation"):
+        res = trainer.evaluate(val if len(val) else train, topk=topk)
     line = f"{net.name} on {args.data} (validation split, {len(val)} samples): loss {res['loss']:.4f}"
     if res["accuracy"] is not None:
         line += f", top-1 accuracy {res['accuracy']:.4f}"
