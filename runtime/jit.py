@@ -21,11 +21,76 @@ per round with every pool at 2 threads, 0.1-0.3 ms with BLAS at one thread. Henc
     elementwise loops, PARALLEL_MIN_FLOPS for GEMMs. Kernels decide once, when built, and
     pass the choice to their jitted loops as an argument (`parallel`), so both paths live in
     one cached function and a test can drive each.
-"""
-import numba
 
-njit = numba.njit(cache=True, nogil=True)
-pnjit = numba.njit(cache=True, nogil=True, parallel=True)
+Cache validity. Numba keeps with each cached function the stamp (mtime, size) of the file
+that defines it, and recompiles when that file changes, but not when a jitted function it
+calls from another file does: after an edit to arrays.scale_shift, conv.py's kernels, which
+inline it, would keep loading the old code from the cache (seen while changing it). So every
+kernel's stamp here also holds a digest of the contents of all kernel sources (KERNEL_SOURCES:
+this file and runtime/cpu/), and changing any of them recompiles every kernel, once. The
+caches stay where Numba puts them (next to the sources, or NUMBA_CACHE_DIR).
+"""
+import hashlib
+from pathlib import Path
+
+import numba
+from numba.core import caching
+
+_RUNTIME = Path(__file__).resolve().parent
+KERNEL_SOURCES = (Path(__file__).resolve(), _RUNTIME / "cpu")
+
+
+def sources_digest(sources=KERNEL_SOURCES) -> str:
+    """sha256 over the names and contents of the .py files in `sources` (files or folders)."""
+    digest = hashlib.sha256()
+    files = sorted(f for s in sources for f in (sorted(s.glob("*.py")) if s.is_dir() else [s]))
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+KERNEL_SOURCES_DIGEST = sources_digest()
+
+
+class _ContentStamp:
+    """A locator mixin: the source stamp Numba stores in a cache index and compares when it
+    loads one is the defining file's (mtime, size) and KERNEL_SOURCES_DIGEST."""
+
+    def get_source_stamp(self):
+        return super().get_source_stamp(), KERNEL_SOURCES_DIGEST
+
+
+class _UserProvidedLocator(_ContentStamp, caching.UserProvidedCacheLocator):
+    pass
+
+
+class _InTreeLocator(_ContentStamp, caching.InTreeCacheLocator):
+    pass
+
+
+class _UserWideLocator(_ContentStamp, caching.UserWideCacheLocator):
+    pass
+
+
+class _KernelCacheImpl(caching.CompileResultCacheImpl):
+    _locator_classes = [_UserProvidedLocator, _InTreeLocator, _UserWideLocator]
+
+
+class KernelCache(caching.FunctionCache):
+    """Numba's disk cache of compiled functions, with the content-keyed stamp (see above)."""
+    _impl_class = _KernelCacheImpl
+
+
+def _cached(decorator):
+    def jit(func):
+        dispatcher = decorator(func)
+        dispatcher._cache = KernelCache(dispatcher.py_func)   # what cache=True would set, keyed by content
+        return dispatcher
+    return jit
+
+
+njit = _cached(numba.njit(nogil=True))
+pnjit = _cached(numba.njit(nogil=True, parallel=True))
 prange = numba.prange
 
 # Elementwise loops stream memory: one thread nearly saturates what two cores can draw until
