@@ -37,10 +37,10 @@ def relu_grad(out, g):
 def relu_forward(x, out, param, parallel):
     if parallel:
         for i in prange(x.size):
-            out[i] = x[i] if x[i] > 0 else 0
+            out[i] = 0 if x[i] < 0 else x[i]
     else:
         for i in range(x.size):
-            out[i] = x[i] if x[i] > 0 else 0
+            out[i] = 0 if x[i] < 0 else x[i]
     return
 
 
@@ -388,20 +388,25 @@ def _maxout_forward(x, out):
             out[n, j, s] = x[n, j, 0, s]
         for p in range(1, pieces):
             for s in range(size):
-                out[n, j, s] = max(out[n, j, s], x[n, j, p, s])
+                # a NaN takes over, as in torch (Python's max keeps the first argument then)
+                v = x[n, j, p, s]
+                if v > out[n, j, s] or v != v:
+                    out[n, j, s] = v
     return
 
 
 @pnjit
 def _maxout_backward(x, gout, gx):
-    # The gradient goes to the first piece holding the maximum (recomputed from x).
+    # The gradient goes to the piece forward took (recomputed from x): the first maximum, or
+    # the last NaN.
     n_batch, n_groups, pieces, size = x.shape
     for ng in prange(n_batch * n_groups):
         n, j = ng // n_groups, ng % n_groups
         for s in range(size):
             best = 0
             for p in range(1, pieces):
-                if x[n, j, p, s] > x[n, j, best, s]:
+                v = x[n, j, p, s]
+                if v > x[n, j, best, s] or v != v:
                     best = p
             for p in range(pieces):
                 gx[n, j, p, s] = gout[n, j, s] if p == best else 0

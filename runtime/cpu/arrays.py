@@ -53,13 +53,13 @@ def copy_rows(dst, src):
 
 @njit
 def scale_shift(dst, src, factor, offset, relu):
-    """dst[i] = src[i] * factor + offset, then max(., 0) where `relu` (NaN -> 0, as relu's
-    kernel), for two 1-d slices of one length (dst may be src): a conv's per-feature output
-    epilogue."""
+    """dst[i] = src[i] * factor + offset, then max(., 0) where `relu` (a NaN stays NaN, as
+    in relu's kernel and torch's), for two 1-d slices of one length (dst may be src): a
+    conv's per-feature output epilogue."""
     if relu:
         for i in range(dst.shape[0]):
             value = src[i] * factor + offset
-            dst[i] = value if value > 0 else 0
+            dst[i] = 0 if value < 0 else value
     else:
         for i in range(dst.shape[0]):
             dst[i] = src[i] * factor + offset

@@ -247,7 +247,7 @@ def _output_transform(m, at_matrix, n_out, width, count, targets, scale, shift, 
                     at = targets[k, t]
                     if at >= 0:
                         value = scratch[_u(row + t)] * factor + offset
-                        target[_u(at)] = value if value > 0 or not relu else 0
+                        target[_u(at)] = 0 if relu and value < 0 else value
 
 
 @njit

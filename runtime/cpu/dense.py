@@ -33,7 +33,7 @@ def _forward_rows(x, weight, bias, out, relu, lo, hi):
                 v = out[r, u]
                 if bias is not None:
                     v += bias[u]
-                if relu and not v > 0:
+                if relu and v < 0:
                     v = 0
                 out[r, u] = v
 

@@ -80,7 +80,7 @@ def _batchnorm_forward(x, weight, bias, running_mean, running_var, out, mean, in
         for n in range(n_batch):
             for s in range(size):
                 v = (x[n, c, s] - centre) * scale + shift
-                if relu and not v > 0:
+                if relu and v < 0:
                     v = 0
                 out[n, c, s] = v
     return

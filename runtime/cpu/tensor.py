@@ -84,11 +84,11 @@ def _add(a, b, out, relu, parallel):
     if parallel:
         for i in prange(out.size):
             v = a[i] + b[i]
-            out[i] = 0 if relu and not v > 0 else v
+            out[i] = 0 if relu and v < 0 else v
     else:
         for i in range(out.size):
             v = a[i] + b[i]
-            out[i] = 0 if relu and not v > 0 else v
+            out[i] = 0 if relu and v < 0 else v
     return
 
 

@@ -22,7 +22,7 @@ def _pointwise_forward(code, param, x, out):
     if i < x.size:
         v = x[i]
         if code == RELU:
-            y = v if v > 0 else float32(0)
+            y = float32(0) if v < 0 else v
         elif code == LEAKY_RELU:
             y = v if v > 0 else v * param
         elif code == ELU:
@@ -253,7 +253,9 @@ def _maxout_forward(x, out):
         s = i % size
         best = x[n, j, 0, s]
         for p in range(1, pieces):
-            best = max(best, x[n, j, p, s])
+            v = x[n, j, p, s]
+            if v > best or v != v:      # a NaN takes over, as on the CPU and in torch
+                best = v
         out[n, j, s] = best
 
 
@@ -267,7 +269,8 @@ def _maxout_backward(x, gout, gx):
         s = i % size
         best = 0
         for p in range(1, pieces):
-            if x[n, j, p, s] > x[n, j, best, s]:
+            v = x[n, j, p, s]
+            if v > x[n, j, best, s] or v != v:
                 best = p
         for p in range(pieces):
             gx[n, j, p, s] = gout[n, j, s] if p == best else float32(0)

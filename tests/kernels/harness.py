@@ -134,6 +134,31 @@ def check_against_torch(case: Case, seed: int = 0):
     return out, ps_after
 
 
+def check_nan_propagates(case: Case, seed: int = 0, may_spread: bool = False):
+    """A NaN in the first input comes out where torch's forward puts one (relu(NaN) is NaN):
+    an activation that zeroed it would hide a diverged layer from the trainer's check of the
+    loss. The finite values still match. may_spread: the kernel may put NaN in more places
+    (Winograd mixes a whole tile, so 0 * NaN reaches outputs whose window misses the NaN)."""
+    rng = np.random.default_rng(seed)
+    xs = _inputs(case, rng, np.float32)
+    flat = xs[0].reshape(-1)
+    flat[rng.choice(flat.size, size=max(1, flat.size // 50), replace=False)] = np.nan
+    ps = _params(case, rng, np.float32)
+    _, _, tout = _torch_reference(case, xs, ps)
+    expected = tout.detach().numpy()
+    k = make_kernel(case, xs, ps, expected.shape, "float32")
+    ws = {n: np.zeros(s, dtype=d) for n, (s, d) in k.workspace().items()}
+    out = np.full(expected.shape, 7.0, np.float32)
+    k.forward(Context(training=case.training, rng=np.random.default_rng(seed)), xs, ps, out, ws)
+    assert np.isnan(expected).any(), f"{case}: the NaN reaches no output of torch's either"
+    if may_spread:
+        assert np.isnan(out[np.isnan(expected)]).all(), f"{case}: a NaN torch keeps came out a number"
+        kept = ~np.isnan(out)
+        np.testing.assert_allclose(out[kept], expected[kept], rtol=case.rtol, atol=case.atol, err_msg=str(case))
+    else:
+        np.testing.assert_allclose(out, expected, rtol=case.rtol, atol=case.atol, equal_nan=True, err_msg=str(case))
+
+
 def check_finite_differences(case: Case, seed: int = 0, eps: float = 1e-6, max_points: int = 24):
     """float64 central differences of <gout, forward(x)> against the kernel's backward."""
     rng = np.random.default_rng(seed)

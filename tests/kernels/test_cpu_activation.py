@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.kernels.harness import Case, check_against_torch, check_finite_differences
+from tests.kernels.harness import Case, check_against_torch, check_finite_differences, check_nan_propagates
 
 
 def _maxout(xs, ps, a):
@@ -36,6 +36,11 @@ CASES = [
     Case("maxout", {"pieces": 3}, [(4, 9)], _maxout),
     Case("maxout", {"pieces": 4}, [(2, 8, 5)], _maxout),
 ]
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_nan_propagates(case):
+    check_nan_propagates(case)
+
 
 FD_CASES = [
     Case("relu", {}, [(2, 3, 2, 2)], lambda xs, ps, a: F.relu(xs[0])),

@@ -9,7 +9,7 @@ from runtime.cpu import conv_winograd
 from runtime.cpu.conv_geometry import window_offsets
 from runtime.kernel_api import Context, NodeSpec
 
-from tests.kernels.harness import Case, check_against_torch, check_finite_differences
+from tests.kernels.harness import Case, check_against_torch, check_finite_differences, check_nan_propagates
 
 DEFAULT_SHIFTED_PAYS = runtime.cpu.conv.shifted_pays
 DEFAULT_WINOGRAD_PAYS = runtime.cpu.conv.winograd_pays
@@ -178,6 +178,14 @@ def test_against_torch(case):
 @pytest.mark.parametrize("case", FD_CASES, ids=str)
 def test_finite_differences(case):
     check_finite_differences(case)
+
+
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if c.fuse == "relu"], ids=str)
+def test_fused_relu_keeps_nan(case, request):
+    """relu(NaN) is NaN in every lowering's epilogue (torch's too). Winograd may spread it over
+    a tile, and the unrolled weights to every output of the sample (their zeros multiply it)."""
+    lowering = request.node.callspec.params["workers"]
+    check_nan_propagates(case, may_spread=lowering in ("winograd-all-workers", "unrolled-all-workers"))
 
 
 @pytest.mark.parametrize("x_shape,channels,kernel,pad,path", [

@@ -2,7 +2,7 @@
 import pytest
 import torch.nn.functional as F
 
-from tests.kernels.harness import Case, check_against_torch, check_finite_differences
+from tests.kernels.harness import Case, check_against_torch, check_finite_differences, check_nan_propagates
 
 
 def _linear(xs, ps, a):
@@ -51,3 +51,11 @@ def test_against_torch(case):
 @pytest.mark.parametrize("case", FD_CASES, ids=str)
 def test_finite_differences(case):
     check_finite_differences(case)
+
+
+@pytest.mark.parametrize("case", [_case((4, 7), 5), _case((64, 100), 33, bias=False, atol=3e-4)], ids=str)
+def test_fused_relu_keeps_nan(case):
+    """dense -> relu as one kernel (the plan's fuse_activation): relu(NaN) is NaN, as in torch."""
+    case.fuse, linear = "relu", case.torch_fn
+    case.torch_fn = lambda xs, ps, a: F.relu(linear(xs, ps, a))
+    check_nan_propagates(case)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 
-from tests.kernels.harness import Case, check_against_torch, check_finite_differences, run_kernel
+from tests.kernels.harness import Case, check_against_torch, check_finite_differences, check_nan_propagates, run_kernel
 
 
 # --- batchnorm -------------------------------------------------------------------------------
@@ -89,6 +89,11 @@ def test_batchnorm_fused_relu_against_torch(shape, training):
 def test_batchnorm_fused_relu_frozen_and_without_input_gradient():
     check_against_torch(_batchnorm_case((4, 3, 2, 2), True, fuse="relu", trainable=()))
     check_against_torch(_batchnorm_case((4, 3, 2, 2), True, fuse="relu", grad_inputs=()))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batchnorm_fused_relu_keeps_nan(training):
+    check_nan_propagates(_batchnorm_case((4, 3, 5), training, fuse="relu"))
 
 
 def test_batchnorm_fused_relu_finite_differences():

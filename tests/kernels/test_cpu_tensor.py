@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import runtime.cpu.tensor
-from tests.kernels.harness import Case, check_against_torch, check_finite_differences
+from tests.kernels.harness import Case, check_against_torch, check_finite_differences, check_nan_propagates
 
 
 def _reshape(xs, ps, a):
@@ -42,6 +42,11 @@ CASES = [
     Case("add", {}, [(3, 5), (3, 5), (3, 5)], lambda xs, ps, a: torch.relu(_add(xs, ps, a)),
          fuse="relu", grad_inputs=(1, 2), id="add3+relu-frozen-input"),
 ]
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.fuse == "relu"], ids=str)
+def test_fused_relu_keeps_nan(case):
+    check_nan_propagates(case)
+
 
 FD_CASES = [
     Case("reshape", {"shape": (3, 2)}, [(2, 6)], _reshape),

@@ -107,6 +107,19 @@ def test_divergence_names_the_first_non_finite_layer(tmp_path):
     assert "`dense2`" in str(e.value) and "learning rate" in str(e.value)
 
 
+def test_a_nan_weight_under_a_relu_is_found(tmp_path):
+    """relu(NaN) is NaN (as in torch): a first layer whose weights went NaN, followed by
+    batchnorm -> relu, makes the loss NaN and is named, instead of a relu zeroing its output
+    and training going on with a dead layer."""
+    t = _trainer(tmp_path, limit=64)
+    t.cfg.epochs = 1
+    conv = next(name for name in t.model.params if name.endswith(".weight") and name.startswith("conv"))
+    t.model.set_param(conv, np.full(t.model.params[conv].shape, np.nan, np.float32))
+    with pytest.raises(RuntimeUserError) as e:
+        t.fit()
+    assert f"`{conv.split('.')[0]}`" in str(e.value)
+
+
 def test_model_save_and_load_round_trip(tmp_path):
     net, _ = compile_source(Source("tiny.net", SMALL_CNN))
     m = Model(net, seed=3)
