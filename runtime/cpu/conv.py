@@ -184,14 +184,15 @@ def _from_columns(cols, geometry, offsets, first_col, image):
 @njit
 def _epilogue(scale, shift, g, relu, out):
     """out (F, P) = out * scale[g] (F) + shift[g] (F) along rows, then relu where `relu`; scale
-    and shift, (G, F) each, may be None (left out). One (sample, group g) block, right after its GEMM wrote
-    it, while it is still in cache: a bias, a batchnorm folded in (inference, see
-    Conv.fuse_batchnorm) and a fused relu cost no pass of their own."""
-    if scale is None and shift is None and not relu:
+    and shift, (G, F) each, may be empty (left out: see Conv._epilogue_operands). One (sample,
+    group g) block, right after its GEMM wrote it, while it is still in cache: a bias, a
+    batchnorm folded in (inference, see Conv.fuse_batchnorm) and a fused relu cost no pass of
+    their own."""
+    if scale.size == 0 and shift.size == 0 and not relu:
         return
     for f in range(out.shape[0]):
-        scale_shift(out[f], out[f], np.float32(1) if scale is None else scale[g, f],
-                    np.float32(0) if shift is None else shift[g, f], relu)
+        scale_shift(out[f], out[f], scale[g, f] if scale.size else np.float32(1),
+                    shift[g, f] if shift.size else np.float32(0), relu)
 
 
 @njit
@@ -569,7 +570,7 @@ def _deconv_forward(x, weight, bias, out, geometry, pointwise, cols):
                 np.dot(weight[g].T, x[n, g], cols)
                 _col2im(cols, geometry, 0, out[n, g])
             if bias is not None:
-                _epilogue(None, bias, g, False, out[n, g])
+                _epilogue(bias[:0], bias, g, False, out[n, g])     # no scale
 
 
 @njit
@@ -748,9 +749,9 @@ class Conv(FusesRelu, _ConvBase):
         for kernel, params, _, _, _, lo, hi in members:
             bias = params["bias"] if kernel.has_bias else None
             member_scale, member_shift = kernel._epilogue_operands(params, bias)
-            if member_scale is not None:
+            if member_scale.size:
                 scale[lo:hi] = member_scale.reshape(-1)
-            if member_shift is not None:
+            if member_shift.size:
                 shift[lo:hi] = member_shift.reshape(-1)
         n_batch, _, channels, positions = self.x_shape
         outs = tuple(out.reshape(n_batch, hi - lo, positions) for _, _, out, _, _, lo, hi in members)
@@ -775,11 +776,19 @@ class Conv(FusesRelu, _ConvBase):
                 member_gparams["bias"][:] = gbias[lo:hi]
 
     def _epilogue_operands(self, params, bias):
-        """(scale, shift) of the epilogue, (G, F/G) each or None: the bias alone, or with a
-        folded batchnorm conv * scale + shift, scale = weight / sqrt(running_var + eps) and
-        shift = bias_bn - running_mean * scale (+ the conv's bias * scale)."""
+        """(scale, shift) of the epilogue, (G, F/G) each or empty (0, 0) where left out: the
+        bias alone, or with a folded batchnorm conv * scale + shift, scale = weight /
+        sqrt(running_var + eps) and shift = bias_bn - running_mean * scale (+ the conv's bias
+        * scale). Arrays either way, never None: a None is a type of its own to Numba, and the
+        training plan's call (no scale) would compile every forward lowering again for the
+        inference plan's (a folded batchnorm's scale): 6-9 s of the first evaluation of the
+        README's digits run on an empty cache."""
         if self.folded_batchnorm_eps is None:
-            return None, bias
+            dtype = params["weight"].dtype
+            if dtype not in self._absent_operand:
+                self._absent_operand[dtype] = np.empty((0, 0), dtype)
+            absent = self._absent_operand[dtype]
+            return absent, absent if bias is None else bias
         scale = params["batchnorm.weight"] / np.sqrt(params["batchnorm.running_var"] + self.folded_batchnorm_eps)
         shift = params["batchnorm.bias"] - params["batchnorm.running_mean"] * scale
         if bias is not None:
@@ -788,6 +797,7 @@ class Conv(FusesRelu, _ConvBase):
 
     def __init__(self, spec):
         super().__init__(spec)
+        self._absent_operand = {}      # dtype -> the empty scale / shift (_epilogue_operands)
         n_batch, groups, rows, positions = self.out_shape
         flops = 2 * n_batch * groups * rows * positions * self.window_depth
         # Small layers (LeNet-sized) stay on one worker: a wake-up would cost more than it saves.
@@ -885,8 +895,8 @@ class Conv(FusesRelu, _ConvBase):
         scale, shift = self._epilogue_operands(params, bias)
         if self.unrolled:
             # one group: every operand as one matrix per sample (or per output feature)
-            unrolled_forward(x.reshape(x.shape[0], -1), weight[0], None if scale is None else scale[0],
-                             None if shift is None else shift[0], self.relu, out.reshape(out.shape[0], -1),
+            unrolled_forward(x.reshape(x.shape[0], -1), weight[0], scale.reshape(-1),
+                             shift.reshape(-1), self.relu, out.reshape(out.shape[0], -1),
                              self.taps, self.workers, ws["unrolled"])
         elif self.winograd:
             self._winograd(ws, weight, False, x, scale, shift, self.relu, out)
@@ -914,8 +924,8 @@ class Conv(FusesRelu, _ConvBase):
             self._plain_epilogue[source.dtype] = (np.ones(size, source.dtype), np.zeros(size, source.dtype))
         ones, zeros = self._plain_epilogue[source.dtype]
         features = target.shape[1]
-        scale = ones[:features] if scale is None else scale[0]
-        shift = zeros[:features] if shift is None else shift[0]
+        scale = ones[:features] if scale is None or scale.size == 0 else scale[0]
+        shift = zeros[:features] if shift is None or shift.size == 0 else shift[0]
         # F(2x2)'s input gradient reads the forward's transformed weights (winograd_conv)
         planes = plan.flip_planes if input_gradient and plan.flip_planes is not None else self._no_planes
         winograd_conv(source, grid.sources, grid.targets, bt, at, weight.reshape(self.out_shape[2], -1, 9), g,

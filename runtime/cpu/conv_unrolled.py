@@ -111,7 +111,7 @@ def _fold(unrolled_grad, taps, c_lo, c_hi, gweight):
 @pnjit
 def unrolled_forward(x, weight, scale, shift, relu, out, taps, workers, unrolled):
     """out (N, F*P) = x (N, C*Q) @ D, then the epilogue per feature: * scale, + shift (each
-    None or (F)), relu where `relu` (conv.py's _epilogue); weight (F, C*kh*kw); unrolled
+    (F), or empty: left out), relu where `relu` (conv.py's _epilogue); weight (F, C*kh*kw); unrolled
     (F*P, C*Q), scratch for D^T."""
     n_batch, inputs = x.shape
     features = weight.shape[0]
@@ -123,12 +123,12 @@ def unrolled_forward(x, weight, scale, shift, relu, out, taps, workers, unrolled
         lo, width = f_lo * grid_positions, (f_hi - f_lo) * grid_positions
         gemm(False, True, n_batch, width, inputs, x, 0, inputs, unrolled, lo * inputs, inputs,
              0.0, out, lo, columns)
-        if scale is not None or shift is not None or relu:
+        if scale.size or shift.size or relu:
             for n in range(n_batch):
                 for f in range(f_lo, f_hi):
                     row = out[n, f * grid_positions:(f + 1) * grid_positions]
-                    scale_shift(row, row, np.float32(1) if scale is None else scale[f],
-                                np.float32(0) if shift is None else shift[f], relu)
+                    scale_shift(row, row, scale[f] if scale.size else np.float32(1),
+                                shift[f] if shift.size else np.float32(0), relu)
 
 
 @pnjit

@@ -312,3 +312,30 @@ def test_batchnorm_is_not_folded_after_a_relu():
     kernel = runtime.cpu.conv.Conv(spec)
     assert kernel.fuse_activation("relu", {})
     assert not kernel.fuse_batchnorm({"eps": 1e-5})
+
+
+def test_epilogue_operands_have_one_type_whatever_is_fused():
+    """With a bias or none, a batchnorm folded in or not, the forward lowerings get a scale and
+    a shift of one Numba type (empty where left out), so an inference plan compiles none of
+    them again after the training plan (Conv._epilogue_operands)."""
+    import numba
+    rng = np.random.default_rng(0)
+    types = set()
+    for bias in (True, False):
+        for folded in (False, True):
+            attrs = _conv_attrs(4, (3, 3), pad=(1, 1), bias=bias)
+            params = {"weight": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)}
+            if bias:
+                params["bias"] = rng.standard_normal(4).astype(np.float32)
+            spec = NodeSpec(name="conv", op="conv", attrs=attrs, in_shapes=((2, 3, 5, 5),), in_dtypes=("float32",),
+                            out_shape=(2, 4, 5, 5), param_shapes={k: v.shape for k, v in params.items()})
+            kernel = runtime.cpu.conv.Conv(spec)
+            if folded:
+                assert kernel.fuse_batchnorm({"eps": 1e-5})
+                params.update({f"batchnorm.{k}": np.ones(4, np.float32) for k in ("weight", "running_var")})
+                params.update({f"batchnorm.{k}": np.zeros(4, np.float32) for k in ("bias", "running_mean")})
+            _, _, bias_view, _ = kernel._operands([np.empty((2, 3, 5, 5), np.float32)], params,
+                                                  np.empty((2, 4, 5, 5), np.float32))
+            scale, shift = kernel._epilogue_operands(params, bias_view)
+            types.add((numba.typeof(scale), numba.typeof(shift)))
+    assert len(types) == 1
