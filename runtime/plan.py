@@ -225,8 +225,7 @@ class Plan:
         node with parameters (`fuse_inference`, e.g. an eval-mode batchnorm), which n's step
         then receives. The kernel says which ops it takes; the plan tests none by name."""
         g = self.net.graph
-        kept = set(self.net.outputs) | {self.net.loss}
-        if tail in kept or len(consumers[tail]) != 1:
+        if self._kept(tail) or len(consumers[tail]) != 1:
             return None
         c = consumers[tail][0]
         d = g.nodes[c]
@@ -248,11 +247,14 @@ class Plan:
         if self.training or fuse is None or not inputs:
             return None
         p = inputs[0]
-        if (p not in self.kernels or p in fused or consumers[p] != [n]
-                or p in set(self.net.outputs) | {self.net.loss}):
+        if p not in self.kernels or p in fused or consumers[p] != [n] or self._kept(p):
             return None
         d = g.nodes[p]
         return p if fuse(d["op"], dict(d["attrs"])) else None
+
+    def _kept(self, tensor) -> bool:
+        """Whether `tensor` must be stored whatever reads it: an output of the network, or its loss."""
+        return tensor in self.net.outputs or tensor == self.net.loss
 
     def _plan_steps(self):
         g = self.net.graph
