@@ -60,15 +60,21 @@ class _ContentStamp:
         return super().get_source_stamp(), KERNEL_SOURCES_DIGEST
 
 
-class _UserProvidedLocator(_ContentStamp, caching.UserProvidedCacheLocator):
+def _caching_class(name):
+    """A locator class of numba.core.caching, which older Numba versions (0.60 among them)
+    name with a leading underscore."""
+    return getattr(caching, name, None) or getattr(caching, "_" + name)
+
+
+class _UserProvidedLocator(_ContentStamp, _caching_class("UserProvidedCacheLocator")):
     pass
 
 
-class _InTreeLocator(_ContentStamp, caching.InTreeCacheLocator):
+class _InTreeLocator(_ContentStamp, _caching_class("InTreeCacheLocator")):
     pass
 
 
-class _UserWideLocator(_ContentStamp, caching.UserWideCacheLocator):
+class _UserWideLocator(_ContentStamp, _caching_class("UserWideCacheLocator")):
     pass
 
 

@@ -193,7 +193,7 @@ class Trainer:
             t0, seen0 = time.perf_counter(), self.partial["samples"]
             try:
                 for xb, yb in it:
-                    with self._reporting_compiles(bar, "training step"):
+                    with self.reporting_compiles(bar, "training step"):
                         loss, pred = self._step(xb, yb, lr)
                     c, n = self._correct(pred, yb)
                     p = self.partial
@@ -228,7 +228,7 @@ class Trainer:
                       "train_accuracy": (p["correct"] / p["count"]) if p["count"] else None,
                       "samples_per_s": (p["samples"] - seen0) / elapsed}
             if self.val is not None and len(self.val):
-                with self._reporting_compiles(None, "evaluation"):
+                with self.reporting_compiles(None, "evaluation"):
                     v = self.evaluate(self.val)
                 record["val_loss"], record["val_accuracy"] = v["loss"], v["accuracy"]
             else:
@@ -245,7 +245,7 @@ class Trainer:
         return self.history
 
     @contextmanager
-    def _reporting_compiles(self, bar, what):
+    def reporting_compiles(self, bar, what):
         """Say what Numba compiles meanwhile (runtime/compile_watch.py): live on the progress
         bar, then one line with the count and the time, so that a cold first step (tens of
         seconds) neither looks hung nor goes unexplained. Silent when nothing compiles (every
@@ -438,7 +438,7 @@ def eval_command(args, overrides) -> int:
     if trainer.classify:
         classes = g.nodes[trainer.pred_node]["type"].shape[trainer.class_axis]
     topk = (1, 5) if classes and isinstance(classes, int) and classes > 5 else (1,)
-    with trainer._reporting_compiles(None, "evaluation"):
+    with trainer.reporting_compiles(None, "evaluation"):
         res = trainer.evaluate(val if len(val) else train, topk=topk)
     line = f"{net.name} on {args.data} (validation split, {len(val)} samples): loss {res['loss']:.4f}"
     if res["accuracy"] is not None:
