@@ -22,8 +22,8 @@ train { optimizer sgd(lr = 0.05) batch 50 epochs 2 }
 
 
 def _fresh_function():
-    """A jitted function no process has compiled (cache=False): calling it compiles it, and
-    numpy's sum inside it, which Numba implements with jitted functions of its own."""
+    """A jitted function no process has compiled (cache=False): calling it compiles it (and,
+    in some Numba versions, their implementation of the numpy sum inside it)."""
     @numba.njit(cache=False)
     def dslc_test_kernel(x):
         return np.sum(x) + 1.0
@@ -36,7 +36,9 @@ def test_counts_what_compiles_and_names_only_dslcs_own_functions():
     with CompileWatch(lambda name, compiled: started.append((name, compiled))).installed() as watch:
         kernel(np.ones(3))
         kernel(np.ones(4))          # the same types: compiled already
-    assert watch.compiled > 1       # the kernel and the implementation of np.sum
+    # the kernel, and Numba's implementation of np.sum where it compiles one (0.68 does, 0.61
+    # does not): counted, never named
+    assert watch.compiled >= 1
     assert started == [("dslc_test_kernel", 0)]
     counted = watch.compiled
     kernel(np.ones(3, np.int64))    # new types compile again, but the watch is gone
