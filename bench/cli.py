@@ -21,7 +21,7 @@ import tempfile
 import traceback
 
 from .measure import BenchError, run_worker, samples_per_s, time_alternating
-from .report import ModelResult, machine_lines, render
+from .report import ModelResult, git_commit, machine_lines, render
 from .suite import MODELS
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
@@ -186,6 +186,7 @@ def _run(args) -> int:
     from . import dslc_runner, torch_runner  # noqa: F401 (imported for their libraries)
     pools = limit_after_import(with_torch=True)
     load_before = os.getloadavg()
+    commit = git_commit()
     ticks_per_model = 3 + 2 * 2 * args.steps          # 3 subprocesses, then train and infer for two frameworks
     settings = (f"{args.steps} timed steps per framework and measurement in {min(ROUNDS, args.steps)} alternating "
                 f"rounds after {args.warmup} warm-up step(s); peak memory after {args.memory_steps} training steps"
@@ -199,7 +200,7 @@ def _run(args) -> int:
             # rewritten after every network, so that an interrupted run keeps what it measured
             done = "" if len(results) == len(args.models) else \
                 f"; partial: {len(results)} of {len(args.models)} networks measured so far"
-            text = render(results, machine_lines(pools, load_before, os.getloadavg()), settings + done)
+            text = render(results, machine_lines(pools, load_before, os.getloadavg(), commit), settings + done)
             with open(args.out, "w") as f:
                 f.write(text)
     print(text)

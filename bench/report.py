@@ -102,7 +102,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     """The checked-out commit, with "+ local changes" when the tree differs from it (read-only git calls)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
@@ -116,7 +116,9 @@ def _git_commit() -> str:
     return head.stdout.strip() + (" + local changes" if dirty.stdout.strip() else "")
 
 
-def machine_lines(thread_pools: list[str], load_before: tuple, load_after: tuple) -> list[str]:
+def machine_lines(thread_pools: list[str], load_before: tuple, load_after: tuple, commit: str) -> list[str]:
+    """commit: git_commit() taken before the run (the run rewrites its results file as it goes,
+    which would read as a local change)."""
     import numba
     import numpy
     import torch
@@ -127,7 +129,7 @@ def machine_lines(thread_pools: list[str], load_before: tuple, load_after: tuple
         f"- load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} "
         "(other work on the machine slows both frameworks; the ratios are the figures to compare)",
         f"- versions: Python {platform.python_version()}, numpy {numpy.__version__}, numba {numba.__version__}, "
-        f"torch {torch.__version__}; dslc commit {_git_commit()}",
+        f"torch {torch.__version__}; dslc commit {commit}",
         "- threads: " + "; ".join(thread_pools),
     ]
 
