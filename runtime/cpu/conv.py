@@ -181,6 +181,11 @@ def _from_columns(cols, geometry, offsets, first_col, image):
         _col2im(cols, geometry, first_col, image)
 
 
+def _absent(dtype):
+    """The epilogue's operand for a scale or shift left out: empty, not None (Conv._epilogue_operands)."""
+    return np.empty((0, 0), dtype)
+
+
 @njit
 def _epilogue(scale, shift, g, relu, out):
     """out (F, P) = out * scale[g] (F) + shift[g] (F) along rows, then relu where `relu`; scale
@@ -784,10 +789,7 @@ class Conv(FusesRelu, _ConvBase):
         inference plan's (a folded batchnorm's scale): 6-9 s of the first evaluation of the
         README's digits run on an empty cache."""
         if self.folded_batchnorm_eps is None:
-            dtype = params["weight"].dtype
-            if dtype not in self._absent_operand:
-                self._absent_operand[dtype] = np.empty((0, 0), dtype)
-            absent = self._absent_operand[dtype]
+            absent = _absent(params["weight"].dtype)
             return absent, absent if bias is None else bias
         scale = params["batchnorm.weight"] / np.sqrt(params["batchnorm.running_var"] + self.folded_batchnorm_eps)
         shift = params["batchnorm.bias"] - params["batchnorm.running_mean"] * scale
@@ -797,7 +799,6 @@ class Conv(FusesRelu, _ConvBase):
 
     def __init__(self, spec):
         super().__init__(spec)
-        self._absent_operand = {}      # dtype -> the empty scale / shift (_epilogue_operands)
         n_batch, groups, rows, positions = self.out_shape
         flops = 2 * n_batch * groups * rows * positions * self.window_depth
         # Small layers (LeNet-sized) stay on one worker: a wake-up would cost more than it saves.
@@ -924,8 +925,8 @@ class Conv(FusesRelu, _ConvBase):
             self._plain_epilogue[source.dtype] = (np.ones(size, source.dtype), np.zeros(size, source.dtype))
         ones, zeros = self._plain_epilogue[source.dtype]
         features = target.shape[1]
-        scale = ones[:features] if scale is None or scale.size == 0 else scale[0]
-        shift = zeros[:features] if shift is None or shift.size == 0 else shift[0]
+        scale = ones[:features] if scale.size == 0 else scale[0]
+        shift = zeros[:features] if shift.size == 0 else shift[0]
         # F(2x2)'s input gradient reads the forward's transformed weights (winograd_conv)
         planes = plan.flip_planes if input_gradient and plan.flip_planes is not None else self._no_planes
         winograd_conv(source, grid.sources, grid.targets, bt, at, weight.reshape(self.out_shape[2], -1, 9), g,
@@ -954,7 +955,7 @@ class Conv(FusesRelu, _ConvBase):
             return
         if self.winograd:
             if gx is not None:
-                self._winograd(ws, weight, True, gout, None, None, False, gx)
+                self._winograd(ws, weight, True, gout, _absent(gout.dtype), _absent(gout.dtype), False, gx)
             if gweight is not None:
                 n_batch, _, rows, positions = self.out_shape
                 plan = self.winograd_plan
