@@ -47,6 +47,9 @@ import warnings
 # could not make progress (it compiles for well under a minute in the largest benchmark).
 HELPER_TIME_LIMIT = 600
 
+# The signals that end the helper (by its own handlers, see _run_helper).
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
 # The write ends of the running helpers' stop pipes, which a later helper must close: a pipe
 # reads as closed only when every copy of its write end is.
 _stop_pipes: set[int] = set()
@@ -109,31 +112,43 @@ def start(plan) -> Helper | None:
         read_end, write_end = os.pipe()
     except OSError:         # out of file descriptors: compile in this process alone
         return None
-    with warnings.catch_warnings():
-        # Python 3.12+ warns that forking a multi-threaded process may deadlock the child: this
-        # child takes no lock another thread could hold but Numba's compiler lock, which the
-        # forking thread holds whenever anything compiles (and HELPER_TIME_LIMIT ends it).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
+    # Ctrl-C or SIGTERM arriving between the fork and the child's own handlers would raise in
+    # the child's copy of the caller's code (a KeyboardInterrupt that a trainer catches to save
+    # a checkpoint). Blocked across the fork, they wait in the child until _run_helper has its
+    # handlers, and in this process until the fork is done.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    pid = -1
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns that forking a multi-threaded process may deadlock the child:
+            # this child takes no lock another thread could hold but Numba's compiler lock,
+            # which the forking thread holds whenever anything compiles (and HELPER_TIME_LIMIT
+            # ends it).
+            warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
-        except OSError:     # no process to spare (a limit, a sandbox): this one compiles alone
-            os.close(read_end)
-            os.close(write_end)
-            return None
-    if pid == 0:
-        for pipe in _stop_pipes | {write_end}:
-            os.close(pipe)
-        try:
-            _run_helper(plan, read_end)
-        finally:
-            os._exit(0)
+        if pid == 0:
+            try:
+                for pipe in _stop_pipes | {write_end}:
+                    os.close(pipe)
+                _run_helper(plan, read_end, mask)
+            finally:
+                os._exit(0)
+    except OSError:         # no process to spare (a limit, a sandbox): this one compiles alone
+        os.close(read_end)
+        os.close(write_end)
+        return None
+    finally:
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(read_end)
     _stop_pipes.add(write_end)
     return Helper(pid, write_end)
 
 
-def _run_helper(plan, stop_pipe):
-    """The child: compile what the plan's calls reach, in the reverse of the first step's order."""
+def _run_helper(plan, stop_pipe, mask):
+    """The child: compile what the plan's calls reach, in the reverse of the first step's order.
+    SIGINT and SIGTERM arrive blocked (start); `mask` is the signal mask to restore once this
+    process handles them."""
     signal.alarm(HELPER_TIME_LIMIT)     # its default action ends the process
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
@@ -168,6 +183,7 @@ def _run_helper(plan, stop_pipe):
     signal.signal(signal.SIGTERM, on_terminate)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:     # as the parent: ignored stays ignored
         signal.signal(signal.SIGINT, on_terminate)     # Ctrl-C reaches the whole process group
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)    # a signal sent meanwhile arrives now
 
     seen = set()    # (dispatcher, signature) already handled: many layers share a kernel
 
