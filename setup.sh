@@ -19,5 +19,5 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -i "warning" >&2 || true
-.venv/bin/python -c "import dslc, runtime, numba, torch" || { echo "setup: install failed" >&2; exit 1; }
+.venv/bin/python -c "import dslc, dslc.runtime, numba, torch" || { echo "setup: install failed" >&2; exit 1; }
 echo "setup: ready (.venv/bin/dslc)" >&2

@@ -1,6 +1,6 @@
 """One benchmark network in dslc: a training step exactly as `dslc run` takes it, and inference.
 
-The training step is runtime.train.Trainer's: Model.forward(training=True), the plan's
+The training step is dslc.runtime.train.Trainer's: Model.forward(training=True), the plan's
 backward, then SGD with momentum 0.9 on the plan's parameter gradients. This module must not
 import torch: bench/worker.py measures dslc's peak memory with it.
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dslc.compiler import compile_file
 from dslc.summary import totals
-from runtime.data import Dataset
-from runtime.model import Model
-from runtime.train import TrainConfig, Trainer
+from dslc.runtime.data import Dataset
+from dslc.runtime.model import Model
+from dslc.runtime.train import TrainConfig, Trainer
 
 from .suite import LEARNING_RATE, MOMENTUM, BenchModel
 

@@ -10,12 +10,12 @@ __version__ = "0.1.0"
 
 
 def compile(path: str, device: str = "cpu", **params):
-    """Compile a .net file into a trainable model (see runtime.model.Model)."""
-    from runtime.model import Model
+    """Compile a .net file into a trainable model (see dslc.runtime.model.Model)."""
+    from dslc.runtime.model import Model
     return Model.from_file(path, overrides=params, device=device)
 
 
 def load(path: str, device: str = "cpu"):
     """Load a model saved with `Model.save`."""
-    from runtime.model import Model
+    from dslc.runtime.model import Model
     return Model.load(path, device=device)

@@ -77,12 +77,12 @@ def cmd_ops(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from runtime.train import run_command
+    from .cli_train import run_command
     return run_command(args, _overrides(args.set))
 
 
 def cmd_eval(args) -> int:
-    from runtime.train import eval_command
+    from .cli_train import eval_command
     return eval_command(args, _overrides(args.set))
 
 
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback for the user
-        from runtime.errors import RuntimeUserError
+        from dslc.runtime.errors import RuntimeUserError
         if isinstance(e, RuntimeUserError):
             print(f"error: {e}", file=sys.stderr)
             return 1

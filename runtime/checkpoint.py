@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from runtime.errors import CheckpointError
+from dslc.runtime.errors import CheckpointError
 
 FORMAT_VERSION = 1
 META_KEY = "__meta__"

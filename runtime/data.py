@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.errors import DataError
+from dslc.runtime.errors import DataError
 
 BUILTIN_DATASETS = ("digits", "synthetic", "chars")
 # scikit-learn's digits table, relative to its package directory

@@ -106,7 +106,7 @@ def register(device: str, *ops: str):
 def load_device(device: str) -> dict[str, type]:
     if device not in _loaded:
         for fam in FAMILIES:
-            importlib.import_module(f"runtime.{device}.{fam}")
+            importlib.import_module(f"dslc.runtime.{device}.{fam}")
         _loaded.add(device)
     return _KERNELS[device]
 

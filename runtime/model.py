@@ -18,6 +18,8 @@ from .devices import get_device
 from .errors import RuntimeUserError
 from .kernel_api import Context
 from .plan import Plan
+from .data import Dataset
+from .train import TrainConfig, Trainer
 
 # activation ops after which He initialisation (fan-in, gain sqrt(2)) is right; otherwise Xavier
 _RELU_LIKE = {"relu", "leaky_relu", "prelu", "elu", "maxout"}
@@ -260,8 +262,6 @@ class Model:
     def fit(self, x, y, epochs: int = 1, batch: int | None = None, lr: float | None = None,
             optimizer: str | None = None, val: tuple | None = None, seed: int = 0, progress: bool = True, **kw):
         """Train on arrays; returns the per-epoch metrics (a list of dicts)."""
-        from .data import Dataset
-        from .train import TrainConfig, Trainer
         train = Dataset(np.asarray(x), np.asarray(y), "arrays", None)
         valid = Dataset(np.asarray(val[0]), np.asarray(val[1]), "validation", None) if val else None
         cfg = TrainConfig.from_network(self.net, epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, seed=seed, **kw)

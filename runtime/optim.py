@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.errors import CheckpointError
+from dslc.runtime.errors import CheckpointError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
 SCHEDULES = ("constant", "step", "exponential", "cosine")

@@ -13,82 +13,20 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 
 from .augment import Augment
 from .checkpoint import load_checkpoint, rng_from_arrays, rng_state_to_arrays, save_checkpoint
 from .compile_watch import CompileWatch
-from .data import Dataset, batches, load_dataset
+from .data import Dataset, batches
 from .errors import CheckpointError, RuntimeUserError
+from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's settings)
 from .optim import clip_grad_norm, clip_grad_value, make_optimizer, make_schedule
 
 CHECKPOINT_NAME = "last.ckpt"
 _CLASSIFICATION_LOSSES = {"cross_entropy", "hinge"}
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str | None = None
-    schedule_args: dict = field(default_factory=dict)
-    clip_grad_norm: float | None = None
-    clip_grad_value: float | None = None
-    augment: dict = field(default_factory=dict)
-    seed: int = 0
-    val_fraction: float = 0.2
-
-    @classmethod
-    def from_network(cls, net, **flags):
-        """The network's `train { }` section, then any flag that is not None on top."""
-        cfg = cls()
-        for key, v in net.train.items():
-            cfg._apply_setting(key, v)
-        for key, v in flags.items():
-            if v is not None:
-                if not hasattr(cfg, key):
-                    raise RuntimeUserError(f"unknown training option `{key}`",
-                                           "options: " + ", ".join(cls.__dataclass_fields__))
-                setattr(cfg, key, v)
-        cfg.validate()
-        return cfg
-
-    def _apply_setting(self, key, v):
-        call = isinstance(v, tuple) and len(v) == 4 and v[0] == "call"
-        if key == "optimizer":
-            name, kwargs = (v[1], v[3]) if call else (str(v), {})
-            self.optimizer = name
-            for k, x in kwargs.items():
-                if k not in ("lr", "weight_decay", "momentum"):
-                    raise RuntimeUserError(f"train section: `{name}` takes no argument `{k}`",
-                                           "optimizer arguments: lr, weight_decay, momentum")
-                setattr(self, k, x)
-        elif key == "schedule":
-            self.schedule, self.schedule_args = (v[1], dict(v[3])) if call else (str(v), {})
-        elif key == "augment":
-            self.augment = dict(v[3]) if call else {}
-        else:
-            setattr(self, key, v)
-
-    def validate(self):
-        def bad(what, hint):
-            raise RuntimeUserError(f"training setting: {what}", hint)
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            bad(f"epochs must be a whole number >= 1, got {self.epochs}", "e.g. --epochs 10")
-        if not isinstance(self.batch, int) or self.batch < 1:
-            bad(f"batch must be a whole number >= 1, got {self.batch}", "e.g. --batch 32")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0 or not math.isfinite(self.lr):
-            bad(f"learning rate must be a positive number, got {self.lr}", "e.g. --lr 0.01")
-        unknown = set(self.augment) - {"crop", "flip", "brightness"}
-        if unknown:
-            bad(f"augment takes crop, flip and brightness, not {', '.join(sorted(unknown))}",
-                "e.g. augment(crop = 4, flip = true, brightness = 0.1)")
 
 
 def data_roles(net):
@@ -347,103 +285,3 @@ def _epoch_line(r, epochs):
         parts.append(f"val acc {r['val_accuracy']:.4f}")
     parts.append(f"{r['samples_per_s']:.0f} samples/s")
     return "  ".join(parts)
-
-
-# ---- the CLI commands ------------------------------------------------------------------------
-DEFAULT_SEQUENCE_LENGTH = 64
-
-
-def _datasets(net, source, cfg, limit, log=lambda s: None):
-    from .plan import concrete
-    x_name, y_name = data_roles(net)
-    g = net.graph
-    symbols = dict(net.symbols)
-    for k, v in symbols.items():
-        if v is None:      # a sequence length nobody set: data windows need a number
-            symbols[k] = DEFAULT_SEQUENCE_LENGTH
-            log(f"{k} is not set; using {k} = {DEFAULT_SEQUENCE_LENGTH} (change it with --set {k}=...)")
-    xt, yt = g.nodes[x_name]["type"], g.nodes[y_name]["type"]
-    classes = None
-    loss_term = g.nodes[g.nodes[net.loss]["inputs"][0]]
-    if loss_term["op"] in _CLASSIFICATION_LOSSES:
-        logits = g.nodes[loss_term["inputs"][0]]["type"]
-        classes = logits.shape[loss_term["attrs"].get("class_axis", 1)]
-    train, val = load_dataset(source, x_shape=concrete(xt.shape[1:], 1, symbols), x_dtype=xt.dtype,
-                              y_shape=concrete(yt.shape[1:], 1, symbols), y_dtype=yt.dtype,
-                              val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, classes=classes)
-    if train.classes is not None and classes is not None and train.vocab is not None and train.classes > classes:
-        raise RuntimeUserError(f"the text has {train.classes} distinct characters but the network predicts {classes}",
-                               f"compile with --set vocab={train.classes}")
-    return train, val
-
-
-def run_command(args, overrides) -> int:
-    from dslc.compiler import compile_file
-    from .model import Model
-    net, warnings = compile_file(args.file, overrides)
-    for w in warnings:
-        print(w.render(), file=sys.stderr)
-    cfg = TrainConfig.from_network(net, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
-                                   seed=args.seed)
-    if args.resume and not args.checkpoint:
-        from dslc.compiler import UsageError
-        raise UsageError("--resume needs --checkpoint DIR (where the checkpoint is)")
-    t0 = time.perf_counter()
-    model = Model(net, device=args.device, seed=cfg.seed)
-    if args.weights:
-        print(model.load_params(args.weights), file=sys.stderr)
-    if args.freeze:
-        model.freeze(*args.freeze)
-    log = (lambda s: print(s, file=sys.stderr))
-    train, val = _datasets(net, args.data, cfg, args.limit, log)
-    trainer = Trainer(model, cfg, train, val, progress=not args.quiet, metrics_path=args.metrics,
-                      checkpoint_dir=args.checkpoint, log=log)
-    if args.resume:
-        meta = trainer.resume()
-        log(f"resuming {net.name} at epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}")
-    from dslc.summary import totals
-    n_params = totals(net, frozen=model.frozen)["trainable_parameters"]
-    log(f"training {net.name} ({n_params:,} trainable parameters) on {train.name}: {len(train)} train / {len(val)} validation "
-        f"samples, {cfg.optimizer} lr {cfg.lr}, batch {cfg.batch}, {cfg.epochs} epochs, device {model.device.name}")
-    try:
-        history = trainer.fit()
-    except KeyboardInterrupt:
-        return 130
-    dt = time.perf_counter() - t0
-    last = history[-1] if history else None
-    if last:
-        acc = f", validation accuracy {last['val_accuracy']:.4f}" if last.get("val_accuracy") is not None else ""
-        vl = f"validation loss {last['val_loss']:.4f}" if last.get("val_loss") is not None else \
-            f"train loss {last['train_loss']:.4f}"
-        print(f"done: {len(history)} epochs in {dt:.1f} s; {vl}{acc}")
-    if args.checkpoint:
-        print(f"checkpoint: {os.path.join(args.checkpoint, CHECKPOINT_NAME)}")
-    return 0
-
-
-def eval_command(args, overrides) -> int:
-    from dslc.compiler import compile_file
-    from .model import Model
-    net, _ = compile_file(args.file, overrides)
-    cfg = TrainConfig.from_network(net, batch=args.batch)
-    model = Model(net, device=args.device)
-    report = model.load_params(args.weights)
-    if report.missing or report.mismatched:
-        raise CheckpointError(f"{args.weights} does not hold this network's parameters:\n{report}",
-                              "evaluate with the .net file and --set values the weights were trained with")
-    train, val = _datasets(net, args.data, cfg, args.limit)
-    trainer = Trainer(model, cfg, train, val, log=lambda s: print(s, file=sys.stderr))
-    g = net.graph
-    classes = None
-    if trainer.classify:
-        classes = g.nodes[trainer.pred_node]["type"].shape[trainer.class_axis]
-    topk = (1, 5) if classes and isinstance(classes, int) and classes > 5 else (1,)
-    with trainer.reporting_compiles(None, "evaluation"):
-        res = trainer.evaluate(val if len(val) else train, topk=topk)
-    line = f"{net.name} on {args.data} (validation split, {len(val)} samples): loss {res['loss']:.4f}"
-    if res["accuracy"] is not None:
-        line += f", top-1 accuracy {res['accuracy']:.4f}"
-    if "top5" in res and res["top5"] is not None:
-        line += f", top-5 accuracy {res['top5']:.4f}"
-    print(line)
-    return 0

@@ -17,8 +17,8 @@ input.
 """
 import numpy as np
 
-from runtime.jit import njit, parallel_elementwise, pnjit, prange
-from runtime.kernel_api import Kernel, register
+from dslc.runtime.jit import njit, parallel_elementwise, pnjit, prange
+from dslc.runtime.kernel_api import Kernel, register
 
 
 # --- elementwise ops -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ becomes a parallel loop of its own, compiled as a separate function: measured on
 convs' backward, its four such expressions cost 1.7 s of its 4.7 s compile. Parallel kernels
 call these helpers (compiled once, serially) instead.
 """
-from runtime.jit import njit
+from dslc.runtime.jit import njit
 
 
 @njit

@@ -10,7 +10,7 @@ gives them that, on the same library np.dot uses (SciPy's OpenBLAS), in the call
 import numpy as np
 from numba import types
 
-from runtime.jit import njit
+from dslc.runtime.jit import njit
 
 # Numba's own wrapper of scipy's cython_blas ?gemm (the one np.dot uses), called by symbol
 # name: unlike a ctypes pointer to the BLAS function, that lets the callers be cached on disk.

@@ -46,14 +46,14 @@ import numba
 import numpy as np
 from numba import uint64 as _u
 
-from runtime.cpu.activation import relu_backward, relu_grad
-from runtime.cpu.arrays import add_into, copy_into, copy_rows, fill, row_sum, scale_shift
-from runtime.cpu.blas import gemm
-from runtime.cpu.conv_geometry import window_offsets
-from runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
-from runtime.cpu.conv_winograd import WinogradPlan, winograd_conv, winograd_pays, winograd_weight_grad
-from runtime.jit import njit, parallel_elementwise, parallel_gemm, pnjit, prange
-from runtime.kernel_api import FusesRelu, Kernel, register
+from dslc.runtime.cpu.activation import relu_backward, relu_grad
+from dslc.runtime.cpu.arrays import add_into, copy_into, copy_rows, fill, row_sum, scale_shift
+from dslc.runtime.cpu.blas import gemm
+from dslc.runtime.cpu.conv_geometry import window_offsets
+from dslc.runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
+from dslc.runtime.cpu.conv_winograd import WinogradPlan, winograd_conv, winograd_pays, winograd_weight_grad
+from dslc.runtime.jit import njit, parallel_elementwise, parallel_gemm, pnjit, prange
+from dslc.runtime.kernel_api import FusesRelu, Kernel, register
 
 # Fewest GEMM columns (grid positions x samples) a conv chunk aims for: below ~256 columns
 # single-threaded OpenBLAS sgemm falls well short of its peak on these shapes.

@@ -30,9 +30,9 @@ gradient). Either way no two workers write one element and no worker waits for a
 import numpy as np
 from numba import uint64 as _u
 
-from runtime.cpu.arrays import fill, scale_shift
-from runtime.cpu.blas import gemm
-from runtime.jit import njit, pnjit, prange
+from dslc.runtime.cpu.arrays import fill, scale_shift
+from dslc.runtime.cpu.blas import gemm
+from dslc.runtime.jit import njit, pnjit, prange
 
 
 def unrolled_pays(image_positions: int, kernel_taps: int, groups: int, unrolled_elements: int) -> bool:

@@ -51,10 +51,10 @@ Buffers are flat (1-d) with explicit offsets, like BLAS's view of them.
 import numpy as np
 from numba import uint64 as _u
 
-from runtime.cpu.arrays import add_into, fill, row_sum
-from runtime.cpu.blas import gemm
-from runtime.cpu.conv_geometry import window_offsets
-from runtime.jit import njit, pnjit, prange
+from dslc.runtime.cpu.arrays import add_into, fill, row_sum
+from dslc.runtime.cpu.blas import gemm
+from dslc.runtime.cpu.conv_geometry import window_offsets
+from dslc.runtime.jit import njit, pnjit, prange
 
 # m -> (B^T, G, A^T), float64; Lavin & Gray's matrices (interpolation points 0, +-1 for m = 2;
 # 0, +-1, +-2 for m = 4).

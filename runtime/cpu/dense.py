@@ -19,8 +19,8 @@ output is zero (exactly where the pre-activation was <= 0).
 import numba
 import numpy as np
 
-from runtime.jit import njit, parallel_gemm, pnjit, prange
-from runtime.kernel_api import FusesRelu, Kernel, register
+from dslc.runtime.jit import njit, parallel_gemm, pnjit, prange
+from dslc.runtime.kernel_api import FusesRelu, Kernel, register
 
 
 @njit

@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 
-from runtime.cpu.activation import exp_negative_abs, softmax_into
-from runtime.jit import njit, parallel_elementwise, pnjit, prange
-from runtime.kernel_api import Kernel, register
+from dslc.runtime.cpu.activation import exp_negative_abs, softmax_into
+from dslc.runtime.jit import njit, parallel_elementwise, pnjit, prange
+from dslc.runtime.kernel_api import Kernel, register
 
 # Elementwise losses (mse, bce) reduce in chunks of this many elements, one chunk per parallel task.
 _CHUNK = 1 << 14

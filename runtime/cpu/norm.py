@@ -3,8 +3,8 @@ import math
 
 import numpy as np
 
-from runtime.jit import njit, pnjit, prange
-from runtime.kernel_api import FusesRelu, Kernel, register
+from dslc.runtime.jit import njit, pnjit, prange
+from dslc.runtime.kernel_api import FusesRelu, Kernel, register
 
 
 def _channel_view(a):

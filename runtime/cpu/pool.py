@@ -28,8 +28,8 @@ wraps negative indices: with an index LLVM cannot prove non-negative, it does no
 import numba
 import numpy as np
 
-from runtime.jit import njit, parallel_elementwise, pnjit, prange
-from runtime.kernel_api import Kernel, register
+from dslc.runtime.jit import njit, parallel_elementwise, pnjit, prange
+from dslc.runtime.kernel_api import Kernel, register
 
 
 @njit

@@ -67,10 +67,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from runtime.cpu.arrays import copy_into
-from runtime.cpu.blas import gemm
-from runtime.jit import njit, parallel_gemm, pnjit, prange, use_serial_blas
-from runtime.kernel_api import Kernel, register
+from dslc.runtime.cpu.arrays import copy_into
+from dslc.runtime.cpu.blas import gemm
+from dslc.runtime.jit import njit, parallel_gemm, pnjit, prange, use_serial_blas
+from dslc.runtime.kernel_api import Kernel, register
 
 
 # ---------------------------------------------------------------------------------------------

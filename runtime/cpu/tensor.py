@@ -7,10 +7,10 @@ buffers after forward.
 """
 import numpy as np
 
-from runtime.cpu.activation import relu_backward
-from runtime.cpu.arrays import copy_into
-from runtime.jit import parallel_elementwise, pnjit, prange
-from runtime.kernel_api import FusesRelu, Kernel, register
+from dslc.runtime.cpu.activation import relu_backward
+from dslc.runtime.cpu.arrays import copy_into
+from dslc.runtime.jit import parallel_elementwise, pnjit, prange
+from dslc.runtime.kernel_api import FusesRelu, Kernel, register
 
 
 @register("cpu", "identity", "flatten", "reshape")

@@ -21,9 +21,9 @@ forward filled are still valid in backward and are reused instead of recomputed.
 """
 from numba import cuda
 
-from runtime.cuda.gemm import add_channel_bias, gemm, sum_channels
-from runtime.cuda.launch import THREADS_1D, blocks_1d
-from runtime.kernel_api import Kernel, register
+from dslc.runtime.cuda.gemm import add_channel_bias, gemm, sum_channels
+from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
+from dslc.runtime.kernel_api import Kernel, register
 
 COLS_BUDGET = 1 << 24     # elements of a node's column buffer (64 MiB in float32)
 

@@ -4,8 +4,8 @@ Three GEMMs on views of the device arrays (flattening is a reshape, never a copy
     out = x @ W.T,   gx = gout @ W,   gW = gout.T @ x
 The bias gradient sums gout over the batch with the race-free per-unit block reduction.
 """
-from runtime.cuda.gemm import add_channel_bias, gemm, sum_channels
-from runtime.kernel_api import Kernel, register
+from dslc.runtime.cuda.gemm import add_channel_bias, gemm, sum_channels
+from dslc.runtime.kernel_api import Kernel, register
 
 
 @register("cuda", "dense")

@@ -13,7 +13,7 @@ whichever axis of A / B is contiguous for the given transpose flag (coalesced lo
 import numpy as np
 from numba import cuda
 
-from runtime.cuda.launch import THREADS_1D, blocks_1d
+from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
 
 # 64-thread blocks with 4x4 register tiles: 32x32 tiles of C spread the small GEMMs of conv
 # and dense layers over many SMs, and keep the CUDA simulator (a Python thread per GPU thread)

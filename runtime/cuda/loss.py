@@ -10,9 +10,9 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from runtime.cuda.launch import THREADS_1D, blocks_1d
-from runtime.cuda.reduce import block_max, block_sum, reduction_threads
-from runtime.kernel_api import Kernel, register
+from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
+from dslc.runtime.cuda.reduce import block_max, block_sum, reduction_threads
+from dslc.runtime.kernel_api import Kernel, register
 
 
 @cuda.jit

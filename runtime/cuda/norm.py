@@ -8,9 +8,9 @@ import numpy as np
 from numba import cuda, float32
 from numba.cuda.random import init_xoroshiro128p_states, xoroshiro128p_dtype, xoroshiro128p_uniform_float32
 
-from runtime.cuda.launch import THREADS_1D, blocks_1d
-from runtime.cuda.reduce import block_sum, channel_view, reduction_threads
-from runtime.kernel_api import Kernel, register
+from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
+from dslc.runtime.cuda.reduce import block_sum, channel_view, reduction_threads
+from dslc.runtime.kernel_api import Kernel, register
 
 
 # --- batchnorm -------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from runtime.cuda.devicekernels import fill
-from runtime.cuda.launch import THREADS_1D, blocks_1d
-from runtime.cuda.reduce import block_sum
-from runtime.optim import OPTIMIZERS, Optimizer
+from dslc.runtime.cuda.devicekernels import fill
+from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
+from dslc.runtime.cuda.reduce import block_sum
+from dslc.runtime.optim import OPTIMIZERS, Optimizer
 
 # Every kernel first forms the effective gradient g + weight_decay * p (L2, as torch) without
 # modifying the gradient array, which the plan owns.
@@ -153,7 +153,7 @@ class CudaOptimizer(Optimizer):
 def make_cuda_optimizer(name: str, params: dict, *, lr: float, weight_decay: float = 0.0,
                         momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8,
                         alpha: float = 0.99) -> CudaOptimizer:
-    """runtime.optim.make_optimizer over device arrays: same names, arguments and checks."""
+    """dslc.runtime.optim.make_optimizer over device arrays: same names, arguments and checks."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
     if not lr > 0:
@@ -196,7 +196,7 @@ def _sqrt_in_place(a):
 def clip_grad_norm(grads: dict, max_norm: float):
     """Scale the device gradients in place so their joint L2 norm is at most `max_norm`.
 
-    runtime.optim.clip_grad_norm's formula, computed on the device. Returns the total norm
+    dslc.runtime.optim.clip_grad_norm's formula, computed on the device. Returns the total norm
     before clipping as a shape (1,) device array, so the caller decides whether to pay for a
     copy to the host (e.g. only when logging).
     """

@@ -11,8 +11,8 @@ as a flat index ih * W + iw into the workspace; max-unpooling recomputes it on i
 """
 from numba import cuda
 
-from runtime.cuda.launch import THREADS_1D, blocks_1d
-from runtime.kernel_api import Kernel, register
+from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
+from dslc.runtime.kernel_api import Kernel, register
 
 
 @cuda.jit(device=True)

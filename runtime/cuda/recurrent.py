@@ -21,11 +21,11 @@ import math
 
 from numba import cuda, float32
 
-from runtime.cuda.devicekernels import fill
-from runtime.cuda.gemm import gemm
-from runtime.cuda.launch import THREADS_1D, blocks_1d
-from runtime.cuda.reduce import block_sum, reduction_threads
-from runtime.kernel_api import Kernel, register
+from dslc.runtime.cuda.devicekernels import fill
+from dslc.runtime.cuda.gemm import gemm
+from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
+from dslc.runtime.cuda.reduce import block_sum, reduction_threads
+from dslc.runtime.kernel_api import Kernel, register
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ depends on the thread.
 """
 from numba import cuda
 
-from runtime.cuda.launch import THREADS_1D
+from dslc.runtime.cuda.launch import THREADS_1D
 
 
 def reduction_threads(length):

@@ -6,8 +6,8 @@ copies below are device-to-device copies of whole buffers or of column blocks.
 import numpy as np
 from numba import cuda
 
-from runtime.cuda.launch import THREADS_1D, blocks_1d
-from runtime.kernel_api import Kernel, register
+from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
+from dslc.runtime.kernel_api import Kernel, register
 
 
 @register("cuda", "identity", "flatten", "reshape")

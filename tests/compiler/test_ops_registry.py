@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dslc.ops import OPS, REQUIRED, ShapeError, TensorType
-from runtime.kernel_api import FAMILIES
+from dslc.runtime.kernel_api import FAMILIES
 
 REPO = Path(__file__).resolve().parents[2]
 ATTR_KINDS = {"int", "float", "bool", "pair", "pad", "enum", "ints", "axis", "window", "floats"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernel_api import Context
+from dslc.runtime.kernel_api import Context
 from tests.kernels.harness import Case, _grad_inputs, _inputs, _params, _trainable, make_kernel, run_kernel
 
 

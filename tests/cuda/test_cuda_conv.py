@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.cuda import conv as cuda_conv
+from dslc.runtime.cuda import conv as cuda_conv
 from tests.cuda.harness import check_cuda_against_cpu
 from tests.kernels.harness import Case, make_kernel
 

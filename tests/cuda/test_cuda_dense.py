@@ -5,7 +5,7 @@ import pytest
 import torch.nn.functional as F
 from numba import cuda
 
-from runtime.cuda.gemm import TILE_K, TILE_MN, add_channel_bias, gemm, sum_channels
+from dslc.runtime.cuda.gemm import TILE_K, TILE_MN, add_channel_bias, gemm, sum_channels
 from tests.cuda.harness import check_cuda_against_cpu
 from tests.kernels.harness import Case
 

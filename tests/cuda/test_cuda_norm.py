@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from runtime.kernel_api import Context
+from dslc.runtime.kernel_api import Context
 from tests.cuda.harness import check_cuda_against_cpu, run_cuda_kernel
 from tests.kernels.harness import Case, make_kernel
 

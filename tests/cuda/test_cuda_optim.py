@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from runtime.cuda.optim import clip_grad_norm as cuda_clip_grad_norm
-from runtime.cuda.optim import make_cuda_optimizer
-from runtime.optim import OPTIMIZERS, clip_grad_norm, make_optimizer
+from dslc.runtime.cuda.optim import clip_grad_norm as cuda_clip_grad_norm
+from dslc.runtime.cuda.optim import make_cuda_optimizer
+from dslc.runtime.optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 
 SHAPES = {"w": (3, 4), "b": (5,)}
 SETTINGS = {"lr": 0.05, "weight_decay": 0.01, "momentum": 0.8, "betas": (0.8, 0.9), "eps": 1e-6, "alpha": 0.9}

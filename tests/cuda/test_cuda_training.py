@@ -12,10 +12,10 @@ import pytest
 
 from dslc.compiler import compile_source
 from dslc.diagnostics import Source
-from runtime.data import Dataset
-from runtime.devices import CUDA
-from runtime.model import Model
-from runtime.train import TrainConfig, Trainer
+from dslc.runtime.data import Dataset
+from dslc.runtime.devices import CUDA
+from dslc.runtime.model import Model
+from dslc.runtime.train import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 

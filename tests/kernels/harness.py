@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.kernel_api import Context, NodeSpec, kernel_class
+from dslc.runtime.kernel_api import Context, NodeSpec, kernel_class
 
 
 @dataclass

@@ -4,17 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import runtime.cpu.conv
-from runtime.cpu import conv_winograd
-from runtime.cpu.conv_geometry import window_offsets
-from runtime.kernel_api import Context, NodeSpec
+import dslc.runtime.cpu.conv
+from dslc.runtime.cpu import conv_winograd
+from dslc.runtime.cpu.conv_geometry import window_offsets
+from dslc.runtime.kernel_api import Context, NodeSpec
 
 from tests.kernels.harness import Case, check_against_torch, check_finite_differences, check_nan_propagates
 
-DEFAULT_SHIFTED_PAYS = runtime.cpu.conv.shifted_pays
-DEFAULT_WINOGRAD_PAYS = runtime.cpu.conv.winograd_pays
-DEFAULT_UNROLLED_PAYS = runtime.cpu.conv.unrolled_pays
-DEFAULT_GATHER_PAYS = runtime.cpu.conv.gather_pays
+DEFAULT_SHIFTED_PAYS = dslc.runtime.cpu.conv.shifted_pays
+DEFAULT_WINOGRAD_PAYS = dslc.runtime.cpu.conv.winograd_pays
+DEFAULT_UNROLLED_PAYS = dslc.runtime.cpu.conv.unrolled_pays
+DEFAULT_GATHER_PAYS = dslc.runtime.cpu.conv.gather_pays
 
 
 def _conv_attrs(channels, kernel, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1, bias=True):
@@ -159,13 +159,13 @@ def workers(request, monkeypatch):
     im2col builds its columns by the loops over grid rows in the first run and by the table of
     offsets in every other (gather_pays would give nearly all these small grids the table)."""
     if request.param != "one-worker":
-        monkeypatch.setattr(runtime.cpu.conv, "parallel_gemm", lambda flops: True)
-    monkeypatch.setattr(runtime.cpu.conv, "gather_pays", lambda grid_w: request.param != "one-worker")
+        monkeypatch.setattr(dslc.runtime.cpu.conv, "parallel_gemm", lambda flops: True)
+    monkeypatch.setattr(dslc.runtime.cpu.conv, "gather_pays", lambda grid_w: request.param != "one-worker")
     if request.param == "shifted-all-workers":
-        monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", lambda columns, channels, features: True)
+        monkeypatch.setattr(dslc.runtime.cpu.conv, "shifted_pays", lambda columns, channels, features: True)
     if request.param == "winograd-all-workers":
-        monkeypatch.setattr(runtime.cpu.conv, "winograd_pays", lambda channels, rows: True)
-    monkeypatch.setattr(runtime.cpu.conv, "unrolled_pays",
+        monkeypatch.setattr(dslc.runtime.cpu.conv, "winograd_pays", lambda channels, rows: True)
+    monkeypatch.setattr(dslc.runtime.cpu.conv, "unrolled_pays",
                         lambda positions, taps, groups, elements: request.param == "unrolled-all-workers"
                         and groups == 1)
 
@@ -206,15 +206,15 @@ def test_fused_relu_keeps_nan(case, request):
 ])
 def test_path_choice(x_shape, channels, kernel, pad, path, monkeypatch):
     """Which lowering a stride-1 layer gets by default (see winograd_pays and shifted_pays)."""
-    monkeypatch.setattr(runtime.cpu.conv, "shifted_pays", DEFAULT_SHIFTED_PAYS)
-    monkeypatch.setattr(runtime.cpu.conv, "winograd_pays", DEFAULT_WINOGRAD_PAYS)
-    monkeypatch.setattr(runtime.cpu.conv, "unrolled_pays", DEFAULT_UNROLLED_PAYS)
+    monkeypatch.setattr(dslc.runtime.cpu.conv, "shifted_pays", DEFAULT_SHIFTED_PAYS)
+    monkeypatch.setattr(dslc.runtime.cpu.conv, "winograd_pays", DEFAULT_WINOGRAD_PAYS)
+    monkeypatch.setattr(dslc.runtime.cpu.conv, "unrolled_pays", DEFAULT_UNROLLED_PAYS)
     n, c, h, w = x_shape
     out_h, out_w = h + 2 * pad[0] - kernel[0] + 1, w + 2 * pad[1] - kernel[1] + 1
     spec = NodeSpec(name="conv", op="conv", attrs=_conv_attrs(channels, kernel, pad=pad), in_shapes=(x_shape,),
                     in_dtypes=("float32",), out_shape=(n, channels, out_h, out_w),
                     param_shapes={"weight": (channels, c, *kernel), "bias": (channels,)})
-    kernel = runtime.cpu.conv.Conv(spec)
+    kernel = dslc.runtime.cpu.conv.Conv(spec)
     assert ("unrolled" if kernel.unrolled else "winograd" if kernel.winograd else "shifted" if kernel.shifted
             else "im2col") == path
 
@@ -291,7 +291,7 @@ def test_folded_batchnorm_matches_torch_eval(x_shape, attrs, relu):
         expected = F.relu(expected)
     spec = NodeSpec(name="conv", op="conv", attrs=attrs, in_shapes=(x_shape,), in_dtypes=("float32",),
                     out_shape=tuple(expected.shape), param_shapes={k: v.shape for k, v in params.items()})
-    kernel = runtime.cpu.conv.Conv(spec)
+    kernel = dslc.runtime.cpu.conv.Conv(spec)
     assert kernel.fuse_batchnorm({"eps": 1e-3, "momentum": 0.1})
     assert not kernel.fuse_batchnorm({"eps": 1e-3, "momentum": 0.1})     # one batchnorm
     if relu:
@@ -309,7 +309,7 @@ def test_batchnorm_is_not_folded_after_a_relu():
     attrs = _conv_attrs(3, (3, 3), pad=(1, 1))
     spec = NodeSpec(name="conv", op="conv", attrs=attrs, in_shapes=((2, 2, 5, 5),), in_dtypes=("float32",),
                     out_shape=(2, 3, 5, 5), param_shapes={"weight": (3, 2, 3, 3), "bias": (3,)})
-    kernel = runtime.cpu.conv.Conv(spec)
+    kernel = dslc.runtime.cpu.conv.Conv(spec)
     assert kernel.fuse_activation("relu", {})
     assert not kernel.fuse_batchnorm({"eps": 1e-5})
 
@@ -329,7 +329,7 @@ def test_epilogue_operands_have_one_type_whatever_is_fused():
                 params["bias"] = rng.standard_normal(4).astype(np.float32)
             spec = NodeSpec(name="conv", op="conv", attrs=attrs, in_shapes=((2, 3, 5, 5),), in_dtypes=("float32",),
                             out_shape=(2, 4, 5, 5), param_shapes={k: v.shape for k, v in params.items()})
-            kernel = runtime.cpu.conv.Conv(spec)
+            kernel = dslc.runtime.cpu.conv.Conv(spec)
             if folded:
                 assert kernel.fuse_batchnorm({"eps": 1e-5})
                 params.update({f"batchnorm.{k}": np.ones(4, np.float32) for k in ("weight", "running_var")})

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 
-from runtime.kernel_api import Context, NodeSpec, kernel_class
+from dslc.runtime.kernel_api import Context, NodeSpec, kernel_class
 from tests.kernels.harness import Case, check_against_torch, check_finite_differences
 
 

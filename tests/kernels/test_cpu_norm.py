@@ -102,7 +102,7 @@ def test_batchnorm_fused_relu_finite_differences():
 
 def test_batchnorm_on_rows_does_not_fuse():
     """(N, C) inputs run the row loops, which have no mask: the plan keeps the relu apart."""
-    from runtime.kernel_api import NodeSpec, kernel_class
+    from dslc.runtime.kernel_api import NodeSpec, kernel_class
     spec = NodeSpec(name="bn", op="batchnorm", attrs={"eps": 1e-5, "momentum": 0.1}, in_shapes=((8, 3),),
                     in_dtypes=("float32",), out_shape=(8, 3),
                     param_shapes={n: (3,) for n in ("weight", "bias", "running_mean", "running_var")})

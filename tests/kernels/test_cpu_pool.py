@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime import jit
-from runtime.kernel_api import Context
+from dslc.runtime import jit
+from dslc.runtime.kernel_api import Context
 from tests.kernels.harness import Case, check_against_torch, check_finite_differences, make_kernel, run_kernel
 
 

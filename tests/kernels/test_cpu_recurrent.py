@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.cpu.recurrent import _step_gemm, unit_parts
-from runtime.kernel_api import Context
+from dslc.runtime.cpu.recurrent import _step_gemm, unit_parts
+from dslc.runtime.kernel_api import Context
 from tests.kernels.harness import (Case, check_against_torch, check_finite_differences,
                                    make_kernel)
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import runtime.cpu.tensor
+import dslc.runtime.cpu.tensor
 from tests.kernels.harness import Case, check_against_torch, check_finite_differences, check_nan_propagates
 
 
@@ -65,7 +65,7 @@ def test_against_torch(case):
 def test_concat_split_between_workers(case, monkeypatch):
     """Big concats split their copies' rows between the workers (parallel_elementwise): the
     concat cases again with that path taken."""
-    monkeypatch.setattr(runtime.cpu.tensor, "parallel_elementwise", lambda size: True)
+    monkeypatch.setattr(dslc.runtime.cpu.tensor, "parallel_elementwise", lambda size: True)
     check_against_torch(case)
 
 

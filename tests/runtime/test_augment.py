@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.augment import Augment
+from dslc.runtime.augment import Augment
 
 
 def image_batch(n=6, c=2, h=5, w=7, seed=0):

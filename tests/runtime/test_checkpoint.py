@@ -7,9 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from runtime.checkpoint import (DIGEST_KEY, FORMAT_VERSION, META_KEY, load_checkpoint, rng_from_arrays,
+from dslc.runtime.checkpoint import (DIGEST_KEY, FORMAT_VERSION, META_KEY, load_checkpoint, rng_from_arrays,
                                 rng_state_to_arrays, save_checkpoint)
-from runtime.errors import CheckpointError
+from dslc.runtime.errors import CheckpointError
 
 
 def sample_arrays():

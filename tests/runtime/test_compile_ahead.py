@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import compile_ahead
+from dslc.runtime import compile_ahead
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,9 +22,9 @@ import numpy as np
 from numba.core.registry import CPUDispatcher
 from dslc.compiler import compile_source
 from dslc.diagnostics import Source
-from runtime.kernel_api import Context
-from runtime.model import Model
-from runtime.plan import Plan
+from dslc.runtime.kernel_api import Context
+from dslc.runtime.model import Model
+from dslc.runtime.plan import Plan
 
 NET = """
 network mlp

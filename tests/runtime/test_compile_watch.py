@@ -6,10 +6,10 @@ import numpy as np
 
 from dslc.compiler import compile_source
 from dslc.diagnostics import Source
-from runtime.compile_watch import CompileWatch
-from runtime.data import load_dataset
-from runtime.model import Model
-from runtime.train import TrainConfig, Trainer
+from dslc.runtime.compile_watch import CompileWatch
+from dslc.runtime.data import load_dataset
+from dslc.runtime.model import Model
+from dslc.runtime.train import TrainConfig, Trainer
 
 NET = """
 network mlp

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.data import CORPUS_PATH, Dataset, _resize_bilinear, batches, load_dataset
-from runtime.errors import DataError, RuntimeUserError
+from dslc.runtime.data import CORPUS_PATH, Dataset, _resize_bilinear, batches, load_dataset
+from dslc.runtime.errors import DataError, RuntimeUserError
 
 IMAGE_NET = dict(x_shape=(1, 8, 8), x_dtype="float32", y_shape=(), y_dtype="int64")
 

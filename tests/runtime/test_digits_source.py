@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import data
+from dslc.runtime import data
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ def test_digits_arrays_are_sklearns_load_digits():
 
 def test_loading_digits_does_not_import_sklearn():
     # Fails when a scikit-learn release moves its table: DIGITS_CSV then needs updating.
-    code = ("import sys; from runtime.data import load_dataset; "
+    code = ("import sys; from dslc.runtime.data import load_dataset; "
             "load_dataset('digits', x_shape=(1, 8, 8), x_dtype='float32', y_shape=(), y_dtype='int64'); "
             "print('sklearn' in sys.modules)")
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from numba.core.registry import CPUDispatcher
 
-import runtime.cpu
-from runtime import jit
+import dslc.runtime.cpu
+from dslc.runtime import jit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,8 +31,8 @@ def test_digest_follows_every_file_of_a_folder(tmp_path):
 def test_every_cpu_kernel_uses_the_content_keyed_cache():
     """A kernel jitted with numba's own cache=True would be keyed by its file alone."""
     dispatchers = []
-    for info in pkgutil.iter_modules(runtime.cpu.__path__):
-        module = importlib.import_module(f"runtime.cpu.{info.name}")
+    for info in pkgutil.iter_modules(dslc.runtime.cpu.__path__):
+        module = importlib.import_module(f"dslc.runtime.cpu.{info.name}")
         dispatchers += [(f"{info.name}.{name}", value) for name, value in vars(module).items()
                         if isinstance(value, CPUDispatcher) and value.py_func.__module__ == module.__name__]
     assert len(dispatchers) > 50
@@ -43,10 +43,10 @@ def test_every_cpu_kernel_uses_the_content_keyed_cache():
 SCRIPT = r'''
 import json, sys
 import numpy as np
-from runtime import jit
+from dslc.runtime import jit
 if sys.argv[1] != "same":
     jit.KERNEL_SOURCES_DIGEST = "as if a kernel source had changed"
-from runtime.cpu.arrays import scale_shift
+from dslc.runtime.cpu.arrays import scale_shift
 x = np.ones(3, np.float32)
 scale_shift(x, x, np.float32(2), np.float32(1), True)
 print(json.dumps({"hits": sum(scale_shift.stats.cache_hits.values()),

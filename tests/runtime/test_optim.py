@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.errors import CheckpointError
-from runtime.optim import (OPTIMIZERS, SCHEDULES, clip_grad_norm, clip_grad_value, make_optimizer,
+from dslc.runtime.errors import CheckpointError
+from dslc.runtime.optim import (OPTIMIZERS, SCHEDULES, clip_grad_norm, clip_grad_value, make_optimizer,
                            make_schedule)
 
 SHAPES = {"conv1.weight": (4, 3, 2, 2), "conv1.bias": (4,), "fc.weight": (5, 6)}

@@ -4,7 +4,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from runtime.optim import OPTIMIZERS, make_optimizer
+from dslc.runtime.optim import OPTIMIZERS, make_optimizer
 
 SIZES = {"small": 1_000, "medium": 50_000, "large": 200_000}
 # Python objects (views, dict entries) a step creates besides arrays; far below any array here.

@@ -5,11 +5,11 @@ import pytest
 
 from dslc.compiler import compile_source
 from dslc.diagnostics import Source
-from runtime import jit
-from runtime.devices import get_device
-from runtime.kernel_api import Context, NodeSpec, kernel_class
-from runtime.model import Model
-from runtime.plan import Plan
+from dslc.runtime import jit
+from dslc.runtime.devices import get_device
+from dslc.runtime.kernel_api import Context, NodeSpec, kernel_class
+from dslc.runtime.model import Model
+from dslc.runtime.plan import Plan
 
 from .torch_reference import run_torch
 
@@ -109,17 +109,17 @@ def test_scratch_workspaces_are_shared_across_nodes(monkeypatch):
     """A conv's scratch (its columns or padded images): one call's worth of storage serves
     every conv, forward and backward; declared as kept instead, each conv holds its own from
     forward to backward."""
-    import runtime.cpu.conv
+    import dslc.runtime.cpu.conv
     model = Model(_compiled(DEEP_CHAIN), seed=0)
 
     def plan():
         return Plan(model.net, model._dev, model.device, 16, {}, True, set(model.trainable_names()))
     shared = plan()
     convs = [s.node for s in shared.steps if model.net.graph.nodes[s.node]["op"] == "conv"]
-    key = next(k for k, a in shared.ws[convs[0]].items() if a.size and k in runtime.cpu.conv.Conv.scratch_workspace)
+    key = next(k for k, a in shared.ws[convs[0]].items() if a.size and k in dslc.runtime.cpu.conv.Conv.scratch_workspace)
     buffers = [shared.ws[n][key] for n in convs] + [shared.ws_backward[n][key] for n in convs]
     assert all(np.shares_memory(buffers[0], b) for b in buffers[1:])
-    monkeypatch.setattr(runtime.cpu.conv.Conv, "scratch_workspace", ())
+    monkeypatch.setattr(dslc.runtime.cpu.conv.Conv, "scratch_workspace", ())
     assert shared.bytes < plan().bytes
 
 
@@ -155,7 +155,7 @@ def test_inference_folds_batchnorm_into_conv(source, batch, monkeypatch):
     """In inference plans conv -> batchnorm -> relu is one call (the conv's epilogue scales,
     shifts and clamps), and gives what the three ops give one by one, once training has moved
     the running statistics and the batchnorm's own parameters are not the identity."""
-    import runtime.cpu.conv
+    import dslc.runtime.cpu.conv
     model = Model(_compiled(source), seed=0)
     rng = np.random.default_rng(4)
     shape = (batch, *model.net.graph.nodes["image"]["type"].shape[1:])
@@ -185,7 +185,7 @@ def test_inference_folds_batchnorm_into_conv(source, batch, monkeypatch):
     assert all(g.nodes[chain[-1]]["op"] == "relu" for chain in folded(fused))
     training = Plan(model.net, model._dev, model.device, batch, {}, True, set(model.trainable_names()))
     assert not folded(training)             # training normalises with batch statistics
-    monkeypatch.setattr(runtime.cpu.conv.Conv, "fuse_batchnorm", lambda self, attrs: False)
+    monkeypatch.setattr(dslc.runtime.cpu.conv.Conv, "fuse_batchnorm", lambda self, attrs: False)
     separate = Plan(model.net, model._dev, model.device, batch, {}, False, None, with_loss=False)
     assert not folded(separate)
     expected = outputs(separate)
@@ -210,7 +210,7 @@ def test_inference_folds_embed_into_recurrent_layer(monkeypatch):
     """In inference plans a recurrent layer absorbs the embed that feeds it alone (it gathers
     its input projection from a table, see recurrent.py's fuse_input) and reads the ids
     itself; training plans keep the embed; outputs are what the separate calls give."""
-    import runtime.cpu.recurrent
+    import dslc.runtime.cpu.recurrent
     model = Model(_compiled(EMBEDDED), seed=0)
     g = model.net.graph
     batch, symbols = 4, {"T": 6}
@@ -230,7 +230,7 @@ def test_inference_folds_embed_into_recurrent_layer(monkeypatch):
     assert fused.step_of[lstm].inputs == ["text"] and embed not in fused.step_of
     training = Plan(model.net, model._dev, model.device, batch, symbols, True, set(model.trainable_names()))
     assert not absorbed(training)
-    monkeypatch.setattr(runtime.cpu.recurrent._RecurrentKernel, "fuse_input", lambda self, op, attrs: False)
+    monkeypatch.setattr(dslc.runtime.cpu.recurrent._RecurrentKernel, "fuse_input", lambda self, op, attrs: False)
     separate = Plan(model.net, model._dev, model.device, batch, symbols, False, None, with_loss=False)
     assert not absorbed(separate)
     expected = outputs(separate)
@@ -273,9 +273,9 @@ def test_sibling_pointwise_convs_share_one_gemm(workers, frozen, monkeypatch):
     """The three 1x1 convs that read the stem's output run as one call of the first (the
     plan's _fuse_siblings), in training and inference, and give what three calls give: the
     same outputs, loss and gradients, a frozen member's weight left without one."""
-    import runtime.cpu.conv
+    import dslc.runtime.cpu.conv
     if workers == "all-workers":
-        monkeypatch.setattr(runtime.cpu.conv, "parallel_gemm", lambda flops: True)
+        monkeypatch.setattr(dslc.runtime.cpu.conv, "parallel_gemm", lambda flops: True)
     model = Model(_compiled(INCEPTION), seed=1)
     feeds = _inception_feeds()
     trainable = set(model.trainable_names()) - set(frozen)
@@ -294,7 +294,7 @@ def test_sibling_pointwise_convs_share_one_gemm(workers, frozen, monkeypatch):
         plan, results[training] = run(training)
         group = _sibling_groups(plan)
         assert group == {"branch1.a": ["branch2.b", "branch3.c"]}
-    monkeypatch.setattr(runtime.cpu.conv.Conv, "sibling_key", lambda self: None)
+    monkeypatch.setattr(dslc.runtime.cpu.conv.Conv, "sibling_key", lambda self: None)
     for training in (True, False):
         plan, (loss, outs, grads) = run(training)
         assert not _sibling_groups(plan)

@@ -11,10 +11,10 @@ import pytest
 
 from dslc.compiler import compile_source
 from dslc.diagnostics import Source
-from runtime.data import load_dataset
-from runtime.errors import CheckpointError, RuntimeUserError
-from runtime.model import Model
-from runtime.train import TrainConfig, Trainer
+from dslc.runtime.data import load_dataset
+from dslc.runtime.errors import CheckpointError, RuntimeUserError
+from dslc.runtime.model import Model
+from dslc.runtime.train import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
@@ -158,7 +158,7 @@ def test_dslc_run_digits_reaches_97_percent(tmp_path):
 
 
 def test_dslc_run_char_lstm_loss_falls_well_below_uniform(tmp_path):
-    from runtime.data import CORPUS_PATH
+    from dslc.runtime.data import CORPUS_PATH
     vocab = len(set(Path(CORPUS_PATH).read_text()))
     metrics = tmp_path / "m.jsonl"
     r = run_dslc("run", "models/charlstm.net", "--data", "chars", "--epochs", "2", "--limit", "600",

@@ -8,7 +8,7 @@ import pytest
 
 from dslc.compiler import compile_source
 from dslc.diagnostics import Source
-from runtime.model import Model
+from dslc.runtime.model import Model
 
 from .torch_reference import run_torch
 

@@ -1,0 +1,109 @@
+"""`dslc run` and `dslc eval`: the command-line side of training.
+
+Kept apart from dslc/cli.py so that `dslc compile` / `dslc viz` never import Numba: cli.py
+imports this module only when one of these commands runs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from .compiler import UsageError, compile_file
+from .runtime.data import load_dataset
+from .runtime.errors import CheckpointError, RuntimeUserError
+from .runtime.model import Model
+from .runtime.plan import concrete
+from .runtime.train import _CLASSIFICATION_LOSSES, CHECKPOINT_NAME, TrainConfig, Trainer, data_roles
+from .summary import totals
+
+DEFAULT_SEQUENCE_LENGTH = 64
+
+
+def _datasets(net, source, cfg, limit, log=lambda s: None):
+    x_name, y_name = data_roles(net)
+    g = net.graph
+    symbols = dict(net.symbols)
+    for k, v in symbols.items():
+        if v is None:      # a sequence length nobody set: data windows need a number
+            symbols[k] = DEFAULT_SEQUENCE_LENGTH
+            log(f"{k} is not set; using {k} = {DEFAULT_SEQUENCE_LENGTH} (change it with --set {k}=...)")
+    xt, yt = g.nodes[x_name]["type"], g.nodes[y_name]["type"]
+    classes = None
+    loss_term = g.nodes[g.nodes[net.loss]["inputs"][0]]
+    if loss_term["op"] in _CLASSIFICATION_LOSSES:
+        logits = g.nodes[loss_term["inputs"][0]]["type"]
+        classes = logits.shape[loss_term["attrs"].get("class_axis", 1)]
+    train, val = load_dataset(source, x_shape=concrete(xt.shape[1:], 1, symbols), x_dtype=xt.dtype,
+                              y_shape=concrete(yt.shape[1:], 1, symbols), y_dtype=yt.dtype,
+                              val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, classes=classes)
+    if train.classes is not None and classes is not None and train.vocab is not None and train.classes > classes:
+        raise RuntimeUserError(f"the text has {train.classes} distinct characters but the network predicts {classes}",
+                               f"compile with --set vocab={train.classes}")
+    return train, val
+
+
+def run_command(args, overrides) -> int:
+    net, warnings = compile_file(args.file, overrides)
+    for w in warnings:
+        print(w.render(), file=sys.stderr)
+    cfg = TrainConfig.from_network(net, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
+                                   seed=args.seed)
+    if args.resume and not args.checkpoint:
+        raise UsageError("--resume needs --checkpoint DIR (where the checkpoint is)")
+    t0 = time.perf_counter()
+    model = Model(net, device=args.device, seed=cfg.seed)
+    if args.weights:
+        print(model.load_params(args.weights), file=sys.stderr)
+    if args.freeze:
+        model.freeze(*args.freeze)
+    log = (lambda s: print(s, file=sys.stderr))
+    train, val = _datasets(net, args.data, cfg, args.limit, log)
+    trainer = Trainer(model, cfg, train, val, progress=not args.quiet, metrics_path=args.metrics,
+                      checkpoint_dir=args.checkpoint, log=log)
+    if args.resume:
+        meta = trainer.resume()
+        log(f"resuming {net.name} at epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}")
+    n_params = totals(net, frozen=model.frozen)["trainable_parameters"]
+    log(f"training {net.name} ({n_params:,} trainable parameters) on {train.name}: {len(train)} train / {len(val)} validation "
+        f"samples, {cfg.optimizer} lr {cfg.lr}, batch {cfg.batch}, {cfg.epochs} epochs, device {model.device.name}")
+    try:
+        history = trainer.fit()
+    except KeyboardInterrupt:
+        return 130
+    dt = time.perf_counter() - t0
+    last = history[-1] if history else None
+    if last:
+        acc = f", validation accuracy {last['val_accuracy']:.4f}" if last.get("val_accuracy") is not None else ""
+        vl = f"validation loss {last['val_loss']:.4f}" if last.get("val_loss") is not None else \
+            f"train loss {last['train_loss']:.4f}"
+        print(f"done: {len(history)} epochs in {dt:.1f} s; {vl}{acc}")
+    if args.checkpoint:
+        print(f"checkpoint: {os.path.join(args.checkpoint, CHECKPOINT_NAME)}")
+    return 0
+
+
+def eval_command(args, overrides) -> int:
+    net, _ = compile_file(args.file, overrides)
+    cfg = TrainConfig.from_network(net, batch=args.batch)
+    model = Model(net, device=args.device)
+    report = model.load_params(args.weights)
+    if report.missing or report.mismatched:
+        raise CheckpointError(f"{args.weights} does not hold this network's parameters:\n{report}",
+                              "evaluate with the .net file and --set values the weights were trained with")
+    train, val = _datasets(net, args.data, cfg, args.limit)
+    trainer = Trainer(model, cfg, train, val, log=lambda s: print(s, file=sys.stderr))
+    g = net.graph
+    classes = None
+    if trainer.classify:
+        classes = g.nodes[trainer.pred_node]["type"].shape[trainer.class_axis]
+    topk = (1, 5) if classes and isinstance(classes, int) and classes > 5 else (1,)
+    with trainer.reporting_compiles(None, "evaluation"):
+        res = trainer.evaluate(val if len(val) else train, topk=topk)
+    line = f"{net.name} on {args.data} (validation split, {len(val)} samples): loss {res['loss']:.4f}"
+    if res["accuracy"] is not None:
+        line += f", top-1 accuracy {res['accuracy']:.4f}"
+    if "top5" in res and res["top5"] is not None:
+        line += f", top-5 accuracy {res['top5']:.4f}"
+    print(line)
+    return 0
