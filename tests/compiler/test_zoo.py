@@ -202,7 +202,7 @@ def test_nin_count_by_arithmetic():
 
 @pytest.mark.parametrize("model, recurrent", [("charlstm", nn.LSTM), ("chargru", nn.GRU)])
 def test_character_models_match_torch(model, recurrent):
-    reference = nn.ModuleList([nn.Embedding(65, 64), recurrent(64, 256, num_layers=2), nn.Linear(256, 65)])
+    reference = nn.ModuleList([nn.Embedding(96, 64), recurrent(64, 256, num_layers=2), nn.Linear(256, 96)])
     assert trainable(model, T=100) == torch_count(reference)
 
 
@@ -220,11 +220,11 @@ def test_summary_of_a_symbolic_length_model(model):
 def test_character_models_keep_the_sequence_length_symbolic(model):
     net, _ = compile_file(str(MODELS / f"{model}.net"))
     assert net.symbols == {"T": None}
-    assert net.graph.nodes["decoder"]["type"].shape == ("N", "T", 65)
+    assert net.graph.nodes["decoder"]["type"].shape == ("N", "T", 96)
     assert net.train["clip_grad_norm"] == 5
     fixed, _ = compile_file(str(MODELS / f"{model}.net"), {"T": 100})
-    assert fixed.graph.nodes["decoder"]["type"].shape == ("N", 100, 65)
-    assert totals(fixed)["macs"] > 100 * 256 * 65
+    assert fixed.graph.nodes["decoder"]["type"].shape == ("N", 100, 96)
+    assert totals(fixed)["macs"] > 100 * 256 * 96
 
 
 @pytest.mark.parametrize("size", [64, 96])
