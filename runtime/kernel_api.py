@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dslc.ops import OPS
+
 DEVICES = ("cpu", "cuda")
-# One module per op family; adding a family means adding its name here.
-FAMILIES = ("conv", "pool", "dense", "norm", "activation", "tensor", "recurrent", "loss")
+# One kernel module per op family (runtime/<device>/<family>.py), named as the op definitions
+# name their families (dslc/ops/registry.py).
+FAMILIES = tuple(dict.fromkeys(op.family for op in OPS.values()))
 
 _KERNELS: dict[str, dict[str, type]] = {d: {} for d in DEVICES}
 _loaded: set[str] = set()
@@ -56,7 +59,35 @@ class Kernel:
         OVERWRITE with the input's gradient, or None where none is wanted. gparams: dict
         holding only the trainable params that want a gradient; OVERWRITE each.
         ws holds whatever forward saved there.
+
+    Everything below `backward` is optional: what a kernel may tell the plan (runtime/plan.py)
+    so that it stores less or calls fewer kernels. Each default is the safe assumption; a
+    kernel overrides the attribute (on its class, or on the instance once its configuration
+    is known) or the method.
     """
+    # ---- the memory plan -------------------------------------------------------------------
+    backward_reads_inputs: bool | tuple = True
+    """Which inputs backward reads: True (all), False (none) or a tuple of input positions.
+    An input no backward reads is released once forward has no more use for it."""
+
+    backward_reads_out: bool = True
+    """Whether backward reads this node's output (else it is released after its last forward
+    reader)."""
+
+    forward_in_place: bool = False
+    """Forward is correct with `out` being the same buffer as xs[0]. The plan then writes the
+    output over an input that nobody reads afterwards (relu, tanh, ...)."""
+
+    output_is_input_view: bool = False
+    """The output is its (single) input's elements in the same order (flatten, reshape,
+    identity): the plan makes the output a view of the input and skips forward."""
+
+    scratch_workspace: tuple = ()
+    """Names of workspace buffers that carry nothing from one call to the next (im2col
+    columns, partial sums): forward and backward each get their own, live for that call only,
+    so every node's scratch shares storage. Other workspace buffers live from forward to
+    backward."""
+
     def __init__(self, spec: NodeSpec):
         self.spec = spec
 
@@ -69,6 +100,47 @@ class Kernel:
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         raise NotImplementedError
+
+    # ---- fusion: one call doing the work of several nodes -------------------------------------
+    def fuse_activation(self, op: str, attrs: dict) -> bool:
+        """Take over the parameter-free activation `op` that follows this node; True when
+        taken. Forward then writes the activated output, and backward receives that output
+        and its gradient. Default: never."""
+        return False
+
+    def fuse_inference(self, op: str, attrs: dict) -> bool:
+        """(Inference plans only.) Take over the following node with parameters, `op` (e.g.
+        conv: an eval-mode batchnorm); True when taken. Forward then receives that node's
+        parameters too, as "<op>.<name>", and writes its output. Asked before
+        fuse_activation. Default: never."""
+        return False
+
+    def fuse_input(self, op: str, attrs: dict) -> bool:
+        """(Inference plans only.) Take over the node `op` that produces this node's first
+        input, when that node has no other reader; True when taken. Forward then receives
+        that node's inputs in place of its output, and its parameters as "<op>.<name>" (e.g.
+        lstm: the embed before it, whose lookup it folds into its input projection).
+        Default: never."""
+        return False
+
+    # ---- horizontal fusion: siblings reading one tensor ----------------------------------------
+    def sibling_key(self):
+        """A hashable key, or None (the default) for a kernel that shares no work. Steps
+        reading the same single input whose kernels return equal keys form a group (an
+        inception module's 1x1 convs), and the first is asked to lead the others."""
+        return None
+
+    def lead_siblings(self, siblings: list) -> bool:
+        """Compute the work of `siblings` (kernels with this one's sibling_key) too; True when
+        accepted. The leader's forward then computes every member's output and its backward
+        every member's parameter gradients and their summed input gradient; the others' calls
+        are skipped. Only asked of kernels that return a sibling_key."""
+        return False
+
+    def bind_siblings(self, operands: list):
+        """Each follower's (params, out, gout, gparams) as the plan bound them (gout None and
+        gparams empty outside backward); called once on a leader that accepted."""
+        raise NotImplementedError(f"{type(self).__name__} has a sibling_key but cannot lead siblings")
 
 
 class FusesRelu:
@@ -84,7 +156,7 @@ class FusesRelu:
         return True
 
     def fuse_activation(self, op, attrs) -> bool:
-        """Take over a following activation `op`; True when this kernel can."""
+        """Take over a following relu (Kernel.fuse_activation); True when this kernel can."""
         if op != "relu" or self.relu or not self.can_fuse_relu():
             return False
         self.relu = True

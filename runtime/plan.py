@@ -18,7 +18,7 @@ The plan holds
     and buffers whose lifetimes do not overlap share storage (greedy interval allocation over
     the step's timeline, forward then backward, by dtype and size). A forward activation
     lives until its last reader: in training that is the last backward step that reads it
-    (kernels say whether their backward reads their inputs and output; see below), so
+    (kernels say whether their backward reads their inputs and output), so
     activations nobody reads in backward are released during forward. Two ops write no
     storage of their own: reshaping ops (`output_is_input_view`) take a view of their input,
     and in-place ops (`forward_in_place`: relu, tanh, ...) write over an input that nobody
@@ -26,43 +26,10 @@ The plan holds
   * every kernel call's arguments, bound once: a step runs the kernel on preallocated arrays
     with nothing computed per step.
 
-What a kernel may declare for the memory plan (class or instance attributes; the defaults
-are the safe assumptions):
-    backward_reads_inputs  True (all), False (none) or a tuple of input positions: which
-                           inputs its backward reads. Default True.
-    backward_reads_out     whether its backward reads its output. Default True.
-    forward_in_place       forward is correct with `out` being the same buffer as xs[0].
-    output_is_input_view   the output is its (single) input's elements in the same order, so
-                           the output can be a view of the input and forward is skipped.
-    scratch_workspace      names of workspace buffers that carry nothing from one call to the
-                           next (im2col columns, partial sums): forward and backward each get
-                           their own, live for that call only, so every node's scratch shares
-                           storage. Other workspace buffers live from forward to backward.
-                           Default: none.
-    fuse_activation(op, attrs) -> bool
-                           take over the following parameter-free activation `op`: forward
-                           then writes the activated output, backward receives that output
-                           and its gradient.
-    fuse_inference(op, attrs) -> bool
-                           (inference plans only) take over the following node with
-                           parameters, `op` (e.g. conv: an eval-mode batchnorm): forward
-                           receives its parameters too, as "<op>.<name>", and writes its
-                           output. Asked before fuse_activation.
-    fuse_input(op, attrs) -> bool
-                           (inference plans only) take over the node `op` that produces its
-                           first input, when that node has no other reader: forward then
-                           receives that node's inputs in place of its output, and its
-                           parameters as "<op>.<name>" (e.g. lstm: the embed before it, whose
-                           lookup it folds into its input projection).
-    sibling_key() -> hashable or None
-    lead_siblings(kernels) -> bool
-    bind_siblings(operands)
-                           steps reading the same single input whose kernels return equal keys
-                           form a group; the first is asked to lead the others, and if it
-                           accepts, its forward computes every member's output and its
-                           backward every member's parameter gradients and their summed input
-                           gradient, from each other member's (params, out, gout, gparams)
-                           handed over by bind_siblings. The others' calls are skipped.
+What a kernel may tell the plan (what its backward reads, in-place and view outputs, scratch
+workspaces, the fusions it accepts, sibling groups) is declared with its safe default and
+documented on the base class, runtime/kernel_api.py's `Kernel`; the plan asks every kernel
+directly and tests no op by name.
 
 Frozen parameters get no gradient buffers, and nodes with nothing trainable upstream or
 downstream of them get no backward work.
@@ -155,7 +122,7 @@ class _Step:
 
 
 def _reads_input(kernel, position: int) -> bool:
-    reads = getattr(kernel, "backward_reads_inputs", True)
+    reads = kernel.backward_reads_inputs
     return reads if isinstance(reads, bool) else position in reads
 
 
@@ -232,9 +199,9 @@ class Plan:
         if d["inputs"] != [tail] or self.dtypes[c] != self.dtypes[tail]:
             return None
         if op_kind == "parametrized":
-            fuse = None if self.training or not d["params"] else getattr(self.kernels[n], "fuse_inference", None)
+            fuse = None if self.training or not d["params"] else self.kernels[n].fuse_inference
         else:
-            fuse = None if d["params"] else getattr(self.kernels[n], "fuse_activation", None)
+            fuse = None if d["params"] else self.kernels[n].fuse_activation
         return c if fuse is not None and fuse(d["op"], dict(d["attrs"])) else None
 
     def _fusable_input(self, n, consumers, fused):
@@ -243,14 +210,13 @@ class Plan:
         (`fused`), has n as its only consumer and is no output of the network."""
         g = self.net.graph
         inputs = g.nodes[n]["inputs"]
-        fuse = getattr(self.kernels[n], "fuse_input", None)
-        if self.training or fuse is None or not inputs:
+        if self.training or not inputs:
             return None
         p = inputs[0]
         if p not in self.kernels or p in fused or consumers[p] != [n] or self._kept(p):
             return None
         d = g.nodes[p]
-        return p if fuse(d["op"], dict(d["attrs"])) else None
+        return p if self.kernels[n].fuse_input(d["op"], dict(d["attrs"])) else None
 
     def _kept(self, tensor) -> bool:
         """Whether `tensor` must be stored whatever reads it: an output of the network, or its loss."""
@@ -294,7 +260,7 @@ class Plan:
             producer = absorbs_input.get(n)
             if producer is not None:        # n reads what its absorbed producer reads
                 inputs = list(g.nodes[producer]["inputs"]) + inputs[1:]
-            is_view = self.reuse_memory and bool(getattr(kernel, "output_is_input_view", False)) and len(inputs) == 1
+            is_view = self.reuse_memory and bool(kernel.output_is_input_view) and len(inputs) == 1
             self.steps.append(_Step(n, kernel, inputs, output, len(self.steps), is_view=is_view,
                                     absorbed=tuple(chain), absorbed_input=producer))
             # an absorbed node's parameters go with n's, as "<op>.<name>" (fuse_inference, fuse_input)
@@ -312,7 +278,7 @@ class Plan:
         others do nothing. Members take part in backward all or none."""
         groups = {}
         for s in self.steps:
-            key = getattr(s.kernel, "sibling_key", lambda: None)()
+            key = s.kernel.sibling_key()
             if key is not None and not s.is_view and len(s.inputs) == 1:
                 groups.setdefault((s.inputs[0], key, s.node in self.grad_nodes), []).append(s)
         for members in groups.values():
@@ -343,7 +309,7 @@ class Plan:
                 if i in end:
                     end[i] = max(end[i], s.index)
         for s in self.backward_steps:
-            if getattr(s.kernel, "backward_reads_out", True):
+            if s.kernel.backward_reads_out:
                 end[s.output] = t_bwd(s.caller)
             for k, i in enumerate(s.inputs):
                 if i in end and _reads_input(s.kernel, k):
@@ -373,7 +339,7 @@ class Plan:
                 continue
             if s.is_view:
                 join(s.output, x)
-            elif (getattr(s.kernel, "forward_in_place", False) and x in root and root[x] not in self.inputs
+            elif (s.kernel.forward_in_place and x in root and root[x] not in self.inputs
                   and group_end[root[x]] == s.index
                   and _size(self.shapes[x]) == _size(self.shapes[s.output]) and self.dtypes[x] == self.dtypes[s.output]):
                 join(s.output, x)
@@ -399,7 +365,7 @@ class Plan:
             if s.leader is not None:
                 continue            # the leader's workspace serves the whole group
             last = t_bwd(s) if s.output in in_backward else s.index
-            scratch = set(getattr(s.kernel, "scratch_workspace", ())) if self.reuse_memory else set()
+            scratch = set(s.kernel.scratch_workspace) if self.reuse_memory else set()
             for k, (shape, dt) in s.kernel.workspace().items():
                 dt = DTYPES.get(dt, dt) if isinstance(dt, str) else dt
                 if k not in scratch:
