@@ -66,7 +66,7 @@ def run_command(args, overrides) -> int:
         log(f"resuming {net.name} at epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}")
     n_params = totals(net, frozen=model.frozen)["trainable_parameters"]
     log(f"training {net.name} ({n_params:,} trainable parameters) on {train.name}: {len(train)} train / {len(val)} validation "
-        f"samples, {cfg.optimizer} lr {cfg.lr}, batch {cfg.batch}, {cfg.epochs} epochs, device {model.device.name}")
+        f"samples, {cfg.describe()}, device {model.device.name}")
     try:
         history = trainer.fit()
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ from . import ast
 from .diagnostics import CompileError, Diagnostics, Span, did_you_mean
 from .ops import OPS, ShapeError, TensorType
 from .parser import parse, read_source
+from .train_section import check_section
 from .values import POISONED, SHAPE_FUNCTIONS, CoerceError, EvalError, Word, coerce, describe, evaluate
 from .values import Poisoned as _Poison
 
@@ -43,48 +44,6 @@ _WORD_KINDS = ("enum", "pad", "window")
 # check everything that needs no shapes (names, arguments, their kinds), then fail silently
 # in turn, so a mistake further down the same chain is reported in the same run.
 FAILED_INPUT = object()
-
-
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_whole(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-# What each scalar training setting accepts: (test, what it is called in a diagnostic).
-_POSITIVE = (lambda v: _is_number(v) and v > 0, "a positive number")
-_NON_NEGATIVE = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
-_FRACTION = (lambda v: _is_number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1")
-_COUNT = (lambda v: _is_whole(v) and v >= 1, "a whole number >= 1")
-_SEED = (lambda v: _is_whole(v) and v >= 0, "a whole number >= 0")
-_BOOL = (lambda v: isinstance(v, bool), "`true` or `false`")
-SCALAR_SETTINGS = {
-    "lr": _POSITIVE, "epochs": _COUNT, "batch": _COUNT, "weight_decay": _NON_NEGATIVE, "momentum": _FRACTION,
-    "clip_grad_norm": _POSITIVE, "clip_grad_value": _POSITIVE, "seed": _SEED, "val_fraction": _FRACTION,
-}
-# Settings written as a name or a call: the names allowed and each one's keyword arguments.
-# They mirror what runtime/optim.py and runtime/augment.py implement.
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
-_OPTIMIZER_ARGS = {"lr": _POSITIVE, "weight_decay": _NON_NEGATIVE, "momentum": _FRACTION}
-CALL_SETTINGS = {
-    "optimizer": {name: _OPTIMIZER_ARGS for name in OPTIMIZERS},
-    "schedule": {"constant": {}, "step": {"step_size": _COUNT, "gamma": _POSITIVE},
-                 "exponential": {"gamma": _POSITIVE}, "cosine": {"min_lr": _NON_NEGATIVE}},
-    "augment": {"augment": {"crop": _SEED, "flip": _BOOL, "brightness": _NON_NEGATIVE}},
-    "init": {"he": {}, "xavier": {}},
-}
-TRAIN_EXAMPLES = {
-    "optimizer": "`optimizer adam(lr = 1e-3)` or `optimizer sgd`",
-    "schedule": "`schedule step(step_size = 30, gamma = 0.1)`, `schedule exponential(gamma = 0.95)` "
-                "or `schedule cosine`",
-    "augment": "`augment(crop = 4, flip = true, brightness = 0.1)`",
-    "init": "`init he` or `init xavier`",
-}
-TRAIN_KEYS = sorted(SCALAR_SETTINGS) + sorted(CALL_SETTINGS)
-_SETTING_EXAMPLE_VALUES = {"lr": "1e-3", "epochs": "10", "batch": "32", "weight_decay": "5e-4", "momentum": "0.9",
-                           "clip_grad_norm": "5", "clip_grad_value": "1", "seed": "0", "val_fraction": "0.2"}
 
 
 @dataclass
@@ -882,68 +841,8 @@ class Elaborator:
         return outs
 
     def _train(self, sections, top):
-        """The `train { }` settings, each checked here so a bad value is reported at its line."""
-        train, where = {}, {}
-        for sec in sections:
-            for it in sec.items:
-                if it.key not in SCALAR_SETTINGS and it.key not in CALL_SETTINGS:
-                    self.d.error(f"unknown training setting `{it.key}`", it.span, label="here",
-                                 notes=["settings: " + ", ".join(TRAIN_KEYS)],
-                                 help=did_you_mean(it.key, TRAIN_KEYS) or "remove it")
-                    continue
-                if it.key in train:
-                    self.d.error(f"training setting `{it.key}` is given twice", it.span, label="again here",
-                                 notes=[f"first given at {where[it.key].where}"], help="keep one")
-                    continue
-                try:
-                    v = evaluate(it.value, top.env)
-                except EvalError as e:
-                    self.d.error(e.message, e.span, help=e.help)
-                    continue
-                except _Poison:
-                    continue
-                if self._train_value_ok(it, v):
-                    train[it.key], where[it.key] = v, it.span
-        return train
-
-    def _train_value_ok(self, it: ast.TrainItem, v) -> bool:
-        if it.key in SCALAR_SETTINGS:
-            test, what = SCALAR_SETTINGS[it.key]
-            if test(v):
-                return True
-            self.d.error(f"training setting `{it.key}` takes {what}, found {describe(v)}", it.value.span,
-                         label="here", help=f"e.g. `{it.key} {_SETTING_EXAMPLE_VALUES[it.key]}`")
-            return False
-        choices = CALL_SETTINGS[it.key]
-        call = isinstance(v, tuple) and len(v) == 4 and v[0] == "call"
-        name, positional, kwargs = (v[1], v[2], v[3]) if call else (v, (), {})
-        example = TRAIN_EXAMPLES[it.key]
-        if not isinstance(name, str) or name not in choices:
-            shown = f"`{name}`" if isinstance(name, str) else describe(name)
-            hint = did_you_mean(name, choices) if isinstance(name, str) else ""
-            self.d.error(f"training setting `{it.key}` takes one of {', '.join(choices)}, found {shown}",
-                         it.value.span, label="here", help=hint or f"e.g. {example}")
-            return False
-        if positional:
-            self.d.error(f"`{name}` takes keyword arguments only", it.value.span, label="here",
-                         help=f"e.g. {example}")
-            return False
-        ok = True
-        args = choices[name]
-        arg_spans = {a.name: a.span for a in it.value.args} if isinstance(it.value, ast.CallExpr) else {}
-        for k, x in kwargs.items():
-            if k not in args:
-                listed = ", ".join(args) or "none"
-                self.d.error(f"`{name}` has no argument `{k}`", arg_spans.get(k, it.value.span), label="here",
-                             notes=[f"arguments of `{name}`: {listed}"], help=did_you_mean(k, args) or "remove it")
-                ok = False
-                continue
-            test, what = args[k]
-            if not test(x):
-                self.d.error(f"`{name}` argument `{k}` takes {what}, found {describe(x)}", arg_spans.get(k, it.value.span),
-                             label="here", help=f"e.g. {example}")
-                ok = False
-        return ok
+        """The `train { }` settings, each checked so a bad value is reported at its place."""
+        return check_section(sections, top.env, self.d)
 
     def _unused(self, assigns, top, outputs):
         warnings = []

@@ -8,58 +8,81 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from dslc.train_section import (DEFAULT_OPTIMIZER, OPTIMIZER_SHORTHANDS, OPTIMIZERS, optimizer_settings,
+                                schedule_settings, split_call)
+
 from .errors import RuntimeUserError
+
+_SETTINGS_HINT = "the optimizers, schedules and their arguments: docs/LANGUAGE.md, section \"Training settings\""
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 10
     batch: int = 32
-    optimizer: str = "adam"
+    optimizer: str = DEFAULT_OPTIMIZER
     lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str | None = None
+    # The optimizer's other arguments, every one once validate() has run (defaults filled in):
+    # what was given is what is used, and describe() shows it all.
+    optimizer_args: dict = field(default_factory=dict)
+    schedule: str = "constant"
     schedule_args: dict = field(default_factory=dict)
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
     augment: dict = field(default_factory=dict)
     seed: int = 0
     val_fraction: float = 0.2
+    # Optimizer arguments of the train section that an optimizer chosen by flag does not take
+    # ("momentum 0.9" when `--optimizer adam` replaces `sgd(momentum = 0.9)`), for describe().
+    dropped: list = field(default_factory=list)
 
     @classmethod
     def from_network(cls, net, **flags):
-        """The network's `train { }` section, then any flag that is not None on top."""
+        """The network's `train { }` section, then any flag that is not None on top.
+
+        Flags that name an argument of the optimizer in effect (`lr`, `momentum`, ...) set it; one
+        the optimizer does not take is refused. A flag `optimizer` that differs from the section's
+        keeps the section's arguments the new optimizer takes and drops (and reports) the others.
+        """
         cfg = cls()
+        args = {}
         for key, v in net.train.items():
-            cfg._apply_setting(key, v)
-        for key, v in flags.items():
-            if v is not None:
-                if not hasattr(cfg, key):
-                    raise RuntimeUserError(f"unknown training option `{key}`",
-                                           "options: " + ", ".join(cls.__dataclass_fields__))
+            if key == "optimizer":
+                name, _, kwargs = split_call(v)
+                cfg.optimizer = str(name)
+                args.update(kwargs)
+            elif key in OPTIMIZER_SHORTHANDS:
+                args[key] = v
+            elif key == "schedule":
+                name, _, kwargs = split_call(v)
+                cfg.schedule, cfg.schedule_args = str(name), kwargs
+            elif key == "augment":
+                cfg.augment = split_call(v)[2]
+            elif key != "init":            # the model reads `init` when it creates the parameters
                 setattr(cfg, key, v)
+        flags = {k: v for k, v in flags.items() if v is not None}
+        name = flags.pop("optimizer", None)
+        if name is not None and name != cfg.optimizer:
+            takes = OPTIMIZERS.get(name, {})
+            cfg.dropped = [f"{k} {_show(v)}" for k, v in args.items() if k not in takes]
+            args = {k: v for k, v in args.items() if k in takes}
+            cfg.optimizer = str(name)
+        optimizer_words = {k for table in OPTIMIZERS.values() for k in table}
+        for key, v in flags.items():
+            if key in optimizer_words:
+                args[key] = v
+            elif key in cls.__dataclass_fields__ and key not in ("optimizer_args", "dropped"):
+                setattr(cfg, key, v)
+            else:
+                known = sorted(set(cls.__dataclass_fields__) - {"optimizer_args", "dropped"} | optimizer_words)
+                raise RuntimeUserError(f"unknown training option `{key}`", "options: " + ", ".join(known))
+        cfg.lr = args.pop("lr", cfg.lr)
+        cfg.optimizer_args = args
         cfg.validate()
         return cfg
 
-    def _apply_setting(self, key, v):
-        call = isinstance(v, tuple) and len(v) == 4 and v[0] == "call"
-        if key == "optimizer":
-            name, kwargs = (v[1], v[3]) if call else (str(v), {})
-            self.optimizer = name
-            for k, x in kwargs.items():
-                if k not in ("lr", "weight_decay", "momentum"):
-                    raise RuntimeUserError(f"train section: `{name}` takes no argument `{k}`",
-                                           "optimizer arguments: lr, weight_decay, momentum")
-                setattr(self, k, x)
-        elif key == "schedule":
-            self.schedule, self.schedule_args = (v[1], dict(v[3])) if call else (str(v), {})
-        elif key == "augment":
-            self.augment = dict(v[3]) if call else {}
-        else:
-            setattr(self, key, v)
-
     def validate(self):
+        """Check every setting and fill in the optimizer's and schedule's defaults."""
         def bad(what, hint):
             raise RuntimeUserError(f"training setting: {what}", hint)
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -68,7 +91,40 @@ class TrainConfig:
             bad(f"batch must be a whole number >= 1, got {self.batch}", "e.g. --batch 32")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0 or not math.isfinite(self.lr):
             bad(f"learning rate must be a positive number, got {self.lr}", "e.g. --lr 0.01")
+        try:
+            full = optimizer_settings(self.optimizer, {**self.optimizer_args, "lr": self.lr})
+            self.schedule_args = schedule_settings(self.schedule or "constant", self.schedule_args)
+        except ValueError as e:
+            bad(str(e), _SETTINGS_HINT)
+        self.schedule = self.schedule or "constant"
+        self.optimizer_args = {k: v for k, v in full.items() if k != "lr"}
+        if not isinstance(self.seed, int) or self.seed < 0:
+            bad(f"seed must be a whole number >= 0, got {self.seed}", "e.g. --seed 1")
         unknown = set(self.augment) - {"crop", "flip", "brightness"}
         if unknown:
             bad(f"augment takes crop, flip and brightness, not {', '.join(sorted(unknown))}",
                 "e.g. augment(crop = 4, flip = true, brightness = 0.1)")
+
+    def describe(self) -> str:
+        """Every setting that shapes the updates, as the run line shows them:
+        "sgd lr 0.05 momentum 0.9 nesterov false weight_decay 0, schedule constant, no clipping, ..."."""
+        parts = [" ".join([self.optimizer, "lr", _show(self.lr)]
+                          + [f"{k} {_show(v)}" for k, v in self.optimizer_args.items()])]
+        if self.dropped:
+            parts[0] += f" (not taken by {self.optimizer}: {', '.join(self.dropped)})"
+        parts.append(" ".join(["schedule", self.schedule] + [f"{k} {_show(v)}" for k, v in self.schedule_args.items()]))
+        clips = [f"{k} {_show(getattr(self, k))}" for k in ("clip_grad_norm", "clip_grad_value") if getattr(self, k)]
+        parts.append(", ".join(clips) or "no clipping")
+        if self.augment:
+            parts.append(" ".join(["augment"] + [f"{k} {_show(v)}" for k, v in self.augment.items()]))
+        parts.append(f"batch {self.batch}, {self.epochs} epochs, seed {self.seed}")
+        return ", ".join(parts)
+
+
+def _show(v) -> str:
+    """A setting as the language writes it: `true`, `0.9`, `0`."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)

@@ -3,13 +3,12 @@
 Every formula follows torch.optim so that a network trained by dslc and the same network
 trained by PyTorch take the same steps:
   - weight decay is L2 added to the gradient (torch's `weight_decay`, not AdamW's);
-  - SGD momentum starts its buffer at the first gradient (no dampening), nesterov uses
+  - SGD momentum starts its buffer at the first gradient (dampening 0), nesterov uses
     g + momentum * buf;
   - Adam is bias-corrected, with a step counter per parameter like torch;
   - Adagrad starts its accumulator at 0 with no lr decay; RMSprop is the uncentered form.
-`momentum` only applies to "momentum" and "nesterov" (torch's RMSprop momentum is 0), and one
-`eps` is used by every optimizer that has one (torch's Adagrad default is 1e-10; pass it
-explicitly to match a torch run that kept that default).
+The optimizers, the arguments each takes and their defaults (torch's) are listed once, in
+dslc/train_section.py, which the compiler checks `train { }` sections against.
 
 Optimizers update parameters in place and never modify gradients: the plan owns both
 arrays and reuses them every step (the clipping functions do scale gradients in place). Arithmetic stays in the parameter's dtype (float32 in
@@ -25,14 +24,17 @@ VGG-11's (9.2M parameters) first SGD-momentum step took 0.25 s against 0.02 s fo
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from dslc.runtime.errors import CheckpointError
+from dslc.train_section import OPTIMIZERS as OPTIMIZER_ARGS
+from dslc.train_section import SCHEDULES as SCHEDULE_ARGS
+from dslc.train_section import optimizer_settings, schedule_settings
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
-SCHEDULES = ("constant", "step", "exponential", "cosine")
+OPTIMIZERS = tuple(OPTIMIZER_ARGS)
+SCHEDULES = tuple(SCHEDULE_ARGS)
 
 
 class Optimizer:
@@ -250,51 +252,46 @@ class Adam(Optimizer):
         param -= grad
 
 
-def make_optimizer(name: str, params: dict[str, np.ndarray], *, lr: float, weight_decay: float = 0.0,
-                   momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8,
-                   alpha: float = 0.99) -> Optimizer:
+def make_optimizer(name: str, params: dict[str, np.ndarray], **args) -> Optimizer:
     """The optimizer `name` (one of OPTIMIZERS) over `params`, updated in place by `step()`.
 
-    `lr` is the base learning rate; `step()` takes the learning rate of each call so that a
-    schedule can change it. It is validated here so a bad value is reported before training.
+    `args` are the optimizer's arguments (dslc/train_section.py lists them, lr included); those
+    not given take their defaults, and one it does not take raises ValueError, as does a bad
+    value, so a mistake is reported before training. `lr` is the base learning rate; `step()`
+    takes the learning rate of each call so that a schedule can change it.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
-    if not lr > 0:
-        raise ValueError(f"learning rate must be positive, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight decay must not be negative, got {weight_decay}")
+    a = optimizer_settings(name, args)
     if name in ("sgd", "momentum", "nesterov"):
-        return SGD(params, weight_decay=weight_decay, name=name,
-                   momentum=0.0 if name == "sgd" else momentum, nesterov=name == "nesterov")
+        return SGD(params, weight_decay=a["weight_decay"], name=name, momentum=a["momentum"],
+                   nesterov=name == "nesterov" or a.get("nesterov", False))
     if name == "adagrad":
-        return Adagrad(params, weight_decay=weight_decay, eps=eps)
+        return Adagrad(params, weight_decay=a["weight_decay"], eps=a["eps"])
     if name == "rmsprop":
-        return RMSprop(params, weight_decay=weight_decay, alpha=alpha, eps=eps)
-    return Adam(params, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+        return RMSprop(params, weight_decay=a["weight_decay"], alpha=a["alpha"], eps=a["eps"])
+    return Adam(params, weight_decay=a["weight_decay"], betas=(a["beta1"], a["beta2"]), eps=a["eps"])
 
 
-def make_schedule(name: str | None, base_lr: float, *, epochs: int, step_size: int = 30,
-                  gamma: float = 0.1, min_lr: float = 0.0) -> Callable[[int], float]:
+def make_schedule(name: str | None, base_lr: float, *, epochs: int, **args) -> Callable[[int], float]:
     """A function from epoch index (0-based) to learning rate, by torch's closed forms.
 
     "step": StepLR (lr * gamma ** (epoch // step_size)); "exponential": ExponentialLR
     (lr * gamma ** epoch); "cosine": CosineAnnealingLR with T_max = epochs and
-    eta_min = min_lr. min_lr only affects "cosine".
+    eta_min = min_lr. `args` are the schedule's own arguments (dslc/train_section.py), the
+    rest at their defaults; one the schedule does not take raises ValueError.
     """
     name = name or "constant"
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown learning-rate schedule {name!r}; known schedules: {', '.join(SCHEDULES)}")
+    a = schedule_settings(name, args)
     if name == "constant":
         return lambda epoch: base_lr
     if name == "step":
-        if step_size < 1:
-            raise ValueError(f"step schedule needs step_size >= 1, got {step_size}")
+        step_size, gamma = a["step_size"], a["gamma"]
         return lambda epoch: base_lr * gamma ** (epoch // step_size)
     if name == "exponential":
+        gamma = a["gamma"]
         return lambda epoch: base_lr * gamma ** epoch
     if epochs < 1:
         raise ValueError(f"cosine schedule needs epochs >= 1, got {epochs}")
+    min_lr = a["min_lr"]
     return lambda epoch: min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 

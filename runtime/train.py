@@ -63,7 +63,7 @@ class Trainer:
         else:
             make = make_optimizer
         try:
-            self.opt = make(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+            self.opt = make(cfg.optimizer, params, lr=cfg.lr, **cfg.optimizer_args)
             self.schedule = make_schedule(cfg.schedule, cfg.lr, epochs=cfg.epochs, **cfg.schedule_args)
         except (ValueError, TypeError) as e:
             raise RuntimeUserError(f"training setting: {e}", "see docs/LANGUAGE.md, section train") from None

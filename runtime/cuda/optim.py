@@ -17,7 +17,8 @@ from numba import cuda, float32
 from dslc.runtime.cuda.devicekernels import fill
 from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
 from dslc.runtime.cuda.reduce import block_sum
-from dslc.runtime.optim import OPTIMIZERS, Optimizer
+from dslc.runtime.optim import Optimizer
+from dslc.train_section import optimizer_settings
 
 # Every kernel first forms the effective gradient g + weight_decay * p (L2, as torch) without
 # modifying the gradient array, which the plan owns.
@@ -70,21 +71,22 @@ def _adam_update(param, grad, exp_avg, exp_avg_sq, weight_decay, step_size, beta
         param[i] -= step_size * (m / (math.sqrt(v) / sqrt_bias_correction2 + eps))
 
 
-SLOTS = {"sgd": (), "momentum": ("momentum_buffer",), "nesterov": ("momentum_buffer",),
-         "adagrad": ("sum",), "rmsprop": ("square_avg",), "adam": ("exp_avg", "exp_avg_sq", "step")}
+SLOTS = {"adagrad": ("sum",), "rmsprop": ("square_avg",), "adam": ("exp_avg", "exp_avg_sq", "step")}
 
 
 class CudaOptimizer(Optimizer):
     """One of OPTIMIZERS over device parameters. Inherits the CPU optimizer's state layout
     (`state[slot][param_name]`, `step_count`) and its checkpoint validation."""
 
-    def __init__(self, name, params, *, weight_decay, momentum, betas, eps, alpha):
+    def __init__(self, name, params, *, weight_decay, momentum=0.0, nesterov=False, betas=(0.9, 0.999), eps=1e-8,
+                 alpha=0.99):
         self.name = name
-        # As on the CPU, "momentum" / "nesterov" with momentum 0 keep no buffer.
-        self.slots = SLOTS[name] if momentum or name not in ("momentum", "nesterov") else ()
+        # As on the CPU, SGD keeps a momentum buffer only with a momentum above 0.
+        self.slots = ("momentum_buffer",) if momentum else SLOTS.get(name, ())
         self.scalar_slots = ("step",) if name == "adam" else ()
         super().__init__(params, weight_decay=weight_decay)
-        self.momentum = np.float32(momentum if name in ("momentum", "nesterov") else 0.0)
+        self.momentum = np.float32(momentum)
+        self.nesterov = name == "nesterov" or bool(nesterov)
         self.beta1, self.beta2 = (float(b) for b in betas)
         self.eps = np.float32(eps)
         self.alpha = float(alpha)
@@ -113,7 +115,7 @@ class CudaOptimizer(Optimizer):
                 # Without a buffer the kernel never touches `buf`: the parameter stands in.
                 buf = self._slot("momentum_buffer", pname, param).ravel() if use_buffer else p
                 _sgd_update[grid](p, g, buf, wd, np.float32(lr), self.momentum, use_buffer, first,
-                                  self.name == "nesterov")
+                                  self.nesterov)
             elif self.name == "adagrad":
                 _adagrad_update[grid](p, g, self._slot("sum", pname, param).ravel(), wd, np.float32(lr), self.eps)
             elif self.name == "rmsprop":
@@ -150,18 +152,16 @@ class CudaOptimizer(Optimizer):
                     arrays[pname] = cuda.to_device(arr.astype(self.params[pname].dtype, copy=False))
 
 
-def make_cuda_optimizer(name: str, params: dict, *, lr: float, weight_decay: float = 0.0,
-                        momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8,
-                        alpha: float = 0.99) -> CudaOptimizer:
+def make_cuda_optimizer(name: str, params: dict, **args) -> CudaOptimizer:
     """dslc.runtime.optim.make_optimizer over device arrays: same names, arguments and checks."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
-    if not lr > 0:
-        raise ValueError(f"learning rate must be positive, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight decay must not be negative, got {weight_decay}")
-    return CudaOptimizer(name, params, weight_decay=weight_decay, momentum=momentum,
-                         betas=tuple(betas), eps=eps, alpha=alpha)
+    a = optimizer_settings(name, args)
+    if name in ("sgd", "momentum", "nesterov"):
+        return CudaOptimizer(name, params, weight_decay=a["weight_decay"], momentum=a["momentum"],
+                             nesterov=a.get("nesterov", False))
+    if name == "adam":
+        return CudaOptimizer(name, params, weight_decay=a["weight_decay"], betas=(a["beta1"], a["beta2"]),
+                             eps=a["eps"])
+    return CudaOptimizer(name, params, weight_decay=a["weight_decay"], eps=a["eps"], alpha=a.get("alpha", 0.99))
 
 
 # --- gradient clipping -----------------------------------------------------------------------

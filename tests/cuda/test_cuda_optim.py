@@ -6,10 +6,15 @@ from numba import cuda
 
 from dslc.runtime.cuda.optim import clip_grad_norm as cuda_clip_grad_norm
 from dslc.runtime.cuda.optim import make_cuda_optimizer
-from dslc.runtime.optim import OPTIMIZERS, clip_grad_norm, make_optimizer
+from dslc.runtime.optim import OPTIMIZER_ARGS, OPTIMIZERS, clip_grad_norm, make_optimizer
 
 SHAPES = {"w": (3, 4), "b": (5,)}
-SETTINGS = {"lr": 0.05, "weight_decay": 0.01, "momentum": 0.8, "betas": (0.8, 0.9), "eps": 1e-6, "alpha": 0.9}
+ALL_SETTINGS = {"lr": 0.05, "weight_decay": 0.01, "momentum": 0.8, "beta1": 0.8, "beta2": 0.9, "eps": 1e-6, "alpha": 0.9}
+
+
+def settings(name):
+    """ALL_SETTINGS that optimizer `name` takes (it refuses the others)."""
+    return {k: v for k, v in ALL_SETTINGS.items() if k in OPTIMIZER_ARGS[name]}
 
 
 def _arrays(rng):
@@ -35,8 +40,8 @@ def test_steps_and_state_match_cpu(name):
     rng = np.random.default_rng(0)
     cpu_params = _arrays(rng)
     dev_params = _to_device(cpu_params)
-    cpu_opt = make_optimizer(name, cpu_params, **SETTINGS)
-    dev_opt = make_cuda_optimizer(name, dev_params, **SETTINGS)
+    cpu_opt = make_optimizer(name, cpu_params, **settings(name))
+    dev_opt = make_cuda_optimizer(name, dev_params, **settings(name))
     for step in range(3):
         grads = _arrays(rng)
         if step == 1:
@@ -55,16 +60,16 @@ def test_state_dict_round_trips_between_devices(name):
     """CPU state loaded on the device (and back) continues exactly like the CPU run."""
     rng = np.random.default_rng(1)
     cpu_params = _arrays(rng)
-    cpu_opt = make_optimizer(name, cpu_params, **SETTINGS)
+    cpu_opt = make_optimizer(name, cpu_params, **settings(name))
     cpu_opt.step(_arrays(rng), 0.05)
     dev_params = _to_device(cpu_params)
-    dev_opt = make_cuda_optimizer(name, dev_params, **SETTINGS)
+    dev_opt = make_cuda_optimizer(name, dev_params, **settings(name))
     dev_opt.load_state_dict(cpu_opt.state_dict())
     grads = _arrays(rng)
     cpu_opt.step(grads, 0.05)
     dev_opt.step(_to_device(grads), 0.05)
     _assert_same(_to_host(dev_params), cpu_params)
-    resumed = make_optimizer(name, _to_host(dev_params), **SETTINGS)
+    resumed = make_optimizer(name, _to_host(dev_params), **settings(name))
     resumed.load_state_dict(dev_opt.state_dict())
     _assert_same(resumed.state_dict(), cpu_opt.state_dict())
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dslc.runtime.errors import CheckpointError
-from dslc.runtime.optim import (OPTIMIZERS, SCHEDULES, clip_grad_norm, clip_grad_value, make_optimizer,
-                           make_schedule)
+from dslc.runtime.optim import (OPTIMIZERS, SCHEDULE_ARGS, SCHEDULES, clip_grad_norm, clip_grad_value,
+                                make_optimizer, make_schedule)
 
 SHAPES = {"conv1.weight": (4, 3, 2, 2), "conv1.bias": (4,), "fc.weight": (5, 6)}
 LRS = [0.1, 0.05, 0.05, 0.02, 0.01]           # a different lr per step, as a schedule gives
@@ -159,7 +159,8 @@ def test_unknown_optimizer_lists_the_known_ones():
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_schedule_matches_torch(name):
     epochs, base_lr = 12, 0.1
-    ours = make_schedule(name, base_lr, epochs=epochs, step_size=4, gamma=0.5, min_lr=0.001)
+    args = {k: v for k, v in {"step_size": 4, "gamma": 0.5, "min_lr": 0.001}.items() if k in SCHEDULE_ARGS[name]}
+    ours = make_schedule(name, base_lr, epochs=epochs, **args)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
     if name == "constant":
         theirs = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
