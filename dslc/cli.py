@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 from .compiler import UsageError, compile_file, parse_override
 from .diagnostics import CompileError
@@ -119,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="K=V")
     r.add_argument("--checkpoint", metavar="DIR", help="save a checkpoint here after every epoch")
     r.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start afresh even though --checkpoint DIR holds a checkpoint (it is replaced)")
     r.add_argument("--metrics", metavar="FILE.jsonl", help="append one JSON object per epoch")
     r.add_argument("--limit", type=int, help="use only the first N samples of the data")
     r.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
@@ -139,8 +144,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job) outside training: handled like Ctrl-C."""
+    signum = signal.SIGTERM
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+@contextmanager
+def _sigterm_like_ctrl_c():
+    """SIGTERM raises like SIGINT while a command runs (training defers both to its step
+    boundary, runtime/train.py), unless the process was started with it ignored; the previous
+    handler comes back afterwards (main may run inside another program, or a test)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    if previous[signal.SIGTERM] is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():     # _interrupted may have set them to ignore
+            if handler is not None:
+                signal.signal(s, handler)
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    """Exit code 130 (SIGINT) or 143 (SIGTERM). A run that saved or stopped has said so; otherwise
+    one line. A further signal while exiting must not print a traceback, so it is ignored from here."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+    if not getattr(e, "message", None):
+        print("interrupted" if signum == signal.SIGINT else "terminated", file=sys.stderr)
+    return 128 + int(signum)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    with _sigterm_like_ctrl_c():
+        try:
+            return _main(parser, argv)
+        except KeyboardInterrupt as e:  # one raised while handling another error, too
+            return _interrupted(e)
+
+
+def _main(parser, argv) -> int:
     try:
         try:
             args = parser.parse_args(argv)
@@ -162,9 +215,8 @@ def main(argv=None) -> int:
         if e.help:
             print(f"  = help: {e.help}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
     except BrokenPipeError:
         return 0
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback for the user

@@ -14,7 +14,8 @@ from .runtime.data import load_dataset
 from .runtime.errors import CheckpointError, RuntimeUserError
 from .runtime.model import Model
 from .runtime.plan import concrete
-from .runtime.train import _CLASSIFICATION_LOSSES, CHECKPOINT_NAME, TrainConfig, Trainer, data_roles
+from .runtime.train import (_CLASSIFICATION_LOSSES, CHECKPOINT_NAME, CheckpointDir, Interrupted, TrainConfig, Trainer,
+                            check_output_file, data_roles)
 from .summary import totals
 
 DEFAULT_SEQUENCE_LENGTH = 64
@@ -44,13 +45,29 @@ def _datasets(net, source, cfg, limit, log=lambda s: None):
 
 
 def run_command(args, overrides) -> int:
+    if args.resume and not args.checkpoint:
+        raise UsageError("--resume needs --checkpoint DIR (where the checkpoint is)")
+    if args.overwrite and not args.checkpoint:
+        raise UsageError("--overwrite needs --checkpoint DIR (the checkpoint it replaces)")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the checkpoint and --overwrite replaces it: give one of them")
     net, warnings = compile_file(args.file, overrides)
     for w in warnings:
         print(w.render(), file=sys.stderr)
     cfg = TrainConfig.from_network(net, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
                                    seed=args.seed)
-    if args.resume and not args.checkpoint:
-        raise UsageError("--resume needs --checkpoint DIR (where the checkpoint is)")
+    # Output paths first: a path that cannot be written fails now, not after an epoch of training.
+    claim = CheckpointDir(args.checkpoint, resume=args.resume, overwrite=args.overwrite) if args.checkpoint else None
+    try:
+        if args.metrics:
+            check_output_file(args.metrics, "--metrics")
+        return _train(args, net, cfg)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _train(args, net, cfg) -> int:
     t0 = time.perf_counter()
     model = Model(net, device=args.device, seed=cfg.seed)
     if args.weights:
@@ -60,7 +77,7 @@ def run_command(args, overrides) -> int:
     log = (lambda s: print(s, file=sys.stderr))
     train, val = _datasets(net, args.data, cfg, args.limit, log)
     trainer = Trainer(model, cfg, train, val, progress=not args.quiet, metrics_path=args.metrics,
-                      checkpoint_dir=args.checkpoint, log=log)
+                      checkpoint_dir=args.checkpoint, log=log, data_info={"data": args.data, "limit": args.limit})
     if args.resume:
         meta = trainer.resume()
         log(f"resuming {net.name} at epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}")
@@ -69,8 +86,8 @@ def run_command(args, overrides) -> int:
         f"samples, {cfg.describe()}, device {model.device.name}")
     try:
         history = trainer.fit()
-    except KeyboardInterrupt:
-        return 130
+    except Interrupted as e:    # the trainer has said what it saved
+        return e.exit_code
     dt = time.perf_counter() - t0
     last = history[-1] if history else None
     if last:

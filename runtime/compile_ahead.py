@@ -28,8 +28,10 @@ cache are skipped, so with a warm cache the helper exits at once.
 The helper only ever compiles, and writes nothing to the terminal (its output goes to
 /dev/null). The parent ends it with SIGTERM, which it turns into an exception, so that a cache
 file being written is removed rather than left half done (Numba writes each file aside, then
-renames it). It also stops when the parent exits (the pipe between them closes), and
-`HELPER_TIME_LIMIT` ends it in any case.
+renames it). It never outlives its parent: the kernel sends it SIGTERM when the parent dies
+(prctl PR_SET_PDEATHSIG), and since a handler runs only between bytecodes, not inside a long
+LLVM compile, a watchdog thread also ends it within `ORPHAN_GRACE` seconds of finding itself
+orphaned. `HELPER_TIME_LIMIT` ends it in any case.
 
 Linux only (fork). `DSLC_COMPILE_AHEAD=0` turns it off; the test suite does, except in the
 tests of this module, since its processes compile every kernel in one place anyway.
@@ -41,11 +43,16 @@ import select
 import signal
 import sys
 import threading
+import time
 import warnings
 
 # Seconds after which the helper ends, whatever it is doing: a safety net for a child that
 # could not make progress (it compiles for well under a minute in the largest benchmark).
 HELPER_TIME_LIMIT = 600
+
+# Seconds an orphaned helper has to stop by itself (removing the cache file it was writing)
+# before its watchdog ends the process outright.
+ORPHAN_GRACE = 2.0
 
 # The signals that end the helper (by its own handlers, see _run_helper).
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -117,6 +124,7 @@ def start(plan) -> Helper | None:
     # a checkpoint). Blocked across the fork, they wait in the child until _run_helper has its
     # handlers, and in this process until the fork is done.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    parent = os.getpid()
     pid = -1
     try:
         with warnings.catch_warnings():
@@ -130,6 +138,7 @@ def start(plan) -> Helper | None:
             try:
                 for pipe in _stop_pipes | {write_end}:
                     os.close(pipe)
+                _die_with(parent)
                 _run_helper(plan, read_end, mask)
             finally:
                 os._exit(0)
@@ -143,6 +152,30 @@ def start(plan) -> Helper | None:
     os.close(read_end)
     _stop_pipes.add(write_end)
     return Helper(pid, write_end)
+
+
+def _die_with(parent: int) -> None:
+    """In the helper: end when `parent` does. SIGTERM on the parent's death (Linux; blocked
+    until _run_helper's handler is in place, so it reaches that handler), and a watchdog thread
+    for the case where that handler cannot run soon enough (inside a compile) or prctl is
+    missing. Either way a helper never works on for a parent that is gone."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:      # the parent died before prctl: nothing would signal
+        os._exit(0)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        time.sleep(ORPHAN_GRACE)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="dslc-compile-ahead-orphan-watch", daemon=True).start()
 
 
 def _run_helper(plan, stop_pipe, mask):

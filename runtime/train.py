@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -26,7 +28,28 @@ from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's setti
 from .optim import clip_grad_norm, clip_grad_value, make_optimizer, make_schedule
 
 CHECKPOINT_NAME = "last.ckpt"
+LOCK_NAME = ".lock"
 _CLASSIFICATION_LOSSES = {"cross_entropy", "hinge"}
+# The signals a run treats as "stop": Ctrl-C, and what a cluster scheduler sends before it kills a job.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on a signal. A KeyboardInterrupt, so that code catching Ctrl-C catches
+    it. `signum`: the signal; `path`: the checkpoint saved at the step boundary, or None
+    (no checkpoint directory, or a second signal stopped the run without saving)."""
+
+    def __init__(self, signum, path=None, message=""):
+        super().__init__(message)
+        self.signum, self.path, self.message = signum, path, message
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+def _silent(_line):
+    pass
 
 
 def data_roles(net):
@@ -46,11 +69,17 @@ def data_roles(net):
 
 class Trainer:
     def __init__(self, model, cfg: TrainConfig, train: Dataset, val: Dataset | None, *, progress=True,
-                 metrics_path=None, checkpoint_dir=None, log=print):
+                 metrics_path=None, checkpoint_dir=None, log=None, data_info=None):
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
         self.net = model.net
         self.x_name, self.y_name = data_roles(self.net)
-        self.progress, self.metrics_path, self.checkpoint_dir, self.log = progress, metrics_path, checkpoint_dir, log
+        self.progress, self.metrics_path, self.checkpoint_dir = progress, metrics_path, checkpoint_dir
+        # Without progress, nothing is printed unless the caller gives a log (Model.fit(progress=False)).
+        self.log = log if log is not None else (print if progress else _silent)
+        # Where the data came from ({"data": ..., "limit": ...}): saved in checkpoints, and a resume
+        # on other data is refused (the replayed epoch order would not match).
+        self.data_info = dict(data_info or {})
+        self._pending_signal = None
         g = self.net.graph
         self.loss_term = g.nodes[self.net.loss]["inputs"][0]
         self.pred_node = g.nodes[self.loss_term]["inputs"][0]
@@ -114,6 +143,18 @@ class Trainer:
 
     # ---- epochs ------------------------------------------------------------------------------
     def fit(self):
+        """Train to the configured number of epochs; returns the per-epoch records.
+
+        A SIGINT or SIGTERM takes effect at the next step boundary (after a whole step, or
+        after the epoch's validation, metrics line and checkpoint): a step's effects (moved
+        batchnorm statistics, drawn dropout masks, half-updated parameters) are never saved
+        without the step counter that says they happened. The state is then saved (with a
+        checkpoint directory) and Interrupted is raised. A second signal meanwhile stops at
+        once without saving; the checkpoint on disk, written atomically, stays as it was."""
+        with self._deferred_signals():
+            return self._fit()
+
+    def _fit(self):
         cfg = self.cfg
         drop_last = len(self.train) >= cfg.batch
         steps = len(self.train) // cfg.batch if drop_last else 1
@@ -148,17 +189,10 @@ class Trainer:
                         post["samples/s"] = f"{rate:.0f}"
                         bar.set_postfix(post, refresh=False)
                         bar.update(1)
-            except KeyboardInterrupt:
+                    self._stop_if_asked()       # a step boundary: the state is whole
+            finally:
                 if bar is not None:
                     bar.close()
-                if self.checkpoint_dir:
-                    path = self.save()
-                    self.log(f"interrupted: saved {path}; continue with --resume")
-                else:
-                    self.log("interrupted (no --checkpoint DIR given, nothing saved)")
-                raise
-            if bar is not None:
-                bar.close()
             elapsed = max(time.perf_counter() - t0, 1e-9)
             p = self.partial
             record = {"epoch": self.epoch + 1, "lr": lr,
@@ -168,6 +202,12 @@ class Trainer:
             if self.val is not None and len(self.val):
                 with self.reporting_compiles(None, "evaluation"):
                     v = self.evaluate(self.val)
+                if not math.isfinite(v["loss"]):
+                    raise RuntimeUserError(
+                        f"training diverged: after epoch {self.epoch + 1} the validation loss is {v['loss']} "
+                        f"(training loss {record['train_loss']:.4g})",
+                        "check the validation data for NaN or infinite values; otherwise lower the learning "
+                        "rate (--lr) or add `clip_grad_norm` to the train section")
                 record["val_loss"], record["val_accuracy"] = v["loss"], v["accuracy"]
             else:
                 record["val_loss"] = record["val_accuracy"] = None
@@ -178,9 +218,75 @@ class Trainer:
                     f.write(json.dumps(record) + "\n")
             self.epoch += 1
             self.step_in_epoch = 0
-            if self.checkpoint_dir:
-                self.save()
+            saved = self.save() if self.checkpoint_dir else None
+            self._stop_if_asked(saved)
         return self.history
+
+    # ---- signals -----------------------------------------------------------------------------
+    @contextmanager
+    def _deferred_signals(self):
+        """SIGINT and SIGTERM only set a flag while training (see fit); the handlers that were
+        there before are put back afterwards. Python runs signal handlers in the main thread
+        only, so elsewhere (fit in a worker thread) nothing is installed. A signal the process
+        ignores stays ignored (a job started with nohup)."""
+        self._pending_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {}
+        try:
+            for s in STOP_SIGNALS:
+                old = signal.getsignal(s)
+                if old is signal.SIG_IGN or old is None:    # None: installed outside Python; leave it
+                    continue
+                previous[s] = old
+                signal.signal(s, self._on_signal)
+            yield
+        finally:
+            for s, old in previous.items():
+                signal.signal(s, old)
+            self._pending_signal = None
+
+    def _on_signal(self, signum, frame):
+        if self._pending_signal is not None:
+            # The second signal: stop now. The state in memory may be mid-step, so nothing is
+            # saved; an atomic write in progress is abandoned, leaving the previous file.
+            kept = ""
+            if self.checkpoint_dir and os.path.exists(os.path.join(self.checkpoint_dir, CHECKPOINT_NAME)):
+                kept = f"; {os.path.join(self.checkpoint_dir, CHECKPOINT_NAME)} holds the last saved state"
+            message = f"{signal.Signals(signum).name} again: stopped without saving{kept}"
+            self._say(message)
+            raise Interrupted(signum, None, message)
+        self._pending_signal = signum
+        what = "saving a checkpoint" if self.checkpoint_dir else "stopping"
+        self._say(f"{signal.Signals(signum).name}: finishing the current step, then {what} "
+                  "(send it again to stop at once without saving)")
+
+    def _say(self, line):
+        """Log from a signal handler: the handler may run inside a write to the same stream,
+        which Python refuses (a reentrant call); the line is then dropped."""
+        try:
+            self.log(line)
+        except RuntimeError:
+            pass
+
+    def _stop_if_asked(self, saved=None):
+        """At a step boundary: if a stop signal came, save (unless `saved`, the checkpoint just
+        written of this same state) and raise Interrupted."""
+        signum = self._pending_signal
+        if signum is None or self.epoch >= self.cfg.epochs:     # finished: nothing left to stop
+            return
+        name = signal.Signals(signum).name
+        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch}" if self.step_in_epoch \
+            else f"the end of epoch {self.epoch}"
+        if self.checkpoint_dir:
+            path = saved or self.save()
+            message = f"interrupted ({name}) at {where}: saved {path}; continue with --resume"
+        else:
+            path = None
+            message = f"interrupted ({name}) at {where}: no --checkpoint DIR given, nothing saved"
+        self.log(message)
+        raise Interrupted(signum, path, message)
 
     @contextmanager
     def reporting_compiles(self, bar, what):
@@ -250,7 +356,7 @@ class Trainer:
             arrays.update(self.epoch_rng_state)
         meta = {"kind": "dslc-training", "network": self.net.name, "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "partial": self.partial, "config": asdict(self.cfg),
-                "history": self.history}
+                "history": self.history, "data": self._data_signature()}
         save_checkpoint(path, arrays, meta)
         return path
 
@@ -263,6 +369,7 @@ class Trainer:
         if meta.get("kind") != "dslc-training" or meta.get("network") != self.net.name:
             raise CheckpointError(f"{path} is not a training checkpoint of network `{self.net.name}`",
                                   "point --checkpoint at this network's checkpoint directory")
+        self._check_same_run(path, meta)
         self.model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param/")}, strict=True)
         self.opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt/")})
         self.data_rng = rng_from_arrays(arrays, "data")
@@ -273,6 +380,142 @@ class Trainer:
         self.epoch, self.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
         self.partial, self.history = meta["partial"], meta["history"]
         return meta
+
+    def _data_signature(self):
+        sig = dict(self.data_info)
+        sig["train_samples"] = len(self.train)
+        sig["val_samples"] = len(self.val) if self.val is not None else 0
+        return sig
+
+    def _check_same_run(self, path, meta):
+        """A resumed run must be the run that was interrupted: the saved position (epoch, step,
+        the epoch's shuffle) means nothing with other data, batches or seed. Only `epochs` may
+        change (to train longer). Refused with the setting named, before anything is loaded."""
+        saved_cfg, saved_data = meta.get("config"), meta.get("data")
+        if not isinstance(saved_cfg, dict):
+            raise CheckpointError(f"{path} does not record its training settings",
+                                  "resume only from checkpoints written by dslc's trainer")
+        hint = "resume with the settings the checkpoint was made with, or start afresh with --overwrite"
+        current = asdict(self.cfg)
+        for key in current:
+            if key == "epochs" or key not in saved_cfg:
+                continue
+            if _jsonish(saved_cfg[key]) != _jsonish(current[key]):
+                flag = _FLAGS.get(key, f"the train section's `{key}`")
+                raise CheckpointError(f"{path} was saved by a run with {flag} = {saved_cfg[key]!r}; this run has "
+                                      f"{current[key]!r}", f"{hint} ({flag} {saved_cfg[key]!r})")
+        if isinstance(saved_data, dict):
+            now = self._data_signature()
+            for key, flag in (("data", "--data"), ("limit", "--limit")):
+                if key in saved_data and key in now and saved_data[key] != now[key]:
+                    raise CheckpointError(f"{path} was saved by a run with {flag} {saved_data[key]}; this run has "
+                                          f"{flag} {now[key]}", hint)
+            for key in ("train_samples", "val_samples"):
+                if key in saved_data and saved_data[key] != now[key]:
+                    raise CheckpointError(f"{path} was saved by a run with {saved_data['train_samples']} training / "
+                                          f"{saved_data.get('val_samples')} validation samples; this run has "
+                                          f"{now['train_samples']} / {now['val_samples']}",
+                                          f"{hint} (the same --data, --limit and validation split)")
+
+
+# Where each TrainConfig field is set from the command line, for messages.
+_FLAGS = {"batch": "--batch", "lr": "--lr", "optimizer": "--optimizer", "seed": "--seed"}
+
+
+def _jsonish(v):
+    """A value as it reads back from a checkpoint's JSON metadata (tuples become lists)."""
+    return json.loads(json.dumps(v))
+
+
+# ---- output paths ----------------------------------------------------------------------------
+_claimed: set[str] = set()     # directories claimed by this process (a POSIX lock does not see them)
+
+
+class CheckpointDir:
+    """A checkpoint directory claimed by this run: created, locked against other runs (a lock
+    on DIR/.lock, released when the process ends, however it ends), cleared of the temporary
+    files of writes that a killed run left behind, and checked that it holds no other run's
+    checkpoint unless the run resumes it or overwrites it. Claim it before any training, so a
+    bad path costs nothing.
+
+    The lock is a POSIX record lock (fcntl.lockf), not flock: a flock is shared with forked
+    children, so the compile-ahead helper (runtime/compile_ahead.py), still ending its last
+    compile just after its parent was stopped, would lock out the `--resume` that follows."""
+
+    def __init__(self, path, *, resume=False, overwrite=False):
+        import fcntl
+        self._lock = None
+        self.path = os.fspath(path)
+        key = os.path.realpath(self.path)
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise RuntimeUserError(f"--checkpoint {self.path} is not a directory",
+                                   "give a directory (it is created if missing); checkpoints go in DIR/last.ckpt")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            self._lock = open(os.path.join(self.path, LOCK_NAME), "a")
+        except OSError as e:
+            raise RuntimeUserError(f"cannot use checkpoint directory {self.path}: {e.strerror or e}",
+                                   "give a directory you can write to") from None
+        try:
+            if key in _claimed:
+                raise BlockingIOError
+            fcntl.lockf(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            self._lock = None
+            raise RuntimeUserError(f"another dslc run is using checkpoint directory {self.path} "
+                                   f"(it holds {os.path.join(self.path, LOCK_NAME)})",
+                                   "wait for that run to end, or give this run another --checkpoint directory") \
+                from None
+        self._key = key
+        _claimed.add(key)
+        # Under the lock no write is in progress: any temporary file is a killed write's.
+        prefix = f".{CHECKPOINT_NAME}."
+        for name in os.listdir(self.path):
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(self.path, name))
+                except OSError:
+                    pass
+        ckpt = os.path.join(self.path, CHECKPOINT_NAME)
+        if resume and not os.path.exists(ckpt):
+            self.release()
+            raise CheckpointError(f"nothing to resume: {ckpt} does not exist",
+                                  "run once with --checkpoint DIR first, or drop --resume")
+        if not resume and not overwrite and os.path.exists(ckpt):
+            self.release()
+            raise RuntimeUserError(f"{ckpt} already holds a training checkpoint, which this run would overwrite",
+                                   "continue that run with --resume, replace it with --overwrite, "
+                                   "or give another --checkpoint directory")
+
+    def release(self):
+        if self._lock is not None:
+            self._lock.close()      # closing the file drops the lock
+            self._lock = None
+            _claimed.discard(self._key)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def check_output_file(path, flag="--metrics"):
+    """Make sure `path` can be appended to (its directory created) before any training, so a
+    bad path does not cost a trained epoch."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise RuntimeUserError(f"{flag} {path} is a directory", f"give a file name, e.g. {flag} {os.path.join(path, 'metrics.jsonl')}")
+    try:
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise RuntimeUserError(f"cannot write {flag} {path}: {e.strerror or e}",
+                               "give a path in a directory you can write to") from None
 
 
 def _epoch_line(r, epochs):

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -58,10 +59,10 @@ def test_interrupted_then_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path,
     calls = {"n": 0}
     original = interrupted._step
 
-    def step_then_interrupt(*a, **kw):     # Ctrl-C in the middle of epoch 2 (after 12 of 20 steps)
+    def step_then_interrupt(*a, **kw):     # Ctrl-C in step 13 of 20: it takes effect after that step
         calls["n"] += 1
         if calls["n"] == 13:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)
         return original(*a, **kw)
 
     monkeypatch.setattr(interrupted, "_step", step_then_interrupt)
@@ -71,7 +72,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path,
 
     resumed = _trainer(tmp_path / "b")
     meta = resumed.resume()
-    assert (meta["epoch"], meta["step_in_epoch"]) == (1, 2)
+    assert (meta["epoch"], meta["step_in_epoch"]) == (1, 3)
     resumed.fit()
     for k, v in expected.items():
         assert np.array_equal(resumed.model.params[k], v), k
