@@ -196,7 +196,10 @@ def main(argv=None) -> int:
 def _main(parser, argv) -> int:
     try:
         try:
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
+            if extra:   # reported here rather than by argparse, whose help names `dslc --help`
+                where = f"dslc {args.command}" if getattr(args, "command", None) else "dslc"
+                raise UsageError(f"unrecognized arguments: {' '.join(extra)}", help=f"run `{where} --help`")
         except SystemExit as e:   # `--help` prints and exits 0 inside argparse; return it like any command
             return e.code or 0
         if not getattr(args, "func", None):

@@ -35,9 +35,12 @@ def _datasets(net, source, cfg, limit, log=lambda s: None):
     if loss_term["op"] in _CLASSIFICATION_LOSSES:
         logits = g.nodes[loss_term["inputs"][0]]["type"]
         classes = logits.shape[loss_term["attrs"].get("class_axis", 1)]
+    # integer inputs are ids that embeddings look up: data ids must be below the smallest vocabulary
+    vocabs = [d["attrs"]["vocab"] for d in g.nodes.values() if d.get("op") == "embed" and x_name in d["inputs"]]
     train, val = load_dataset(source, x_shape=concrete(xt.shape[1:], 1, symbols), x_dtype=xt.dtype,
                               y_shape=concrete(yt.shape[1:], 1, symbols), y_dtype=yt.dtype,
-                              val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, classes=classes)
+                              val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, classes=classes,
+                              x_classes=min(vocabs, default=None))
     if train.classes is not None and classes is not None and train.vocab is not None and train.classes > classes:
         raise RuntimeUserError(f"the text has {train.classes} distinct characters but the network predicts {classes}",
                                f"compile with --set vocab={train.classes}")

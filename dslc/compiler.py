@@ -46,7 +46,7 @@ def load_source(path: str) -> Source:
         raise CompileError([Diagnostic(f"{path} is not UTF-8 text: {_bad_byte(e)}",
                                        help="a .net file is plain text; save it as UTF-8")]) from None
     except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+        raise UsageError(f"cannot read {path}: {e.strerror or e}", help="give the path of a .net source file") from None
     except ValueError:      # a path with a NUL character in it, which no file system accepts
         raise UsageError(f"no such file: {path!r}") from None
 

@@ -151,12 +151,23 @@ def edit_distance(a: str, b: str) -> int:
     return rows[-1][-1]
 
 
+# Names longer than this get no suggestion: no typo makes one, and the edit distance costs
+# the product of the two lengths.
+MAX_SUGGESTED_NAME = 100
+
+
 def did_you_mean(name: str, candidates) -> str:
     """`did you mean `x`?` for the closest candidate within a third of the name's length, else ''.
 
-    A candidate as far from the name as rewriting it whole (`c` for `e`) is no suggestion."""
+    A candidate as far from the name as rewriting it whole (`c` for `e`) is no suggestion.
+    Candidates whose length alone differs by more than that bound are skipped unmeasured."""
+    if len(name) > MAX_SUGGESTED_NAME:
+        return ""
+    bound = max(1, len(name) // 3)
     best, best_d = None, None
     for c in sorted(set(candidates)):
+        if abs(len(c) - len(name)) > bound:
+            continue
         d = edit_distance(name.lower(), c.lower())
         if best_d is None or d < best_d:
             best, best_d = c, d

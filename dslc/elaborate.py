@@ -263,6 +263,11 @@ class Elaborator:
                 # an unbound name in a shape is a symbolic dimension (a sequence length `T`)
                 if e.id in self.overrides:
                     v = self.overrides[e.id]
+                    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                        self.d.error(f"`--set {e.id}`: a dimension must be a positive whole number, found "
+                                     f"{describe(v)}", e.span, label=f"`{e.id}` sizes this input",
+                                     help=f"give a length of at least 1, e.g. --set {e.id}=64")
+                        return None
                     self.symbols[e.id] = v
                     dims.append(v)
                 else:

@@ -9,14 +9,23 @@ the grammar, the options and its own and Python's versions in the file and rebui
 rewrites) the parser when they differ or the file cannot be read; the file name also carries a
 digest of the grammar, so checkouts with different grammars keep separate files. Where the
 directory cannot be created, the parser is built every time.
+
+The cache file is a pickle, and Lark unpickles part of it before comparing its hash, so a file
+someone else wrote there would run their code as the user. Hence the cache is used only from a
+directory that is the user's own and closed to everyone else (mode 0700, checked before every
+use), from a file the user owns that nobody else can write, and only when the file's SHA-256
+matches the one dslc recorded beside it (`.sha256`) after Lark wrote it: a file changed since,
+or left half-written, is deleted and rebuilt without being read.
 """
 from __future__ import annotations
 
 import codecs
+import errno
 import functools
 import hashlib
 import math
 import os
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -51,21 +60,75 @@ def _grammar_text() -> str:
 
 
 def grammar_cache_path(grammar: str) -> str | None:
-    """Where the parser built from `grammar` is cached, its directory created; None when it cannot be."""
+    """Where the parser built from `grammar` is cached, its directory created (mode 0700); None
+    when it cannot be, or when the directory is not the user's own and private."""
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     directory = os.path.join(cache_home, "dslc")
     try:
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not _private_directory(directory):
+            return None
     except OSError:
         return None
     digest = hashlib.sha256(grammar.encode("utf-8")).hexdigest()[:16]
     return os.path.join(directory, f"grammar-{digest}.lark")
 
 
+def _private_directory(directory: str) -> bool:
+    """Whether `directory` is a real directory (not a link) owned by this user and closed to
+    others. One of ours that others could enter (made by an older dslc under a loose umask) is
+    closed, and the cache files in it, which anyone could have planted meanwhile, are deleted."""
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        return False
+    if st.st_mode & 0o077:
+        os.chmod(directory, 0o700)
+        for entry in os.listdir(directory):
+            if entry.startswith("grammar-"):
+                os.unlink(os.path.join(directory, entry))
+    return True
+
+
+def _trusted_cache_file(path: str) -> bool:
+    """Whether the file at `path` may be handed to Lark (which unpickles it): a regular file
+    this user owns, writable by no one else, whose SHA-256 is the one recorded beside it."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return False
+        with open(path + ".sha256", "rb") as f:
+            recorded = f.read(64).decode("ascii", "replace")
+        return _file_sha256(path) == recorded
+    except OSError:
+        return False
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def build_lark(grammar: str) -> Lark:
-    """The LALR parser for `grammar`, loaded from the disk cache when that holds it for this grammar."""
-    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False,
-                cache=grammar_cache_path(grammar) or False)
+    """The LALR parser for `grammar`, loaded from the disk cache when that holds it for this
+    grammar and passes the checks above; otherwise built (and the cache rewritten)."""
+    path = grammar_cache_path(grammar)
+    if path is not None and os.path.lexists(path) and not _trusted_cache_file(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            path = None        # cannot be replaced: build without the cache
+    lark = Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False, cache=path or False)
+    if path is not None:
+        try:
+            digest = _file_sha256(path)
+            if not _trusted_cache_file(path):
+                tmp = f"{path}.sha256.{os.getpid()}"
+                with open(tmp, "w", encoding="ascii") as f:
+                    f.write(digest)
+                os.replace(tmp, path + ".sha256")
+        except OSError:
+            pass              # the cache is an optimisation: a failed record only means a rebuild next time
+    return lark
 
 
 @functools.lru_cache(maxsize=1)
@@ -410,13 +473,28 @@ def parse(source: Source) -> ast.Program:
         raise
 
 
+# A .net file is a page or two of text; anything near this is not a program.
+MAX_SOURCE_BYTES = 16 << 20
+
+
 def read_source(path: str) -> Source:
     """Read a .net file as UTF-8 text; OSError / UnicodeDecodeError are the caller's to report.
 
-    A byte order mark (Windows editors write one) is dropped before decoding, so positions
-    in errors count from the text after it. A NUL byte is refused as no text, reported at its
-    offset in the bytes, as a decoding error would be."""
-    data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
+    Only a regular file is read (a FIFO would block, /dev/zero never ends), and at most
+    MAX_SOURCE_BYTES of it. A byte order mark (Windows editors write one) is dropped before
+    decoding, so positions in errors count from the text after it. A NUL byte is refused as no
+    text, reported at its offset in the bytes, as a decoding error would be."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a .net file", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a pipe, device or socket)",
+                      path)
+    with open(path, "rb") as f:
+        data = f.read(MAX_SOURCE_BYTES + 1)
+    if len(data) > MAX_SOURCE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_SOURCE_BYTES >> 20} MiB, too large for a .net source", path)
+    data = data.removeprefix(codecs.BOM_UTF8)
     text = data.decode("utf-8")
     if b"\x00" in data:
         at = data.index(b"\x00")

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import os
 import re
+import stat
 import zipfile
 from dataclasses import dataclass
 from typing import Iterator
@@ -34,6 +36,10 @@ SYNTHETIC_SAMPLES = 512
 # Label range of synthetic data when the caller does not say how many classes the network has.
 SYNTHETIC_CLASSES = 10
 DTYPES = ("float32", "int64")
+# What a data file may hold, in bytes (after decompression): a header or a crafted archive that
+# announces more is refused before it is read, rather than running the machine out of memory.
+MAX_DATA_BYTES = 16 << 30
+_READ_CHUNK = 1 << 24
 
 _SOURCES_HINT = ("give the path of a .npz file (arrays x and y), a .txt file, an MNIST idx images file "
                  "or a directory holding one, or a built-in dataset: " + ", ".join(BUILTIN_DATASETS))
@@ -62,12 +68,14 @@ class Dataset:
 
 def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y_dtype: str,
                  val_fraction: float = 0.2, seed: int = 0, limit: int | None = None,
-                 classes: int | None = None) -> tuple[Dataset, Dataset]:
+                 classes: int | None = None, x_classes: int | None = None) -> tuple[Dataset, Dataset]:
     """(train, validation) from `source`, shaped for a network whose per-sample input is
     `x_shape`/`x_dtype` and whose per-sample label or target is `y_shape`/`y_dtype`.
 
     `classes` is the number of classes the network predicts (its output size), when known;
-    integer labels must lie in [0, classes). `limit` caps the number of samples used
+    integer labels must lie in [0, classes). `x_classes`, when given, is the vocabulary of an
+    integer input (the ids an embedding looks up): input ids must lie in [0, x_classes).
+    `limit` caps the number of samples used
     (for "synthetic", it is the number generated). `val_fraction` of the samples (at least
     one, unless it is 0) are held out for validation: a random subset picked with `seed`,
     except for text, where the last windows are held out so that validation text is unseen.
@@ -82,15 +90,20 @@ def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y
     if limit is not None and limit < 1:
         raise DataError(f"sample limit must be at least 1, got {limit}",
                         "give a positive number of samples, or no limit")
-    shapes = _NetworkShapes(x_shape, x_dtype, y_shape, y_dtype, classes)
+    shapes = _NetworkShapes(x_shape, x_dtype, y_shape, y_dtype, classes, x_classes)
 
     if source == "synthetic":
         full = _synthetic(shapes, limit or SYNTHETIC_SAMPLES, seed)
         return _split_random(full, val_fraction, seed, None)
     if source == "chars":
-        return _split_ordered(_text(CORPUS_PATH, "chars", shapes), val_fraction, limit)
+        return _checked_ids(_split_ordered(_text(CORPUS_PATH, "chars", shapes), val_fraction, limit), shapes)
     if source == "digits":
         return _split_random(_digits(shapes), val_fraction, seed, limit)
+    return _checked_ids(_from_path(source, shapes, val_fraction, seed, limit), shapes)
+
+
+def _from_path(source: str, shapes: "_NetworkShapes", val_fraction: float, seed: int,
+               limit: int | None) -> tuple[Dataset, Dataset]:
 
     path = source
     if not os.path.exists(path):
@@ -98,6 +111,7 @@ def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y
     name = os.path.basename(os.path.normpath(path))
     if os.path.isdir(path):
         return _split_random(_idx_pair(_images_file_in(path), shapes), val_fraction, seed, limit)
+    _check_regular_file(path)
     if path.endswith(".txt"):
         return _split_ordered(_text(path, name, shapes), val_fraction, limit)
     if path.endswith(".npz"):
@@ -135,12 +149,45 @@ class _NetworkShapes:
     y_shape: tuple
     y_dtype: str
     classes: int | None
+    x_classes: int | None = None
 
     def describe_x(self) -> str:
         return f"{self.x_dtype} of shape {self.x_shape}"
 
     def describe_y(self) -> str:
         return f"{self.y_dtype} of shape {self.y_shape}"
+
+
+def _check_regular_file(path: str) -> None:
+    """Data is read from regular files only: a FIFO would block the reader and a device such
+    as /dev/zero would never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise DataError(f"dataset '{path}' cannot be read ({err.strerror or err})", _SOURCES_HINT) from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"dataset '{path}' is not a regular file (a pipe, device or socket)",
+                        "save the data to a file first and give its path")
+
+
+def _checked_ids(split: tuple[Dataset, Dataset], shapes: "_NetworkShapes") -> tuple[Dataset, Dataset]:
+    """Integer inputs are ids an embedding looks up: each must be in [0, x_classes)."""
+    if shapes.x_dtype != "int64":
+        return split
+    for ds in split:
+        if not ds.x.size:
+            continue
+        low, high = int(ds.x.min()), int(ds.x.max())
+        if low < 0:
+            raise DataError(f"dataset '{ds.name}' has a negative input id ({low})",
+                            "integer inputs are token ids 0, 1, ..., vocabulary - 1")
+        if shapes.x_classes is not None and high >= shapes.x_classes:
+            raise DataError(
+                f"dataset '{ds.name}' has input ids up to {high}, but the network's embedding has a "
+                f"vocabulary of {shapes.x_classes}",
+                f"give the network a vocabulary of at least {high + 1} (e.g. --set vocab={high + 1}), "
+                f"or map the ids below {shapes.x_classes}")
+    return split
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +338,7 @@ def _synthetic(shapes: _NetworkShapes, n: int, seed: int) -> Dataset:
     if shapes.x_dtype == "float32":
         x = rng.standard_normal((n, *shapes.x_shape), dtype=np.float32)
     else:
-        x = rng.integers(0, n_classes, size=(n, *shapes.x_shape), dtype=np.int64)
+        x = rng.integers(0, shapes.x_classes or n_classes, size=(n, *shapes.x_shape), dtype=np.int64)
     if shapes.y_dtype == "int64":
         y = rng.integers(0, n_classes, size=(n, *shapes.y_shape), dtype=np.int64)
         return Dataset(x, y, "synthetic", n_classes)
@@ -308,8 +355,7 @@ def _text(path: str, name: str, shapes: _NetworkShapes) -> Dataset:
             f"(T,)), but the network input is {shapes.describe_x()} and its target {shapes.describe_y()}",
             "train a language model (an int64 input of shape (T,) and a (T,) target) on text")
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = _read_bounded(path, gzipped=False).decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"text dataset '{path}' is not UTF-8 text ({err.reason} at byte {err.start})",
                         "convert the file to UTF-8") from err
@@ -331,17 +377,27 @@ def _text(path: str, name: str, shapes: _NetworkShapes) -> Dataset:
 
 def _npz(path: str, name: str, shapes: _NetworkShapes) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(f"dataset '{path}' is a single array (a .npy file), not an .npz archive",
+                            "save inputs and labels together: numpy.savez(path, x=inputs, y=labels)")
+        with loaded as archive:
             missing = [key for key in ("x", "y") if key not in archive.files]
             if missing:
                 raise DataError(
                     f"dataset '{path}' has no array '{missing[0]}' (it holds: "
                     f"{', '.join(archive.files) or 'nothing'})",
                     "save inputs as x and labels or targets as y: numpy.savez(path, x=inputs, y=labels)")
+            for key in ("x", "y"):
+                _check_member_size(archive, key, path)
             x, y = archive["x"], archive["y"]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"dataset '{path}' could not be read as an .npz archive ({err})",
                         "save it with numpy.savez(path, x=inputs, y=labels) from numeric arrays") from err
+    for key, arr in (("x", x), ("y", y)):
+        if arr.ndim == 0:
+            raise DataError(f"{key} in dataset '{path}' is a single number (a 0-d array), not one entry per sample",
+                            f"save an array whose first axis is the samples: {key} of shape (N, ...)")
     if len(x) != len(y):
         raise DataError(f"dataset '{path}' has {len(x)} inputs (x) but {len(y)} labels or targets (y)",
                         "x and y need one entry per sample, in the same order")
@@ -360,6 +416,13 @@ def _checked_array(arr: np.ndarray, key: str, path: str, shape: tuple, dtype: st
     if arr.dtype.kind not in kinds:
         raise DataError(f"{key} in dataset '{path}' has dtype {arr.dtype}, but the network {role} is {dtype}",
                         f"convert it before saving: {key}.astype(numpy.{dtype})")
+    if arr.shape[1:] != shape and _channels_last(arr.shape[1:], shape):
+        h, w, c = arr.shape[1:]
+        size = "" if (h, w) == shape[1:] else f", then resize the images to {shape[1]}x{shape[2]}"
+        raise DataError(
+            f"{key} in dataset '{path}' has samples of shape {arr.shape[1:]}, channels last (H, W, C), but the "
+            f"network {role} expects channels first {shape} (C, H, W)",
+            f"transpose {key} before saving: {key}.transpose(0, 3, 1, 2){size}")
     if arr.shape[1:] != shape:
         raise DataError(
             f"{key} in dataset '{path}' has samples of shape {arr.shape[1:]}, but the network {role} "
@@ -367,6 +430,39 @@ def _checked_array(arr: np.ndarray, key: str, path: str, shape: tuple, dtype: st
             f"reshape {key} to (N, {', '.join(map(str, shape))}{',' if len(shape) == 1 else ''}) "
             f"or change the network's {role} shape")
     return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _channels_last(sample_shape: tuple, shape: tuple) -> bool:
+    """Whether (H, W, C) samples are meant for a (C, H, W) input: the last axis is the channels
+    and the first is not."""
+    return (len(sample_shape) == len(shape) == 3 and sample_shape[2] == shape[0]
+            and sample_shape[0] != shape[0])
+
+
+def _check_member_size(archive, key: str, path: str) -> None:
+    """Refuse an array whose declared size is beyond MAX_DATA_BYTES before numpy allocates it."""
+    info = archive.zip.getinfo(f"{key}.npy") if f"{key}.npy" in archive.zip.namelist() else None
+    if info is not None and info.file_size > MAX_DATA_BYTES:
+        raise DataError(f"{key} in dataset '{path}' declares {info.file_size:,} bytes, more than dslc "
+                        f"loads ({MAX_DATA_BYTES:,})", "use a smaller dataset, or --limit on a smaller file")
+
+
+def _read_bounded(path: str, gzipped: bool, limit: int = MAX_DATA_BYTES) -> bytes:
+    """The bytes of `path` (decompressed when `gzipped`), refusing more than `limit`."""
+    _check_regular_file(path)
+    opener = gzip.open if gzipped else open
+    chunks, total = [], 0
+    with opener(path, "rb") as f:
+        while True:
+            chunk = f.read(_READ_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise DataError(f"dataset '{path}' holds more than {limit:,} bytes, more than dslc loads",
+                                "use a smaller dataset")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _images_file_in(directory: str) -> str:
@@ -400,6 +496,10 @@ def _idx_pair(path: str, shapes: _NetworkShapes) -> Dataset:
     if images.ndim != 3:
         raise DataError(f"MNIST images file '{images_path}' has {images.ndim} dimensions, expected 3 "
                         "(images, rows, columns)", "give an idx3 images file")
+    if 0 in images.shape[1:]:
+        raise DataError(f"MNIST images file '{images_path}' holds images of {images.shape[1]}x{images.shape[2]} "
+                        "pixels; an image needs at least one row and one column",
+                        "re-download or re-extract the file")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise DataError(f"MNIST labels file '{labels_path}' does not hold one integer label per image",
                         "give an idx1 labels file of unsigned bytes")
@@ -428,12 +528,9 @@ def _read_idx(path: str) -> np.ndarray:
                          "re-download or re-extract the file; an idx file starts with two zero bytes, "
                          "a type code, the number of dimensions, and each size as a big-endian uint32")
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
+        data = _read_bounded(path, gzipped=path.endswith(".gz"))
+    except DataError:
+        raise
     except (OSError, EOFError) as err:          # gzip reports a damaged stream as OSError/EOFError
         raise corrupt(f"the gzip stream is damaged ({err})") from err
     if len(data) < 4 or data[:2] != b"\0\0":
@@ -446,7 +543,7 @@ def _read_idx(path: str) -> np.ndarray:
     if ndim == 0 or len(data) < header_size:
         raise corrupt("the header is truncated")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims)) * np.dtype(dtype).itemsize
+    expected = math.prod(dims) * np.dtype(dtype).itemsize        # Python ints: no overflow
     if len(data) - header_size != expected:
         raise corrupt(f"the header announces {'x'.join(map(str, dims))} elements ({expected} bytes), "
                       f"but {len(data) - header_size} bytes follow")

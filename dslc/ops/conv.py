@@ -1,7 +1,7 @@
 """Convolutions: conv and deconv (transposed convolution). Kernels: runtime/{cpu,cuda}/conv.py."""
 from __future__ import annotations
 
-from .registry import (Attr, OpDef, ParamSpec, ShapeError, TensorType, fixed, need_float, need_rank,
+from .registry import (Attr, OpDef, ParamSpec, ShapeError, TensorType, fixed, need_float, need_rank, pair_text,
                        register, resolve_same_pad, window_out)
 
 _WINDOW_ATTRS = (
@@ -31,6 +31,19 @@ def _check_positive(a, names):
             raise ShapeError(f"`{n}` must be at least 1, found {v}", arg=n)
 
 
+def _check_not_negative(a, names):
+    """Padding crops nothing: a negative pad is refused, as pooling refuses it (the kernels
+    would read outside the input)."""
+    for n in names:
+        v = a[n]
+        vals = v if isinstance(v, tuple) else (v,)
+        if any(x < 0 for x in vals):
+            text = pair_text(v) if isinstance(v, tuple) else v
+            raise ShapeError(f"`{n}` must be 0 or more, found {text}", expected=f"{n} >= 0", found=f"{n} = {text}",
+                             help="padding adds zeros around the input; give pad = 0 or more "
+                                  "(negative padding would crop, which dslc does not do)", arg=n)
+
+
 @register
 class Conv(OpDef):
     name, family = "conv", "conv"
@@ -46,6 +59,7 @@ class Conv(OpDef):
         _check_groups(a, c_in)
         if a["pad"] == "same":
             a["pad"] = tuple(resolve_same_pad(k, d, s) for k, d, s in zip(a["kernel"], a["dilation"], a["stride"]))
+        _check_not_negative(a, ("pad",))
         ho = window_out(x.shape[2], a["kernel"][0], a["stride"][0], a["pad"][0], a["dilation"][0], "height")
         wo = window_out(x.shape[3], a["kernel"][1], a["stride"][1], a["pad"][1], a["dilation"][1], "width")
         return TensorType(("N", a["channels"], ho, wo))
@@ -80,6 +94,7 @@ class Deconv(OpDef):
         _check_positive(a, ("channels", "kernel", "stride"))
         c_in = fixed(x.shape[1], "channels")
         _check_groups(a, c_in)
+        _check_not_negative(a, ("pad", "output_pad"))
         for o, s in zip(a["output_pad"], a["stride"]):
             if o >= s:
                 raise ShapeError(f"output_pad must be smaller than the stride, found output_pad {o} with stride {s}",

@@ -99,3 +99,65 @@ def test_an_unwritable_cache_directory_still_parses(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     assert parser.grammar_cache_path(GRAMMAR) is None
     assert parser.build_lark(GRAMMAR).parse(PROGRAM)
+
+
+def test_the_cache_directory_is_private(cache_home):
+    path = parser.grammar_cache_path(GRAMMAR)
+    st = os.stat(Path(path).parent)
+    assert st.st_uid == os.getuid() and st.st_mode & 0o077 == 0
+
+
+def test_a_loose_directory_of_ours_is_closed_and_its_files_dropped(cache_home):
+    directory = cache_home / "dslc"
+    directory.mkdir(parents=True, mode=0o777)
+    os.chmod(directory, 0o777)
+    planted = directory / "grammar-planted.lark"
+    planted.write_bytes(b"planted")
+    os.chmod(directory, 0o777)
+    assert parser.grammar_cache_path(GRAMMAR) is not None
+    assert os.stat(directory).st_mode & 0o077 == 0
+    assert not planted.exists()
+
+
+def test_a_directory_owned_by_someone_else_is_not_used(cache_home, monkeypatch):
+    parser.grammar_cache_path(GRAMMAR)
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(cache_home / "dslc").st_uid + 1)
+    assert parser.grammar_cache_path(GRAMMAR) is None
+    assert parser.build_lark(GRAMMAR).parse(PROGRAM)
+
+
+def _forbid_unpickling(monkeypatch):
+    """Record every unpickling (Lark catches what a failed load raises, so raising would not do)."""
+    import pickle
+    calls = []
+    monkeypatch.setattr(pickle, "load", lambda *args, **kwargs: calls.append(args))
+    return calls
+
+
+def test_a_planted_pickle_is_never_unpickled(cache_home, monkeypatch):
+    # A file with Lark's header but another's pickle (one that would run code): without the
+    # digest dslc recorded when it wrote the cache, it is deleted unread and the parser rebuilt.
+    path = Path(parser.grammar_cache_path(GRAMMAR))
+    path.write_bytes(b"0" * 64 + b"\n" + b"cos\nsystem\n(S'echo planted'\ntR.")
+    unpickled = _forbid_unpickling(monkeypatch)
+    assert parser.build_lark(GRAMMAR).parse(PROGRAM)
+    assert not unpickled, "a cache file that failed its checks was unpickled"
+    assert not path.read_bytes().startswith(b"0" * 64)      # rewritten by a fresh build
+
+
+def test_a_cache_file_changed_after_it_was_recorded_is_rebuilt(cache_home, monkeypatch):
+    parser.build_lark(GRAMMAR)
+    path = Path(parser.grammar_cache_path(GRAMMAR))
+    path.write_bytes(path.read_bytes() + b"tampered")
+    unpickled = _forbid_unpickling(monkeypatch)
+    assert parser.build_lark(GRAMMAR).parse(PROGRAM)
+    assert not unpickled, "a cache file that failed its checks was unpickled"
+
+
+def test_a_cache_file_others_can_write_is_not_loaded(cache_home, monkeypatch):
+    parser.build_lark(GRAMMAR)
+    path = Path(parser.grammar_cache_path(GRAMMAR))
+    os.chmod(path, 0o666)
+    unpickled = _forbid_unpickling(monkeypatch)
+    assert parser.build_lark(GRAMMAR).parse(PROGRAM)
+    assert not unpickled, "a cache file that failed its checks was unpickled"
