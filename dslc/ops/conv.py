@@ -1,7 +1,7 @@
 """Convolutions: conv and deconv (transposed convolution). Kernels: runtime/{cpu,cuda}/conv.py."""
 from __future__ import annotations
 
-from .registry import (Attr, OpDef, ParamSpec, ShapeError, TensorType, fixed, need_float, need_rank, pair_text,
+from .registry import (Attr, OpDef, ParamSpec, ShapeError, TensorType, fixed, need_float, need_rank,
                        register, resolve_same_pad, window_out)
 
 _WINDOW_ATTRS = (
@@ -38,7 +38,7 @@ def _check_not_negative(a, names):
         v = a[n]
         vals = v if isinstance(v, tuple) else (v,)
         if any(x < 0 for x in vals):
-            text = pair_text(v) if isinstance(v, tuple) else v
+            text = (v[0] if v[0] == v[1] else f"{v[0]}x{v[1]}") if isinstance(v, tuple) else v
             raise ShapeError(f"`{n}` must be 0 or more, found {text}", expected=f"{n} >= 0", found=f"{n} = {text}",
                              help="padding adds zeros around the input; give pad = 0 or more "
                                   "(negative padding would crop, which dslc does not do)", arg=n)
