@@ -4,6 +4,9 @@ argument is either honoured (it changes what training produces) or refused where
 The tables walked here are dslc/train_section.py's, so a setting added there without a case
 here fails `test_every_setting_and_argument_has_a_case`.
 """
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -237,3 +240,13 @@ def test_other_optimizer_arguments_match_torch(name):
         tensor.grad = torch.tensor(g)
         theirs.step()
     np.testing.assert_allclose(params["w"], tensor.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_documented_optimizers_are_the_ones_defined():
+    """docs/LANGUAGE.md's optimizer table lists every optimizer with its arguments and defaults."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "LANGUAGE.md").read_text()
+    table = text.split("| optimizer | arguments")[1].split("\n\n")[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)`", table, re.M))
+    value = lambda text: {"true": True, "false": False}.get(text, None) if text.isalpha() else float(text)  # noqa: E731
+    documented = {name: {k: value(v) for k, v in re.findall(r"(\w+) = ([\w.+-]+)", args)} for name, args in rows.items()}
+    assert documented == {name: {k: a.default for k, a in args.items()} for name, args in OPTIMIZERS.items()}
