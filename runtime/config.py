@@ -117,7 +117,7 @@ class TrainConfig:
         parts.append(", ".join(clips) or "no clipping")
         if self.augment:
             parts.append(" ".join(["augment"] + [f"{k} {_show(v)}" for k, v in self.augment.items()]))
-        parts.append(f"batch {self.batch}, {self.epochs} epochs, seed {self.seed}")
+        parts.append(f"batch {self.batch}, {self.epochs} epoch{'' if self.epochs == 1 else 's'}, seed {self.seed}")
         return ", ".join(parts)
 
 
