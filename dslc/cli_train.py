@@ -10,11 +10,12 @@ import sys
 import time
 
 from .compiler import UsageError, compile_file
+from .ops import OPS
 from .runtime.data import load_dataset
 from .runtime.errors import CheckpointError, RuntimeUserError
 from .runtime.model import Model
 from .runtime.plan import concrete
-from .runtime.train import (_CLASSIFICATION_LOSSES, CHECKPOINT_NAME, CheckpointDir, Interrupted, TrainConfig, Trainer,
+from .runtime.train import (CHECKPOINT_NAME, CheckpointDir, Interrupted, TrainConfig, Trainer,
                             check_output_file, data_roles)
 from .summary import totals
 
@@ -32,7 +33,7 @@ def _datasets(net, source, cfg, limit, log=lambda s: None):
     xt, yt = g.nodes[x_name]["type"], g.nodes[y_name]["type"]
     classes = None
     loss_term = g.nodes[g.nodes[net.loss]["inputs"][0]]
-    if loss_term["op"] in _CLASSIFICATION_LOSSES:
+    if OPS[loss_term["op"]].classifies:
         logits = g.nodes[loss_term["inputs"][0]]["type"]
         classes = logits.shape[loss_term["attrs"].get("class_axis", 1)]
     # integer inputs are ids that embeddings look up: data ids must be below the smallest vocabulary

@@ -14,6 +14,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from dslc.ops import OPS
+
 from .devices import get_device
 from .errors import RuntimeUserError
 from .kernel_api import Context
@@ -21,9 +23,6 @@ from .plan import Plan
 from .data import Dataset
 from .train import TrainConfig, Trainer
 
-# activation ops after which He initialisation (fan-in, gain sqrt(2)) is right; otherwise Xavier
-_RELU_LIKE = {"relu", "leaky_relu", "prelu", "elu", "maxout"}
-_PASS_THROUGH = {"batchnorm", "dropout", "identity", "flatten", "reshape", "maxpool", "avgpool", "global_avgpool"}
 
 
 class LoadReport:
@@ -59,8 +58,7 @@ class Model:
                 self.specs[f"{n}.{k}"] = (n, p)
         self._host = OrderedDict((name, self._init(n, p, np.random.default_rng([seed, i]), init))
                                  for i, (name, (n, p)) in enumerate(self.specs.items()))
-        self._dev = OrderedDict((k, self.device.from_host(v)) for k, v in self._host.items()) \
-            if self.device.name != "cpu" else self._host
+        self._dev = self.device.params_from_host(self._host)
         self._plans: dict = {}
         self._last = None
         self.ctx = Context(training=False, rng=np.random.default_rng(seed))
@@ -94,13 +92,13 @@ class Model:
     def _followed_by_relu(self, node) -> bool:
         g = self.net.graph
         frontier = list(g.successors(node))
-        for _ in range(4):                      # look through batchnorm / dropout / pooling
+        for _ in range(4):                      # past batchnorm, dropout, pooling (init_looks_through)
             nxt = []
             for s in frontier:
-                op = g.nodes[s]["op"]
-                if op in _RELU_LIKE:
+                op = OPS[g.nodes[s]["op"]]
+                if op.relu_like:
                     return True
-                if op in _PASS_THROUGH:
+                if op.init_looks_through:
                     nxt += list(g.successors(s))
             frontier = nxt
         return False
@@ -109,9 +107,7 @@ class Model:
     @property
     def params(self) -> "OrderedDict[str, np.ndarray]":
         """Hierarchical name -> numpy array (a copy from the device when on a GPU)."""
-        if self.device.name == "cpu":
-            return self._host
-        return OrderedDict((k, self.device.to_host(v)) for k, v in self._dev.items())
+        return self.device.params_to_host(self._dev)
 
     def trainable_names(self):
         return [k for k, (n, p) in self.specs.items() if p.trainable and not self._is_frozen(k)]
@@ -160,10 +156,7 @@ class Model:
 
     def set_param(self, name, value):
         value = np.asarray(value, dtype=np.float32)
-        if self.device.name == "cpu":
-            np.copyto(self._host[name], value)
-        else:
-            self.device.from_host(value, out=self._dev[name])
+        self.device.from_host(value, out=self._dev[name])
 
     # ---- running ----------------------------------------------------------------------------
     def _bindings(self, feeds):

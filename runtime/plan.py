@@ -31,6 +31,9 @@ workspaces, the fusions it accepts, sibling groups) is declared with its safe de
 documented on the base class, runtime/kernel_api.py's `Kernel`; the plan asks every kernel
 directly and tests no op by name.
 
+The bytes a plan allocates are added up before any is allocated (`memory_needed`), and a plan
+that needs more than the device can give is refused with the figure.
+
 Frozen parameters get no gradient buffers, and nodes with nothing trainable upstream or
 downstream of them get no backward work.
 """
@@ -41,7 +44,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from . import compile_ahead
+from .errors import RuntimeUserError
 from .kernel_api import Context, NodeSpec, kernel_class
 
 DTYPES = {"float32": np.float32, "int64": np.int64}
@@ -63,33 +66,47 @@ def _size(shape) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
+def _gib(nbytes: int) -> str:
+    gib = nbytes / 2 ** 30
+    return f"{gib:.1f}" if gib >= 1 else f"{gib:.2g}"
+
+
 class _Arena:
     """Storage shared by lifetime. Requests arrive in order of their first use; each gets the
     smallest free buffer of its dtype that holds it without wasting more than half (a buffer
-    is free once the last use of what it held has passed), or a new one. Buffers are flat and
-    handed out as C-contiguous views of the requested shape. With share=False every request
-    gets a buffer of its own."""
+    is free once the last use of what it held has passed), or a new one. With share=False
+    every request gets a buffer of its own.
 
-    def __init__(self, device, share: bool = True):
-        self.device = device
+    Requests are assigned first and storage allocated after (`allocate`), so that the plan
+    knows how many bytes it needs before it asks the device for any."""
+
+    def __init__(self, share: bool = True):
         self.share = share
-        self.buffers: dict[str, list] = {}   # dtype -> [[capacity, busy_until, flat array]]
+        self._open: dict[str, list] = {}    # dtype -> [[capacity, busy_until, buffer index]]
+        self._buffers: list = []             # (capacity, dtype) per buffer
         self.allocated_bytes = 0
 
-    def take(self, shape, dtype, start: int, end: int):
+    def take(self, shape, dtype, start: int, end: int) -> int:
+        """The index of the buffer that serves a request for `shape` used from start to end."""
         dtype = np.dtype(dtype)
         size = _size(shape)
         best = None
-        for entry in self.buffers.setdefault(dtype.str, []):
+        for entry in self._open.setdefault(dtype.str, []):
             capacity, busy_until, _ = entry
             if self.share and busy_until < start and size <= capacity <= 2 * size and (best is None or capacity < best[0]):
                 best = entry
         if best is None:
-            best = [size, end, self.device.empty((size,), dtype)]
-            self.buffers[dtype.str].append(best)
+            best = [size, end, len(self._buffers)]
+            self._open[dtype.str].append(best)
+            self._buffers.append((size, dtype))
             self.allocated_bytes += size * dtype.itemsize
         best[1] = end
-        return best[2][:size].reshape(shape)
+        return best[2]
+
+    def allocate(self, device) -> list:
+        """One flat device array per buffer; a request's storage is `buffers[index][:size]`,
+        reshaped (C-contiguous)."""
+        return [device.empty((capacity,), dtype) for capacity, dtype in self._buffers]
 
 
 @dataclass
@@ -135,9 +152,7 @@ class Plan:
         writes): the reference the memory plan is tested against."""
         self.net, self.device, self.batch, self.training = net, device, batch, training
         self.reuse_memory = reuse_memory
-        if device.name == "cpu":
-            from .jit import use_serial_blas
-            use_serial_blas()
+        device.prepare_kernels()
         g = net.graph
         self.symbols = dict(symbols)
         targets = list(net.outputs) + ([net.loss] if with_loss and net.loss else [])
@@ -165,9 +180,7 @@ class Plan:
         self._plan_memory()
         self._bind()
         self._ctx = Context(training=training)
-        # With an empty kernel cache, a helper process compiles from the far end of the first
-        # step while this one compiles from its start (runtime/compile_ahead.py).
-        self._compile_helper = compile_ahead.start(self) if device.name == "cpu" else None
+        self._compile_helper = device.start_compile_helper(self)
 
     # ---- which nodes take part in backward -------------------------------------------------
     def _plan_gradients(self):
@@ -346,14 +359,9 @@ class Plan:
 
         # every request, then served in order of first use
         requests = []     # (start, end, shape, dtype, where to put it)
-        self.out = {}
-        for t in self.inputs:
-            self.out[t] = dev.empty(self.shapes[t], tensor_dtype(t))
         for r, ts in members.items():
             if r in self.inputs:
-                for t in ts[1:]:
-                    self.out[t] = self.out[r].reshape(self.shapes[t])
-                continue
+                continue            # the input's own storage (below)
             first = min(start[t] for t in ts)
             requests.append((first, group_end[r], self.shapes[r], tensor_dtype(r), ("group", r)))
         # workspaces: a buffer the kernel keeps from forward to backward lives that long; a
@@ -395,11 +403,27 @@ class Plan:
                 continue
             requests.append((first_write[t], t_bwd(self.step_of[t].caller), self.shapes[t], np.float32, ("grad", t)))
 
-        arena = _Arena(dev, share=self.reuse_memory)
-        self.grad, self._asides = {}, {}
+        arena = _Arena(share=self.reuse_memory)
         requests.sort(key=lambda r: r[0])
-        for first, last, shape, dt, where in requests:
-            buf = arena.take(shape, dt, first, last)
+        served = [arena.take(shape, dt, first, last) for first, last, shape, dt, _ in requests]
+        trained = [(f"{s.node}.{k}", tuple(self.node_params[s.node][k].shape))
+                   for s in self.backward_steps for k in self.node_trainable[s.node]]
+        self._param_grad_bytes = sum(_size(shape) * 4 for _, shape in trained)
+        self.memory_needed = (arena.allocated_bytes + self._param_grad_bytes
+                              + sum(_size(self.shapes[t]) * np.dtype(tensor_dtype(t)).itemsize for t in self.inputs))
+        self._check_memory()
+
+        self.out = {}
+        for t in self.inputs:
+            self.out[t] = dev.empty(self.shapes[t], tensor_dtype(t))
+        for r, ts in members.items():
+            if r in self.inputs:
+                for t in ts[1:]:
+                    self.out[t] = self.out[r].reshape(self.shapes[t])
+        buffers = arena.allocate(dev)
+        self.grad, self._asides = {}, {}
+        for (_, _, shape, _, where), index in zip(requests, served):
+            buf = buffers[index][:_size(shape)].reshape(shape)
             if where[0] == "group":
                 for t in members[where[1]]:
                     self.out[t] = buf.reshape(self.shapes[t])
@@ -417,14 +441,28 @@ class Plan:
         for s in steps:
             for t in (s.node,) + s.absorbed[:-1]:
                 self.out[t] = self.out[s.output]    # for reading only: what the chain absorbed is not kept
-        self.param_grads = {}
-        for s in self.backward_steps:
-            for k in self.node_trainable[s.node]:
-                self.param_grads[f"{s.node}.{k}"] = dev.empty(tuple(self.node_params[s.node][k].shape), np.float32)
+        self.param_grads = {name: dev.empty(shape, np.float32) for name, shape in trained}
         self.loss_seed = dev.empty((), np.float32)
         if self.net.loss in in_backward:
             dev.fill(self.loss_seed, 1.0)
         self.bytes = arena.allocated_bytes
+
+    def _check_memory(self):
+        """Refuse, before anything is allocated, a plan that needs more than the device can
+        give (Device.memory_limit): allocating it would fail part way, or swap for hours."""
+        limit = self.device.memory_limit()
+        if limit is None or self.memory_needed <= limit:
+            return
+        need = _gib(self.memory_needed)
+        what = "training" if self.training else "running"
+        if self._param_grad_bytes > limit:      # no batch size fits
+            hint = (f"the parameters' gradients alone need ~{_gib(self._param_grad_bytes)} GiB: "
+                    "freeze layers or use a smaller network")
+        else:
+            hint = f"use a smaller --batch ({self.batch} needs ~{need} GiB)"
+        raise RuntimeUserError(
+            f"{what} {self.net.name} at batch {self.batch} needs ~{need} GiB for its activations, gradients and "
+            f"workspaces, but only {_gib(limit)} GiB of {self.device.name} memory is available", hint)
 
     # ---- every call's arguments, once --------------------------------------------------------
     def _bind(self):

@@ -19,17 +19,18 @@ from dataclasses import asdict
 
 import numpy as np
 
+from dslc.ops import OPS
+
 from .augment import Augment
 from .checkpoint import load_checkpoint, rng_from_arrays, rng_state_to_arrays, save_checkpoint
 from .compile_watch import CompileWatch
 from .data import Dataset, batches
 from .errors import CheckpointError, RuntimeUserError
 from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's settings)
-from .optim import clip_grad_norm, clip_grad_value, make_optimizer, make_schedule
+from .optim import make_schedule
 
 CHECKPOINT_NAME = "last.ckpt"
 LOCK_NAME = ".lock"
-_CLASSIFICATION_LOSSES = {"cross_entropy", "hinge"}
 # The signals a run treats as "stop": Ctrl-C, and what a cluster scheduler sends before it kills a job.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -83,16 +84,12 @@ class Trainer:
         g = self.net.graph
         self.loss_term = g.nodes[self.net.loss]["inputs"][0]
         self.pred_node = g.nodes[self.loss_term]["inputs"][0]
-        self.classify = g.nodes[self.loss_term]["op"] in _CLASSIFICATION_LOSSES
+        self.classify = OPS[g.nodes[self.loss_term]["op"]].classifies
         self.class_axis = g.nodes[self.loss_term]["attrs"].get("class_axis", 1)
         names = model.trainable_names()
         params = {k: model._dev[k] for k in names}
-        if model.device.name == "cuda":
-            from .cuda.optim import make_cuda_optimizer as make
-        else:
-            make = make_optimizer
         try:
-            self.opt = make(cfg.optimizer, params, lr=cfg.lr, **cfg.optimizer_args)
+            self.opt = model.device.make_optimizer(cfg.optimizer, params, lr=cfg.lr, **cfg.optimizer_args)
             self.schedule = make_schedule(cfg.schedule, cfg.lr, epochs=cfg.epochs, **cfg.schedule_args)
         except (ValueError, TypeError) as e:
             raise RuntimeUserError(f"training setting: {e}", "see docs/LANGUAGE.md, section train") from None
@@ -125,13 +122,10 @@ class Trainer:
         plan = m._last
         plan.backward(m.ctx)
         grads = plan.param_grads
-        if self.cfg.clip_grad_norm and m.device.name == "cpu":
-            clip_grad_norm(grads, self.cfg.clip_grad_norm)
-        elif self.cfg.clip_grad_norm:
-            from .cuda.optim import clip_grad_norm as cuda_clip
-            cuda_clip(grads, self.cfg.clip_grad_norm)
+        if self.cfg.clip_grad_norm:
+            m.device.clip_grad_norm(grads, self.cfg.clip_grad_norm)
         if self.cfg.clip_grad_value:
-            clip_grad_value(grads, self.cfg.clip_grad_value)
+            m.device.clip_grad_value(grads, self.cfg.clip_grad_value)
         self.opt.step(grads, lr)
         return loss, out.get(self.net.tensor_name(self.pred_node))
 

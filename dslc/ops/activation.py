@@ -23,6 +23,7 @@ class _Elementwise(OpDef):
 @register
 class Relu(_Elementwise):
     name = "relu"
+    relu_like = True
     doc = "max(x, 0)"
 
 
@@ -41,6 +42,7 @@ class Tanh(_Elementwise):
 @register
 class LeakyRelu(_Elementwise):
     name = "leaky_relu"
+    relu_like = True
     attrs = (Attr("slope", "float", 0.01, doc="slope for x < 0"),)
     doc = "x for x > 0, slope * x otherwise"
 
@@ -48,6 +50,7 @@ class LeakyRelu(_Elementwise):
 @register
 class Elu(_Elementwise):
     name = "elu"
+    relu_like = True
     attrs = (Attr("alpha", "float", 1.0),)
     doc = "x for x > 0, alpha * (exp(x) - 1) otherwise"
 
@@ -64,6 +67,7 @@ def _need_channels(x: TensorType, op: str) -> int:
 @register
 class Prelu(_Elementwise):
     name = "prelu"
+    relu_like = True
     doc = "leaky relu with a learned slope per channel (axis 1), initially 0.25"
 
     def shape(self, a, ins):
@@ -91,6 +95,7 @@ class Softmax(OpDef):
 @register
 class Maxout(OpDef):
     name, family = "maxout", "activation"
+    relu_like = True
     attrs = (Attr("pieces", "int", doc="channels reduced to one by a max"),)
     doc = "max over groups of `pieces` consecutive channels: [N, C, ...] -> [N, C / pieces, ...]"
 

@@ -37,6 +37,7 @@ class _Loss(OpDef):
 @register
 class CrossEntropy(_Loss):
     name = "cross_entropy"
+    classifies = True
     doc = ("softmax cross-entropy of logits and integer labels, averaged over every labelled position; "
            "classes on axis 1 ([N, C], [N, C, H, W]) or last ([N, T, C])")
 
@@ -75,6 +76,7 @@ class CrossEntropy(_Loss):
 @register
 class Hinge(_Loss):
     name = "hinge"
+    classifies = True
     attrs = (Attr("margin", "float", 1.0),)
     doc = "multiclass SVM hinge loss of logits [N, C] and integer labels [N] (torch multi_margin_loss, p = 1)"
 

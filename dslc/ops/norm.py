@@ -11,6 +11,7 @@ from .registry import Attr, OpDef, ParamSpec, ShapeError, need_float, need_rank,
 @register
 class BatchNorm(OpDef):
     name, family = "batchnorm", "norm"
+    init_looks_through = True
     attrs = (Attr("eps", "float", 1e-5, doc="added to the variance"),
              Attr("momentum", "float", 0.1, doc="weight of the batch in the running statistics, as in torch"))
     doc = "batch normalisation over axis 1 of [N, C], [N, C, L] or [N, C, H, W], with running statistics"
@@ -62,6 +63,7 @@ class LocalResponseNorm(OpDef):
 @register
 class Dropout(OpDef):
     name, family = "dropout", "norm"
+    init_looks_through = True
     attrs = (Attr("p", "float", 0.5, doc="probability of zeroing an element in training"),)
     doc = "inverted dropout: zeroes elements with probability p and scales the rest by 1/(1-p); identity in eval"
 

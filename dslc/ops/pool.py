@@ -74,6 +74,7 @@ def _scaled(op, a, ins):
 @register
 class MaxPool(OpDef):
     name, family = "maxpool", "pool"
+    init_looks_through = True
     attrs = _POOL_ATTRS
     doc = "max pooling over [N, C, H, W] windows (floor mode, or ceil mode with `ceil = true`, like torch)"
 
@@ -92,6 +93,7 @@ class MaxPool(OpDef):
 @register
 class AvgPool(OpDef):
     name, family = "avgpool", "pool"
+    init_looks_through = True
     attrs = _POOL_ATTRS
     doc = ("average pooling over [N, C, H, W] windows (padding counts as zeros; in ceil mode a window's part "
            "past the right padding does not count); `avgpool(global)` is global_avgpool")
@@ -119,6 +121,7 @@ class AvgPool(OpDef):
 @register
 class GlobalAvgPool(OpDef):
     name, family = "global_avgpool", "pool"
+    init_looks_through = True
     doc = "mean of each channel's whole map: [N, C, H, W] -> [N, C] (written `avgpool(global)`)"
 
     def shape(self, a, ins):

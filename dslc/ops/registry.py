@@ -96,6 +96,11 @@ class OpDef:
     max_inputs: int | None = 1          # None: any number
     doc: str = ""
     is_loss: bool = False
+    # Facts the runtime reads off the op, so that no module keeps a list of op names:
+    classifies: bool = False    # a loss of class scores (axis `class_axis`) against integer labels: accuracy applies
+    relu_like: bool = False     # an activation after which He initialisation suits the layer feeding it (else Xavier)
+    init_looks_through: bool = False    # that look for a relu-like activation continues past this op
+    #                                     (batchnorm, dropout, pooling, reshapes: they keep its scale's role)
 
     def shape(self, a: dict, ins: list[TensorType]) -> TensorType:
         raise NotImplementedError

@@ -49,6 +49,7 @@ def describe_difference(diff) -> str:
 @register
 class Identity(OpDef):
     name, family = "identity", "tensor"
+    init_looks_through = True
     doc = "passes its input through unchanged (names a tensor, or an empty branch)"
 
     def shape(self, a, ins):
@@ -58,6 +59,7 @@ class Identity(OpDef):
 @register
 class Flatten(OpDef):
     name, family = "flatten", "tensor"
+    init_looks_through = True
     doc = "flattens every dimension after the batch: (N, ...) -> (N, prod)"
 
     def shape(self, a, ins):
@@ -73,6 +75,7 @@ class Flatten(OpDef):
 @register
 class Reshape(OpDef):
     name, family = "reshape", "tensor"
+    init_looks_through = True
     attrs = (Attr("shape", "ints", doc="the per-sample shape, without N; one entry may be -1 (inferred)"),)
     doc = "reshapes each sample: (N, ...) -> (N, *shape), the element count unchanged"
 

@@ -1,4 +1,4 @@
-"""Whole-buffer device kernels the plan needs: gradient accumulation and fill."""
+"""Whole-buffer device kernels the plan and the trainer need: gradient accumulation, fill and clamp."""
 from numba import cuda
 
 _THREADS = 256
@@ -18,6 +18,17 @@ def _fill(a, value):
         a[i] = value
 
 
+@cuda.jit
+def _clamp(a, low, high):
+    i = cuda.grid(1)
+    if i < a.size:
+        # NaN fails both tests and stays NaN, as with numpy's clip
+        if a[i] < low:
+            a[i] = low
+        elif a[i] > high:
+            a[i] = high
+
+
 def _flat(a):
     return a.reshape(a.size) if a.ndim != 1 else a
 
@@ -30,3 +41,9 @@ def accumulate(dst, src):
 def fill(a, value):
     if a.size:
         _fill[(a.size + _THREADS - 1) // _THREADS, _THREADS](_flat(a), value)
+
+
+def clamp(a, low, high):
+    """a = min(max(a, low), high) in place (gradient clipping by value)."""
+    if a.size:
+        _clamp[(a.size + _THREADS - 1) // _THREADS, _THREADS](_flat(a), a.dtype.type(low), a.dtype.type(high))
