@@ -144,7 +144,7 @@ class CPU(Device):
     def prepare_kernels(self):
         # The kernels parallelise with Numba's threads; OpenBLAS's own threads on top of
         # them would oversubscribe the cores.
-        from .jit import use_serial_blas     # imports Numba
+        from .jit import use_serial_blas  # imports Numba
         use_serial_blas()
 
     def start_compile_helper(self, plan):

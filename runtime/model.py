@@ -16,13 +16,12 @@ import numpy as np
 
 from dslc.ops import OPS
 
+from .data import Dataset
 from .devices import get_device
 from .errors import RuntimeUserError
 from .kernel_api import Context
 from .plan import Plan
-from .data import Dataset
 from .train import TrainConfig, Trainer
-
 
 
 class LoadReport:
@@ -257,22 +256,27 @@ class Model:
         """Train on arrays; returns the per-epoch metrics (a list of dicts)."""
         train = Dataset(np.asarray(x), np.asarray(y), "arrays", None)
         valid = Dataset(np.asarray(val[0]), np.asarray(val[1]), "validation", None) if val else None
-        cfg = TrainConfig.from_network(self.net, epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, seed=seed, **kw)
+        cfg = TrainConfig.from_network(self.net, epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, seed=seed,
+                                       **kw)
         return Trainer(self, cfg, train, valid, progress=progress).fit()
 
     def save(self, path, extra_meta: dict | None = None):
-        from .checkpoint import save_checkpoint
-        from dslc.artifact import to_dict
         import json
+
+        from dslc.artifact import to_dict
+
+        from .checkpoint import save_checkpoint
         arrays = {f"param/{k}": v for k, v in self.params.items()}
         meta = {"kind": "dslc-model", "network": json.dumps(to_dict(self.net)), **(extra_meta or {})}
         save_checkpoint(path, arrays, meta)
 
     @classmethod
     def load(cls, path, device="cpu"):
-        from .checkpoint import load_checkpoint
-        from dslc.artifact import from_dict
         import json
+
+        from dslc.artifact import from_dict
+
+        from .checkpoint import load_checkpoint
         arrays, meta = load_checkpoint(path)
         if meta.get("kind") != "dslc-model" or "network" not in meta:
             from .errors import CheckpointError

@@ -93,7 +93,8 @@ class _Arena:
         best = None
         for entry in self._open.setdefault(dtype.str, []):
             capacity, busy_until, _ = entry
-            if self.share and busy_until < start and size <= capacity <= 2 * size and (best is None or capacity < best[0]):
+            fits = size <= capacity <= 2 * size
+            if self.share and busy_until < start and fits and (best is None or capacity < best[0]):
                 best = entry
         if best is None:
             best = [size, end, len(self._buffers)]
@@ -354,7 +355,8 @@ class Plan:
                 join(s.output, x)
             elif (s.kernel.forward_in_place and x in root and root[x] not in self.inputs
                   and group_end[root[x]] == s.index
-                  and _size(self.shapes[x]) == _size(self.shapes[s.output]) and self.dtypes[x] == self.dtypes[s.output]):
+                  and _size(self.shapes[x]) == _size(self.shapes[s.output])
+                  and self.dtypes[x] == self.dtypes[s.output]):
                 join(s.output, x)
 
         # every request, then served in order of first use
