@@ -186,11 +186,19 @@ def _interrupted(e: KeyboardInterrupt) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    with _sigterm_like_ctrl_c():
-        try:
-            return _main(parser, argv)
-        except KeyboardInterrupt as e:  # one raised while handling another error, too
-            return _interrupted(e)
+    try:
+        with _sigterm_like_ctrl_c():
+            try:
+                return _main(parser, argv)
+            except KeyboardInterrupt as e:  # one raised while handling another error, too
+                return _interrupted(e)
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            # The program (argv from the command line) exits with the command's code now: a
+            # signal landing from here on would kill it by the signal or print a traceback from
+            # the interpreter's shutdown, after everything was done and said.
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
 
 
 def _main(parser, argv) -> int:

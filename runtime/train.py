@@ -395,9 +395,10 @@ class Trainer:
             if key == "epochs" or key not in saved_cfg:
                 continue
             if _jsonish(saved_cfg[key]) != _jsonish(current[key]):
-                flag = _FLAGS.get(key, f"the train section's `{key}`")
-                raise CheckpointError(f"{path} was saved by a run with {flag} = {saved_cfg[key]!r}; this run has "
-                                      f"{current[key]!r}", f"{hint} ({flag} {saved_cfg[key]!r})")
+                def setting(v):
+                    return f"{_FLAGS[key]} {v}" if key in _FLAGS else f"`{key} {v}` (train section)"
+                raise CheckpointError(f"{path} was saved by a run with {setting(saved_cfg[key])}; this run has "
+                                      f"{setting(current[key])}", f"{hint} ({setting(saved_cfg[key])})")
         if isinstance(saved_data, dict):
             now = self._data_signature()
             for key, flag in (("data", "--data"), ("limit", "--limit")):
