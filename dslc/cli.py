@@ -42,6 +42,8 @@ def _print_warnings(warnings):
 def cmd_compile(args) -> int:
     from . import summary
     net, warnings = compile_file(args.file, _overrides(args.set))
+    if args.output:
+        _refuse_to_overwrite_an_input(args.output, net.source_files)
     _print_warnings(warnings)
     if args.format == "json":
         print(json.dumps(summary.to_json(net), indent=1))
@@ -55,6 +57,20 @@ def cmd_compile(args) -> int:
             raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _refuse_to_overwrite_an_input(output: str, inputs: list[str]):
+    """`-o` names a file the program was read from (the same file, by any path or link): writing
+    there would replace the source with JSON."""
+    for i, path in enumerate(inputs):
+        try:
+            same = os.path.samefile(output, path)
+        except (OSError, ValueError):      # either does not exist (yet): not the same file
+            continue
+        if same:
+            what = "the program's source" if i == 0 else f"imported by {inputs[0]}"
+            raise UsageError(f"-o {output} would overwrite {path}, {what}",
+                             help="write the compiled network to a new file, e.g. -o net.json")
 
 
 def cmd_viz(args) -> int:

@@ -1,8 +1,10 @@
 """The front end's pipeline: read -> parse -> elaborate (with shape inference) -> check."""
 from __future__ import annotations
 
+from .artifact import ArtifactError, from_text, is_artifact
 from .diagnostics import CompileError, Diagnostic, Diagnostics, Source
-from .elaborate import Network, elaborate
+from .elaborate import elaborate
+from .graph import Network
 from .parser import parse, read_source
 
 
@@ -72,5 +74,24 @@ def compile_source(source: Source, overrides: dict | None = None) -> tuple[Netwo
     return net, diags.warnings
 
 
-def compile_file(path: str, overrides: dict | None = None):
-    return compile_source(load_source(path), overrides)
+def compile_file(path: str, overrides: dict | None = None) -> tuple[Network, list[Diagnostic]]:
+    """A .net program compiled, or a compiled network (`dslc compile FILE -o net.json`) loaded and checked."""
+    source = load_source(path)
+    if is_artifact(path, source.text):
+        return load_compiled(source, overrides), []
+    return compile_source(source, overrides)
+
+
+def load_compiled(source: Source, overrides: dict | None = None) -> Network:
+    """The network in a compiled artifact's text; its parameters were fixed when it was compiled."""
+    if overrides:
+        names = " ".join(f"--set {k}=..." for k in overrides)
+        raise UsageError(f"`{names}` cannot change {source.path}: a compiled network's parameters and "
+                         "dimensions were fixed when it was compiled",
+                         help="pass the .net source with --set, or compile it again with --set ... -o")
+    try:
+        net = from_text(source.text)
+    except ArtifactError as e:
+        raise CompileError([Diagnostic(f"{source.path}: {e.message}", help=e.help)]) from None
+    net.source_files = [source.path]
+    return net

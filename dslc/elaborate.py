@@ -5,26 +5,19 @@ as `shortcut auto` depends on shapes, and each error is reported at the call tha
 A failed node yields no value; everything downstream of it is skipped silently so that only
 independent mistakes are reported, one message per root cause.
 
-Graph: a networkx.DiGraph whose nodes are named hierarchically (`layer1.0.conv1`; the rules
-are in docs/LANGUAGE.md, "Names") and carry
-  op       primitive op name (docs/OPS.md), or "input"
-  attrs    canonical attributes
-  inputs   ordered input node names (edges carry no order)
-  type     TensorType of the node's output
-  params   {param name: ParamSpec}
-  macs     multiply-accumulates per sample
-  span     source Span of the call that made it
-  scope    tuple of (scope name, block kind) from the outermost, for clusters and --depth
+What it builds is the checked graph of dslc/graph.py: a `Network` of typed `Node`s (op,
+attrs, inputs, output type, params, MACs, source span, scope), named hierarchically
+(`layer1.0.conv1`; the rules are in docs/LANGUAGE.md, "Names").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
 
 from . import ast
 from .diagnostics import CompileError, Diagnostics, Span, did_you_mean
+from .graph import Network, Node, add_node
 from .ops import OPS, ShapeError, TensorType
 from .parser import parse, read_source
 from .train_section import check_section
@@ -44,29 +37,6 @@ _WORD_KINDS = ("enum", "pad", "window")
 # check everything that needs no shapes (names, arguments, their kinds), then fail silently
 # in turn, so a mistake further down the same chain is reported in the same run.
 FAILED_INPUT = object()
-
-
-@dataclass
-class Network:
-    """What elaboration produces: the graph and the facts around it."""
-    name: str
-    graph: nx.DiGraph
-    params: dict                       # network parameter values after --set
-    inputs: list[str]
-    outputs: list[str]
-    loss: str | None                   # node name of the total loss
-    train: dict                        # train section values
-    symbols: dict                      # symbolic dims -> bound value or None
-    source_path: str = ""
-    warnings: list = field(default_factory=list)
-    tensors: dict = field(default_factory=dict)   # top-level tensor name -> node name
-
-    def tensor_name(self, node: str) -> str:
-        """The name the user gave a node's output, else the node's own name."""
-        for t, n in self.tensors.items():
-            if n == node:
-                return t
-        return node
 
 
 class _GraphTooLarge(Exception):
@@ -104,6 +74,7 @@ class Elaborator:
         self.symbols: dict[str, object] = {}
         self.used: set[str] = set()
         self.network_params: dict = {}   # what every block body sees besides its own parameters
+        self.files: list[str] = [program.source.path]    # every file read: the program, then its imports
 
     # ---- entry -------------------------------------------------------------------------
     def run(self) -> Network:
@@ -152,11 +123,34 @@ class Elaborator:
         outputs = self._outputs(items, top, loss_inputs, assigns)
         train = self._train([it for it in items if isinstance(it, ast.TrainSection)], top)
         warnings = self._unused(assigns, top, outputs)
+        warnings += self._nothing_to_run(decls[0] if decls else None, name, items, top, outputs, loss)
         self._check_overrides_used(params)
         net = Network(name, self.g, params, inputs, outputs, loss, train, self.symbols,
                       self.program.source.path, warnings,
-                      {t: n for t, n in top.tensors.items() if n is not None})
+                      {t: n for t, n in top.tensors.items() if n is not None}, self.files)
         return net
+
+    def _nothing_to_run(self, decl, name, items, top, outputs, loss):
+        """A network whose main chain is cut off compiles to nothing to run or train: say so
+        (a warning: the file is valid, and its blocks may be checked this way on purpose)."""
+        computed = [o for o in outputs if not self._node(o).is_input]
+        if self.d.items or computed or (outputs and loss):
+            return []
+        span = decl.span if decl else next((it.span for it in items if isinstance(it, ast.InputDecl)), None)
+        if outputs:
+            named = {n: t for t, n in top.tensors.items() if n is not None and t != n}
+            shown = ", ".join(f"`{named.get(o, o)}` is the input `{o}`" for o in outputs)
+            message, label = f"network `{name}` computes nothing: {shown}", "computes nothing"
+        else:
+            message = f"network `{name}` defines no output" + ("" if loss else " and no loss")
+            label = "no output"
+        used = {b for n in self.g.nodes for _, b in self._node(n).scope}
+        idle = [b for b in self.blocks if b not in used]
+        notes = [f"blocks defined but not used: {', '.join(f'`{b}`' for b in idle)}"] if idle else []
+        x = next((it.name for it in items if isinstance(it, ast.InputDecl)), "image")
+        help = (f"continue a chain from an input to an output, e.g. `logits = {x} -> flatten -> dense(10)`, "
+                "and add a loss to train it, e.g. `loss cross_entropy(logits, label)`")
+        return [self.d.warn(message, span, label=label, notes=notes, help=help)]
 
     def _no_network(self, items):
         """A file without inputs or tensors: an empty summary would hide that nothing is there."""
@@ -198,6 +192,7 @@ class Elaborator:
             except UnicodeDecodeError:
                 self.d.error(f"cannot import `{it.path}`: not UTF-8 text", it.span, label="imported here")
                 continue
+            self.files.append(str(path))
             try:
                 sub = parse(src)
             except CompileError as e:
@@ -290,8 +285,7 @@ class Elaborator:
         if not self._size_ok(t, it.span):
             return None
         self._check_node_count(it.span)
-        self.g.add_node(it.name, op="input", attrs={}, inputs=[], type=t, params={}, macs=0,
-                        span=it.span, scope=())
+        add_node(self.g, Node(it.name, "input", {}, (), t, {}, 0, it.span, ()))
         top.tensors[it.name] = it.name
         return it.name
 
@@ -469,8 +463,11 @@ class Elaborator:
                 return None
             if tensors[name] is None:      # its error is reported already
                 raise _Poison()
-            return self.g.nodes[tensors[name]]["type"]
+            return self._node(tensors[name]).type
         return tensor_type
+
+    def _node(self, name) -> Node:
+        return self.g.nodes[name]["node"]
 
     def _is_tensor_arg(self, arg, scope):
         return arg.name is None and isinstance(arg.value, ast.Name) and arg.value.id in scope.tensors
@@ -595,7 +592,7 @@ class Elaborator:
                     f"{prim.min_inputs} or more" if prim.max_inputs is None else f"{prim.min_inputs} to {prim.max_inputs}"
                 raise ShapeError(f"`{op.name}` takes {want} input tensor{'s' * (want != 1)}, found {len(inputs)}",
                                  help="tensors flow in with `->` or are passed by name, e.g. `add(x)`")
-            in_types = [self.g.nodes[i]["type"] for i in inputs]
+            in_types = [self._node(i).type for i in inputs]
             out = prim.shape(attrs, in_types)
             params = prim.params(attrs, in_types)
             macs = prim.macs(attrs, in_types, out)
@@ -612,7 +609,7 @@ class Elaborator:
                 written.setdefault(node, tensor)
             for i in inputs:
                 if self.g.has_node(i):
-                    notes.append(f"input `{written.get(i, i)}` is {self.g.nodes[i]['type']}")
+                    notes.append(f"input `{written.get(i, i)}` is {self._node(i).type}")
             names_the_op = e.message.startswith((f"{op.name} ", f"`{op.name}"))
             message = e.message if names_the_op else f"{op.name}: {e.message}"
             self.d.error(message, span, label="here", notes=notes, help=e.help)
@@ -627,11 +624,8 @@ class Elaborator:
                          help="check the channel or unit counts (and any `--set` values)")
             raise _Poison()
         self._check_node_count(call.span)
-        self.g.add_node(name, op=prim.name, attrs=attrs, inputs=list(inputs), type=out, params=params, macs=macs,
-                        span=call.span, scope=scope.path)
-        for i in inputs:
-            self.g.add_edge(i, name)
-            self.used.add(i)
+        add_node(self.g, Node(name, prim.name, attrs, tuple(inputs), out, params, macs, call.span, scope.path))
+        self.used.update(inputs)
         return name
 
     def _check_node_count(self, span):
@@ -745,12 +739,12 @@ class Elaborator:
                 short = FAILED_INPUT
         if branch is FAILED_INPUT or short is FAILED_INPUT:
             raise _Poison()
-        bt, xt = self.g.nodes[branch]["type"], self.g.nodes[current]["type"]
+        bt, xt = self._node(branch).type, self._node(current).type
         if term.shortcut == "auto" and bt != xt:
             short = self._projection(term, rs, current, bt, xt)
-        st = self.g.nodes[short]["type"]
+        st = self._node(short).type
         if st != bt:
-            last = self.g.nodes[branch]["span"]
+            last = self._node(branch).span
             self.d.error("residual branch and shortcut disagree", last, label=f"gives {bt}",
                          notes=[f"shortcut carries {st}"],
                          help="add `shortcut auto` for a 1x1 projection" if term.shortcut is None
@@ -820,7 +814,7 @@ class Elaborator:
                 continue
             nodes.append(n)
             weights.append(t.weight)
-            first = self.g.nodes[n]["inputs"][0]
+            first = self._node(n).inputs[0]
             loss_inputs.append(first)
         if not nodes or len(nodes) != len(decl.terms):
             return None, loss_inputs
@@ -840,7 +834,7 @@ class Elaborator:
                         outs.append(top.tensors[name])
                         self.used.add(top.tensors[name])
         if not outs:
-            outs = [n for n in dict.fromkeys(loss_inputs) if self.g.nodes[n]["op"] != "input"]
+            outs = [n for n in dict.fromkeys(loss_inputs) if not self._node(n).is_input]
         if not outs and assigns and top.tensors.get(assigns[-1].name):
             outs = [top.tensors[assigns[-1].name]]
         return outs

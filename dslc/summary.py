@@ -6,8 +6,7 @@ node's output per sample (what training keeps for the backward pass, before any 
 """
 from __future__ import annotations
 
-
-from .elaborate import Network
+from .graph import Network
 
 
 def _fmt_shape(t):
@@ -15,47 +14,34 @@ def _fmt_shape(t):
 
 
 def layers(net: Network) -> list[dict]:
-    g = net.graph
-    rows = []
-    for name in _order(net):
-        n = g.nodes[name]
-        nparams = sum(p.size for p in n["params"].values() if p.trainable)
-        buffers = sum(p.size for p in n["params"].values() if not p.trainable)
-        rows.append({"name": name, "op": n["op"], "shape": list(n["type"].shape), "dtype": n["type"].dtype,
-                     "params": nparams, "buffers": buffers, "macs": n["macs"],
-                     "inputs": list(n["inputs"]),
-                     "attrs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in n["attrs"].items()},
-                     "line": n["span"].line if n["span"] is not None else None})
-    return rows
-
-
-def _order(net):
-    import networkx as nx
-    line = {n: (d["span"].line if d["span"] is not None else 0) for n, d in net.graph.nodes(data=True)}
-    return list(nx.lexicographical_topological_sort(net.graph, key=lambda n: (line[n], n)))
+    return [{"name": n.name, "op": n.op, "shape": list(n.type.shape), "dtype": n.type.dtype,
+             "params": n.params_count, "buffers": n.buffers_count, "macs": n.macs,
+             "inputs": list(n.inputs),
+             "attrs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in n.attrs.items()},
+             "line": n.line}
+            for n in net.nodes()]
 
 
 def totals(net: Network, frozen=()) -> dict:
     """Parameters are what an optimizer could train (torch's `parameters()`); buffers such as batchnorm
     running statistics are counted apart. MACs are None when they scale with an unbound symbolic
     dimension (a sequence length T): compile with `--set T=...` for an exact count."""
-    g = net.graph
     params = buffers = frozen_params = macs = act = 0
     symbolic = False
-    for name, n in g.nodes(data=True):
-        for k, p in n["params"].items():
+    for n in net.nodes():
+        for k, p in n.params.items():
             if p.trainable:
                 params += p.size
-                if any(f"{name}.{k}" == f or f"{name}.{k}".startswith(f + ".") for f in frozen):
+                if any(f"{n.name}.{k}" == f or f"{n.name}.{k}".startswith(f + ".") for f in frozen):
                     frozen_params += p.size
             else:
                 buffers += p.size
-        if n["macs"] is None:
+        if n.macs is None:
             symbolic = True
         else:
-            macs += n["macs"]
-        if n["op"] != "input" and n["type"].shape:
-            e = n["type"].per_sample_elements()
+            macs += n.macs
+        if not n.is_input and n.type.shape:
+            e = n.type.per_sample_elements()
             symbolic |= e is None
             act += (e or 0) * 4
     return {"parameters": params, "trainable_parameters": params - frozen_params, "buffers": buffers,
@@ -65,7 +51,6 @@ def totals(net: Network, frozen=()) -> dict:
 
 
 def to_json(net: Network) -> dict:
-    g = net.graph
     t = totals(net)
     return {
         "network": net.name,
@@ -73,9 +58,9 @@ def to_json(net: Network) -> dict:
         **t,
         "units": {"macs": "multiply-accumulates per sample", "flops": "2 x macs per sample",
                   "activation_bytes_per_sample": "float32 bytes of every layer output for one sample"},
-        "inputs": [{"name": i, "shape": list(g.nodes[i]["type"].shape), "dtype": g.nodes[i]["type"].dtype}
+        "inputs": [{"name": i, "shape": list(net.node(i).type.shape), "dtype": net.node(i).type.dtype}
                    for i in net.inputs],
-        "outputs": [{"name": net.tensor_name(o), "node": o, "shape": list(g.nodes[o]["type"].shape)}
+        "outputs": [{"name": net.tensor_name(o), "node": o, "shape": list(net.node(o).type.shape)}
                     for o in net.outputs],
         "loss": net.loss,
         "params": {k: v for k, v in net.params.items()},
@@ -142,8 +127,8 @@ def to_text(net: Network) -> str:
             f"activations per sample: {human_bytes(t['activation_bytes_per_sample'])} (float32, all layer outputs)",
         ]
     lines.append(f"parameter memory:       {human_bytes(t['parameter_bytes'])} (float32, buffers included)")
-    ins = ", ".join(f"{i}: {_fmt_shape(net.graph.nodes[i]['type'])}" for i in net.inputs)
-    outs = ", ".join(f"{net.tensor_name(o)} ({o}): {_fmt_shape(net.graph.nodes[o]['type'])}" for o in net.outputs)
+    ins = ", ".join(f"{i}: {_fmt_shape(net.node(i).type)}" for i in net.inputs)
+    outs = ", ".join(f"{net.tensor_name(o)} ({o}): {_fmt_shape(net.node(o).type)}" for o in net.outputs)
     lines.append(f"inputs:  {ins or '-'}")
     lines.append(f"outputs: {outs or '-'}")
     if net.loss:

@@ -21,10 +21,9 @@ from html import escape
 from pathlib import Path
 
 import graphviz
-import networkx as nx
 
 from .compiler import UsageError
-from .elaborate import Network
+from .graph import Network, Node
 from .ops import OPS
 
 FORMATS = ("svg", "png", "pdf", "dot")
@@ -102,14 +101,13 @@ def to_graphviz(net: Network, depth: int | None = None) -> tuple[graphviz.Digrap
     """The Graphviz graph of `net` and the number of boxes in it."""
     if depth is not None and depth < 0:
         raise UsageError(f"--depth {depth} is negative", help="0 draws every top-level block as one box")
-    g = net.graph
-    order = _order(net)
+    order = net.nodes()
     # Which box stands for each op node: itself, or the block it is collapsed into.
     box_of = {}
     collapsed: dict[tuple, list[str]] = {}          # (scope name, kind) -> its op nodes, in order
     root = _Cluster()
-    for n in order:
-        scope = g.nodes[n]["scope"]
+    for node in order:
+        n, scope = node.name, node.scope
         shown = scope if depth is None else scope[:depth]
         if len(shown) < len(scope):
             block = scope[len(shown)]
@@ -123,8 +121,8 @@ def to_graphviz(net: Network, depth: int | None = None) -> tuple[graphviz.Digrap
             _cluster_at(root, shown).boxes.append(n)
 
     # (from box, to box, tensor), in source order; one edge per tensor leaving a collapsed block.
-    edges = list(dict.fromkeys((box_of[src], box_of[n], src) for n in order for src in g.nodes[n]["inputs"]
-                               if box_of[src] != box_of[n]))
+    edges = list(dict.fromkeys((box_of[src], box_of[node.name], src) for node in order for src in node.inputs
+                               if box_of[src] != box_of[node.name]))
     outputs = {f"output/{net.tensor_name(out)}": out for out in net.outputs}
     for box, out in outputs.items():
         edges.append((box_of[out], box, out))
@@ -145,14 +143,8 @@ def to_graphviz(net: Network, depth: int | None = None) -> tuple[graphviz.Digrap
         dg.node(box, _terminal_label(net.tensor_name(out), "output"), fillcolor=TERMINAL_COLOURS[0],
                 color=TERMINAL_COLOURS[1], fontcolor="white")
     for a, b, tensor in edges:
-        dg.edge(a, b, label=_shape_text(g.nodes[tensor]["type"]))
+        dg.edge(a, b, label=_shape_text(net.node(tensor).type))
     return dg, count + len(outputs)
-
-
-def _order(net):
-    """Topological order that follows the source where it is free to: a stable layout."""
-    line = {n: (d["span"].line if d["span"] is not None else 0) for n, d in net.graph.nodes(data=True)}
-    return list(nx.lexicographical_topological_sort(net.graph, key=lambda n: (line[n], n)))
 
 
 def _cluster_at(root: _Cluster, path: tuple) -> _Cluster:
@@ -174,7 +166,7 @@ def _draw_cluster(dg, cluster: _Cluster, path: tuple, net: Network, collapsed: d
         if isinstance(box, tuple):
             _draw_collapsed(dg, box, collapsed[box], net)
         else:
-            _draw_op(dg, box, net)
+            _draw_op(dg, net.node(box))
         count += 1
     for entry, child in cluster.children.items():
         name, kind = entry
@@ -200,20 +192,19 @@ def _cluster_label(name: str, kind: str, parent_path: tuple) -> str:
     return f"<<B>{escape(short)}</B> · {escape(kind)}>"
 
 
-def _draw_op(dg, n: str, net: Network):
-    d = net.graph.nodes[n]
-    op = d["op"]
+def _draw_op(dg, node: Node):
+    n, op = node.name, node.op
     last = n.rsplit(".", 1)[-1]
-    if op == "input":
+    if node.is_input:
         dg.node(n, _terminal_label(n, "input"), fillcolor=TERMINAL_COLOURS[0], color=TERMINAL_COLOURS[1],
                 fontcolor="white")
         return
     fill, border = FAMILY_COLOURS[OPS[op].family]
-    detail = _key_attrs(op, d["attrs"])
+    detail = OPS[op].key_attrs(node.attrs)
     op_line = f"{op} {detail}".strip()
     # `relu3`, `add1`: a counter the compiler made up says nothing the op does not; a layer
     # with parameters keeps its name, which is how checkpoints and --freeze refer to it.
-    if not d["params"] and re.fullmatch(rf"{re.escape(op)}\d+", last):
+    if not node.params and re.fullmatch(rf"{re.escape(op)}\d+", last):
         label = f"<{escape(op_line)}>"
     else:
         label = f"<<B>{escape(last)}</B>  {escape(op_line)}>"
@@ -222,11 +213,10 @@ def _draw_op(dg, n: str, net: Network):
 
 def _draw_collapsed(dg, block: tuple, members: list[str], net: Network):
     name, kind = block
-    g = net.graph
     inside = set(members)
-    exits = [m for m in members if m in net.outputs or any(s not in inside for s in g.successors(m))]
-    shapes = list(dict.fromkeys(_shape_text(g.nodes[m]["type"]) or "scalar" for m in exits))
-    params = sum(p.size for m in members for p in g.nodes[m]["params"].values())
+    exits = [m for m in members if m in net.outputs or any(s not in inside for s in net.consumers(m))]
+    shapes = list(dict.fromkeys(_shape_text(net.node(m).type) or "scalar" for m in exits))
+    params = sum(p.size for m in members for p in net.node(m).params.values())
     lines = [f"<B>{escape(name)}</B>", escape(kind), escape(", ".join(shapes))]
     if params:
         lines.append(f"{params:,} params")
@@ -246,63 +236,3 @@ def _shape_text(t) -> str:
     if t.dtype == "int64":
         return f"int {per_sample}".strip()
     return per_sample
-
-
-def _pair(p) -> str:
-    return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
-
-
-def _window(a) -> str:
-    """`3x3 /2`: kernel, then the stride where it is not 1."""
-    text = f"{a['kernel'][0]}x{a['kernel'][1]}"
-    if tuple(a["stride"]) != (1, 1):
-        text += f" /{_pair(a['stride'])}"
-    return text
-
-
-def _conv(a) -> str:
-    parts = [_window(a), str(a["channels"])]
-    if tuple(a.get("dilation", (1, 1))) != (1, 1):
-        parts.append(f"dilation {_pair(a['dilation'])}")
-    if a.get("groups", 1) != 1:
-        parts.append(f"groups {a['groups']}")
-    return ", ".join(parts)
-
-
-def _non_default_axis(a) -> str:
-    return f"axis {a['axis']}" if a["axis"] != 1 else ""
-
-
-def _recurrent(a) -> str:
-    return f"{a['hidden']}" + (f", {a['layers']} layers" if a["layers"] > 1 else "")
-
-
-# The attributes worth reading in a diagram, per op; ops not listed show none.
-_KEY_ATTRS = {
-    "conv": _conv,
-    "deconv": _conv,
-    "maxpool": _window,
-    "avgpool": _window,
-    "dense": lambda a: str(a["units"]),
-    "lrn": lambda a: f"size {a['size']}",
-    "dropout": lambda a: f"p={a['p']:g}",
-    "leaky_relu": lambda a: f"slope {a['slope']:g}",
-    "elu": lambda a: f"alpha {a['alpha']:g}",
-    "maxout": lambda a: f"{a['pieces']} pieces",
-    "softmax": _non_default_axis,
-    "concat": _non_default_axis,
-    "reshape": lambda a: "to " + "×".join(str(d) for d in a["shape"]),
-    "unpool": lambda a: f"×{_pair(a['scale'])}",
-    "upsample": lambda a: f"×{_pair(a['scale'])} {a['mode']}",
-    "embed": lambda a: f"{a['vocab']} → {a['dim']}",
-    "rnn": _recurrent,
-    "lstm": _recurrent,
-    "gru": _recurrent,
-    "hinge": lambda a: f"margin {a['margin']:g}",
-    "loss_sum": lambda a: " + ".join(f"{w:g}×" for w in a["weights"]) if any(w != 1 for w in a["weights"]) else "",
-}
-
-
-def _key_attrs(op: str, attrs: dict) -> str:
-    describe = _KEY_ATTRS.get(op)
-    return describe(attrs) if describe else ""

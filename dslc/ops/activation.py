@@ -6,7 +6,7 @@ None of them counts MACs (see docs/OPS.md).
 from __future__ import annotations
 
 from .conv import _check_positive
-from .registry import Attr, OpDef, ParamSpec, ShapeError, TensorType, need_float, register
+from .registry import Attr, OpDef, ParamSpec, ShapeError, TensorType, axis_text, need_float, register
 from .tensor import normalise_axis
 
 
@@ -46,6 +46,9 @@ class LeakyRelu(_Elementwise):
     attrs = (Attr("slope", "float", 0.01, doc="slope for x < 0"),)
     doc = "x for x > 0, slope * x otherwise"
 
+    def key_attrs(self, a):
+        return f"slope {a['slope']:g}"
+
 
 @register
 class Elu(_Elementwise):
@@ -53,6 +56,9 @@ class Elu(_Elementwise):
     relu_like = True
     attrs = (Attr("alpha", "float", 1.0),)
     doc = "x for x > 0, alpha * (exp(x) - 1) otherwise"
+
+    def key_attrs(self, a):
+        return f"alpha {a['alpha']:g}"
 
 
 def _need_channels(x: TensorType, op: str) -> int:
@@ -84,6 +90,7 @@ class Softmax(OpDef):
     name, family = "softmax", "activation"
     attrs = (Attr("axis", "axis", 1, doc="the axis that sums to one; 1 by default, may be negative"),)
     doc = "exp(x) / sum(exp(x)) along one axis"
+    key_attrs = staticmethod(axis_text)
 
     def shape(self, a, ins):
         (x,) = ins
@@ -98,6 +105,9 @@ class Maxout(OpDef):
     relu_like = True
     attrs = (Attr("pieces", "int", doc="channels reduced to one by a max"),)
     doc = "max over groups of `pieces` consecutive channels: [N, C, ...] -> [N, C / pieces, ...]"
+
+    def key_attrs(self, a):
+        return f"{a['pieces']} pieces"
 
     def shape(self, a, ins):
         (x,) = ins

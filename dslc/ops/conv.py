@@ -1,8 +1,8 @@
 """Convolutions: conv and deconv (transposed convolution). Kernels: runtime/{cpu,cuda}/conv.py."""
 from __future__ import annotations
 
-from .registry import (Attr, OpDef, ParamSpec, ShapeError, TensorType, fixed, need_float, need_rank,
-                       register, resolve_same_pad, window_out)
+from .registry import (Attr, OpDef, ParamSpec, ShapeError, TensorType, fixed, need_float, need_rank, pair_text,
+                       register, resolve_same_pad, window_out, window_text)
 
 _WINDOW_ATTRS = (
     Attr("channels", "int", doc="output channels"),
@@ -44,11 +44,22 @@ def _check_not_negative(a, names):
                                   "(negative padding would crop, which dslc does not do)", arg=n)
 
 
+def _key_attrs(a) -> str:
+    """`3x3 /2, 64, groups 32`: window, channels, and dilation and groups where they are not 1."""
+    parts = [window_text(a), str(a["channels"])]
+    if tuple(a.get("dilation", (1, 1))) != (1, 1):
+        parts.append(f"dilation {pair_text(a['dilation'])}")
+    if a.get("groups", 1) != 1:
+        parts.append(f"groups {a['groups']}")
+    return ", ".join(parts)
+
+
 @register
 class Conv(OpDef):
     name, family = "conv", "conv"
     attrs = _WINDOW_ATTRS
     doc = "2-d convolution over [N, C, H, W]"
+    key_attrs = staticmethod(_key_attrs)
 
     def shape(self, a, ins):
         (x,) = ins
@@ -86,6 +97,7 @@ class Deconv(OpDef):
              Attr("pad", "pair", 0), Attr("output_pad", "pair", 0),
              Attr("groups", "int", 1), Attr("bias", "bool", True))
     doc = "transposed 2-d convolution (learned upsampling) over [N, C, H, W]"
+    key_attrs = staticmethod(_key_attrs)
 
     def shape(self, a, ins):
         (x,) = ins

@@ -26,6 +26,9 @@ class Dense(OpDef):
     attrs = (Attr("units", "int", doc="output features"), Attr("bias", "bool", True))
     doc = "fully connected layer: [N, F] -> [N, units]; per step on [N, T, F]; flattens rank 4 and up"
 
+    def key_attrs(self, a):
+        return str(a["units"])
+
     def shape(self, a, ins):
         (x,) = ins
         need_float(x)

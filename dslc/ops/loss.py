@@ -80,6 +80,9 @@ class Hinge(_Loss):
     attrs = (Attr("margin", "float", 1.0),)
     doc = "multiclass SVM hinge loss of logits [N, C] and integer labels [N] (torch multi_margin_loss, p = 1)"
 
+    def key_attrs(self, a):
+        return f"margin {a['margin']:g}"
+
     def shape(self, a, ins):
         logits, labels = ins
         _need_logits_and_labels(logits, labels, self.name)
@@ -129,6 +132,10 @@ class LossSum(OpDef):
     min_inputs, max_inputs = 1, None
     is_loss = True
     doc = "weighted sum of scalar losses (`loss a + 0.3 * b`): sum of w_i * l_i"
+
+    def key_attrs(self, a):
+        """`1× + 0.4×` where the weights are not all 1."""
+        return " + ".join(f"{w:g}×" for w in a["weights"]) if any(w != 1 for w in a["weights"]) else ""
 
     def shape(self, a, ins):
         for i, t in enumerate(ins, 1):

@@ -49,6 +49,9 @@ class LocalResponseNorm(OpDef):
              Attr("k", "float", 1.0, doc="torch's default; the AlexNet paper uses k = 2"))
     doc = "local response normalisation across channels of [N, C, H, W] (torch LocalResponseNorm)"
 
+    def key_attrs(self, a):
+        return f"size {a['size']}"
+
     def shape(self, a, ins):
         (x,) = ins
         need_float(x)
@@ -66,6 +69,9 @@ class Dropout(OpDef):
     init_looks_through = True
     attrs = (Attr("p", "float", 0.5, doc="probability of zeroing an element in training"),)
     doc = "inverted dropout: zeroes elements with probability p and scales the rest by 1/(1-p); identity in eval"
+
+    def key_attrs(self, a):
+        return f"p={a['p']:g}"
 
     def shape(self, a, ins):
         (x,) = ins

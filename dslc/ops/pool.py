@@ -10,7 +10,8 @@ ceil_mode (see `_pooled_size`). No op here counts MACs (see docs/OPS.md).
 from __future__ import annotations
 
 from .conv import _check_positive
-from .registry import OPS, Attr, OpDef, ShapeError, TensorType, fixed, need_float, need_rank, register, window_out
+from .registry import (OPS, Attr, OpDef, ShapeError, TensorType, fixed, need_float, need_rank, pair_text, register,
+                       window_out, window_text)
 
 GLOBAL = "global"
 
@@ -77,6 +78,7 @@ class MaxPool(OpDef):
     init_looks_through = True
     attrs = _POOL_ATTRS
     doc = "max pooling over [N, C, H, W] windows (floor mode, or ceil mode with `ceil = true`, like torch)"
+    key_attrs = staticmethod(window_text)
 
     def shape(self, a, ins):
         (x,) = ins
@@ -97,6 +99,7 @@ class AvgPool(OpDef):
     attrs = _POOL_ATTRS
     doc = ("average pooling over [N, C, H, W] windows (padding counts as zeros; in ceil mode a window's part "
            "past the right padding does not count); `avgpool(global)` is global_avgpool")
+    key_attrs = staticmethod(window_text)
 
     def variant(self, a):
         if a["kernel"] != GLOBAL:
@@ -178,6 +181,9 @@ class Unpool(OpDef):
     attrs = (Attr("scale", "pair", doc="upsampling factor per axis, e.g. 2x2"),)
     doc = "\"bed of nails\" unpooling: each value goes to the top-left of a scale-sized block of zeros"
 
+    def key_attrs(self, a):
+        return f"×{pair_text(a['scale'])}"
+
     def shape(self, a, ins):
         return _scaled(self.name, a, ins)
 
@@ -189,6 +195,9 @@ class Upsample(OpDef):
              Attr("mode", "enum", "nearest", choices=("nearest", "bilinear"),
                   doc="bilinear uses align_corners = false, like torch"))
     doc = "upsampling by an integer factor, nearest-neighbour or bilinear"
+
+    def key_attrs(self, a):
+        return f"×{pair_text(a['scale'])} {a['mode']}"
 
     def shape(self, a, ins):
         return _scaled(self.name, a, ins)

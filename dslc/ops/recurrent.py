@@ -20,6 +20,9 @@ class Embed(OpDef):
              Attr("dim", "int", doc="length of each id's vector"))
     doc = "looks up a learned vector per integer id: int [N, T] -> [N, T, dim]"
 
+    def key_attrs(self, a):
+        return f"{a['vocab']} → {a['dim']}"
+
     def shape(self, a, ins):
         (ids,) = ins
         if ids.dtype != "int64":
@@ -41,6 +44,9 @@ class _Recurrent(OpDef):
              Attr("layers", "int", 1, doc="stacked layers, each reading the previous one's states"),
              Attr("sequence", "bool", True, doc="true: every step's state [N, T, H]; false: the last [N, H]"))
     gates = 1   # G: each weight stacks G blocks of H rows
+
+    def key_attrs(self, a):
+        return f"{a['hidden']}" + (f", {a['layers']} layers" if a["layers"] > 1 else "")
 
     def shape(self, a, ins):
         (x,) = ins

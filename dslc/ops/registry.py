@@ -134,6 +134,28 @@ class OpDef:
         """
         return a, inputs
 
+    def key_attrs(self, a: dict) -> str:
+        """The attributes worth reading in a diagram's box (`3x3 /2, 64` for a conv); "" for none."""
+        return ""
+
+
+def pair_text(p) -> str:
+    """`2` for (2, 2), `2x3` otherwise."""
+    return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
+
+
+def window_text(a) -> str:
+    """`3x3 /2`: a window's kernel, then its stride where it is not 1."""
+    text = f"{a['kernel'][0]}x{a['kernel'][1]}"
+    if tuple(a["stride"]) != (1, 1):
+        text += f" /{pair_text(a['stride'])}"
+    return text
+
+
+def axis_text(a) -> str:
+    """`axis 2` where the axis is not the default 1."""
+    return f"axis {a['axis']}" if a["axis"] != 1 else ""
+
 
 def register(cls):
     op = cls()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .registry import Attr, OpDef, ShapeError, TensorType, fixed, need_float, register
+from .registry import Attr, OpDef, ShapeError, TensorType, axis_text, fixed, need_float, register
 
 
 def normalise_axis(a, x: TensorType, op):
@@ -79,6 +79,9 @@ class Reshape(OpDef):
     attrs = (Attr("shape", "ints", doc="the per-sample shape, without N; one entry may be -1 (inferred)"),)
     doc = "reshapes each sample: (N, ...) -> (N, *shape), the element count unchanged"
 
+    def key_attrs(self, a):
+        return "to " + "×".join(str(d) for d in a["shape"])
+
     def shape(self, a, ins):
         (x,) = ins
         need_float(x)
@@ -113,6 +116,7 @@ class Concat(OpDef):
     attrs = (Attr("axis", "axis", 1, doc="the axis to join on; 1 (channels) by default, may be negative"),)
     min_inputs, max_inputs = 2, None
     doc = "joins its inputs along one axis; every other dimension must agree"
+    key_attrs = staticmethod(axis_text)
 
     def shape(self, a, ins):
         first = ins[0]
