@@ -9,16 +9,23 @@
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 
+import networkx as nx
 import numpy as np
 
+from dslc.artifact import from_dict, to_dict
+from dslc.compiler import compile_file
+from dslc.diagnostics import did_you_mean
 from dslc.ops import OPS
+from dslc.summary import to_text
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset
 from .devices import get_device
-from .errors import RuntimeUserError
+from .errors import CheckpointError, RuntimeUserError
 from .kernel_api import Context
 from .plan import Plan
 from .train import TrainConfig, Trainer
@@ -53,7 +60,7 @@ class Model:
         self.frozen: set[str] = set()
         self.specs = OrderedDict()
         for n in net.graph.nodes:
-            for k, p in net.graph.nodes[n]["params"].items():
+            for k, p in net.node(n).params.items():
                 self.specs[f"{n}.{k}"] = (n, p)
         self._host = OrderedDict((name, self._init(n, p, np.random.default_rng([seed, i]), init))
                                  for i, (name, (n, p)) in enumerate(self.specs.items()))
@@ -65,7 +72,6 @@ class Model:
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_file(cls, path, overrides=None, device="cpu", seed=0):
-        from dslc.compiler import compile_file
         net, _ = compile_file(path, overrides or {})
         return cls(net, device=device, seed=seed)
 
@@ -94,7 +100,7 @@ class Model:
         for _ in range(4):                      # past batchnorm, dropout, pooling (init_looks_through)
             nxt = []
             for s in frontier:
-                op = OPS[g.nodes[s]["op"]]
+                op = OPS[self.net.node(s).op]
                 if op.relu_like:
                     return True
                 if op.init_looks_through:
@@ -118,7 +124,6 @@ class Model:
         """Stop training every parameter under these names (e.g. "layer1", "conv1.weight")."""
         for p in prefixes:
             if not any(k == p or k.startswith(p + ".") for k in self.specs):
-                from dslc.diagnostics import did_you_mean
                 layers = sorted({k.rsplit(".", 1)[0] for k in self.specs})
                 raise RuntimeUserError(f"nothing to freeze under `{p}`",
                                        did_you_mean(p, layers) or "names look like " + ", ".join(layers[:4]))
@@ -132,7 +137,6 @@ class Model:
     def load_params(self, source, strict: bool = False) -> LoadReport:
         """Load from a dict of arrays or a checkpoint path; unmatched names and shapes are reported, not fatal."""
         if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
-            from .checkpoint import load_checkpoint
             arrays, _ = load_checkpoint(source)
             source = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")} or arrays
         loaded, missing, mismatched = [], [], []
@@ -160,12 +164,11 @@ class Model:
     # ---- running ----------------------------------------------------------------------------
     def _bindings(self, feeds):
         """Batch size and symbolic dims (T) read off the fed arrays."""
-        g = self.net.graph
         batch, symbols = None, {k: v for k, v in self.net.symbols.items() if v is not None}
         for name in self.net.inputs:
             if name not in feeds:
                 continue
-            a, t = feeds[name], g.nodes[name]["type"]
+            a, t = feeds[name], self.net.node(name).type
             if a.ndim != len(t.shape):
                 raise RuntimeUserError(f"input `{name}` expects {len(t.shape)} dimensions {t}, got shape {a.shape}",
                                        "the first dimension is the batch")
@@ -197,13 +200,12 @@ class Model:
         return self._plans[key]
 
     def _feeds(self, kw):
-        g = self.net.graph
         out = {}
         for k, v in kw.items():
             if k not in self.net.inputs:
                 raise RuntimeUserError(f"`{k}` is not an input of {self.net.name}",
                                        f"inputs: {', '.join(self.net.inputs)}")
-            dt = np.int64 if g.nodes[k]["type"].dtype == "int64" else np.float32
+            dt = np.int64 if self.net.node(k).type.dtype == "int64" else np.float32
             out[k] = np.ascontiguousarray(v, dtype=dt)
         return out
 
@@ -229,7 +231,6 @@ class Model:
     def _needed(self, input_name, with_loss):
         if with_loss:
             return True
-        import networkx as nx
         g = self.net.graph
         return any(input_name in nx.ancestors(g, o) or input_name == o for o in self.net.outputs)
 
@@ -261,25 +262,18 @@ class Model:
         return Trainer(self, cfg, train, valid, progress=progress).fit()
 
     def save(self, path, extra_meta: dict | None = None):
-        import json
 
-        from dslc.artifact import to_dict
 
-        from .checkpoint import save_checkpoint
         arrays = {f"param/{k}": v for k, v in self.params.items()}
         meta = {"kind": "dslc-model", "network": json.dumps(to_dict(self.net)), **(extra_meta or {})}
         save_checkpoint(path, arrays, meta)
 
     @classmethod
     def load(cls, path, device="cpu"):
-        import json
 
-        from dslc.artifact import from_dict
 
-        from .checkpoint import load_checkpoint
         arrays, meta = load_checkpoint(path)
         if meta.get("kind") != "dslc-model" or "network" not in meta:
-            from .errors import CheckpointError
             raise CheckpointError(f"{path} holds parameters but not a network",
                                   "load it into a compiled network with net.load_params(path)")
         m = cls(from_dict(json.loads(meta["network"])), device=device)
@@ -287,5 +281,4 @@ class Model:
         return m
 
     def summary(self) -> str:
-        from dslc.summary import to_text
         return to_text(self.net)

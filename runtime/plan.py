@@ -158,23 +158,23 @@ class Plan:
         self.symbols = dict(symbols)
         targets = list(net.outputs) + ([net.loss] if with_loss and net.loss else [])
         needed = set(targets).union(*(nx.ancestors(g, t) for t in targets)) if targets else set(g.nodes)
-        self.schedule = [n for n in nx.topological_sort(g) if g.nodes[n]["op"] != "input" and n in needed]
+        self.schedule = [n for n in nx.topological_sort(g) if self.net.node(n).op != "input" and n in needed]
         self.inputs = list(net.inputs)
         trainable = set() if (trainable is None or not training) else set(trainable)
-        self.shapes = {n: concrete(g.nodes[n]["type"].shape, batch, symbols) for n in g.nodes
-                       if n in needed or g.nodes[n]["op"] == "input"}
-        self.dtypes = {n: g.nodes[n]["type"].dtype for n in g.nodes}
+        self.shapes = {n: concrete(self.net.node(n).type.shape, batch, symbols) for n in g.nodes
+                       if n in needed or self.net.node(n).op == "input"}
+        self.dtypes = {n: self.net.node(n).type.dtype for n in g.nodes}
         self.kernels = {}
         for n in self.schedule:
-            d = g.nodes[n]
-            spec = NodeSpec(name=n, op=d["op"], attrs=dict(d["attrs"]),
-                            in_shapes=tuple(self.shapes[i] for i in d["inputs"]),
-                            in_dtypes=tuple(self.dtypes[i] for i in d["inputs"]),
+            d = self.net.node(n)
+            spec = NodeSpec(name=n, op=d.op, attrs=dict(d.attrs),
+                            in_shapes=tuple(self.shapes[i] for i in d.inputs),
+                            in_dtypes=tuple(self.dtypes[i] for i in d.inputs),
                             out_shape=self.shapes[n], out_dtype=self.dtypes[n],
-                            param_shapes={k: tuple(p.shape) for k, p in d["params"].items()})
-            self.kernels[n] = kernel_class(device.name, d["op"])(spec)
-        self.node_params = {n: {k: params[f"{n}.{k}"] for k in g.nodes[n]["params"]} for n in self.schedule}
-        self.node_trainable = {n: [k for k, p in g.nodes[n]["params"].items()
+                            param_shapes={k: tuple(p.shape) for k, p in d.params.items()})
+            self.kernels[n] = kernel_class(device.name, d.op)(spec)
+        self.node_params = {n: {k: params[f"{n}.{k}"] for k in self.net.node(n).params} for n in self.schedule}
+        self.node_trainable = {n: [k for k, p in self.net.node(n).params.items()
                                    if p.trainable and f"{n}.{k}" in trainable] for n in self.schedule}
         self._plan_gradients()
         self._plan_steps()
@@ -190,7 +190,7 @@ class Plan:
         # a node's output needs a gradient when something trainable lies upstream of it (inclusive)
         upstream = set()
         for n in self.schedule:
-            if n in has_trainable or any(i in upstream for i in g.nodes[n]["inputs"]):
+            if n in has_trainable or any(i in upstream for i in self.net.node(n).inputs):
                 upstream.add(n)
         loss = self.net.loss if self.net.loss in self.kernels else None
         reaches_loss = set(nx.ancestors(g, loss)) | {loss} if (loss and self.training) else set()
@@ -205,42 +205,39 @@ class Plan:
         parameter-free node (`fuse_activation`); "parametrized": in inference plans only, a
         node with parameters (`fuse_inference`, e.g. an eval-mode batchnorm), which n's step
         then receives. The kernel says which ops it takes; the plan tests none by name."""
-        g = self.net.graph
         if self._kept(tail) or len(consumers[tail]) != 1:
             return None
         c = consumers[tail][0]
-        d = g.nodes[c]
-        if d["inputs"] != [tail] or self.dtypes[c] != self.dtypes[tail]:
+        d = self.net.node(c)
+        if tuple(d.inputs) != (tail,) or self.dtypes[c] != self.dtypes[tail]:
             return None
         if op_kind == "parametrized":
-            fuse = None if self.training or not d["params"] else self.kernels[n].fuse_inference
+            fuse = None if self.training or not d.params else self.kernels[n].fuse_inference
         else:
-            fuse = None if d["params"] else self.kernels[n].fuse_activation
-        return c if fuse is not None and fuse(d["op"], dict(d["attrs"])) else None
+            fuse = None if d.params else self.kernels[n].fuse_activation
+        return c if fuse is not None and fuse(d.op, dict(d.attrs)) else None
 
     def _fusable_input(self, n, consumers, fused):
         """The producer of n's first input that n's kernel absorbs (`fuse_input`), or None: in
         inference plans only, a node of the schedule that takes no part in another fusion
         (`fused`), has n as its only consumer and is no output of the network."""
-        g = self.net.graph
-        inputs = g.nodes[n]["inputs"]
+        inputs = self.net.node(n).inputs
         if self.training or not inputs:
             return None
         p = inputs[0]
         if p not in self.kernels or p in fused or consumers[p] != [n] or self._kept(p):
             return None
-        d = g.nodes[p]
-        return p if self.kernels[n].fuse_input(d["op"], dict(d["attrs"])) else None
+        d = self.net.node(p)
+        return p if self.kernels[n].fuse_input(d.op, dict(d.attrs)) else None
 
     def _kept(self, tensor) -> bool:
         """Whether `tensor` must be stored whatever reads it: an output of the network, or its loss."""
         return tensor in self.net.outputs or tensor == self.net.loss
 
     def _plan_steps(self):
-        g = self.net.graph
         consumers = {n: [] for n in self.shapes}
         for c in self.schedule:
-            for i in dict.fromkeys(g.nodes[c]["inputs"]):
+            for i in dict.fromkeys(self.net.node(c).inputs):
                 consumers[i].append(c)
         # producer -> the nodes it absorbs, in order (one with parameters, then an activation)
         absorbs, absorbed = {}, set()
@@ -270,16 +267,16 @@ class Plan:
             chain = absorbs.get(n, [])
             output = chain[-1] if chain else n
             kernel = self.kernels[n]
-            inputs = list(g.nodes[n]["inputs"])
+            inputs = list(self.net.node(n).inputs)
             producer = absorbs_input.get(n)
             if producer is not None:        # n reads what its absorbed producer reads
-                inputs = list(g.nodes[producer]["inputs"]) + inputs[1:]
+                inputs = list(self.net.node(producer).inputs) + inputs[1:]
             is_view = self.reuse_memory and bool(kernel.output_is_input_view) and len(inputs) == 1
             self.steps.append(_Step(n, kernel, inputs, output, len(self.steps), is_view=is_view,
                                     absorbed=tuple(chain), absorbed_input=producer))
             # an absorbed node's parameters go with n's, as "<op>.<name>" (fuse_inference, fuse_input)
             for c in chain + ([producer] if producer is not None else []):
-                self.node_params[n].update({f"{g.nodes[c]['op']}.{k}": p for k, p in self.node_params[c].items()})
+                self.node_params[n].update({f"{self.net.node(c).op}.{k}": p for k, p in self.node_params[c].items()})
         self._fuse_siblings()
         self.step_of = {s.output: s for s in self.steps}
         self.backward_steps = [s for s in reversed(self.steps) if s.node in self.grad_nodes]
