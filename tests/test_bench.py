@@ -41,6 +41,7 @@ def _run_bench(*args, timeout):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_a_complete_table(tmp_path):
     out = tmp_path / "results.md"
     done = _run_bench("--quick", "--out", str(out), timeout=600)

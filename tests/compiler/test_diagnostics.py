@@ -900,6 +900,7 @@ def test_graph_size_limit(dslc, monkeypatch):
         """)
 
 
+@pytest.mark.slow
 def test_nested_repetition_stops_at_the_graph_size_limit(dslc):
     rc, out, err = dslc("input x: [4]\ny = x -> ((relu * 1000) * 1000) * 1000\n")
     assert rc == 1
@@ -1055,6 +1056,7 @@ def test_subprocess_binary_file_has_no_traceback(tmp_path):
     assert proc.stderr.startswith("error: prog.net is not UTF-8 text: byte 0x80 at line 2, column 118")
 
 
+@pytest.mark.slow
 def test_subprocess_missing_file_and_bad_flag(tmp_path):
     assert run_module(tmp_path, "compile", "nope.net").returncode == 2
     proc = run_module(tmp_path, "compile", "nope.net", "--frobnicate")

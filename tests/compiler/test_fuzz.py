@@ -16,6 +16,7 @@ Every run also checks the shape of the answer: exit 1 ends with the "N errors" c
 import re
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dslc.cli import main
@@ -104,6 +105,7 @@ def _compile(path: Path, capsys, *flags) -> int:
 
 # ---- (a) arbitrary text and bytes ---------------------------------------------------------------
 
+@pytest.mark.slow
 @FUZZ
 @given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=300))
 def test_arbitrary_text(text, tmp_path, capsys):
@@ -112,6 +114,7 @@ def test_arbitrary_text(text, tmp_path, capsys):
     _compile(path, capsys)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.binary(max_size=300))
 def test_arbitrary_bytes(data, tmp_path, capsys):
@@ -120,6 +123,7 @@ def test_arbitrary_bytes(data, tmp_path, capsys):
     _compile(path, capsys)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(tokens=st.lists(st.sampled_from(INSERTABLE), max_size=60))
 def test_token_soup(tokens, tmp_path, capsys):
@@ -156,6 +160,7 @@ def mutants(draw):
     return "".join(tokens)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(text=mutants())
 def test_mutated_programs(text, tmp_path, capsys):
@@ -295,6 +300,7 @@ def programs(draw):
     return "\n".join(lines) + "\n", flags
 
 
+@pytest.mark.slow
 @FUZZ
 @given(program=programs())
 def test_grammar_shaped_programs(program, tmp_path, capsys):

@@ -316,6 +316,7 @@ def test_set_overrides_network_parameters_and_symbolic_dimensions(tmp_path):
     assert shape(net, "dense1") == ("N", 12, 30)
 
 
+@pytest.mark.slow
 def test_set_from_the_command_line(tmp_path):
     path = write(tmp_path, with_header("""\
         logits = image -> flatten -> dense(classes)

@@ -9,7 +9,8 @@ from dslc.runtime.cuda.optim import make_cuda_optimizer
 from dslc.runtime.optim import OPTIMIZER_ARGS, OPTIMIZERS, clip_grad_norm, make_optimizer
 
 SHAPES = {"w": (3, 4), "b": (5,)}
-ALL_SETTINGS = {"lr": 0.05, "weight_decay": 0.01, "momentum": 0.8, "beta1": 0.8, "beta2": 0.9, "eps": 1e-6, "alpha": 0.9}
+ALL_SETTINGS = {"lr": 0.05, "weight_decay": 0.01, "momentum": 0.8, "beta1": 0.8, "beta2": 0.9, "eps": 1e-6,
+                "alpha": 0.9}
 
 
 def settings(name):

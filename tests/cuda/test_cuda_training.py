@@ -19,6 +19,9 @@ from dslc.runtime.train import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# whole training steps in the simulator: tens of seconds each
+pytestmark = pytest.mark.slow
+
 CNN = """
 network sim_cnn(classes = 3)
 input image: [1, 6, 6]

@@ -70,6 +70,7 @@ def _run(mode, cache_dir, ahead):
     return json.loads(done.stdout), done
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="compile-ahead forks: Linux only")
 def test_the_helper_compiles_what_the_first_step_needs(tmp_path):
     """A helper left to finish on an empty cache, with no step run: a later process's first
@@ -83,6 +84,7 @@ def test_the_helper_compiles_what_the_first_step_needs(tmp_path):
     assert report["loaded"]                     # the dense, batchnorm and loss kernels at least
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="compile-ahead forks: Linux only")
 def test_the_helper_stops_after_the_first_step(tmp_path):
     """Parent and helper compiling at once on an empty cache: the step's result is that of a
@@ -97,6 +99,7 @@ def test_the_helper_stops_after_the_first_step(tmp_path):
     assert warm["helper_exited"] and warm["compiled"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="compile-ahead forks: Linux only")
 def test_ctrl_c_ends_the_helper(tmp_path):
     """Ctrl-C while the helper compiles: the parent gets its KeyboardInterrupt, the helper

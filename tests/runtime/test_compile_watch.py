@@ -3,6 +3,7 @@ first step says what it is doing, on the bar and in one line afterwards; steps t
 nothing say nothing."""
 import numba
 import numpy as np
+import pytest
 
 from dslc.compiler import compile_source
 from dslc.diagnostics import Source
@@ -30,6 +31,7 @@ def _fresh_function():
     return dslc_test_kernel
 
 
+@pytest.mark.slow
 def test_counts_what_compiles_and_names_only_dslcs_own_functions():
     started = []
     kernel = _fresh_function()
@@ -54,6 +56,7 @@ def _trainer(progress, lines):
     return Trainer(model, cfg, train, val, progress=progress, log=lines.append)
 
 
+@pytest.mark.slow
 def test_a_step_that_compiles_says_so_once(monkeypatch):
     """The first step compiles (a function no process has compiled stands in for a cold kernel
     cache): one line says how many functions and how long; later steps, and evaluation, whose

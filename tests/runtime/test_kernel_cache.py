@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from numba.core.registry import CPUDispatcher
 
 import dslc.runtime.cpu
@@ -54,6 +55,7 @@ print(json.dumps({"hits": sum(scale_shift.stats.cache_hits.values()),
 '''
 
 
+@pytest.mark.slow
 def test_a_changed_digest_compiles_again(tmp_path):
     def run(mode):
         env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))

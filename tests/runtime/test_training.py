@@ -144,6 +144,7 @@ def test_partial_load_reports_what_matched():
     assert np.array_equal(m.params["conv1.weight"], src["conv1.weight"])
 
 
+@pytest.mark.slow
 def test_dslc_run_digits_reaches_97_percent(tmp_path):
     metrics = tmp_path / "m.jsonl"
     r = run_dslc("run", "models/digits_cnn.net", "--data", "digits", "--epochs", "8",
@@ -158,6 +159,7 @@ def test_dslc_run_digits_reaches_97_percent(tmp_path):
     assert "top-1 accuracy" in e.stdout and "top-5 accuracy" in e.stdout
 
 
+@pytest.mark.slow
 def test_dslc_run_char_lstm_loss_falls_well_below_uniform(tmp_path):
     from dslc.runtime.data import CORPUS_PATH
     vocab = len(set(Path(CORPUS_PATH).read_text()))
@@ -185,6 +187,7 @@ def test_train_section_init_chooses_the_scheme():
     assert np.std(w_xavier) / np.std(w_he) == pytest.approx(np.sqrt(fan_in / (fan_in + fan_out)), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_device_cuda_without_a_gpu_says_what_is_missing():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     probe = subprocess.run([sys.executable, "-c", "from numba import cuda; print(cuda.is_available())"],
