@@ -24,20 +24,19 @@ DEFAULT_SEQUENCE_LENGTH = 64
 
 def _datasets(net, source, cfg, limit, log=lambda s: None):
     x_name, y_name = data_roles(net)
-    g = net.graph
     symbols = dict(net.symbols)
     for k, v in symbols.items():
         if v is None:      # a sequence length nobody set: data windows need a number
             symbols[k] = DEFAULT_SEQUENCE_LENGTH
             log(f"{k} is not set; using {k} = {DEFAULT_SEQUENCE_LENGTH} (change it with --set {k}=...)")
-    xt, yt = g.nodes[x_name]["type"], g.nodes[y_name]["type"]
+    xt, yt = net.node(x_name).type, net.node(y_name).type
     classes = None
-    loss_term = g.nodes[g.nodes[net.loss]["inputs"][0]]
-    if OPS[loss_term["op"]].classifies:
-        logits = g.nodes[loss_term["inputs"][0]]["type"]
-        classes = logits.shape[loss_term["attrs"].get("class_axis", 1)]
+    loss_term = net.node(net.node(net.loss).inputs[0])
+    if OPS[loss_term.op].classifies:
+        logits = net.node(loss_term.inputs[0]).type
+        classes = logits.shape[loss_term.attrs.get("class_axis", 1)]
     # integer inputs are ids that embeddings look up: data ids must be below the smallest vocabulary
-    vocabs = [d["attrs"]["vocab"] for d in g.nodes.values() if d.get("op") == "embed" and x_name in d["inputs"]]
+    vocabs = [d.attrs["vocab"] for d in net.nodes() if d.op == "embed" and x_name in d.inputs]
     train, val = load_dataset(source, x_shape=concrete(xt.shape[1:], 1, symbols), x_dtype=xt.dtype,
                               y_shape=concrete(yt.shape[1:], 1, symbols), y_dtype=yt.dtype,
                               val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, classes=classes,
@@ -114,10 +113,9 @@ def eval_command(args, overrides) -> int:
                               "evaluate with the .net file and --set values the weights were trained with")
     train, val = _datasets(net, args.data, cfg, args.limit)
     trainer = Trainer(model, cfg, train, val, log=lambda s: print(s, file=sys.stderr))
-    g = net.graph
     classes = None
     if trainer.classify:
-        classes = g.nodes[trainer.pred_node]["type"].shape[trainer.class_axis]
+        classes = net.node(trainer.pred_node).type.shape[trainer.class_axis]
     topk = (1, 5) if classes and isinstance(classes, int) and classes > 5 else (1,)
     with trainer.reporting_compiles(None, "evaluation"):
         res = trainer.evaluate(val if len(val) else train, topk=topk)

@@ -55,14 +55,13 @@ def _silent(_line):
 
 def data_roles(net):
     """(x input, y input): the label is what the first loss term compares against."""
-    g = net.graph
     if net.loss is None:
         raise RuntimeUserError(f"network `{net.name}` has no `loss` statement, so it cannot be trained",
                                "add e.g. `loss cross_entropy(logits, label)`")
-    first_term = g.nodes[net.loss]["inputs"][0]
-    label = g.nodes[first_term]["inputs"][1]
+    first_term = net.node(net.loss).inputs[0]
+    label = net.node(first_term).inputs[1]
     others = [i for i in net.inputs if i != label]
-    if g.nodes[label]["op"] != "input" or len(others) != 1:
+    if net.node(label).op != "input" or len(others) != 1:
         raise RuntimeUserError("`dslc run` trains networks with one data input and one label input",
                                f"this network has inputs {', '.join(net.inputs)}; use the Python API for others")
     return others[0], label
@@ -81,11 +80,10 @@ class Trainer:
         # on other data is refused (the replayed epoch order would not match).
         self.data_info = dict(data_info or {})
         self._pending_signal = None
-        g = self.net.graph
-        self.loss_term = g.nodes[self.net.loss]["inputs"][0]
-        self.pred_node = g.nodes[self.loss_term]["inputs"][0]
-        self.classify = OPS[g.nodes[self.loss_term]["op"]].classifies
-        self.class_axis = g.nodes[self.loss_term]["attrs"].get("class_axis", 1)
+        self.loss_term = self.net.node(self.net.loss).inputs[0]
+        self.pred_node = self.net.node(self.loss_term).inputs[0]
+        self.classify = OPS[self.net.node(self.loss_term).op].classifies
+        self.class_axis = self.net.node(self.loss_term).attrs.get("class_axis", 1)
         names = model.trainable_names()
         params = {k: model._dev[k] for k in names}
         try:
@@ -114,7 +112,7 @@ class Trainer:
         if not math.isfinite(loss):
             plan = m._last
             bad = plan.first_nonfinite()
-            where = f"first non-finite output: `{bad}` ({self.net.graph.nodes[bad]['op']})" if bad else ""
+            where = f"first non-finite output: `{bad}` ({self.net.node(bad).op})" if bad else ""
             raise RuntimeUserError(f"training diverged at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}: "
                                    f"the loss is {loss}; {where}",
                                    "lower the learning rate (--lr), add `clip_grad_norm` to the train section, "
