@@ -4,6 +4,7 @@
     net.params["conv1.weight"]           # numpy arrays, named hierarchically
     out = net.forward(image=x)            # {"logits": array}
     net.forward(image=x, label=y, training=True); net.backward(); net.grads
+    net.forward(image=x); net.backward(wrt=["image"], output="logits", index=3)   # saliency of class 3
     net.fit(x, y, epochs=3)
     net.save("lenet.ckpt"); net2 = dslc.load("lenet.ckpt")
 """
@@ -192,11 +193,14 @@ class Model:
             raise RuntimeUserError("no input fed", f"pass {', '.join(self.net.inputs)}")
         return batch, symbols
 
-    def plan(self, batch, symbols, training, with_loss=True):
-        key = (batch, tuple(sorted(symbols.items())), training, with_loss, frozenset(self.frozen))
+    def plan(self, batch, symbols, training, with_loss=True, wrt=(), target=None):
+        """The plan for these sizes (cached). wrt/target: an input-gradient plan (Plan's), which
+        computes no parameter gradients."""
+        key = (batch, tuple(sorted(symbols.items())), training, with_loss, frozenset(self.frozen), tuple(wrt), target)
         if key not in self._plans:
-            self._plans[key] = Plan(self.net, self._dev, self.device, batch, symbols, training,
-                                    set(self.trainable_names()) if training else None, with_loss)
+            trainable = set(self.trainable_names()) if training and not wrt else None
+            self._plans[key] = Plan(self.net, self._dev, self.device, batch, symbols, training, trainable, with_loss,
+                                    wrt=tuple(wrt), target=target)
         return self._plans[key]
 
     def _feeds(self, kw):
@@ -223,6 +227,7 @@ class Model:
         self.ctx.training = training
         plan.forward(self.ctx)
         self._last = plan
+        self._last_feeds, self._last_training = feeds, training
         out = {self.net.tensor_name(o): self.device.to_host(plan.out[o]).copy() for o in self.net.outputs}
         if needs_all:
             out["loss"] = plan.loss_value()
@@ -234,8 +239,31 @@ class Model:
         g = self.net.graph
         return any(input_name in nx.ancestors(g, o) or input_name == o for o in self.net.outputs)
 
-    def backward(self) -> dict:
-        """Gradients of the last training forward's loss; returns (and keeps in .grads) name -> array."""
+    def backward(self, wrt=None, output: str | None = None, index: int | None = None, grad=None) -> dict:
+        """Gradients after a forward pass.
+
+        backward(): gradients of the last training forward's loss w.r.t. every trainable
+        parameter; returns (and keeps in .grads) name -> array.
+
+        backward(wrt=["image"], ...): gradients w.r.t. the named float inputs of the last
+        forward, in eval mode (training=False) as in training mode; returns input name -> array
+        shaped like the input. Parameters need not be trainable (frozen ones too), and no
+        parameter gradient is computed. The scalar differentiated is
+          * the loss (the default; the forward must have been fed the labels), or
+          * output="logits" (an output's tensor name): the sum of that output over the batch
+            weighted by `grad` (an array of the output's shape: d scalar / d output), or, with
+            index=k, the sum of output[:, k] (class k's score for every sample: saliency
+            without labels; each sample's gradient is its own when samples do not interact,
+            i.e. no training-mode batchnorm), or, with neither, the sum of the output.
+        wrt=None with an output given: every float input the output depends on.
+        The forward is run again on the last inputs, in the last forward's mode, in a plan that
+        also holds the input gradients; in training mode batchnorm's running statistics are
+        left as the first forward set them (dropout draws new masks)."""
+        if wrt is not None or output is not None:
+            return self._input_gradients(wrt, output, index, grad)
+        if index is not None or grad is not None:
+            raise RuntimeUserError("backward(index=/grad=) seeds an output's gradient",
+                                   "name the output too: net.backward(wrt=[...], output=\"logits\", index=k)")
         plan = self._last
         if plan is None or not plan.training:
             raise RuntimeUserError("backward() needs a forward pass with training=True and every input (labels too)",
@@ -243,6 +271,70 @@ class Model:
         plan.backward(self.ctx)
         self._grads_plan = plan
         return self.grads
+
+    def _input_gradients(self, wrt, output, index, grad) -> dict:
+        if self._last is None:
+            raise RuntimeUserError("backward() needs a forward pass first", "call net.forward(image=x) first")
+        g, feeds = self.net.graph, self._last_feeds
+        if output is None:
+            if self.net.loss is None or not all(i in feeds for i in self.net.inputs):
+                raise RuntimeUserError("the gradient of the loss needs a forward pass fed every input, labels too",
+                                       "feed the labels, or name an output: backward(wrt=[...], output=\"logits\", "
+                                       "index=k)")
+            target = self.net.loss
+        else:
+            names = {self.net.tensor_name(o): o for o in self.net.outputs}
+            target = names.get(output, output if output in self.net.outputs else None)
+            if target is None:
+                raise RuntimeUserError(f"`{output}` is not an output of {self.net.name}",
+                                       did_you_mean(output, list(names)) or f"outputs: {', '.join(names)}")
+        ancestors = nx.ancestors(g, target)
+        floats = [i for i in self.net.inputs if self.net.node(i).type.dtype == "float32" and i in ancestors]
+        wrt = floats if wrt is None else [wrt] if isinstance(wrt, str) else list(wrt)
+        for name in wrt:
+            if name not in self.net.inputs:
+                raise RuntimeUserError(f"`{name}` is not an input of {self.net.name}",
+                                       did_you_mean(name, self.net.inputs) or f"inputs: {', '.join(self.net.inputs)}")
+            if name not in floats:
+                why = "integer inputs have no gradient" if self.net.node(name).type.dtype != "float32" else \
+                    f"`{self.net.tensor_name(target)}` does not depend on it"
+                raise RuntimeUserError(f"no gradient with respect to `{name}`: {why}",
+                                       f"float inputs {self.net.tensor_name(target)} depends on: "
+                                       + (", ".join(floats) or "none"))
+        if not wrt:
+            raise RuntimeUserError("no input to differentiate with respect to", "pass wrt=[input name, ...]")
+        batch, symbols = self._bindings(feeds)
+        plan = self.plan(batch, symbols, True, with_loss=output is None, wrt=tuple(wrt), target=target)
+        seed = None
+        if output is not None:
+            shape = plan.shapes[target]
+            if grad is not None:
+                seed = np.asarray(grad, dtype=np.float32)
+                if seed.shape != shape:
+                    raise RuntimeUserError(f"grad has shape {seed.shape}, but `{output}` has shape {shape}",
+                                           "pass d scalar / d output, shaped like the output")
+            else:
+                seed = np.ones(shape, np.float32)
+                if index is not None:
+                    if len(shape) < 2 or not -shape[1] <= int(index) < shape[1]:
+                        hint = f"index picks along axis 1: 0 to {shape[1] - 1}" if len(shape) > 1 else \
+                            "the output has no class axis: pass grad= instead"
+                        raise RuntimeUserError(f"index {index} is out of range for `{output}` of shape {shape}", hint)
+                    seed = np.zeros(shape, np.float32)
+                    seed[:, int(index)] = 1.0
+        elif index is not None or grad is not None:
+            raise RuntimeUserError("index=/grad= seed an output's gradient", "name the output: output=\"logits\"")
+        buffers = [k for k, (_, p) in self.specs.items() if not p.trainable]
+        saved = {k: self.device.to_host(self._dev[k]).copy() for k in buffers} if self._last_training else {}
+        plan.set_inputs(feeds)
+        self.ctx.training = self._last_training
+        plan.forward(self.ctx)
+        for k, v in saved.items():
+            self.set_param(k, v)
+        if seed is not None:
+            self.device.from_host(seed, out=plan.grad[target])
+        plan.backward(self.ctx)
+        return OrderedDict((name, self.device.to_host(plan.grad[name]).copy()) for name in wrt)
 
     @property
     def grads(self) -> dict:

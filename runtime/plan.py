@@ -36,6 +36,13 @@ that needs more than the device can give is refused with the figure.
 
 Frozen parameters get no gradient buffers, and nodes with nothing trainable upstream or
 downstream of them get no backward work.
+
+Input gradients (saliency, adversarial examples, class-model visualisation): a plan made with
+`wrt` (float input names) gives backward work to every step on a path from those inputs to
+the backward's `target` too, frozen or not, and keeps a gradient buffer per named input
+(`grad[name]`, readable after backward). The target is the loss by default; it may be an
+output of the network instead, whose gradient buffer (`grad[target]`) the caller fills with
+the seed (d scalar / d output) before calling backward: a gradient without labels.
 """
 from __future__ import annotations
 
@@ -146,11 +153,17 @@ def _reads_input(kernel, position: int) -> bool:
 
 class Plan:
     def __init__(self, net, params: dict, device, batch: int, symbols: dict, training: bool,
-                 trainable: set[str] | None = None, with_loss: bool = True, reuse_memory: bool = True):
-        """params: full name -> device array (shared with the model). trainable: full param names that get grads.
+                 trainable: set[str] | None = None, with_loss: bool = True, reuse_memory: bool = True,
+                 wrt: tuple = (), target: str | None = None):
+        """params: full name -> device array (shared with the model). training: the plan has a
+        backward (and no inference-only fusions); whether batchnorm and dropout behave as in
+        training is the Context's `training`, given per call, so a plan with a backward also
+        serves eval-mode input gradients. trainable: full param names that get grads.
         with_loss=False plans only what the outputs need (inference without labels). reuse_memory=False
         gives every tensor, gradient and workspace storage of its own (no sharing, views or in-place
-        writes): the reference the memory plan is tested against."""
+        writes): the reference the memory plan is tested against. wrt: float input names whose
+        gradients backward computes (into grad[name]). target: the node whose gradient backward
+        starts from: the loss (None), or an output of the network, seeded through grad[target]."""
         self.net, self.device, self.batch, self.training = net, device, batch, training
         self.reuse_memory = reuse_memory
         device.prepare_kernels()
@@ -160,6 +173,8 @@ class Plan:
         needed = set(targets).union(*(nx.ancestors(g, t) for t in targets)) if targets else set(g.nodes)
         self.schedule = [n for n in nx.topological_sort(g) if self.net.node(n).op != "input" and n in needed]
         self.inputs = list(net.inputs)
+        self.wrt = tuple(wrt) if training else ()
+        self.target = target if target is not None else net.loss
         trainable = set() if (trainable is None or not training) else set(trainable)
         self.shapes = {n: concrete(self.net.node(n).type.shape, batch, symbols) for n in g.nodes
                        if n in needed or self.net.node(n).op == "input"}
@@ -187,14 +202,16 @@ class Plan:
     def _plan_gradients(self):
         g = self.net.graph
         has_trainable = {n for n in self.schedule if self.node_trainable[n]}
-        # a node's output needs a gradient when something trainable lies upstream of it (inclusive)
-        upstream = set()
+        # a node's output needs a gradient when something trainable, or an input whose gradient
+        # is wanted, lies upstream of it (inclusive)
+        upstream = set(self.wrt)
         for n in self.schedule:
             if n in has_trainable or any(i in upstream for i in self.net.node(n).inputs):
                 upstream.add(n)
-        loss = self.net.loss if self.net.loss in self.kernels else None
-        reaches_loss = set(nx.ancestors(g, loss)) | {loss} if (loss and self.training) else set()
-        self.grad_nodes = {n for n in upstream if n in reaches_loss and self.dtypes[n] == "float32"}
+        target = self.target if self.target in self.kernels else None
+        reaches_target = set(nx.ancestors(g, target)) | {target} if (target and self.training) else set()
+        self.grad_nodes = {n for n in upstream if n in reaches_target and self.dtypes[n] == "float32"
+                           and n in self.kernels}
         self.backward_schedule = [n for n in reversed(self.schedule) if n in self.grad_nodes]
 
     # ---- steps: fusion ---------------------------------------------------------------------------
@@ -388,8 +405,8 @@ class Plan:
         first_write = {}
         for s in self.backward_steps:
             for k, i in enumerate(s.inputs):
-                if i not in in_backward or s.leader is not None:     # the leader writes the group's
-                    continue
+                if (i not in in_backward and i not in self.wrt) or s.leader is not None:
+                    continue        # no gradient wanted; or the leader writes the group's
                 if i not in written:
                     written.add(i)
                     first_write[i] = t_bwd(s)
@@ -398,9 +415,14 @@ class Plan:
                     self._gradient_writes[(s.node, k)] = ("aside", i)
                     requests.append((t_bwd(s), t_bwd(s), self.shapes[i], np.float32, ("aside", s.node, k)))
         for t in in_backward:
-            if t == self.net.loss:
+            if t == self.target:
+                if t != self.net.loss:      # an output's seed, written by the caller once forward is done
+                    requests.append((S, t_bwd(self.step_of[t].caller), self.shapes[t], np.float32, ("grad", t)))
                 continue
             requests.append((first_write[t], t_bwd(self.step_of[t].caller), self.shapes[t], np.float32, ("grad", t)))
+        for t in self.wrt:          # read by the caller after backward
+            if t in first_write:
+                requests.append((first_write[t], keep, self.shapes[t], np.float32, ("grad", t)))
 
         arena = _Arena(share=self.reuse_memory)
         requests.sort(key=lambda r: r[0])
@@ -469,7 +491,7 @@ class Plan:
             xs = [self.out[i] for i in s.inputs]
             s.args = (xs, self.node_params[s.node], self.out[s.output], self.ws[s.node])
         for s in self.backward_steps:
-            gout = self.loss_seed if s.output == self.net.loss else self.grad[s.output]
+            gout = self.loss_seed if s.output == self.net.loss == self.target else self.grad[s.output]
             gxs = []
             for k, i in enumerate(s.inputs):
                 how = self._gradient_writes.get((s.node, k))
@@ -505,7 +527,8 @@ class Plan:
             self._stop_compile_helper()
 
     def backward(self, ctx: Context):
-        """Gradients of the loss w.r.t. every trainable parameter, into self.param_grads."""
+        """Gradients of the target (the loss, or a seeded output) w.r.t. every trainable parameter,
+        into self.param_grads, and w.r.t. the `wrt` inputs, into self.grad[name]."""
         accumulate = self.device.accumulate
         for backward, args, accumulations in self._backward_calls:
             backward(ctx, *args)
