@@ -9,7 +9,16 @@ from __future__ import annotations
 import numpy as np
 
 from dslc.runtime.kernel_api import Context
-from tests.kernels.harness import Case, _grad_inputs, _inputs, _params, _trainable, make_kernel, run_kernel
+from tests.kernels.harness import (
+    Case,
+    _grad_inputs,
+    _inputs,
+    _params,
+    _torch_reference,
+    _trainable,
+    make_kernel,
+    run_kernel,
+)
 
 
 def run_cuda_kernel(case: Case, xs, ps, out_shape, gout, seed=0):
@@ -30,11 +39,17 @@ def run_cuda_kernel(case: Case, xs, ps, out_shape, gout, seed=0):
             {n: g.copy_to_host() for n, g in dgps.items()}, {n: p.copy_to_host() for n, p in dps.items()})
 
 
-def check_cuda_against_cpu(case: Case, out_shape, seed: int = 0, rtol=1e-4, atol=1e-5):
-    """Forward, backward and updated buffers of the CUDA kernel equal the CPU kernel's."""
+def check_cuda_against_cpu(case: Case, out_shape=None, seed: int = 0, rtol=None, atol=None):
+    """Forward, backward and updated buffers of the CUDA kernel equal the CPU kernel's.
+
+    out_shape: None takes it from the row's torch reference; the tolerances default to the row's."""
+    rtol = case.cuda_rtol if rtol is None else rtol
+    atol = case.cuda_atol if atol is None else atol
     rng = np.random.default_rng(seed)
     xs = _inputs(case, rng, np.float32)
     ps = _params(case, rng, np.float32)
+    if out_shape is None:
+        out_shape = tuple(_torch_reference(case, xs, ps)[2].shape)
     gout = rng.standard_normal(out_shape).astype(np.float32)
     cpu = run_kernel(case, xs, ps, out_shape, gout, np.float32, seed)
     gpu = run_cuda_kernel(case, xs, ps, out_shape, gout, seed)

@@ -1,13 +1,11 @@
-"""The CUDA GEMM against numpy, and the CUDA dense kernel against the CPU kernel (in Numba's
-CUDA simulator without a GPU). Shapes are tiny: the simulator runs every GPU thread as a Python thread."""
+"""The CUDA GEMM against numpy (in Numba's CUDA simulator without a GPU); the dense kernel's checks
+are rows of the shared table (tests/ops_cases.py). Shapes are tiny: the simulator runs every GPU
+thread as a Python thread."""
 import numpy as np
 import pytest
-import torch.nn.functional as F
 from numba import cuda
 
 from dslc.runtime.cuda.gemm import TILE_K, TILE_MN, add_channel_bias, gemm, sum_channels
-from tests.cuda.harness import check_cuda_against_cpu
-from tests.kernels.harness import Case
 
 
 # (batch, m, n, k): a batch of two products smaller than one tile, one that spans two tiles in
@@ -52,26 +50,3 @@ def test_bias_add_and_its_gradient():
     d_sums = cuda.to_device(np.full(4, np.nan, dtype=np.float32))
     sum_channels(cuda.to_device(y), d_sums)
     np.testing.assert_allclose(d_sums.copy_to_host(), y.sum(axis=(0, 2)), rtol=1e-5, atol=1e-5)
-
-
-def _torch_dense(xs, ps, a):
-    return F.linear(xs[0].flatten(1), ps["weight"], ps.get("bias"))
-
-
-def dense_case(id, x_shape, units, bias=True, **kw):
-    features = int(np.prod(x_shape[1:]))
-    params = {"weight": (units, features)}
-    if bias:
-        params["bias"] = (units,)
-    return Case("dense", {"units": units, "bias": bias}, [x_shape], _torch_dense, params=params,
-                id=f"dense-{id}", **kw)
-
-
-@pytest.mark.parametrize("case", [
-    dense_case("flat", (3, 7), 5),
-    dense_case("from-4d-nobias", (2, 2, 3, 2), 4, bias=False),
-    # a first layer with a frozen weight: only the bias gradient is asked for
-    dense_case("first-layer-frozen", (2, 6), 3, grad_inputs=(), trainable=("bias",)),
-], ids=str)
-def test_dense_matches_cpu(case):
-    check_cuda_against_cpu(case, (case.in_shapes[0][0], case.attrs["units"]))

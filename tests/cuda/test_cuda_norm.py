@@ -1,37 +1,15 @@
-"""CUDA norm kernels (batchnorm, lrn, dropout) against the CPU kernels, in Numba's CUDA simulator
-without a GPU. Dropout draws its mask on the device from its own generator, so it is checked by
-its statistics and by backward reusing forward's mask rather than element by element."""
+"""CUDA dropout, in Numba's CUDA simulator without a GPU: it draws its mask on the device from its
+own generator, so it is checked by its statistics and by backward reusing forward's mask rather
+than element by element. The other norm checks are rows of the shared table (tests/ops_cases.py)."""
 import numpy as np
 import pytest
 from numba import cuda
 
 from dslc.runtime.kernel_api import Context
-from tests.cuda.harness import check_cuda_against_cpu, run_cuda_kernel
+from tests.cuda.harness import run_cuda_kernel
 from tests.kernels.harness import Case, make_kernel
 
-BN_PARAMS = {"weight": (3,), "bias": (3,), "running_mean": (3,), "running_var": (3,)}
-
-
-def _batchnorm_case(shape, training, **kw):
-    return Case("batchnorm", {"eps": 1e-5, "momentum": 0.1}, [shape], None, params=BN_PARAMS,
-                training=training, id=f"batchnorm{shape}{'train' if training else 'eval'}", **kw)
-
-
-CASES = [
-    _batchnorm_case((6, 3), True),
-    _batchnorm_case((2, 3, 4), True),
-    _batchnorm_case((2, 3, 2, 2), True),
-    _batchnorm_case((2, 3, 2, 2), False),
-    _batchnorm_case((2, 3, 3), True, trainable=("weight",), grad_inputs=()),
-    Case("lrn", {"size": 3, "alpha": 0.1, "beta": 0.75, "k": 1.0}, [(2, 5, 2, 2)], None),
-    Case("lrn", {"size": 4, "alpha": 1e-2, "beta": 0.5, "k": 2.0}, [(1, 6, 1, 3)], None),
-    Case("dropout", {"p": 0.5}, [(2, 3, 2)], None, training=False),
-]
-
-
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_matches_cpu(case):
-    check_cuda_against_cpu(case, tuple(case.in_shapes[0]))
+pytestmark = pytest.mark.slow   # the simulator: seconds per case
 
 
 @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])

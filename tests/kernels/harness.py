@@ -1,20 +1,23 @@
 """One helper that checks any kernel against PyTorch and against finite differences.
 
-Usage (table-driven, one row per case):
+Usage (table-driven, one row per case; the shared table is tests/ops_cases.py):
 
     check_against_torch(Case("relu", {}, [(2, 3, 4, 4)], lambda xs, ps, a: torch.relu(xs[0])))
 
 The kernel is looked up by op name on the given device, given float32 inputs, and its
-forward output and every input/param gradient are compared with torch autograd. The
-same case can be run in float64 against central finite differences with `check_finite_differences`.
+forward output, every input/param gradient and the buffers after the forward (batchnorm's
+running statistics) are compared with torch autograd. The same case can be run in float64
+against central finite differences with `check_finite_differences`, and on the CUDA device
+against the CPU kernel with tests/cuda/harness.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from dslc.ops import OPS, TensorType
 from dslc.runtime.kernel_api import Context, NodeSpec, kernel_class
 
 
@@ -24,7 +27,7 @@ class Case:
     attrs: dict
     in_shapes: list                      # shapes of the inputs, batch first
     torch_fn: Callable                   # (xs: list[Tensor], params: dict[str, Tensor], attrs) -> Tensor
-    params: dict = field(default_factory=dict)     # name -> shape, or name -> ndarray (fixed values)
+    params: dict | None = None           # name -> shape or ndarray (fixed values); None: the op's declared params
     in_dtypes: list | None = None        # default all "float32"; "int64" inputs get values in [0, int_high)
     int_high: int = 5
     trainable: tuple | None = None       # params that get gradients (default: all except running_*)
@@ -35,9 +38,30 @@ class Case:
     rtol: float = 1e-4
     atol: float = 1e-4
     id: str = ""
+    # which checks the shared table (tests/ops_cases.py) runs on this row
+    vs_torch: bool = True                # CPU kernel against torch (False: torch's result cannot match, e.g. dropout)
+    fd: bool = False                     # float64 finite differences: tiny shapes only
+    cuda: bool = False                   # CUDA kernel against the CPU kernel: tiny shapes (the simulator is slow)
+    cuda_rtol: float = 1e-4
+    cuda_atol: float = 1e-5
+
+    def __post_init__(self):
+        if self.params is None:
+            self.params = declared_params(self.op, self.attrs, self.in_shapes, self.in_dtypes)
 
     def __str__(self):
         return self.id or f"{self.op}{self.in_shapes}{self.attrs}"
+
+
+def in_types(in_shapes, in_dtypes=None):
+    """The inputs as the op's shape rules see them: batch dimension "N", then the sizes."""
+    dts = in_dtypes or ["float32"] * len(in_shapes)
+    return [TensorType(("N", *shape[1:]) if shape else (), dt) for shape, dt in zip(in_shapes, dts)]
+
+
+def declared_params(op, attrs, in_shapes, in_dtypes=None):
+    """name -> shape of the params the op declares for these attrs and inputs (dslc/ops)."""
+    return {n: spec.shape for n, spec in OPS[op].params(attrs, in_types(in_shapes, in_dtypes)).items()}
 
 
 def _inputs(case, rng, dtype):
@@ -131,6 +155,10 @@ def check_against_torch(case: Case, seed: int = 0):
     for n, g in gps.items():
         np.testing.assert_allclose(g, tps[n].grad.numpy(), rtol=case.rtol, atol=case.atol,
                                    err_msg=f"{case}: grad of param {n}")
+    # torch updates buffers in place (batchnorm's running statistics); params stay as they were
+    for n, p in ps_after.items():
+        np.testing.assert_allclose(p, tps[n].detach().numpy(), rtol=case.rtol, atol=case.atol,
+                                   err_msg=f"{case}: param {n} after the forward")
     return out, ps_after
 
 

@@ -1,4 +1,5 @@
-"""CPU conv / deconv kernels against torch.nn.functional and against finite differences."""
+"""CPU conv / deconv kernels against torch.nn.functional and finite differences, in every lowering,
+and the lowerings' own machinery."""
 import numpy as np
 import pytest
 import torch
@@ -8,8 +9,8 @@ import dslc.runtime.cpu.conv
 from dslc.runtime.cpu import conv_winograd
 from dslc.runtime.cpu.conv_geometry import window_offsets
 from dslc.runtime.kernel_api import Context, NodeSpec
-
-from tests.kernels.harness import Case, check_against_torch, check_finite_differences, check_nan_propagates
+from tests.kernels.harness import check_against_torch, check_finite_differences, check_nan_propagates
+from tests.ops_cases import conv_attrs, rows, torch_conv
 
 DEFAULT_SHIFTED_PAYS = dslc.runtime.cpu.conv.shifted_pays
 DEFAULT_WINOGRAD_PAYS = dslc.runtime.cpu.conv.winograd_pays
@@ -17,136 +18,16 @@ DEFAULT_UNROLLED_PAYS = dslc.runtime.cpu.conv.unrolled_pays
 DEFAULT_GATHER_PAYS = dslc.runtime.cpu.conv.gather_pays
 
 
-def _conv_attrs(channels, kernel, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1, bias=True):
-    return dict(channels=channels, kernel=kernel, stride=stride, pad=pad, dilation=dilation,
-                groups=groups, bias=bias)
+# The conv and deconv rows of the shared table (tests/ops_cases.py) run here rather than in
+# test_op_cases.py: the fixture below runs each under every lowering.
+CASES = [c for c in rows("conv", "deconv") if c.vs_torch]
+FD_CASES = [c for c in rows("conv", "deconv") if c.fd]
 
 
-def _deconv_attrs(channels, kernel, stride=(1, 1), pad=(0, 0), output_pad=(0, 0), groups=1, bias=True):
-    return dict(channels=channels, kernel=kernel, stride=stride, pad=pad, output_pad=output_pad,
-                groups=groups, bias=bias)
+LOWERINGS = ["one-worker", "all-workers", "shifted-all-workers", "winograd-all-workers", "unrolled-all-workers"]
 
 
-def _torch_conv(xs, ps, a):
-    return F.conv2d(xs[0], ps["weight"], ps.get("bias"), stride=a["stride"], padding=a["pad"],
-                    dilation=a["dilation"], groups=a["groups"])
-
-
-def _torch_deconv(xs, ps, a):
-    return F.conv_transpose2d(xs[0], ps["weight"], ps.get("bias"), stride=a["stride"], padding=a["pad"],
-                              output_padding=a["output_pad"], groups=a["groups"])
-
-
-def _torch_conv_relu(xs, ps, a):
-    return F.relu(_torch_conv(xs, ps, a))
-
-
-def conv_case(id, x_shape, attrs, relu=False, **kw):
-    """relu: the kernel absorbs a following relu (the plan's fuse_activation)."""
-    c = x_shape[1]
-    params = {"weight": (attrs["channels"], c // attrs["groups"], *attrs["kernel"])}
-    if attrs["bias"]:
-        params["bias"] = (attrs["channels"],)
-    return Case("conv", attrs, [x_shape], _torch_conv_relu if relu else _torch_conv, params=params,
-                id=f"conv-{id}{'+relu' if relu else ''}", fuse="relu" if relu else None, **kw)
-
-
-def deconv_case(id, x_shape, attrs, **kw):
-    c = x_shape[1]
-    params = {"weight": (c, attrs["channels"] // attrs["groups"], *attrs["kernel"])}
-    if attrs["bias"]:
-        params["bias"] = (attrs["channels"],)
-    return Case("deconv", attrs, [x_shape], _torch_deconv, params=params, id=f"deconv-{id}", **kw)
-
-
-CONV_CASES = [
-    conv_case("3x3-pad1", (2, 3, 7, 6), _conv_attrs(4, (3, 3), pad=(1, 1))),
-    conv_case("3x3-stride2-odd", (2, 3, 9, 7), _conv_attrs(5, (3, 3), stride=(2, 2), pad=(1, 1))),
-    conv_case("5x5-valid-to-1x1", (2, 2, 5, 5), _conv_attrs(3, (5, 5))),
-    conv_case("dilation2", (1, 2, 9, 8), _conv_attrs(3, (3, 3), pad=(2, 2), dilation=(2, 2))),
-    conv_case("mixed-dilation-pad", (2, 2, 7, 9), _conv_attrs(3, (3, 2), pad=(0, 2), dilation=(1, 2))),
-    conv_case("rect-kernel-stride", (2, 3, 8, 7), _conv_attrs(4, (2, 5), stride=(2, 1), pad=(1, 2))),
-    conv_case("groups2-nobias", (2, 4, 6, 5), _conv_attrs(6, (3, 3), groups=2, bias=False)),
-    conv_case("depthwise-stride2", (2, 4, 7, 6), _conv_attrs(4, (3, 3), stride=(2, 2), pad=(1, 1), groups=4)),
-    conv_case("depthwise-multiplier2", (1, 3, 5, 5), _conv_attrs(6, (3, 3), pad=(1, 1), groups=3)),
-    conv_case("pointwise", (2, 5, 4, 3), _conv_attrs(3, (1, 1))),
-    conv_case("pointwise-groups2-nobias", (2, 4, 3, 5), _conv_attrs(6, (1, 1), groups=2, bias=False)),
-    conv_case("1x1-stride2", (2, 3, 5, 6), _conv_attrs(4, (1, 1), stride=(2, 2))),
-    conv_case("1x1-pad1", (1, 3, 3, 3), _conv_attrs(2, (1, 1), pad=(1, 1))),
-    # a first layer (no input gradient) and a frozen weight (bias still trained)
-    conv_case("first-layer", (2, 3, 6, 6), _conv_attrs(4, (3, 3), pad=(1, 1)), grad_inputs=()),
-    conv_case("first-layer-pointwise", (2, 3, 4, 4), _conv_attrs(2, (1, 1)), grad_inputs=()),
-    conv_case("frozen-weight", (2, 3, 6, 6), _conv_attrs(4, (3, 3), pad=(1, 1)), trainable=("bias",)),
-    # Small grids put several samples in one GEMM chunk (see MIN_GEMM_COLUMNS in runtime/cpu/conv.py):
-    # a short last chunk, a worker with several chunks, groups, pointwise and strided chunks.
-    conv_case("chunked-short-last", (7, 3, 3, 3), _conv_attrs(4, (3, 3), pad=(1, 1))),
-    conv_case("chunked-many-per-worker", (11, 3, 8, 16), _conv_attrs(5, (3, 3), pad=(1, 1))),
-    conv_case("chunked-groups2", (5, 4, 4, 4), _conv_attrs(6, (3, 3), pad=(1, 1), groups=2)),
-    conv_case("chunked-pointwise", (6, 5, 4, 4), _conv_attrs(3, (1, 1))),
-    conv_case("chunked-stride2-nobias", (9, 4, 6, 6), _conv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1),
-                                                                      bias=False)),
-    conv_case("chunked-first-layer", (5, 3, 4, 4), _conv_attrs(4, (3, 3), pad=(1, 1)), grad_inputs=()),
-    conv_case("chunked-frozen-weight", (5, 3, 4, 4), _conv_attrs(4, (3, 3), pad=(1, 1)), trainable=("bias",)),
-    conv_case("batch-of-one", (1, 3, 5, 5), _conv_attrs(4, (3, 3), pad=(1, 1))),
-    # An odd batch, so that one worker has more samples than the other.
-    conv_case("odd-batch-wide", (3, 4, 5, 17), _conv_attrs(5, (3, 3), pad=(1, 1))),
-    conv_case("valid-5x5-nobias", (2, 2, 6, 20), _conv_attrs(3, (5, 5), groups=1, bias=False)),
-    # one input channel (depth-1 GEMMs on the shifted path)
-    conv_case("grayscale-5x5", (3, 1, 9, 8), _conv_attrs(4, (5, 5), pad=(1, 0))),
-    # 3x3 stride 1 with each padding Winograd takes (its input gradient pads by 2 - pad), odd
-    # and even sizes (a tile overhangs an odd edge)
-    conv_case("3x3-valid-odd", (2, 3, 7, 8), _conv_attrs(4, (3, 3))),
-    conv_case("3x3-pad2", (2, 3, 5, 4), _conv_attrs(4, (3, 3), pad=(2, 2))),
-    conv_case("3x3-mixed-pad", (3, 2, 6, 5), _conv_attrs(3, (3, 3), pad=(0, 2), bias=False)),
-    conv_case("grayscale-dilation2", (2, 1, 7, 7), _conv_attrs(2, (3, 3), pad=(2, 2), dilation=(2, 2))),
-    # grids of 8 and more: Winograd's 4x4 tiles (see F4_MIN_GRID), overhanging the edges
-    conv_case("3x3-f4-overhang", (3, 3, 9, 10), _conv_attrs(4, (3, 3), pad=(1, 1))),
-    conv_case("3x3-f4-valid", (2, 2, 10, 13), _conv_attrs(3, (3, 3), bias=False)),
-    # a fused relu, in every lowering's epilogue (the fixture below picks the lowering)
-    conv_case("3x3-pad1", (2, 3, 7, 6), _conv_attrs(4, (3, 3), pad=(1, 1)), relu=True),
-    conv_case("3x3-f4-overhang", (3, 3, 9, 10), _conv_attrs(4, (3, 3), pad=(1, 1), bias=False), relu=True),
-    conv_case("chunked-stride2", (9, 4, 6, 6), _conv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1)), relu=True),
-    conv_case("pointwise", (2, 5, 4, 3), _conv_attrs(3, (1, 1)), relu=True),
-    conv_case("chunked-pointwise-groups2", (6, 4, 4, 4), _conv_attrs(6, (1, 1), groups=2), relu=True),
-    conv_case("grayscale-5x5", (3, 1, 9, 8), _conv_attrs(4, (5, 5), pad=(1, 0)), relu=True),
-    conv_case("first-layer", (2, 3, 6, 6), _conv_attrs(4, (3, 3), pad=(1, 1)), relu=True, grad_inputs=()),
-]
-
-DECONV_CASES = [
-    deconv_case("3x3-pad1", (2, 3, 5, 6), _deconv_attrs(4, (3, 3), pad=(1, 1))),
-    deconv_case("3x3-stride2-outpad1", (2, 3, 4, 5), _deconv_attrs(2, (3, 3), stride=(2, 2), pad=(1, 1),
-                                                                    output_pad=(1, 1))),
-    deconv_case("4x4-stride2-pad1", (2, 2, 3, 4), _deconv_attrs(3, (4, 4), stride=(2, 2), pad=(1, 1))),
-    deconv_case("stride3-kernel2-gaps", (1, 2, 3, 3), _deconv_attrs(2, (2, 2), stride=(3, 3))),
-    deconv_case("rect-kernel-outpad", (2, 3, 4, 3), _deconv_attrs(4, (2, 3), stride=(2, 1), pad=(0, 1),
-                                                                   output_pad=(1, 0))),
-    deconv_case("groups2-nobias", (2, 4, 4, 5), _deconv_attrs(6, (3, 3), stride=(2, 2), groups=2, bias=False)),
-    deconv_case("depthwise", (2, 3, 4, 4), _deconv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1), groups=3)),
-    deconv_case("pointwise", (2, 5, 3, 4), _deconv_attrs(3, (1, 1))),
-    deconv_case("1x1-stride2-outpad1", (2, 3, 3, 4), _deconv_attrs(2, (1, 1), stride=(2, 2), output_pad=(1, 1))),
-    deconv_case("first-layer", (2, 3, 4, 4), _deconv_attrs(2, (3, 3), stride=(2, 2)), grad_inputs=()),
-    deconv_case("bias-grad-only", (2, 3, 4, 4), _deconv_attrs(2, (3, 3), stride=(2, 2)),
-                grad_inputs=(), trainable=("bias",)),
-]
-
-# Each finite-difference case runs the forward ~150 times in float64: tiny shapes only.
-FD_CASES = [
-    conv_case("fd-stride2-pad1", (1, 2, 5, 4), _conv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1))),
-    conv_case("fd-groups2-dilation2", (1, 4, 5, 5), _conv_attrs(2, (2, 2), pad=(1, 1), dilation=(2, 2),
-                                                                      groups=2)),
-    conv_case("fd-pointwise", (2, 3, 2, 3), _conv_attrs(2, (1, 1))),
-    conv_case("fd-chunked", (3, 2, 3, 3), _conv_attrs(2, (3, 3), pad=(1, 1))),
-    conv_case("fd-grayscale", (2, 1, 4, 4), _conv_attrs(2, (3, 3), pad=(1, 1))),
-    conv_case("fd-f4-tiles", (1, 2, 8, 9), _conv_attrs(2, (3, 3), pad=(1, 1))),
-    conv_case("fd-chunked", (3, 2, 3, 3), _conv_attrs(2, (3, 3), pad=(1, 1)), relu=True),
-    deconv_case("fd-stride2-outpad1", (1, 2, 3, 3), _deconv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1),
-                                                                          output_pad=(1, 1))),
-    deconv_case("fd-groups2", (1, 4, 3, 2), _deconv_attrs(2, (2, 3), stride=(1, 2), groups=2)),
-]
-
-
-@pytest.fixture(autouse=True, params=["one-worker", "all-workers", "shifted-all-workers", "winograd-all-workers",
-                                      "unrolled-all-workers"])
+@pytest.fixture(autouse=True, params=LOWERINGS)
 def workers(request, monkeypatch):
     """Every case runs with the conv on one worker and on all of them: these tiny layers
     would otherwise stay under PARALLEL_MIN_FLOPS and never split the batch. The third run
@@ -170,17 +51,21 @@ def workers(request, monkeypatch):
                         and groups == 1)
 
 
-@pytest.mark.parametrize("case", CONV_CASES + DECONV_CASES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
 def test_against_torch(case):
     check_against_torch(case)
 
 
+# float64 finite differences take a second or two per case: the inner loop (-m "not slow") runs
+# them under the first lowering only.
+@pytest.mark.parametrize("workers", [LOWERINGS[0], *(pytest.param(w, marks=pytest.mark.slow) for w in LOWERINGS[1:])],
+                         indirect=True)
 @pytest.mark.parametrize("case", FD_CASES, ids=str)
-def test_finite_differences(case):
+def test_finite_differences(case, workers):
     check_finite_differences(case)
 
 
-@pytest.mark.parametrize("case", [c for c in CONV_CASES if c.fuse == "relu"], ids=str)
+@pytest.mark.parametrize("case", [c for c in CASES if c.fuse == "relu" and not c.fd], ids=str)
 def test_fused_relu_keeps_nan(case, request):
     """relu(NaN) is NaN in every lowering's epilogue (torch's too). Winograd may spread it over
     a tile, and the unrolled weights to every output of the sample (their zeros multiply it)."""
@@ -211,7 +96,7 @@ def test_path_choice(x_shape, channels, kernel, pad, path, monkeypatch):
     monkeypatch.setattr(dslc.runtime.cpu.conv, "unrolled_pays", DEFAULT_UNROLLED_PAYS)
     n, c, h, w = x_shape
     out_h, out_w = h + 2 * pad[0] - kernel[0] + 1, w + 2 * pad[1] - kernel[1] + 1
-    spec = NodeSpec(name="conv", op="conv", attrs=_conv_attrs(channels, kernel, pad=pad), in_shapes=(x_shape,),
+    spec = NodeSpec(name="conv", op="conv", attrs=conv_attrs(channels, kernel, pad=pad), in_shapes=(x_shape,),
                     in_dtypes=("float32",), out_shape=(n, channels, out_h, out_w),
                     param_shapes={"weight": (channels, c, *kernel), "bias": (channels,)})
     kernel = dslc.runtime.cpu.conv.Conv(spec)
@@ -263,11 +148,11 @@ def test_winograd_flipped_weights_are_the_forward_planes_permuted(tile):
 
 
 @pytest.mark.parametrize("x_shape,attrs,relu", [
-    ((3, 3, 9, 10), _conv_attrs(4, (3, 3), pad=(1, 1)), True),
-    ((9, 4, 6, 6), _conv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1), bias=False), True),
-    ((2, 5, 4, 3), _conv_attrs(3, (1, 1)), False),
-    ((2, 4, 6, 5), _conv_attrs(6, (3, 3), groups=2, bias=False), True),
-    ((4, 3, 2, 2), _conv_attrs(5, (3, 3), pad=(1, 1)), True),
+    ((3, 3, 9, 10), conv_attrs(4, (3, 3), pad=(1, 1)), True),
+    ((9, 4, 6, 6), conv_attrs(3, (3, 3), stride=(2, 2), pad=(1, 1), bias=False), True),
+    ((2, 5, 4, 3), conv_attrs(3, (1, 1)), False),
+    ((2, 4, 6, 5), conv_attrs(6, (3, 3), groups=2, bias=False), True),
+    ((4, 3, 2, 2), conv_attrs(5, (3, 3), pad=(1, 1)), True),
 ], ids=["3x3", "stride2-nobias", "pointwise-no-relu", "groups2", "2x2-grid"])
 def test_folded_batchnorm_matches_torch_eval(x_shape, attrs, relu):
     """An inference plan's conv -> batchnorm (-> relu) as one kernel (fuse_batchnorm): the
@@ -284,7 +169,7 @@ def test_folded_batchnorm_matches_torch_eval(x_shape, attrs, relu):
           "running_mean": rng.standard_normal(f), "running_var": rng.uniform(0.5, 2.0, f)}
     bn = {k: v.astype(np.float32) for k, v in bn.items()}
     t = {k: torch.from_numpy(v) for k, v in bn.items()}
-    expected = F.batch_norm(_torch_conv([torch.from_numpy(x)], {k: torch.from_numpy(v) for k, v in params.items()},
+    expected = F.batch_norm(torch_conv([torch.from_numpy(x)], {k: torch.from_numpy(v) for k, v in params.items()},
                                         attrs), t["running_mean"], t["running_var"], t["weight"], t["bias"],
                             training=False, eps=1e-3)
     if relu:
@@ -306,7 +191,7 @@ def test_folded_batchnorm_matches_torch_eval(x_shape, attrs, relu):
 
 def test_batchnorm_is_not_folded_after_a_relu():
     """relu then batchnorm is not batchnorm then relu: once a relu is fused the conv refuses."""
-    attrs = _conv_attrs(3, (3, 3), pad=(1, 1))
+    attrs = conv_attrs(3, (3, 3), pad=(1, 1))
     spec = NodeSpec(name="conv", op="conv", attrs=attrs, in_shapes=((2, 2, 5, 5),), in_dtypes=("float32",),
                     out_shape=(2, 3, 5, 5), param_shapes={"weight": (3, 2, 3, 3), "bias": (3,)})
     kernel = dslc.runtime.cpu.conv.Conv(spec)
@@ -323,7 +208,7 @@ def test_epilogue_operands_have_one_type_whatever_is_fused():
     types = set()
     for bias in (True, False):
         for folded in (False, True):
-            attrs = _conv_attrs(4, (3, 3), pad=(1, 1), bias=bias)
+            attrs = conv_attrs(4, (3, 3), pad=(1, 1), bias=bias)
             params = {"weight": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)}
             if bias:
                 params["bias"] = rng.standard_normal(4).astype(np.float32)

@@ -1,4 +1,6 @@
-"""CPU kernels of the recurrent family (embed, rnn, lstm, gru) against PyTorch and finite differences."""
+"""CPU kernels of the recurrent family (embed, rnn, lstm, gru): workspaces, frozen params, the
+absorbed embed, split units and the step GEMM. Their checks against torch and finite differences
+are rows of the shared table (tests/ops_cases.py, run by test_op_cases.py)."""
 import numpy as np
 import pytest
 import torch
@@ -6,81 +8,16 @@ import torch.nn.functional as F
 
 from dslc.runtime.cpu.recurrent import _step_gemm, unit_parts
 from dslc.runtime.kernel_api import Context
-from tests.kernels.harness import (Case, check_against_torch, check_finite_differences,
-                                   make_kernel)
+from tests.kernels.harness import make_kernel
+from tests.ops_cases import embed_case, recurrent_case
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-TORCH_MODULES = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-
-
-def torch_recurrent(op):
-    def run(xs, ps, attrs):
-        x = xs[0]
-        module = TORCH_MODULES[op](x.shape[2], attrs["hidden"], attrs["layers"], batch_first=True)
-        # functional_call runs the module on the harness's tensors, so autograd reaches them.
-        out, _ = torch.func.functional_call(module, ps, (x,))
-        return out if attrs["sequence"] else out[:, -1]
-    return run
-
-
-def recurrent_case(op, batch, steps, features, hidden, layers, sequence, **kw):
-    width = GATES[op] * hidden
-    params = {}
-    for layer in range(layers):
-        params[f"weight_ih_l{layer}"] = (width, features if layer == 0 else hidden)
-        params[f"weight_hh_l{layer}"] = (width, hidden)
-        params[f"bias_ih_l{layer}"] = (width,)
-        params[f"bias_hh_l{layer}"] = (width,)
-    return Case(op, {"hidden": hidden, "layers": layers, "sequence": sequence},
-                [(batch, steps, features)], torch_recurrent(op), params=params,
-                id=f"{op}-N{batch}-T{steps}-F{features}-H{hidden}-L{layers}-seq{sequence}", **kw)
-
-
-def embed_case(batch, steps, vocab, dim):
-    return Case("embed", {"vocab": vocab, "dim": dim}, [(batch, steps)],
-                lambda xs, ps, a: F.embedding(xs[0], ps["weight"]),
-                params={"weight": (vocab, dim)}, in_dtypes=["int64"], int_high=vocab,
-                id=f"embed-N{batch}-T{steps}-V{vocab}-D{dim}")
 
 
 def random_inputs_and_params(case, rng):
     xs = [rng.standard_normal(shape).astype(np.float32) for shape in case.in_shapes]
     ps = {n: (rng.standard_normal(shape) * 0.5).astype(np.float32) for n, shape in case.params.items()}
     return xs, ps
-
-
-EMBED_CASES = [
-    embed_case(2, 5, vocab=7, dim=3),
-    embed_case(3, 4, vocab=3, dim=2),      # 12 ids over 3 rows: repeated ids must add up
-    embed_case(1, 1, vocab=4, dim=5),
-]
-
-# (N, T, F, H, layers, sequence): 1 and 2 layers, both output modes, T from 1 to 12 with
-# backpropagation through 10+ steps for every cell. The cell loops vectorise over the batch:
-# N = 21 runs their vector body (16 float32 lanes with AVX-512) and a remainder.
-RECURRENT_SHAPES = [
-    (2, 5, 3, 4, 1, False),
-    (1, 1, 3, 2, 1, True),
-    (3, 12, 4, 3, 2, False),
-    (2, 4, 3, 5, 2, True),
-    (3, 1, 2, 3, 2, False),
-    (1, 11, 2, 3, 1, True),
-    (21, 6, 5, 7, 2, True),
-]
-RECURRENT_CASES = [recurrent_case(op, *shape) for op in GATES for shape in RECURRENT_SHAPES]
-
-FINITE_DIFFERENCE_CASES = [recurrent_case(op, 2, 3, 2, 2, 2, sequence)
-                           for op in GATES for sequence in (True, False)]
-
-
-@pytest.mark.parametrize("case", EMBED_CASES + RECURRENT_CASES, ids=str)
-def test_matches_torch(case):
-    check_against_torch(case)
-
-
-@pytest.mark.parametrize("case", FINITE_DIFFERENCE_CASES + [EMBED_CASES[1]], ids=str)
-def test_finite_differences(case):
-    check_finite_differences(case)
 
 
 @pytest.mark.parametrize("op", list(GATES))
