@@ -130,13 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train a network")
     r.add_argument("file")
     r.add_argument("--data", default="digits", help="digits, synthetic, chars, or a path (.npz, idx, .txt)")
+    r.add_argument("--val", metavar="PATH",
+                   help="a separate validation set, in --data's formats (default: a split of --data, or the "
+                        "MNIST t10k pair beside a train pair in a --data directory)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch", type=int)
     r.add_argument("--lr", type=float)
     r.add_argument("--optimizer")
     r.add_argument("--seed", type=int)
     r.add_argument("--set", action="append", metavar="K=V")
-    r.add_argument("--checkpoint", metavar="DIR", help="save a checkpoint here after every epoch")
+    r.add_argument("--checkpoint", metavar="DIR",
+                   help="save last.ckpt (every epoch) and best.ckpt (lowest validation loss) here; "
+                        "default: a new numbered directory runs/NETWORK/N")
+    r.add_argument("--early-stopping", type=int, metavar="N",
+                   help="stop after N epochs without a lower validation loss")
     r.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint")
     r.add_argument("--overwrite", action="store_true",
                    help="start afresh even though --checkpoint DIR holds a checkpoint (it is replaced)")
@@ -151,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate trained weights")
     e.add_argument("file")
     e.add_argument("--weights", required=True, metavar="CKPT")
-    e.add_argument("--data", default="digits")
+    e.add_argument("--data", help="a file or directory (scored whole), or a built-in dataset (its validation "
+                                  "split); default: the data the checkpoint was validated on")
+    e.add_argument("--format", choices=("text", "json"), default="text")
     e.add_argument("--batch", type=int)
     e.add_argument("--set", action="append", metavar="K=V")
     e.add_argument("--limit", type=int)

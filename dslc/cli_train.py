@@ -2,27 +2,57 @@
 
 Kept apart from dslc/cli.py so that `dslc compile` / `dslc viz` never import Numba: cli.py
 imports this module only when one of these commands runs.
+
+Where the weights go: `--checkpoint DIR`, or else a new numbered directory runs/NETWORK/N
+(N = 1, 2, ... one past the highest there; created atomically, so runs side by side never share
+one). Either way DIR/last.ckpt is written after every epoch and DIR/best.ckpt after each epoch
+that lowers the validation loss. A default directory that ends up holding no checkpoint (the
+run failed before its first epoch ended) is removed again.
+
+What a checkpoint records for later commands (metadata, besides the trainer's own): `set`, the
+--set values as given ({"hidden": "64"}), `vocab`, a text model's characters (id i is vocab[i]),
+and under `data` the --data, --limit and --val of the run. `dslc eval` applies the recorded
+--set values (see `recorded_overrides`) and, without --data, scores what the run validated on.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 
-from .compiler import UsageError, compile_file
+from .compiler import UsageError, compile_file, parse_override
 from .ops import OPS
-from .runtime.data import load_dataset
+from .runtime.checkpoint import load_checkpoint
+from .runtime.data import BUILTIN_DATASETS, load_dataset, mnist_test_set
 from .runtime.errors import CheckpointError, RuntimeUserError
 from .runtime.model import Model
 from .runtime.plan import concrete
-from .runtime.train import (CHECKPOINT_NAME, CheckpointDir, Interrupted, TrainConfig, Trainer,
-                            check_output_file, data_roles)
+from .runtime.train import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    LOCK_NAME,
+    CheckpointDir,
+    Interrupted,
+    TrainConfig,
+    Trainer,
+    check_output_file,
+    data_roles,
+)
 from .summary import totals
 
 DEFAULT_SEQUENCE_LENGTH = 64
+RUNS_DIR = "runs"
+# Above this many classes the text report gives the lowest per-class accuracies, not the matrix.
+MAX_PRINTED_CLASSES = 20
 
 
-def _datasets(net, source, cfg, limit, log=lambda s: None):
+def _log(line):
+    print(line, file=sys.stderr)
+
+
+def _data_shapes(net, log=lambda s: None) -> dict:
+    """load_dataset's keyword arguments describing one sample of the network's data."""
     x_name, y_name = data_roles(net)
     symbols = dict(net.symbols)
     for k, v in symbols.items():
@@ -37,56 +67,148 @@ def _datasets(net, source, cfg, limit, log=lambda s: None):
         classes = logits.shape[loss_term.attrs.get("class_axis", 1)]
     # integer inputs are ids that embeddings look up: data ids must be below the smallest vocabulary
     vocabs = [d.attrs["vocab"] for d in net.nodes() if d.op == "embed" and x_name in d.inputs]
-    train, val = load_dataset(source, x_shape=concrete(xt.shape[1:], 1, symbols), x_dtype=xt.dtype,
-                              y_shape=concrete(yt.shape[1:], 1, symbols), y_dtype=yt.dtype,
-                              val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, classes=classes,
-                              x_classes=min(vocabs, default=None))
+    return dict(x_shape=concrete(xt.shape[1:], 1, symbols), x_dtype=xt.dtype,
+                y_shape=concrete(yt.shape[1:], 1, symbols), y_dtype=yt.dtype, classes=classes,
+                x_classes=min(vocabs, default=None))
+
+
+def _check_vocab(train, shapes):
+    classes = shapes["classes"]
     if train.classes is not None and classes is not None and train.vocab is not None and train.classes > classes:
         raise RuntimeUserError(f"the text has {train.classes} distinct characters but the network predicts {classes}",
                                f"compile with --set vocab={train.classes}")
-    return train, val
+
+
+def _datasets(net, source, cfg, limit, log=lambda s: None, val_source=None):
+    """(train, validation, where the validation data comes from, the validation source or None).
+
+    With `val_source` the whole of `source` trains and the whole of `val_source` validates; a
+    --data directory holding MNIST's train and t10k pairs validates on t10k; otherwise
+    cfg.val_fraction of `source` is held out."""
+    shapes = _data_shapes(net, log)
+    auto = None
+    if val_source is None:
+        auto = val_source = mnist_test_set(source)
+    else:
+        val_source = mnist_test_set(val_source) or val_source
+    if val_source is None:
+        train, val = load_dataset(source, val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, **shapes)
+        _check_vocab(train, shapes)
+        if not len(val):
+            return train, val, "no validation", None
+        how = "the end" if train.vocab is not None else "random"
+        return train, val, f"{cfg.val_fraction:.0%} of {train.name} held out, {how}", None
+    train, _ = load_dataset(source, val_fraction=0, seed=cfg.seed, limit=limit, **shapes)
+    _check_vocab(train, shapes)
+    val, _ = load_dataset(val_source, val_fraction=0, seed=cfg.seed, limit=limit, vocab=train.vocab, **shapes)
+    where = f"{val.name}, the test set beside the training set" if auto else val_source
+    return train, val, where, val_source
+
+
+def _given_sets(pairs) -> dict:
+    """The --set flags as given, {name: value text}; a later flag for the same name wins."""
+    out = {}
+    for p in pairs or []:
+        k, _ = parse_override(p)
+        out[k] = p.split("=", 1)[1].strip()
+    return out
+
+
+def default_run_dir(network: str) -> str:
+    """A new directory runs/NETWORK/N, N one past the highest number there (made with mkdir, which
+    fails if another run took that number first: then the next is tried)."""
+    parent = os.path.join(RUNS_DIR, network)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        taken = [int(n) for n in os.listdir(parent) if n.isdigit()]
+    except OSError as e:
+        raise RuntimeUserError(f"cannot create {parent} for this run's weights: {e.strerror or e}",
+                               "run from a directory you can write to, or give --checkpoint DIR") from None
+    n = max(taken, default=0) + 1
+    while True:
+        path = os.path.join(parent, str(n))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            n += 1
+        except OSError as e:
+            raise RuntimeUserError(f"cannot create {path} for this run's weights: {e.strerror or e}",
+                                   "run from a directory you can write to, or give --checkpoint DIR") from None
+
+
+def _remove_if_unused(path: str) -> None:
+    """Take back a default run directory in which no checkpoint was written."""
+    try:
+        names = set(os.listdir(path))
+        if names - {LOCK_NAME}:
+            return
+        if LOCK_NAME in names:
+            os.unlink(os.path.join(path, LOCK_NAME))
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def run_command(args, overrides) -> int:
     if args.resume and not args.checkpoint:
-        raise UsageError("--resume needs --checkpoint DIR (where the checkpoint is)")
+        raise UsageError("--resume needs --checkpoint DIR (where the checkpoint is)",
+                         help=f"e.g. --checkpoint {os.path.join(RUNS_DIR, 'NETWORK', '1')} for a run that saved "
+                              "into the default directory")
     if args.overwrite and not args.checkpoint:
         raise UsageError("--overwrite needs --checkpoint DIR (the checkpoint it replaces)")
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the checkpoint and --overwrite replaces it: give one of them")
+    if args.early_stopping is not None and args.early_stopping < 1:
+        raise UsageError(f"--early-stopping {args.early_stopping}: give a number of epochs >= 1",
+                         help="e.g. --early-stopping 3")
     net, warnings = compile_file(args.file, overrides)
     for w in warnings:
         print(w.render(), file=sys.stderr)
     cfg = TrainConfig.from_network(net, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
                                    seed=args.seed)
     # Output paths first: a path that cannot be written fails now, not after an epoch of training.
-    claim = CheckpointDir(args.checkpoint, resume=args.resume, overwrite=args.overwrite) if args.checkpoint else None
+    default_dir = None if args.checkpoint else default_run_dir(net.name)
+    directory = args.checkpoint or default_dir
     try:
-        if args.metrics:
-            check_output_file(args.metrics, "--metrics")
-        return _train(args, net, cfg)
-    finally:
-        if claim is not None:
+        claim = CheckpointDir(directory, resume=args.resume, overwrite=args.overwrite)
+        try:
+            if args.metrics:
+                check_output_file(args.metrics, "--metrics")
+            return _train(args, net, cfg, directory)
+        finally:
             claim.release()
+    finally:
+        if default_dir is not None:
+            _remove_if_unused(default_dir)
 
 
-def _train(args, net, cfg) -> int:
+def _train(args, net, cfg, directory) -> int:
     t0 = time.perf_counter()
     model = Model(net, device=args.device, seed=cfg.seed)
     if args.weights:
         print(model.load_params(args.weights), file=sys.stderr)
     if args.freeze:
         model.freeze(*args.freeze)
-    log = (lambda s: print(s, file=sys.stderr))
-    train, val = _datasets(net, args.data, cfg, args.limit, log)
+    train, val, val_where, val_source = _datasets(net, args.data, cfg, args.limit, _log, args.val)
+    if args.early_stopping and not len(val):
+        raise UsageError("--early-stopping watches the validation loss, but this run has no validation data",
+                         help="give a validation set with --val PATH, or keep a validation split (val_fraction > 0)")
+    extra = {"set": _given_sets(args.set)}
+    if train.vocab is not None:
+        extra["vocab"] = train.vocab
     trainer = Trainer(model, cfg, train, val, progress=not args.quiet, metrics_path=args.metrics,
-                      checkpoint_dir=args.checkpoint, log=log, data_info={"data": args.data, "limit": args.limit})
+                      checkpoint_dir=directory, log=_log,
+                      data_info={"data": args.data, "limit": args.limit, "val": val_source},
+                      early_stopping=args.early_stopping, extra_meta=extra,
+                      resume_hint="--resume" if args.checkpoint else f"--checkpoint {directory} --resume")
     if args.resume:
         meta = trainer.resume()
-        log(f"resuming {net.name} at epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}")
+        _log(f"resuming {net.name} at epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}")
     n_params = totals(net, frozen=model.frozen)["trainable_parameters"]
-    log(f"training {net.name} ({n_params:,} trainable parameters) on {train.name}: {len(train)} train / {len(val)} validation "
-        f"samples, {cfg.describe()}, device {model.device.name}")
+    stopping = f", early stopping after {args.early_stopping} epochs without improvement" if args.early_stopping else ""
+    _log(f"training {net.name} ({n_params:,} trainable parameters) on {train.name}: {len(train)} train / "
+         f"{len(val)} validation samples ({val_where}), {cfg.describe()}{stopping}, device {model.device.name}")
     try:
         history = trainer.fit()
     except Interrupted as e:    # the trainer has said what it saved
@@ -98,31 +220,136 @@ def _train(args, net, cfg) -> int:
         vl = f"validation loss {last['val_loss']:.4f}" if last.get("val_loss") is not None else \
             f"train loss {last['train_loss']:.4f}"
         print(f"done: {len(history)} epochs in {dt:.1f} s; {vl}{acc}")
-    if args.checkpoint:
-        print(f"checkpoint: {os.path.join(args.checkpoint, CHECKPOINT_NAME)}")
+    print(f"checkpoint: {os.path.join(directory, CHECKPOINT_NAME)}")
+    best = trainer.best_epoch()
+    if best is not None:
+        loss = next(r["val_loss"] for r in history if r["epoch"] == best)
+        print(f"best: {os.path.join(directory, BEST_NAME)} (epoch {best}, validation loss {loss:.4f})")
     return 0
 
 
+# ---- eval ------------------------------------------------------------------------------------
+def recorded_overrides(meta: dict, given_pairs, weights: str) -> tuple[dict, list[str]]:
+    """The --set values to compile with: those given, and those the checkpoint records that were
+    not given. Returns (overrides, the recorded ones applied as "k=v"). A value given that
+    differs from the recorded one is a UsageError: the weights were trained for the other."""
+    given = _given_sets(given_pairs)
+    overrides = {k: parse_override(f"{k}={v}")[1] for k, v in given.items()}
+    recorded = meta.get("set") if isinstance(meta.get("set"), dict) else {}
+    applied = []
+    for k, v in recorded.items():
+        if not isinstance(v, (str, int, float)):
+            raise CheckpointError(f"{weights} records a --set value for {k} that is not a value ({v!r})",
+                                  "give a checkpoint written by `dslc run`")
+        value = parse_override(f"{k}={v}")[1]
+        if k in given:
+            if overrides[k] != value:
+                raise UsageError(f"--set {k}={given[k]} does not match {weights}, which was trained with --set {k}={v}",
+                                 help=f"drop --set {k}=... (the recorded value is used), or give the weights of a "
+                                      f"run with --set {k}={given[k]}")
+            continue
+        overrides[k] = value
+        applied.append(f"{k}={v}")
+    return overrides, applied
+
+
+def _eval_data(args, meta, net, cfg, weights):
+    """(dataset to score, its source, what part of it): a file or directory given is scored
+    whole (an MNIST directory: its t10k test pair); a built-in dataset by its validation split.
+    Without --data, what the checkpoint's run validated on: its --val set, or the split it held out."""
+    # Metadata is JSON the checkpoint's digest vouches for, but not necessarily dslc's own: use
+    # only values of the expected types.
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    recorded = {k: data[k] for k in ("data", "val") if isinstance(data.get(k), str)}
+    if isinstance(data.get("limit"), int) and not isinstance(data.get("limit"), bool) and data["limit"] > 0:
+        recorded["limit"] = data["limit"]
+    if args.data is not None:
+        source = mnist_test_set(args.data) or args.data
+        whole = source not in BUILTIN_DATASETS
+    elif recorded.get("val"):
+        source, whole = recorded["val"], True
+        _log(f"scoring {source}, the validation set {weights} was trained with (give --data for another)")
+    elif recorded.get("data"):
+        source, whole = recorded["data"], False
+        _log(f"scoring the validation split of {source} that {weights} was trained with (give --data for another)")
+    else:
+        source, whole = "digits", False
+    shapes = _data_shapes(net)
+    vocab = meta.get("vocab") if isinstance(meta.get("vocab"), str) else None
+    limit = args.limit
+    if limit is None and args.data is None:     # the samples the run drew (--limit) decide what it validated on
+        limit = recorded.get("limit")
+    if whole:
+        ds, _ = load_dataset(source, val_fraction=0, seed=cfg.seed, limit=limit, vocab=vocab, **shapes)
+        what = f"all {len(ds)} samples" if limit is None else f"{len(ds)} samples, --limit {limit}"
+        return ds, source, what
+    # The split the run held out, when the checkpoint was trained on this source: the same seed
+    # and fraction (from its settings) and the same --limit, which decides which samples were drawn.
+    if args.limit is None and recorded.get("data") == source:
+        limit = recorded.get("limit")
+    _, ds = load_dataset(source, val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, vocab=vocab, **shapes)
+    return ds, source, f"validation split, {len(ds)} samples"
+
+
 def eval_command(args, overrides) -> int:
+    arrays, meta = load_checkpoint(args.weights)
+    if not isinstance(meta, dict):
+        meta = {}
+    overrides, applied = recorded_overrides(meta, args.set, args.weights)
+    if applied:
+        _log(f"using the --set values recorded in {args.weights}: {' '.join(applied)}")
     net, _ = compile_file(args.file, overrides)
-    cfg = TrainConfig.from_network(net, batch=args.batch)
+    saved_cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    split = {k: saved_cfg[k] for k in ("seed", "val_fraction") if k in saved_cfg}
+    cfg = TrainConfig.from_network(net, batch=args.batch, **split)
     model = Model(net, device=args.device)
-    report = model.load_params(args.weights)
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")} or arrays
+    report = model.load_params(params)
     if report.missing or report.mismatched:
         raise CheckpointError(f"{args.weights} does not hold this network's parameters:\n{report}",
                               "evaluate with the .net file and --set values the weights were trained with")
-    train, val = _datasets(net, args.data, cfg, args.limit)
-    trainer = Trainer(model, cfg, train, val, log=lambda s: print(s, file=sys.stderr))
+    ds, source, what = _eval_data(args, meta, net, cfg, args.weights)
+    if not len(ds):
+        raise RuntimeUserError(f"{source} gives no samples to evaluate on", "give --data a larger dataset")
+    trainer = Trainer(model, cfg, ds, ds, log=_log)
     classes = None
     if trainer.classify:
         classes = net.node(trainer.pred_node).type.shape[trainer.class_axis]
     topk = (1, 5) if classes and isinstance(classes, int) and classes > 5 else (1,)
     with trainer.reporting_compiles(None, "evaluation"):
-        res = trainer.evaluate(val if len(val) else train, topk=topk)
-    line = f"{net.name} on {args.data} (validation split, {len(val)} samples): loss {res['loss']:.4f}"
+        res = trainer.evaluate(ds, topk=topk, confusion=True)
+    if args.format == "json":
+        print(json.dumps({"network": net.name, "weights": args.weights, "data": source,
+                          "split": "validation" if what.startswith("validation") else "all",
+                          "samples": len(ds), "loss": res["loss"], "accuracy": res["accuracy"],
+                          "top5": res.get("top5"), "per_class": res.get("per_class"),
+                          "confusion": res.get("confusion")}))
+        return 0
+    line = f"{net.name} on {source} ({what}): loss {res['loss']:.4f}"
     if res["accuracy"] is not None:
         line += f", top-1 accuracy {res['accuracy']:.4f}"
-    if "top5" in res and res["top5"] is not None:
+    if res.get("top5") is not None:
         line += f", top-5 accuracy {res['top5']:.4f}"
     print(line)
+    if res.get("confusion") is not None:
+        print(_confusion_text(res["confusion"], res["per_class"]))
     return 0
+
+
+def _confusion_text(confusion, per_class) -> str:
+    """Per-class accuracy beside the confusion matrix (rows: true class, columns: predicted),
+    or, for many classes, the classes predicted worst."""
+    k = len(confusion)
+    counts = [sum(row) for row in confusion]
+    if k > MAX_PRINTED_CLASSES:
+        seen = sorted((acc, c) for c, acc in enumerate(per_class) if acc is not None)[:5]
+        worst = ", ".join(f"{c} {acc:.3f} ({counts[c]})" for acc, c in seen)
+        return (f"lowest per-class accuracy (class, accuracy, samples): {worst}; "
+                f"the {k}x{k} confusion matrix: --format json")
+    width = max(3, len(str(max(max(row) for row in confusion))), len(str(k - 1)))
+    head = f"{'class':>5} {'n':>5} {'acc':>5}   predicted " + " ".join(f"{c:>{width}}" for c in range(k))
+    lines = [head]
+    for c, row in enumerate(confusion):
+        acc = f"{per_class[c]:.3f}" if per_class[c] is not None else "-"
+        lines.append(f"{c:>5} {counts[c]:>5} {acc:>5}             " + " ".join(f"{v:>{width}}" for v in row))
+    return "\n".join(lines)

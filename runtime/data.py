@@ -68,7 +68,8 @@ class Dataset:
 
 def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y_dtype: str,
                  val_fraction: float = 0.2, seed: int = 0, limit: int | None = None,
-                 classes: int | None = None, x_classes: int | None = None) -> tuple[Dataset, Dataset]:
+                 classes: int | None = None, x_classes: int | None = None,
+                 vocab: str | None = None) -> tuple[Dataset, Dataset]:
     """(train, validation) from `source`, shaped for a network whose per-sample input is
     `x_shape`/`x_dtype` and whose per-sample label or target is `y_shape`/`y_dtype`.
 
@@ -79,6 +80,8 @@ def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y
     (for "synthetic", it is the number generated). `val_fraction` of the samples (at least
     one, unless it is 0) are held out for validation: a random subset picked with `seed`,
     except for text, where the last windows are held out so that validation text is unseen.
+    `vocab`, for text, is the characters ids stand for (another dataset's `vocab`): a validation
+    text or a trained model's text must use the ids the model was trained with.
     """
     x_shape, y_shape = tuple(x_shape), tuple(y_shape)
     for dtype in (x_dtype, y_dtype):
@@ -90,7 +93,7 @@ def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y
     if limit is not None and limit < 1:
         raise DataError(f"sample limit must be at least 1, got {limit}",
                         "give a positive number of samples, or no limit")
-    shapes = _NetworkShapes(x_shape, x_dtype, y_shape, y_dtype, classes, x_classes)
+    shapes = _NetworkShapes(x_shape, x_dtype, y_shape, y_dtype, classes, x_classes, vocab)
 
     if source == "synthetic":
         full = _synthetic(shapes, limit or SYNTHETIC_SAMPLES, seed)
@@ -150,6 +153,7 @@ class _NetworkShapes:
     y_dtype: str
     classes: int | None
     x_classes: int | None = None
+    vocab: str | None = None
 
     def describe_x(self) -> str:
         return f"{self.x_dtype} of shape {self.x_shape}"
@@ -360,9 +364,23 @@ def _text(path: str, name: str, shapes: _NetworkShapes) -> Dataset:
         raise DataError(f"text dataset '{path}' is not UTF-8 text ({err.reason} at byte {err.start})",
                         "convert the file to UTF-8") from err
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    # np.unique sorts by code point, so ids follow the sorted set of characters.
-    chars, ids = np.unique(codes, return_inverse=True)
-    vocab = "".join(map(chr, chars))
+    if shapes.vocab is not None:
+        vocab = shapes.vocab
+        known = np.array(sorted(map(ord, vocab)), dtype=np.uint32)
+        order = np.argsort(np.array([ord(c) for c in vocab], dtype=np.uint32), kind="stable")
+        pos = np.minimum(np.searchsorted(known, codes), max(len(known) - 1, 0))
+        unknown = np.unique(codes[known[pos] != codes]) if len(known) else np.unique(codes)
+        if len(unknown):
+            shown = ", ".join(repr(chr(c)) for c in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+            raise DataError(
+                f"text dataset '{name}' has {len(unknown)} character{'s' if len(unknown) != 1 else ''} that the "
+                f"training text does not ({shown}): the model has no id for them",
+                "remove them from this text, or train on a text that contains them")
+        ids = order[pos]
+    else:
+        # np.unique sorts by code point, so ids follow the sorted set of characters.
+        chars, ids = np.unique(codes, return_inverse=True)
+        vocab = "".join(map(chr, chars))
     if shapes.classes is not None and len(vocab) > shapes.classes:
         raise DataError(
             f"text dataset '{name}' has {len(vocab)} distinct characters, but the network has "
@@ -463,6 +481,23 @@ def _read_bounded(path: str, gzipped: bool, limit: int = MAX_DATA_BYTES) -> byte
                                 "use a smaller dataset")
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def mnist_test_set(source: str) -> str | None:
+    """The test images file (t10k-images-idx3-ubyte, optionally .gz) of an MNIST directory that
+    also holds the training set, or None: a directory is the usual way MNIST is unpacked, and its
+    test pair is the validation set people mean."""
+    if not os.path.isdir(source):
+        return None
+    try:
+        names = sorted(os.listdir(source))
+    except OSError:
+        return None
+    images = [f for f in names if _IDX_IMAGES_NAME.search(f)]
+    if not any(f.startswith("train") for f in images):
+        return None
+    test = [f for f in images if f.startswith("t10k")]
+    return os.path.join(source, test[0]) if test else None
 
 
 def _images_file_in(directory: str) -> str:

@@ -30,6 +30,8 @@ from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's setti
 from .optim import make_schedule
 
 CHECKPOINT_NAME = "last.ckpt"
+# The checkpoint of the epoch with the lowest validation loss so far, kept beside last.ckpt.
+BEST_NAME = "best.ckpt"
 LOCK_NAME = ".lock"
 # The signals a run treats as "stop": Ctrl-C, and what a cluster scheduler sends before it kills a job.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -69,7 +71,12 @@ def data_roles(net):
 
 class Trainer:
     def __init__(self, model, cfg: TrainConfig, train: Dataset, val: Dataset | None, *, progress=True,
-                 metrics_path=None, checkpoint_dir=None, log=None, data_info=None):
+                 metrics_path=None, checkpoint_dir=None, log=None, data_info=None, early_stopping=None,
+                 extra_meta=None, resume_hint="--resume"):
+        """`early_stopping` N: stop once N epochs in a row have not lowered the validation loss
+        (needs validation data). `extra_meta`: JSON values saved in every checkpoint's metadata
+        (the command line records its --set values and a text model's vocabulary there).
+        `resume_hint`: the flags that continue an interrupted run, for its message."""
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
         self.net = model.net
         self.x_name, self.y_name = data_roles(self.net)
@@ -79,6 +86,18 @@ class Trainer:
         # Where the data came from ({"data": ..., "limit": ...}): saved in checkpoints, and a resume
         # on other data is refused (the replayed epoch order would not match).
         self.data_info = dict(data_info or {})
+        if early_stopping is not None:
+            if isinstance(early_stopping, bool) or not isinstance(early_stopping, int) or early_stopping < 1:
+                raise RuntimeUserError(f"early stopping needs a whole number of epochs >= 1, got {early_stopping}",
+                                       "e.g. --early-stopping 3")
+            if val is None or not len(val):
+                raise RuntimeUserError("early stopping watches the validation loss, but there is no validation data",
+                                       "give a validation set (--val PATH) or keep a validation split "
+                                       "(val_fraction above 0)")
+        self.early_stopping = early_stopping
+        self.extra_meta = dict(extra_meta or {})
+        self.resume_hint = resume_hint
+        self.stopped_early = False
         self._pending_signal = None
         self.loss_term = self.net.node(self.net.loss).inputs[0]
         self.pred_node = self.net.node(self.loss_term).inputs[0]
@@ -151,6 +170,8 @@ class Trainer:
         drop_last = len(self.train) >= cfg.batch
         steps = len(self.train) // cfg.batch if drop_last else 1
         while self.epoch < cfg.epochs:
+            if self._patience_exhausted():      # checked here too, so a resumed run that had stopped stays stopped
+                break
             lr = self.schedule(self.epoch)
             if self.step_in_epoch == 0:
                 self.epoch_rng_state = rng_state_to_arrays(self.data_rng, "data_epoch")
@@ -210,9 +231,30 @@ class Trainer:
                     f.write(json.dumps(record) + "\n")
             self.epoch += 1
             self.step_in_epoch = 0
-            saved = self.save() if self.checkpoint_dir else None
+            saved = None
+            if self.checkpoint_dir:
+                saved = self.save()
+                if self.best_epoch() == record["epoch"]:
+                    self.save(BEST_NAME)
             self._stop_if_asked(saved)
         return self.history
+
+    def best_epoch(self):
+        """The epoch (1-based) with the lowest validation loss so far (the first, on a tie), or None."""
+        losses = [(r["val_loss"], r["epoch"]) for r in self.history if r.get("val_loss") is not None]
+        return min(losses, key=lambda t: t[0])[1] if losses else None
+
+    def _patience_exhausted(self):
+        if not self.early_stopping or self.stopped_early:
+            return self.stopped_early
+        best = self.best_epoch()
+        if best is None or self.history[-1]["epoch"] - best < self.early_stopping:
+            return False
+        self.stopped_early = True
+        best_loss = next(r["val_loss"] for r in self.history if r["epoch"] == best)
+        self.log(f"early stopping: the validation loss has not improved for {self.early_stopping} "
+                 f"epoch{'s' if self.early_stopping != 1 else ''} (best {best_loss:.4f}, epoch {best})")
+        return True
 
     # ---- signals -----------------------------------------------------------------------------
     @contextmanager
@@ -273,7 +315,7 @@ class Trainer:
             else f"the end of epoch {self.epoch}"
         if self.checkpoint_dir:
             path = saved or self.save()
-            message = f"interrupted ({name}) at {where}: saved {path}; continue with --resume"
+            message = f"interrupted ({name}) at {where}: saved {path}; continue with {self.resume_hint}"
         else:
             path = None
             message = f"interrupted ({name}) at {where}: no --checkpoint DIR given, nothing saved"
@@ -314,10 +356,14 @@ class Trainer:
                     unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr,
                     disable=None)   # None: only on a terminal, so logs stay readable
 
-    def evaluate(self, ds: Dataset, topk=(1,)):
+    def evaluate(self, ds: Dataset, topk=(1,), confusion=False):
+        """Loss and top-k accuracies over `ds`. With `confusion`, a classifier's result also holds
+        `confusion` (rows: true class, columns: predicted class; counts) and `per_class` (each
+        class's accuracy, None for a class with no samples)."""
         m, cfg = self.model, self.cfg
         total, n, correct = 0.0, 0, {k: 0 for k in topk}
         count = 0
+        matrix = None
         for xb, yb in batches(ds, cfg.batch, shuffle=False, rng=np.random.default_rng(0)):
             out = m.forward(training=False, **{self.x_name: xb, self.y_name: yb})
             total += out["loss"] * len(xb)
@@ -330,15 +376,25 @@ class Trainer:
                     hit = np.any(top == np.expand_dims(yb, self.class_axis), axis=self.class_axis)
                     correct[k] += int(np.sum(hit))
                 count += yb.size
+                if confusion and yb.dtype.kind in "iu":
+                    k_classes = pred.shape[self.class_axis]
+                    truth, guess = yb.ravel().astype(np.int64), np.argmax(pred, axis=self.class_axis).ravel()
+                    keep = (truth >= 0) & (truth < k_classes)
+                    cells = np.bincount(truth[keep] * k_classes + guess[keep], minlength=k_classes ** 2)
+                    matrix = cells.reshape(k_classes, k_classes) + (0 if matrix is None else matrix)
         res = {"loss": total / max(n, 1), "accuracy": correct[topk[0]] / count if count else None}
         for k in topk[1:]:
             res[f"top{k}"] = correct[k] / count if count else None
+        if confusion:
+            res["confusion"] = matrix.tolist() if matrix is not None else None
+            res["per_class"] = ([int(matrix[i, i]) / int(row) if row else None
+                                 for i, row in enumerate(matrix.sum(axis=1))] if matrix is not None else None)
         return res
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def save(self):
+    def save(self, name=CHECKPOINT_NAME):
         os.makedirs(self.checkpoint_dir, exist_ok=True)
-        path = os.path.join(self.checkpoint_dir, CHECKPOINT_NAME)
+        path = os.path.join(self.checkpoint_dir, name)
         arrays = {f"param/{k}": v for k, v in self.model.params.items()}
         arrays.update({f"opt/{k}": v for k, v in self.opt.state_dict().items()})
         arrays.update(rng_state_to_arrays(self.data_rng, "data"))
@@ -346,7 +402,7 @@ class Trainer:
         arrays.update(rng_state_to_arrays(self.model.ctx.rng, "dropout"))
         if self.epoch_rng_state is not None:
             arrays.update(self.epoch_rng_state)
-        meta = {"kind": "dslc-training", "network": self.net.name, "epoch": self.epoch,
+        meta = {**self.extra_meta, "kind": "dslc-training", "network": self.net.name, "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "partial": self.partial, "config": asdict(self.cfg),
                 "history": self.history, "data": self._data_signature()}
         save_checkpoint(path, arrays, meta)
@@ -399,7 +455,7 @@ class Trainer:
                                       f"{setting(current[key])}", f"{hint} ({setting(saved_cfg[key])})")
         if isinstance(saved_data, dict):
             now = self._data_signature()
-            for key, flag in (("data", "--data"), ("limit", "--limit")):
+            for key, flag in (("data", "--data"), ("limit", "--limit"), ("val", "--val")):
                 if key in saved_data and key in now and saved_data[key] != now[key]:
                     raise CheckpointError(f"{path} was saved by a run with {flag} {saved_data[key]}; this run has "
                                           f"{flag} {now[key]}", hint)
