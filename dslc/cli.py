@@ -105,6 +105,44 @@ def cmd_eval(args) -> int:
     return eval_command(args, _overrides(args.set))
 
 
+def cmd_predict(args) -> int:
+    from .cli_use import predict_command
+    return predict_command(args)
+
+
+def cmd_inspect(args) -> int:
+    from .cli_use import inspect_command
+    return inspect_command(args)
+
+
+def _add_use_commands(sub):
+    """`dslc predict` and `dslc inspect` (dslc/cli_use.py)."""
+    pr = sub.add_parser("predict", help="run trained weights on images or arrays: top-k classes, or outputs to .npz")
+    pr.add_argument("file")
+    pr.add_argument("--weights", required=True, metavar="CKPT", help="last.ckpt / best.ckpt of a run, or net.save()")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="images (PNG, JPEG, ...), .npy or .npz files")
+    pr.add_argument("--top", type=int, metavar="K", help="classes to list per sample (default 5, or fewer classes)")
+    pr.add_argument("-o", "--output", metavar="OUT.npz", help="write every output here instead of printing")
+    pr.add_argument("--invert", action="store_true", help="invert images (dark ink on white -> light on dark)")
+    pr.add_argument("--set", action="append", metavar="K=V")
+    pr.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    pr.set_defaults(func=cmd_predict)
+
+    i = sub.add_parser("inspect", help="draw what trained weights do: saliency maps, first-layer filters")
+    i.add_argument("file")
+    i.add_argument("--weights", required=True, metavar="CKPT")
+    i.add_argument("kind", choices=("saliency", "filters"),
+                   help="saliency: |d class score / d input| for --input; filters: the first conv layer's filters")
+    i.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    i.add_argument("--input", metavar="IMG", help="the image (or .npy/.npz sample) to explain")
+    i.add_argument("--class", dest="cls", type=int, metavar="K", help="the class to explain (default: the predicted)")
+    i.add_argument("--output-name", metavar="NAME", help="the network output holding the class scores")
+    i.add_argument("--invert", action="store_true", help="invert images (dark ink on white -> light on dark)")
+    i.add_argument("--set", action="append", metavar="K=V")
+    i.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    i.set_defaults(func=cmd_inspect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dslc", description="Compile, check, draw and train neural networks written in the dslc language.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
@@ -166,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int)
     e.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     e.set_defaults(func=cmd_eval)
+    _add_use_commands(sub)
     return p
 
 

@@ -1,0 +1,367 @@
+"""`dslc predict` and `dslc inspect`: using trained weights, and looking inside them.
+
+    dslc predict FILE --weights CKPT INPUT...        top-k classes per sample (or -o out.npz)
+    dslc inspect FILE --weights CKPT saliency --input IMG -o out.png [--class K]
+    dslc inspect FILE --weights CKPT filters -o out.png
+
+Inputs are images (PNG, JPEG, anything Pillow reads), .npy arrays or .npz archives. An image
+is made what training fed the network: grayscale or RGB by the input's channel count, scaled
+to [0, 1] (as runtime/data.py scales digits and MNIST; no further normalisation) and resized
+bilinearly to the input's H x W exactly as the data loader resizes (a note says so). The
+built-in image datasets are light strokes on a dark background: `--invert` turns dark ink on
+white paper into that.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from .compiler import UsageError, compile_file
+from .runtime.checkpoint import load_checkpoint
+from .runtime.errors import CheckpointError, DataError, RuntimeUserError
+
+IMAGE_HINT = "give a PNG or JPEG image, a .npy array or a .npz archive"
+
+
+def _log(msg: str):
+    print(msg, file=sys.stderr)
+
+
+# ---- the model ---------------------------------------------------------------------------------
+def load_trained(args):
+    """(model, checkpoint meta) for FILE with --weights: the network compiled with the --set values
+    the checkpoint records (and those given), the parameters loaded whole."""
+    from .cli_train import recorded_overrides
+    from .runtime.model import Model
+    arrays, meta = load_checkpoint(args.weights)
+    if meta.get("kind") not in ("dslc-training", "dslc-model"):
+        raise CheckpointError(f"{args.weights} is not a dslc checkpoint (no training or model record in it)",
+                              "give last.ckpt or best.ckpt from a `dslc run` directory, or a file net.save() wrote")
+    overrides, applied = recorded_overrides(meta, args.set, args.weights)
+    if applied:
+        _log(f"using the --set values recorded in {args.weights}: {' '.join(applied)}")
+    net, _ = compile_file(args.file, overrides)
+    model = Model(net, device=args.device)
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    report = model.load_params(params)
+    if report.missing or report.mismatched:
+        raise CheckpointError(f"{args.weights} does not hold {net.name}'s parameters:\n{report}",
+                              f"give the weights trained with {args.file} (and the same --set values)")
+    return model, meta
+
+
+def data_inputs(net) -> list[str]:
+    """The inputs the outputs are computed from (labels and targets excluded)."""
+    import networkx as nx
+    needed = set().union(*(nx.ancestors(net.graph, o) | {o} for o in net.outputs))
+    return [i for i in net.inputs if i in needed]
+
+
+# ---- reading inputs ----------------------------------------------------------------------------
+def _pillow():
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise RuntimeUserError("reading images needs Pillow, which is not installed",
+                               "pip install 'Pillow>=10' (a dependency of dslc: reinstall it)") from None
+    return Image, UnidentifiedImageError
+
+
+def read_image(path: str, shape: tuple, invert: bool = False) -> np.ndarray:
+    """One sample for a float input of per-sample `shape` ((C, H, W), (H, W) or (F,) with F a
+    square) from an image file: grayscale or RGB by C, scaled to [0, 1], resized to H x W."""
+    from .runtime.data import _resize_bilinear
+    Image, UnidentifiedImageError = _pillow()
+    channels = shape[0] if len(shape) == 3 else 1
+    if channels not in (1, 3):
+        raise DataError(f"{path} is an image, but the network input has {channels} channels {shape}",
+                        "images give 1 (grayscale) or 3 (RGB) channels: feed a .npy array instead")
+    if len(shape) == 1:
+        side = int(round(np.sqrt(shape[0])))
+        if side * side != shape[0]:
+            raise DataError(f"{path} is an image, but the network input is a vector of {shape[0]} values",
+                            "feed a .npy array of that shape instead")
+        size = (side, side)
+    else:
+        size = tuple(shape[-2:])
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            pixels = np.asarray(img, dtype=np.float32) / 255.0
+    except UnidentifiedImageError:
+        raise DataError(f"{path} is not an image Pillow can read", IMAGE_HINT) from None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path} could not be read as an image ({err})", IMAGE_HINT) from None
+    planes = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    if invert:
+        planes = 1.0 - planes
+    elif channels == 1 and float(planes.mean()) > 0.5:
+        _log(f"note: {path} is mostly light; the built-in datasets are light strokes on a dark background "
+             "(pass --invert for dark ink on white)")
+    if planes.shape[1:] != size:
+        _log(f"note: {path} is {planes.shape[2]}x{planes.shape[1]} pixels, resized to {size[1]}x{size[0]} "
+             "for the network's input")
+        planes = _resize_bilinear(np.ascontiguousarray(planes), *size)
+    if len(shape) == 3:
+        return planes
+    return planes[0] if len(shape) == 2 else planes[0].reshape(-1)
+
+
+def _checked_samples(arr: np.ndarray, where: str, name: str, node) -> np.ndarray:
+    """`arr` as a batch for input `name`: one sample of the input's shape, or a batch of them."""
+    shape = tuple(node.type.shape[1:])
+    fixed = all(isinstance(d, int) for d in shape)
+    if fixed and tuple(arr.shape) == shape:
+        arr = arr[None]
+    if arr.ndim != len(shape) + 1 or (fixed and tuple(arr.shape[1:]) != shape):
+        raise DataError(f"{where} has shape {arr.shape}, but input `{name}` takes samples of shape {shape}",
+                        f"save one sample {shape} or a batch (N, {', '.join(map(str, shape))})")
+    kinds = "f" if node.type.dtype == "float32" else "iu"
+    if arr.dtype.kind not in kinds and not (kinds == "f" and arr.dtype.kind in "iub"):
+        raise DataError(f"{where} has dtype {arr.dtype}, but input `{name}` is {node.type.dtype}",
+                        f"save it as {node.type.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32 if node.type.dtype == "float32" else np.int64)
+
+
+def read_inputs(net, paths: list[str], invert: bool = False) -> tuple[dict, list[str]]:
+    """(feeds: input name -> batch, one label per sample: "FILE" or "FILE[i]") from the files."""
+    names = data_inputs(net)
+    batches = {n: [] for n in names}
+    labels = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise DataError(f"input {path} does not exist", "check the path")
+        if not os.path.isfile(path):
+            raise DataError(f"input {path} is not a file", IMAGE_HINT)
+        ext = os.path.splitext(path)[1].lower()
+        if ext in (".npy", ".npz"):
+            arrays = _read_arrays(path, ext, names)
+        else:
+            if len(names) != 1:
+                raise DataError(f"{net.name} has inputs {', '.join(names)}: one image cannot feed them all",
+                                "give a .npz archive holding an array per input")
+            node = net.node(names[0])
+            if node.type.dtype != "float32":
+                raise DataError(f"{path} looks like an image, but input `{names[0]}` takes {node.type.dtype} ids",
+                                "give a .npy or .npz array of ids")
+            if not all(isinstance(d, int) for d in node.type.shape[1:]):
+                raise DataError(f"input `{names[0]}` has a symbolic shape {node.type}: an image cannot fill it",
+                                "give a .npy or .npz array")
+            arrays = {names[0]: read_image(path, tuple(node.type.shape[1:]), invert)}
+        counts = set()
+        for n in names:
+            a = _checked_samples(np.asarray(arrays[n]), path, n, net.node(n))
+            batches[n].append(a)
+            counts.add(len(a))
+        if len(counts) != 1:
+            raise DataError(f"{path} holds different numbers of samples per input", "give each input one per sample")
+        count = counts.pop()
+        labels += [path] if count == 1 else [f"{path}[{i}]" for i in range(count)]
+    feeds = {}
+    for n, parts in batches.items():
+        shapes = {p.shape[1:] for p in parts}
+        if len(shapes) > 1:
+            raise DataError(f"the inputs give `{n}` samples of different shapes {sorted(shapes)}",
+                            "predict files of one shape at a time")
+        feeds[n] = np.concatenate(parts)
+    return feeds, labels
+
+
+def _read_arrays(path: str, ext: str, names: list[str]) -> dict:
+    import zipfile
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if ext == ".npy" or not isinstance(loaded, np.lib.npyio.NpzFile):
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                loaded.close()
+            if len(names) != 1:
+                raise DataError(f"{path} is one array, but the network has inputs {', '.join(names)}",
+                                "give a .npz archive with an array per input: numpy.savez(path, "
+                                + ", ".join(f"{n}=..." for n in names) + ")")
+            return {names[0]: loaded}
+        with loaded as archive:
+            out = {}
+            for n in names:
+                key = n if n in archive.files else "x" if len(names) == 1 and "x" in archive.files else None
+                if key is None:
+                    raise DataError(f"{path} has no array `{n}` (it holds: {', '.join(archive.files) or 'nothing'})",
+                                    f"save the input as {n} (or x): numpy.savez(path, {n}=inputs)")
+                out[n] = archive[key]
+            return out
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path} could not be read as a numpy {ext} file ({err})",
+                        "save it with numpy.save / numpy.savez from numeric arrays") from None
+
+
+# ---- predict ------------------------------------------------------------------------------------
+def probabilities(net, out: dict, output: str) -> np.ndarray | None:
+    """(N, classes) class probabilities from output `output`, or None when it is no class score:
+    a softmax output is used as it is, scores get a softmax."""
+    a = out[output]
+    if a.ndim != 2:
+        return None
+    node = net.node(net.tensors.get(output, output))
+    if node.op == "softmax":
+        return a
+    z = a - a.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _check_output_path(path: str, suffix: str, inputs: list[str]):
+    if not path.lower().endswith(suffix):
+        raise UsageError(f"-o {path}: the output is written as {suffix}", f"name the file something{suffix}")
+    if any(os.path.exists(i) and os.path.exists(path) and os.path.samefile(path, i) for i in inputs):
+        raise UsageError(f"-o {path} is one of the inputs", "write the output to another file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"-o {path}: directory {parent} does not exist", "create it first, or write elsewhere")
+
+
+def predict_command(args) -> int:
+    if args.output:
+        _check_output_path(args.output, ".npz", list(args.inputs) + [args.file, args.weights])
+    if args.top is not None and args.top < 1:
+        raise UsageError(f"--top {args.top}: give 1 or more", "e.g. --top 3")
+    model, meta = load_trained(args)
+    net = model.net
+    feeds, labels = read_inputs(net, args.inputs, args.invert)
+    out = model.forward(**feeds)
+    if args.output:
+        np.savez(args.output, **{k: v for k, v in out.items() if k != "loss"})
+        print(f"wrote {args.output}: " + ", ".join(f"{k} {v.shape}" for k, v in out.items() if k != "loss")
+              + f" for {len(labels)} sample{'s' * (len(labels) != 1)}")
+        return 0
+    outputs = [net.tensor_name(o) for o in net.outputs]
+    shown = False
+    for output in outputs:
+        probs = probabilities(net, out, output)
+        if probs is None:
+            continue
+        shown = True
+        classes = probs.shape[1]
+        top = min(args.top or 5, classes)
+        vocab = meta.get("vocab") if isinstance(meta.get("vocab"), str) else None
+        for label, p in zip(labels, probs):
+            order = np.argsort(-p, kind="stable")[:top]
+            head = f"{label}: class {order[0]}" + (f" {vocab[order[0]]!r}" if vocab else "")
+            print(f"{head} ({p[order[0]]:.1%})" + (f"  [{output}]" if len(outputs) > 1 else ""))
+            for k in order:
+                name = f"{k:>4}" + (f" {vocab[k]!r}" if vocab else "")
+                print(f"  {name}  {p[k]:.4f}")
+    if not shown:
+        raise UsageError(f"{net.name}'s outputs ({', '.join(f'{k} {out[k].shape}' for k in outputs)}) are not "
+                         "class scores to rank", "write them to a file: -o out.npz")
+    return 0
+
+
+# ---- inspect ------------------------------------------------------------------------------------
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeUserError("dslc inspect draws with matplotlib, which is not installed",
+                               "pip install 'dslc[viz]' (or pip install .[viz] in a checkout)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def saliency_map(model, feeds: dict, output: str, cls: int | None) -> tuple[np.ndarray, int, float]:
+    """(map (H, W), class, its probability): |d score_cls / d input|, the maximum over channels
+    (Simonyan, Vedaldi & Zisserman, 2014), for the first sample; cls None: the predicted class."""
+    net = model.net
+    name = data_inputs(net)[0]
+    out = model.forward(**feeds)
+    probs = probabilities(net, out, output)
+    if probs is None:
+        raise UsageError(f"output `{output}` of shape {out[output].shape} holds no class scores",
+                         "saliency needs a classifier's (N, classes) output")
+    classes = probs.shape[1]
+    if cls is None:
+        cls = int(np.argmax(probs[0]))
+    elif not 0 <= cls < classes:
+        raise UsageError(f"--class {cls}: {net.name} has classes 0 to {classes - 1}", f"give 0 to {classes - 1}")
+    grad = model.backward(wrt=[name], output=output, index=cls)[name][0]
+    grad = np.abs(grad)
+    if grad.ndim == 3:
+        grad = grad.max(axis=0)
+    elif grad.ndim == 1:
+        side = int(round(np.sqrt(grad.size)))
+        grad = grad.reshape(side, side) if side * side == grad.size else grad[None]
+    return grad, cls, float(probs[0, cls])
+
+
+def _as_picture(x: np.ndarray) -> np.ndarray:
+    """A (C, H, W) / (H, W) / (F,) sample as something imshow draws."""
+    if x.ndim == 3:
+        return x[0] if x.shape[0] != 3 else np.clip(x.transpose(1, 2, 0), 0, 1)
+    if x.ndim == 1:
+        side = int(round(np.sqrt(x.size)))
+        return x.reshape(side, side) if side * side == x.size else x[None]
+    return x
+
+
+def _first_conv(net):
+    for node in net.nodes():
+        if node.op == "conv":
+            return node
+    return None
+
+
+def inspect_command(args) -> int:
+    _check_output_path(args.output, ".png", ([args.input] if args.input else []) + [args.file, args.weights])
+    plt = _pyplot()
+    model, _ = load_trained(args)
+    net = model.net
+    if args.kind == "saliency":
+        if not args.input:
+            raise UsageError("saliency needs an image: --input IMG", "e.g. --input digit.png")
+        names = data_inputs(net)
+        if len(names) != 1 or net.node(names[0]).type.dtype != "float32":
+            raise UsageError(f"saliency needs a network with one float input; {net.name} has "
+                             f"{', '.join(names)}", "inspect an image classifier")
+        feeds, _ = read_inputs(net, [args.input], args.invert)
+        feeds = {k: v[:1] for k, v in feeds.items()}
+        output = args.output_name or net.tensor_name(net.outputs[0])
+        grad, cls, p = saliency_map(model, feeds, output, args.cls)
+        fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+        axes[0].imshow(_as_picture(feeds[names[0]][0]), cmap="gray")
+        axes[0].set_title(os.path.basename(args.input))
+        axes[1].imshow(grad, cmap="hot")
+        axes[1].set_title(f"saliency, class {cls} ({p:.0%})")
+        for a in axes:
+            a.axis("off")
+        fig.tight_layout()
+        fig.savefig(args.output, dpi=100)
+        plt.close(fig)
+        r, c = np.unravel_index(int(np.argmax(grad)), grad.shape)
+        print(f"wrote {args.output}: saliency |d {output}[{cls}] / d {names[0]}| (max over channels) of "
+              f"{args.input}, class {cls} at {p:.1%}; strongest at row {r}, column {c}")
+        return 0
+    # filters
+    node = _first_conv(net)
+    if node is None:
+        raise UsageError(f"{net.name} has no conv layer whose filters to draw", "inspect a convolutional network")
+    w = model.params[f"{node.name}.weight"]
+    n_out, n_in = w.shape[:2]
+    cols = int(np.ceil(np.sqrt(n_out)))
+    rows = int(np.ceil(n_out / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8 + 0.4, rows * 0.8 + 0.4), squeeze=False)
+    for i, a in enumerate(axes.ravel()):
+        a.axis("off")
+        if i >= n_out:
+            continue
+        f = w[i] if n_in == 3 else w[i].mean(axis=0, keepdims=True)
+        f = (f - f.min()) / (f.max() - f.min() + 1e-12)      # each filter stretched to the full range
+        a.imshow(f.transpose(1, 2, 0) if n_in == 3 else f[0], cmap=None if n_in == 3 else "gray",
+                 interpolation="nearest")
+    fig.suptitle(f"{node.name}: {n_out} filters {w.shape[2]}x{w.shape[3]}"
+                 + ("" if n_in in (1, 3) else f" (mean over {n_in} input channels)"), fontsize=8)
+    fig.savefig(args.output, dpi=100)
+    plt.close(fig)
+    print(f"wrote {args.output}: the {n_out} filters of {node.name} ({w.shape[2]}x{w.shape[3]}, "
+          f"{n_in} input channel{'s' * (n_in != 1)}), each scaled to its own range")
+    return 0
