@@ -279,6 +279,9 @@ def _eval_data(args, meta, net, cfg, weights):
     limit = args.limit
     if limit is None and args.data is None:     # the samples the run drew (--limit) decide what it validated on
         limit = recorded.get("limit")
+    if whole and args.data is not None and args.data == recorded.get("data"):
+        _log(f"note: {weights} was trained on {args.data}: scoring all of it includes its training samples "
+             "(leave --data out to score the validation split the run held out)")
     if whole:
         ds, _ = load_dataset(source, val_fraction=0, seed=cfg.seed, limit=limit, vocab=vocab, **shapes)
         what = f"all {len(ds)} samples" if limit is None else f"{len(ds)} samples, --limit {limit}"

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import struct
 from pathlib import Path
 
@@ -145,6 +146,10 @@ def test_eval_scores_the_whole_file_with_per_class_accuracy_and_confusion(work, 
         row = confusion[c].sum()
         assert (acc is None) if row == 0 else acc == pytest.approx(confusion[c, c] / row)
 
+    # the training file itself: scored whole, with a note that this includes the training samples
+    code, out, err = dslc(capsys, "eval", "mlp.net", "--weights", "ck/last.ckpt", "--data", "train.npz")
+    assert code == 0 and "(all 120 samples)" in out and "includes its training samples" in err
+
     # a built-in dataset: its validation split, said so
     code, out, _ = dslc(capsys, "eval", "mlp.net", "--weights", "ck/last.ckpt", "--data", "digits", "--limit", "100")
     assert code == 0 and "on digits (validation split, 20 samples)" in out
@@ -248,3 +253,17 @@ def test_a_text_model_records_its_vocabulary(work, capsys):
     assert code == 0, err
     assert "on v.txt (all 11 samples)" in out and f"loss {meta['history'][-1]['val_loss']:.4f}" in out
 
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_in_the_default_directory_says_how_to_continue(work, capsys, monkeypatch):
+    original = Trainer._step
+
+    def step(self, *a, **kw):
+        out = original(self, *a, **kw)
+        signal.raise_signal(signal.SIGINT)
+        return out
+    monkeypatch.setattr(Trainer, "_step", step)
+    code, _, err = dslc(capsys, "run", "mlp.net", "--data", "train.npz", "--quiet")
+    assert code == 130
+    assert "saved runs/mlp/1/last.ckpt; continue with --checkpoint runs/mlp/1 --resume" in err

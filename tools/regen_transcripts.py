@@ -125,9 +125,11 @@ def dslc_argv(command: str) -> list[str]:
 
 @contextlib.contextmanager
 def workdir(block: Block):
-    """A fresh directory holding `models` (the zoo) and what the block's setup makes."""
+    """A fresh directory holding `models` (the zoo), `docs` (its example images) and what the
+    block's setup makes."""
     with tempfile.TemporaryDirectory(prefix="dslc-doc-") as tmp:
         os.symlink(ROOT / "models", Path(tmp) / "models")
+        os.symlink(ROOT / "docs", Path(tmp) / "docs")
         for setup in block.setup:
             m = _SETUP.match(setup)
             if not m:
