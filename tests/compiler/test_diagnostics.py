@@ -967,7 +967,7 @@ def test_bad_flag(dslc, capsys):
     assert rc == 2
     assert capsys.readouterr().err == golden("""
         error: unrecognized arguments: --frobnicate
-          = help: run `dslc --help`
+          = help: run `dslc compile --help`
         """)
 
 
