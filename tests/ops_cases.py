@@ -731,6 +731,160 @@ RECURRENT = [
 CASES = TENSOR + ACTIVATION + DENSE + CONV + LOSS + NORM + POOL + RECURRENT
 
 
+
+# ---- loss: smooth_l1, kl_gaussian, weighted (masked) losses ----------------------------------
+# A weight (third input) multiplies each term; the mean divides by the number of terms, as
+# torch's reduction='mean' of the weighted terms: (w * terms).mean(). The weight gets no gradient.
+
+def _per_sample(w, like):
+    """A per-sample weight [N] broadcast over the other axes of `like`."""
+    return w.reshape(w.shape[0], *[1] * (like.dim() - w.dim())) if w.dim() == 1 else w
+
+
+def _weighted_mse(xs, ps, a):
+    pred, target, w = xs
+    return (_per_sample(w, pred) * (pred - target) ** 2).mean()
+
+
+def _weighted_bce(xs, ps, a):
+    pred, target, w = xs
+    return (_per_sample(w, pred) * F.binary_cross_entropy_with_logits(pred, target, reduction="none")).mean()
+
+
+def _weighted_smooth_l1(xs, ps, a):
+    pred, target, w = xs
+    return (_per_sample(w, pred) * F.smooth_l1_loss(pred, target, beta=a["beta"], reduction="none")).mean()
+
+
+def _weighted_cross_entropy(xs, ps, a):
+    logits, labels, w = xs
+    terms = F.cross_entropy(logits.movedim(a["class_axis"], 1), labels, reduction="none")
+    return (_per_sample(w, terms) * terms).mean()
+
+
+def _kl_gaussian(xs, ps, a):
+    mu, logvar = xs
+    return -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum() / mu.shape[0]
+
+
+def _weighted_case(op, shape, weight_shape, attrs=None, **kw):
+    """pred, target (probabilities for bce) and a weight in [0, 1) of weight_shape."""
+    def make_inputs(rng):
+        target = rng.random(shape) if op == "bce" else rng.standard_normal(shape)
+        return [rng.standard_normal(shape), target, rng.random(weight_shape)]
+    fn = {"mse": _weighted_mse, "bce": _weighted_bce, "smooth_l1": _weighted_smooth_l1}[op]
+    return Case(op, attrs or ({"beta": 1.0} if op == "smooth_l1" else {}), [shape, shape, weight_shape], fn,
+                make_inputs=make_inputs, grad_inputs=(0, 1), **kw)
+
+
+def _weighted_ce_case(logits_shape, weight_shape, class_axis=1, **kw):
+    labels_shape = logits_shape[:class_axis] + logits_shape[class_axis + 1:]
+
+    def make_inputs(rng):
+        return [rng.standard_normal(logits_shape), rng.integers(0, logits_shape[class_axis], size=labels_shape),
+                rng.random(weight_shape)]
+    return Case("cross_entropy", {"class_axis": class_axis}, [logits_shape, labels_shape, weight_shape],
+                _weighted_cross_entropy, in_dtypes=["float32", "int64", "float32"], make_inputs=make_inputs,
+                grad_inputs=(0,), **kw)
+
+
+def _smooth_l1_case(shape, beta=1.0, scale=1.0, **kw):
+    def make_inputs(rng):   # scale spreads the differences over both sides of beta
+        return [rng.standard_normal(shape) * scale, rng.standard_normal(shape) * scale]
+    return Case("smooth_l1", {"beta": beta}, [shape, shape],
+                lambda xs, ps, a: F.smooth_l1_loss(xs[0], xs[1], beta=a["beta"]), make_inputs=make_inputs, **kw)
+
+
+def _kl_case(shape, **kw):
+    return Case("kl_gaussian", {}, [shape, shape], _kl_gaussian, **kw)
+
+
+LOSS_MORE = [
+    _smooth_l1_case((4, 5)),
+    _smooth_l1_case((2, 3, 4, 4), beta=0.5, scale=2.0),
+    _smooth_l1_case((3, 6), beta=0.0, id="smooth_l1-beta-0-is-l1"),
+    _smooth_l1_case((3, 7), grad_inputs=(0,), id="smooth_l1-target-without-gradient"),
+    _smooth_l1_case((5, 10000), beta=0.3, atol=1e-6, id="smooth_l1-across-chunks"),
+    _kl_case((6, 4)),
+    _kl_case((3, 2, 5)),
+    _kl_case((5, 10000), atol=1e-5, rtol=1e-4, id="kl_gaussian-across-chunks"),
+    _weighted_case("mse", (4, 5), (4, 5), id="mse-weighted"),
+    _weighted_case("mse", (3, 2, 4), (3,), id="mse-weighted-per-sample"),
+    _weighted_case("bce", (4, 5), (4, 5), id="bce-weighted"),
+    _weighted_case("bce", (3, 2, 4), (3,), id="bce-weighted-per-sample"),
+    _weighted_case("smooth_l1", (4, 5), (4, 5), id="smooth_l1-weighted"),
+    _weighted_case("smooth_l1", (3, 6), (3,), attrs={"beta": 0.5}, id="smooth_l1-weighted-per-sample"),
+    _weighted_ce_case((6, 5), (6,), id="cross_entropy-weighted"),
+    _weighted_ce_case((2, 4, 3, 5), (2, 3, 5), id="cross_entropy-weighted-per-pixel"),
+    _weighted_ce_case((2, 4, 3, 5), (2,), id="cross_entropy-weighted-per-sample"),
+    _weighted_ce_case((3, 4, 7), (3, 4), class_axis=2, id="cross_entropy-weighted-per-step"),
+    _weighted_ce_case((3, 4, 7), (3,), class_axis=2, id="cross_entropy-weighted-per-sample-classes-last"),
+    # finite differences
+    _smooth_l1_case((2, 5), beta=0.5, fd=True),
+    _kl_case((2, 5), fd=True),
+    _weighted_case("mse", (2, 3), (2,), fd=True, id="fd-mse-weighted"),
+    _weighted_case("bce", (2, 3), (2, 3), fd=True, id="fd-bce-weighted"),
+    _weighted_case("smooth_l1", (2, 3), (2, 3), fd=True, id="fd-smooth_l1-weighted"),
+    _weighted_ce_case((2, 3, 4), (2, 4), class_axis=1, fd=True, id="fd-cross_entropy-weighted"),
+    # CUDA against CPU
+    _smooth_l1_case((3, 4), beta=0.5, cuda=True),
+    _smooth_l1_case((2, 5), beta=0.0, grad_inputs=(0,), cuda=True, id="smooth_l1-beta-0-cuda"),
+    _kl_case((3, 4), cuda=True),
+    _weighted_case("mse", (3, 4), (3,), cuda=True, id="mse-weighted-per-sample-cuda"),
+    _weighted_case("bce", (3, 4), (3, 4), cuda=True, id="bce-weighted-cuda"),
+    _weighted_case("smooth_l1", (3, 4), (3, 4), cuda=True, id="smooth_l1-weighted-cuda"),
+    _weighted_ce_case((2, 3, 2, 2), (2, 2, 2), cuda=True, id="cross_entropy-weighted-per-pixel-cuda"),
+    _weighted_ce_case((2, 3, 5), (2,), class_axis=2, cuda=True, id="cross_entropy-weighted-per-sample-cuda"),
+]
+
+
+# ---- random ----------------------------------------------------------------------------------
+# torch cannot draw the kernels' noise, so the references re-derive it: the harness gives the
+# kernel's Context the generator np.random.default_rng(0) (seed 0, the harness's default), whose
+# first draw is the noise, standard_normal in float32 of the input's shape. In eval, sample is mu.
+# FD rows: the noise is the same in every evaluation (same seed), so the op is smooth in mu, logvar.
+
+def _noise(shape):
+    return torch.from_numpy(np.random.default_rng(0).standard_normal(tuple(shape), dtype=np.float32))
+
+
+def _sample(training):
+    def fn(xs, ps, a):
+        mu, logvar = xs
+        if not training:
+            return mu + 0 * logvar
+        return mu + torch.exp(0.5 * logvar) * _noise(mu.shape).to(mu.dtype)
+    return fn
+
+
+def _sample_case(shape, training=True, **kw):
+    kw.setdefault("id", f"sample{shape}{'train' if training else 'eval'}")
+    return Case("sample", {}, [shape, shape], _sample(training), training=training, **kw)
+
+
+def _gaussian_like(xs, ps, a):
+    return xs[0] * 0 + _noise(xs[0].shape).to(xs[0].dtype)
+
+
+RANDOM = [
+    _sample_case((4, 5)),
+    _sample_case((2, 3, 4)),
+    _sample_case((4, 5), training=False),
+    _sample_case((3, 6), grad_inputs=(1,), id="sample-mu-without-gradient"),
+    Case("gaussian_like", {}, [(3, 4)], _gaussian_like),
+    Case("gaussian_like", {}, [(2, 3, 2)], _gaussian_like, training=False, id="gaussian_like-eval-draws-too"),
+    # finite differences (float64: the noise drawn in float64 differs, but it is fixed by the seed)
+    _sample_case((2, 3), fd=True, vs_torch=False, id="fd-sample-train"),
+    _sample_case((2, 3), training=False, fd=True, vs_torch=False, id="fd-sample-eval"),
+    Case("gaussian_like", {}, [(2, 3)], _gaussian_like, fd=True, vs_torch=False, id="fd-gaussian_like"),
+    # CUDA against CPU: the same noise (drawn on the host from the same generator)
+    _sample_case((3, 4), cuda=True, vs_torch=False, id="sample-train-cuda"),
+    _sample_case((3, 4), training=False, cuda=True, vs_torch=False, id="sample-eval-cuda"),
+    Case("gaussian_like", {}, [(2, 5)], _gaussian_like, cuda=True, vs_torch=False, id="gaussian_like-cuda"),
+]
+
+CASES = CASES + LOSS_MORE + RANDOM
+
 def rows(*ops, family=None):
     """The table's rows for these ops, or for every op of a family (dslc.ops OpDef.family)."""
     return [c for c in CASES if c.op in ops or (family is not None and OPS[c.op].family == family)]

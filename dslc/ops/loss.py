@@ -1,9 +1,16 @@
-"""Losses: cross_entropy, hinge, mse, bce, and loss_sum (a weighted sum of losses).
-Kernels: runtime/{cpu,cuda}/loss.py.
+"""Losses: cross_entropy, hinge, mse, bce, smooth_l1, kl_gaussian, and loss_sum (a weighted sum
+of losses). Kernels: runtime/{cpu,cuda}/loss.py.
 
 A loss reduces to a scalar, TensorType(()) with no batch dimension: the mean over the batch
-(and, for cross_entropy, over every labelled position). Labels and targets (the second input)
-never get a gradient. No loss counts MACs (see docs/OPS.md).
+(and, for cross_entropy, over every labelled position; for the elementwise losses over every
+element; kl_gaussian sums over the features and averages over the batch). Labels and targets
+(the second input) never get a gradient. No loss counts MACs (see docs/OPS.md).
+
+cross_entropy, mse, bce and smooth_l1 take an optional third input, a float weight (a mask when
+it holds 0 and 1) that multiplies each term before the mean: the loss is sum(w * term) / count,
+count being the number of terms whatever the weights (torch's reduction='mean' of the weighted
+terms, not a weighted average). The weight has the terms' shape (the prediction's; the labels'
+for cross_entropy) or is one number per sample, [N]. It gets no gradient.
 """
 from __future__ import annotations
 
@@ -34,19 +41,33 @@ class _Loss(OpDef):
         return (0,)
 
 
+def _need_weight(op: str, weight: TensorType, terms: TensorType):
+    """The optional third input: a float weight shaped like the terms, or one per sample [N]."""
+    if weight.dtype != "float32":
+        raise ShapeError(f"{op}'s weight must be a float tensor, found integers {weight}",
+                         expected=f"float {terms} or [N]", found=str(weight),
+                         help="declare the mask as a float input (0 and 1) of the terms' shape")
+    if weight.shape != terms.shape and weight.shape != ("N",):
+        raise ShapeError(f"{op}'s weight {weight} fits neither its terms {terms} nor one per sample [N]",
+                         expected=f"{terms} (one weight per term) or [N] (one per sample)", found=str(weight),
+                         help=f"the third input of {op} multiplies each term before the mean")
+
+
 @register
 class CrossEntropy(_Loss):
     name = "cross_entropy"
     classifies = True
+    max_inputs = 3
     doc = ("softmax cross-entropy of logits and integer labels, averaged over every labelled position; "
-           "classes on axis 1 ([N, C], [N, C, H, W]) or last ([N, T, C])")
+           "classes on axis 1 ([N, C], [N, C, H, W]) or last ([N, T, C]); an optional third input weights "
+           "each position (shaped like the labels, or [N]): sum(w * term) / positions")
 
     def shape(self, a, ins):
         """Find the class axis from the two shapes and store it as attr `class_axis`.
 
         Axis 1 is preferred when both layouts fit (e.g. [N, 5, 5] with labels [N, 5]), as in torch.
         """
-        logits, labels = ins
+        logits, labels = ins[:2]
         _need_logits_and_labels(logits, labels, self.name)
         if logits.rank < 2:
             raise ShapeError(f"cross_entropy needs logits with a class axis, found {logits}",
@@ -70,6 +91,8 @@ class CrossEntropy(_Loss):
             raise ShapeError("cross_entropy over a single class is always zero",
                              expected="2 or more classes", found=str(logits),
                              help="for one output per sample use `bce` (binary) or `mse`")
+        if len(ins) == 3:
+            _need_weight(self.name, ins[2], TensorType(labels.shape))
         return SCALAR
 
 
@@ -95,10 +118,11 @@ class Hinge(_Loss):
 
 
 class _ElementwiseLoss(_Loss):
-    """A loss comparing two float tensors of one shape, element by element."""
+    """A loss comparing two float tensors of one shape, element by element, optionally weighted."""
+    max_inputs = 3
 
     def shape(self, a, ins):
-        pred, target = ins
+        pred, target = ins[:2]
         need_float(pred, "prediction")
         if target.dtype != "float32":
             raise ShapeError(f"{self.name}'s target must be a float tensor, found integers {target}",
@@ -110,19 +134,70 @@ class _ElementwiseLoss(_Loss):
                              f"{describe_difference(diff)}",
                              expected=str(pred), found=str(target),
                              help="the prediction and target are compared element by element")
+        if len(ins) == 3:
+            _need_weight(self.name, ins[2], pred)
         return SCALAR
+
+
+_WEIGHT_DOC = "; an optional third input weights each element (pred's shape, or [N]): sum(w * term) / elements"
 
 
 @register
 class Mse(_ElementwiseLoss):
     name = "mse"
-    doc = "mean squared error over all elements of two float tensors of one shape"
+    doc = "mean squared error over all elements of two float tensors of one shape" + _WEIGHT_DOC
 
 
 @register
 class Bce(_ElementwiseLoss):
     name = "bce"
-    doc = "mean binary cross-entropy of logits (sigmoid applied inside) and float targets in [0, 1]"
+    doc = ("mean binary cross-entropy of logits (sigmoid applied inside) and float targets in [0, 1]"
+           + _WEIGHT_DOC)
+
+
+@register
+class SmoothL1(_ElementwiseLoss):
+    name = "smooth_l1"
+    attrs = (Attr("beta", "float", 1.0, doc="where the quadratic part ends; 0 gives the L1 loss"),)
+    doc = ("torch smooth_l1_loss (mean): 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta, d = pred - target"
+           + _WEIGHT_DOC)
+
+    def key_attrs(self, a):
+        return f"beta {a['beta']:g}" if a["beta"] != 1 else ""
+
+    def shape(self, a, ins):
+        if not a["beta"] >= 0:
+            raise ShapeError(f"smooth_l1's beta must be 0 or more, found {a['beta']}",
+                             expected="beta >= 0", found=f"beta = {a['beta']}",
+                             help="beta is the width of the quadratic zone around 0 (torch's default 1.0)",
+                             arg="beta")
+        return super().shape(a, ins)
+
+
+@register
+class KlGaussian(_Loss):
+    name = "kl_gaussian"
+    doc = ("KL divergence of the diagonal Gaussian N(mu, exp(logvar)) from N(0, I): "
+           "-0.5 * sum(1 + logvar - mu^2 - exp(logvar)) over the features, averaged over the batch")
+
+    def shape(self, a, ins):
+        mu, logvar = ins
+        need_float(mu, "mean (mu)")
+        need_float(logvar, "log-variance (logvar)")
+        if mu.rank < 2:
+            raise ShapeError(f"kl_gaussian needs a batch of feature vectors, found {mu}",
+                             expected="[N, features, ...]", found=str(mu),
+                             help="mu and logvar are the encoder's two heads, e.g. `dense(20)` each")
+        diff = first_difference(logvar, mu)
+        if diff is not None:
+            raise ShapeError(f"kl_gaussian's logvar {logvar} does not match its mean {mu}: "
+                             f"{describe_difference(diff)}",
+                             expected=str(mu), found=str(logvar),
+                             help="mu and logvar are two heads of one size")
+        return SCALAR
+
+    def grad_inputs(self, a, ins):
+        return (0, 1)
 
 
 @register

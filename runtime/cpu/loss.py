@@ -1,4 +1,4 @@
-"""CPU kernels of the loss family: cross_entropy, hinge, mse, bce, loss_sum.
+"""CPU kernels of the loss family: cross_entropy, hinge, mse, bce, smooth_l1, kl_gaussian, loss_sum.
 
 Every loss is a mean, written to a 0-d output; its gradient `gout` is 0-d too. The loops
 write one partial sum per iteration into a workspace buffer, summed afterwards, so no two
@@ -6,6 +6,11 @@ iterations accumulate into the same element when they run in parallel. They run 
 below runtime/jit.py's size threshold (a classifier's (64, 10) logits are far below it): the
 kernel decides once and passes `parallel`, and each loop body is one function called from
 both the serial and the parallel loop. Label inputs are int64 and get no gradient.
+
+cross_entropy, mse, bce and smooth_l1 take an optional third input, a weight per term (or per
+sample) that multiplies each term and its gradient; the mean still divides by the number of
+terms (dslc/ops/loss.py). The loops read term i's weight at w[i // w_div] (w_div 1: one weight
+per term, terms per sample: one per sample) and, unweighted, take a stand-in array and a flag.
 """
 import math
 
@@ -32,6 +37,14 @@ def _flat_or(grad, stand_in):
     return grad.reshape(-1) if grad is not None else stand_in
 
 
+def _weight_args(xs, terms):
+    """(flat weight or stand-in, w_div, weighted) for the loops, from the optional third input."""
+    if len(xs) < 3:
+        return xs[0].reshape(-1), 1, False
+    w = xs[2].reshape(-1)
+    return w, max(1, terms // w.size), True
+
+
 def _check_labels(labels, n_class, name):
     """Out-of-range labels would index out of bounds in the unchecked Numba loops."""
     if labels.size and (labels.min() < 0 or labels.max() >= n_class):
@@ -45,50 +58,54 @@ def _check_labels(labels, n_class, name):
 # the softmax probabilities (as torch keeps its log-softmax), so the backward needs no exp.
 
 @njit
-def _cross_entropy_row(logits, labels, row_max, row_sum, o):
+def _cross_entropy_row(logits, labels, row_max, row_sum, w, w_div, weighted, o):
     # -log softmax[label] = log-sum-exp - logit[label], with log-sum-exp = max + log(sum exp(x - max)).
     loss = 0.0
-    for i in range(logits.shape[2]):
-        loss += row_max[o, 0, i] + math.log(row_sum[o, 0, i]) - logits[o, labels[o, i], i]
+    n_inner = logits.shape[2]
+    for i in range(n_inner):
+        term = row_max[o, 0, i] + math.log(row_sum[o, 0, i]) - logits[o, labels[o, i], i]
+        if weighted:
+            term *= w[(o * n_inner + i) // w_div]
+        loss += term
     return loss
 
 
 @pnjit
-def _cross_entropy_loss(logits, labels, row_max, row_sum, partial, parallel):
+def _cross_entropy_loss(logits, labels, row_max, row_sum, w, w_div, weighted, partial, parallel):
     if parallel:
         for o in prange(logits.shape[0]):
-            partial[o] = _cross_entropy_row(logits, labels, row_max, row_sum, o)
+            partial[o] = _cross_entropy_row(logits, labels, row_max, row_sum, w, w_div, weighted, o)
     else:
         for o in range(logits.shape[0]):
-            partial[o] = _cross_entropy_row(logits, labels, row_max, row_sum, o)
+            partial[o] = _cross_entropy_row(logits, labels, row_max, row_sum, w, w_div, weighted, o)
     return
 
 
 @njit
-def _cross_entropy_backward_row(probs, labels, gx, scale, o):
-    # d loss / d logit = (softmax - onehot(label)) * gout / positions
+def _cross_entropy_backward_row(probs, labels, gx, scale, w, w_div, weighted, o):
+    # d loss / d logit = (softmax - onehot(label)) * weight * gout / positions
     n_outer, n_class, n_inner = probs.shape
-    for c in range(n_class):
-        for i in range(n_inner):
-            gx[o, c, i] = probs[o, c, i] * scale
     for i in range(n_inner):
-        gx[o, labels[o, i], i] -= scale
+        s = scale * w[(o * n_inner + i) // w_div] if weighted else scale
+        for c in range(n_class):
+            gx[o, c, i] = probs[o, c, i] * s
+        gx[o, labels[o, i], i] -= s
 
 
 @pnjit
-def _cross_entropy_backward(probs, labels, gx, scale, parallel):
+def _cross_entropy_backward(probs, labels, gx, scale, w, w_div, weighted, parallel):
     if parallel:
         for o in prange(probs.shape[0]):
-            _cross_entropy_backward_row(probs, labels, gx, scale, o)
+            _cross_entropy_backward_row(probs, labels, gx, scale, w, w_div, weighted, o)
     else:
         for o in range(probs.shape[0]):
-            _cross_entropy_backward_row(probs, labels, gx, scale, o)
+            _cross_entropy_backward_row(probs, labels, gx, scale, w, w_div, weighted, o)
     return
 
 
 @register("cpu", "cross_entropy")
 class CrossEntropy(Kernel):
-    backward_reads_inputs = (1,)      # the labels; the logits' softmax is kept in the workspace
+    backward_reads_inputs = (1, 2)    # the labels and weights; the logits' softmax is kept in the workspace
     backward_reads_out = False
 
     def __init__(self, spec):
@@ -115,7 +132,9 @@ class CrossEntropy(Kernel):
         _check_labels(labels, logits.shape[1], self.spec.name)
         probs, _ = self._views(ws["probs"], xs[1])
         softmax_into(logits, probs, ws["row_max"], ws["row_sum"])
-        _cross_entropy_loss(logits, labels, ws["row_max"], ws["row_sum"], ws["partial"], self.parallel)
+        w, w_div, weighted = _weight_args(xs, labels.size)
+        _cross_entropy_loss(logits, labels, ws["row_max"], ws["row_sum"], w, w_div, weighted, ws["partial"],
+                            self.parallel)
         out[()] = ws["partial"].sum() / labels.size
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
@@ -123,7 +142,8 @@ class CrossEntropy(Kernel):
             return
         probs, labels = self._views(ws["probs"], xs[1])
         gx, _ = self._views(gxs[0], xs[1])
-        _cross_entropy_backward(probs, labels, gx, float(gout) / labels.size, self.parallel)
+        w, w_div, weighted = _weight_args(xs, labels.size)
+        _cross_entropy_backward(probs, labels, gx, float(gout) / labels.size, w, w_div, weighted, self.parallel)
 
 
 # --- hinge -----------------------------------------------------------------------------------
@@ -200,34 +220,69 @@ class Hinge(Kernel):
             _hinge_backward(logits, labels, self._margin(), gxs[0], float(gout) / logits.size, self.parallel)
 
 
-# --- mse, bce --------------------------------------------------------------------------------
-# Both take two float arrays of one shape, flattened; both inputs may get gradients. The
-# backward loops take a stand-in array (the input itself) for an unwanted gradient, and a flag
-# that keeps it unwritten: Numba needs an array in every slot. Sums are reduced in chunks.
+# --- mse, bce, smooth_l1 ---------------------------------------------------------------------
+# Each takes two float arrays of one shape, flattened, and an optional weight; pred and target
+# may get gradients. The backward loops take a stand-in array (the input itself) for an unwanted
+# gradient, and a flag that keeps it unwritten: Numba needs an array in every slot. Sums are
+# reduced in chunks. One loop serves the three: `kind` picks the term.
+
+MSE, BCE, SMOOTH_L1 = range(3)
+
 
 @njit
-def _mse_chunk(pred, target, b):
+def _term(kind, x, t, softplus, beta):
+    if kind == MSE:
+        d = x - t
+        return d * d
+    if kind == BCE:
+        # max(x, 0) - x t + log(1 + exp(-|x|)): finite for any x. softplus holds the last term.
+        return max(x, 0.0) - x * t + softplus
+    d = abs(x - t)
+    return 0.5 * d * d / beta if d < beta else d - 0.5 * beta
+
+
+@njit
+def _pointwise_chunk(kind, pred, target, softplus, beta, w, w_div, weighted, b):
     acc = 0.0
     for i in range(b * _CHUNK, min(pred.size, (b + 1) * _CHUNK)):
-        d = pred[i] - target[i]
-        acc += d * d
+        term = _term(kind, pred[i], target[i], softplus[i] if kind == BCE else 0.0, beta)
+        acc += term * w[i // w_div] if weighted else term
     return acc
 
 
 @pnjit
-def _mse_forward(pred, target, partial, parallel):
+def _pointwise_forward(kind, pred, target, softplus, beta, w, w_div, weighted, partial, parallel):
     if parallel:
         for b in prange(partial.size):
-            partial[b] = _mse_chunk(pred, target, b)
+            partial[b] = _pointwise_chunk(kind, pred, target, softplus, beta, w, w_div, weighted, b)
     else:
         for b in range(partial.size):
-            partial[b] = _mse_chunk(pred, target, b)
+            partial[b] = _pointwise_chunk(kind, pred, target, softplus, beta, w, w_div, weighted, b)
     return
 
 
 @njit
-def _mse_backward_at(pred, target, gpred, gtarget, scale, want_gpred, want_gtarget, i):
-    g = 2 * (pred[i] - target[i]) * scale
+def _pointwise_backward_at(kind, pred, target, exp_neg_abs, beta, w, w_div, weighted, gpred, gtarget, scale,
+                           want_gpred, want_gtarget, i):
+    x = pred[i]
+    t = target[i]
+    s = scale * w[i // w_div] if weighted else scale
+    if kind == BCE:
+        # d/dx = sigmoid(x) - t, with sigmoid from e = exp(-|x|); d/dt = -x
+        if want_gpred:
+            v = 1 / (1 + exp_neg_abs[i])
+            sig = v if x >= 0 else exp_neg_abs[i] * v
+            gpred[i] = (sig - t) * s
+        if want_gtarget:
+            gtarget[i] = -x * s
+        return
+    d = x - t
+    if kind == MSE:
+        g = 2 * d * s
+    elif abs(d) < beta:
+        g = d / beta * s
+    else:   # torch's sign: 0 at d == 0 (reached with beta == 0)
+        g = s if d > 0 else (-s if d < 0 else 0.0 * s)
     if want_gpred:
         gpred[i] = g
     if want_gtarget:
@@ -235,109 +290,150 @@ def _mse_backward_at(pred, target, gpred, gtarget, scale, want_gpred, want_gtarg
 
 
 @pnjit
-def _mse_backward(pred, target, gpred, gtarget, scale, want_gpred, want_gtarget, parallel):
+def _pointwise_backward(kind, pred, target, exp_neg_abs, beta, w, w_div, weighted, gpred, gtarget, scale,
+                        want_gpred, want_gtarget, parallel):
     if parallel:
         for i in prange(pred.size):
-            _mse_backward_at(pred, target, gpred, gtarget, scale, want_gpred, want_gtarget, i)
+            _pointwise_backward_at(kind, pred, target, exp_neg_abs, beta, w, w_div, weighted, gpred, gtarget,
+                                   scale, want_gpred, want_gtarget, i)
     else:
         for i in range(pred.size):
-            _mse_backward_at(pred, target, gpred, gtarget, scale, want_gpred, want_gtarget, i)
+            _pointwise_backward_at(kind, pred, target, exp_neg_abs, beta, w, w_div, weighted, gpred, gtarget,
+                                   scale, want_gpred, want_gtarget, i)
     return
 
 
-@njit
-def _bce_chunk(logits, target, softplus, b):
-    # max(x, 0) - x t + log(1 + exp(-|x|)): finite for any x. softplus holds the last term.
-    acc = 0.0
-    for i in range(b * _CHUNK, min(logits.size, (b + 1) * _CHUNK)):
-        x = logits[i]
-        acc += max(x, 0.0) - x * target[i] + softplus[i]
-    return acc
+class _PointwiseLoss(Kernel):
+    kind = MSE
 
-
-@pnjit
-def _bce_forward(logits, target, softplus, partial, parallel):
-    if parallel:
-        for b in prange(partial.size):
-            partial[b] = _bce_chunk(logits, target, softplus, b)
-    else:
-        for b in range(partial.size):
-            partial[b] = _bce_chunk(logits, target, softplus, b)
-    return
-
-
-@njit
-def _bce_backward_at(logits, target, exp_neg_abs, glogits, gtarget, scale, want_glogits, want_gtarget, i):
-    # d/dx = sigmoid(x) - t, with sigmoid from e = exp(-|x|); d/dt = -x
-    x = logits[i]
-    if want_glogits:
-        v = 1 / (1 + exp_neg_abs[i])
-        sig = v if x >= 0 else exp_neg_abs[i] * v
-        glogits[i] = (sig - target[i]) * scale
-    if want_gtarget:
-        gtarget[i] = -x * scale
-
-
-@pnjit
-def _bce_backward(logits, target, exp_neg_abs, glogits, gtarget, scale, want_glogits, want_gtarget, parallel):
-    if parallel:
-        for i in prange(logits.size):
-            _bce_backward_at(logits, target, exp_neg_abs, glogits, gtarget, scale, want_glogits, want_gtarget, i)
-    else:
-        for i in range(logits.size):
-            _bce_backward_at(logits, target, exp_neg_abs, glogits, gtarget, scale, want_glogits, want_gtarget, i)
-    return
-
-
-@register("cpu", "mse")
-class MeanSquaredError(Kernel):
     def __init__(self, spec):
         super().__init__(spec)
-        self.parallel = parallel_elementwise(_size(spec.in_shapes[0]))
+        self.size = _size(spec.in_shapes[0])
+        self.parallel = parallel_elementwise(self.size)
+
+    def _beta(self):
+        return float(self.spec.attrs.get("beta", 1.0))
 
     def workspace(self):
-        return {"partial": ((_n_chunks(_size(self.spec.in_shapes[0])),), "float32")}   # per-chunk sums
+        return {"partial": ((_n_chunks(self.size),), "float32")}   # per-chunk sums
 
     def forward(self, ctx, xs, params, out, ws):
         pred, target = xs[0].reshape(-1), xs[1].reshape(-1)
-        _mse_forward(pred, target, ws["partial"], self.parallel)
+        w, w_div, weighted = _weight_args(xs, pred.size)
+        _pointwise_forward(self.kind, pred, target, self._softplus(ws, pred), self._beta(), w, w_div, weighted,
+                           ws["partial"], self.parallel)
         out[()] = ws["partial"].sum() / pred.size
+
+    def _softplus(self, ws, pred):
+        """bce's log(1 + exp(-|x|)) per element, computed by forward; a stand-in for the others."""
+        return pred
+
+    def _extra(self, ws, pred):
+        """bce's exp(-|x|) per element, saved by forward; a stand-in for the others."""
+        return pred
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         if gxs[0] is None and gxs[1] is None:
             return
         pred, target = xs[0].reshape(-1), xs[1].reshape(-1)
-        _mse_backward(pred, target, _flat_or(gxs[0], pred), _flat_or(gxs[1], target), float(gout) / pred.size,
-                      gxs[0] is not None, gxs[1] is not None, self.parallel)
+        w, w_div, weighted = _weight_args(xs, pred.size)
+        _pointwise_backward(self.kind, pred, target, self._extra(ws, pred), self._beta(), w, w_div, weighted,
+                            _flat_or(gxs[0], pred), _flat_or(gxs[1], target), float(gout) / pred.size,
+                            gxs[0] is not None, gxs[1] is not None, self.parallel)
+
+
+@register("cpu", "mse")
+class MeanSquaredError(_PointwiseLoss):
+    kind = MSE
+
+
+@register("cpu", "smooth_l1")
+class SmoothL1(_PointwiseLoss):
+    kind = SMOOTH_L1
 
 
 @register("cpu", "bce")
-class BinaryCrossEntropyWithLogits(Kernel):
-    def __init__(self, spec):
-        super().__init__(spec)
-        self.parallel = parallel_elementwise(_size(spec.in_shapes[0]))
+class BinaryCrossEntropyWithLogits(_PointwiseLoss):
+    kind = BCE
 
     def workspace(self):
         shape = self.spec.in_shapes[0]
         return {"exp_neg_abs": (shape, "float32"),    # exp(-|x|), saved for backward's sigmoid
                 "softplus": (shape, "float32"),       # log1p(exp(-|x|))
-                "partial": ((_n_chunks(_size(shape)),), "float32")}
+                **super().workspace()}
+
+    def _softplus(self, ws, pred):
+        exp_neg_abs, softplus = ws["exp_neg_abs"].reshape(-1), ws["softplus"].reshape(-1)
+        exp_negative_abs(pred, exp_neg_abs, self.parallel)
+        np.log1p(exp_neg_abs, out=softplus)
+        return softplus
+
+    def _extra(self, ws, pred):
+        return ws["exp_neg_abs"].reshape(-1)
+
+
+# --- kl_gaussian -----------------------------------------------------------------------------
+# -0.5 * sum(1 + lv - mu^2 - exp(lv)) / N; d/dmu = mu * g / N, d/dlv = 0.5 (exp(lv) - 1) g / N.
+
+@njit
+def _kl_chunk(mu, logvar, b):
+    acc = 0.0
+    for i in range(b * _CHUNK, min(mu.size, (b + 1) * _CHUNK)):
+        lv = logvar[i]
+        acc += -0.5 * (1.0 + lv - mu[i] * mu[i] - math.exp(lv))
+    return acc
+
+
+@pnjit
+def _kl_forward(mu, logvar, partial, parallel):
+    if parallel:
+        for b in prange(partial.size):
+            partial[b] = _kl_chunk(mu, logvar, b)
+    else:
+        for b in range(partial.size):
+            partial[b] = _kl_chunk(mu, logvar, b)
+    return
+
+
+@njit
+def _kl_backward_at(mu, logvar, gmu, glogvar, scale, want_gmu, want_glogvar, i):
+    if want_gmu:
+        gmu[i] = mu[i] * scale
+    if want_glogvar:
+        glogvar[i] = 0.5 * (math.exp(logvar[i]) - 1.0) * scale
+
+
+@pnjit
+def _kl_backward(mu, logvar, gmu, glogvar, scale, want_gmu, want_glogvar, parallel):
+    if parallel:
+        for i in prange(mu.size):
+            _kl_backward_at(mu, logvar, gmu, glogvar, scale, want_gmu, want_glogvar, i)
+    else:
+        for i in range(mu.size):
+            _kl_backward_at(mu, logvar, gmu, glogvar, scale, want_gmu, want_glogvar, i)
+    return
+
+
+@register("cpu", "kl_gaussian")
+class KlGaussian(Kernel):
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.size = _size(spec.in_shapes[0])
+        self.parallel = parallel_elementwise(self.size)
+
+    def workspace(self):
+        return {"partial": ((_n_chunks(self.size),), "float32")}   # per-chunk sums
 
     def forward(self, ctx, xs, params, out, ws):
-        logits, target = xs[0].reshape(-1), xs[1].reshape(-1)
-        exp_neg_abs, softplus = ws["exp_neg_abs"].reshape(-1), ws["softplus"].reshape(-1)
-        exp_negative_abs(logits, exp_neg_abs, self.parallel)
-        np.log1p(exp_neg_abs, out=softplus)
-        _bce_forward(logits, target, softplus, ws["partial"], self.parallel)
-        out[()] = ws["partial"].sum() / logits.size
+        _kl_forward(xs[0].reshape(-1), xs[1].reshape(-1), ws["partial"], self.parallel)
+        out[()] = ws["partial"].sum() / xs[0].shape[0]
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         if gxs[0] is None and gxs[1] is None:
             return
-        logits, target = xs[0].reshape(-1), xs[1].reshape(-1)
-        _bce_backward(logits, target, ws["exp_neg_abs"].reshape(-1), _flat_or(gxs[0], logits),
-                      _flat_or(gxs[1], target), float(gout) / logits.size, gxs[0] is not None, gxs[1] is not None,
-                      self.parallel)
+        mu, logvar = xs[0].reshape(-1), xs[1].reshape(-1)
+        _kl_backward(mu, logvar, _flat_or(gxs[0], mu), _flat_or(gxs[1], logvar), float(gout) / xs[0].shape[0],
+                     gxs[0] is not None, gxs[1] is not None, self.parallel)
 
 
 # --- loss_sum --------------------------------------------------------------------------------

@@ -578,7 +578,7 @@ def test_unknown_loss_with_did_you_mean(dslc):
         "   |",
         " 3 | loss cross_entrpy(y, image)",
         "   |      ^^^^^^^^^^^^ here",
-        "   = losses: cross_entropy, hinge, mse, bce",
+        "   = losses: cross_entropy, hinge, mse, bce, smooth_l1, kl_gaussian",
         "   = help: did you mean `cross_entropy`?"]
 
 
