@@ -46,6 +46,28 @@ class Neg:
 
 
 @dataclass
+class Compare:            # stride == 1, cin != cout, c < 64
+    op: str               # == != < <= > >=
+    left: object
+    right: object
+    span: Span
+
+
+@dataclass
+class BoolOp:             # a and b, a or b
+    op: str               # "and" | "or"
+    left: object
+    right: object
+    span: Span
+
+
+@dataclass
+class Not:
+    operand: object
+    span: Span
+
+
+@dataclass
 class TupleExpr:
     items: list
     span: Span
@@ -112,6 +134,14 @@ class Residual:
 class Branches:           # concat { a | b } or sum { a | b }
     kind: str             # "concat" | "sum"
     branches: list[Chain]
+    span: Span
+
+
+@dataclass
+class If:                 # if cond { body } else { body }
+    cond: object
+    then: list
+    orelse: list | None   # None without `else`; `else if` is an else body of one If
     span: Span
 
 

@@ -22,6 +22,7 @@ from .ops import OPS, ShapeError, TensorType
 from .parser import parse, read_source
 from .train_section import check_section
 from .values import POISONED, SHAPE_FUNCTIONS, CoerceError, EvalError, Word, coerce, describe, evaluate
+from .values import evaluate_condition
 from .values import Poisoned as _Poison
 
 MAX_TENSOR_BYTES = 8 << 30      # per sample; refuse before anything is allocated
@@ -57,6 +58,13 @@ class _Scope:
     def fresh(self, kind: str) -> str:
         self.counters[kind] = self.counters.get(kind, 0) + 1
         return f"{kind}{self.counters[kind]}"
+
+    def branch(self):
+        """The scope of an unlabelled `if` branch: the same names and counters, but tensors it
+        assigns stay inside it (the other branch may not assign them)."""
+        s = _Scope(self.prefix, self.path, self.env, dict(self.tensors))
+        s.counters, s.labels = self.counters, self.labels
+        return s
 
     def child(self, name: str, kind: str, env=None, tensors=None):
         return _Scope(f"{self.prefix}{name}.", self.path + ((f"{self.prefix}{name}", kind),),
@@ -398,6 +406,8 @@ class Elaborator:
             return self._residual(term, scope, current, label)
         if isinstance(term, ast.Branches):
             return self._branches(term, scope, current, label)
+        if isinstance(term, ast.If):
+            return self._if(term, scope, current, label)
         raise AssertionError(f"unknown term {term!r}")  # grammar and AST are out of sync: a bug, not user input
 
     def _repeat_count(self, term: ast.Repeat, scope) -> int:
@@ -721,6 +731,27 @@ class Elaborator:
         finally:
             self.block_stack.pop()
 
+    # ---- conditionals ----------------------------------------------------------------------
+    def _if(self, term: ast.If, scope: _Scope, current, label):
+        """`if cond { a } else { b }`: the condition is decided now, from parameters and sizes,
+        and only the branch taken is elaborated, so the other may hold steps that would not
+        fit these arguments. Without `else`, a false condition passes the input through."""
+        try:
+            taken = evaluate_condition(term.cond, scope.env, self._types(scope.tensors))
+        except EvalError as e:
+            self.d.error(e.message, e.span, label=e.label or "in this condition", help=e.help)
+            raise _Poison()
+        body = term.then if taken else term.orelse
+        if body is None:
+            if current is None:
+                self.d.error("`if` without `else` has no input to pass through", term.span,
+                             label="the condition is false here and nothing flows in",
+                             help="add `else { ... }`, or continue a chain into the `if`: `x -> if ... { ... }`")
+                raise _Poison()
+            return current
+        inner = scope.branch() if label is None else scope.child(label, "if", tensors=dict(scope.tensors))
+        return self._body(body, inner, current)
+
     # ---- residual and branches -------------------------------------------------------------
     def _residual(self, term: ast.Residual, scope: _Scope, current, label):
         if current is None:
@@ -867,8 +898,11 @@ def _tensor_refs(chain: ast.Chain):
         elif isinstance(e, ast.BinOp):
             visit_expr(e.left)
             visit_expr(e.right)
-        elif isinstance(e, ast.Neg):
+        elif isinstance(e, (ast.Neg, ast.Not)):
             visit_expr(e.operand)
+        elif isinstance(e, (ast.Compare, ast.BoolOp)):
+            visit_expr(e.left)
+            visit_expr(e.right)
         elif isinstance(e, ast.TupleExpr):
             for item in e.items:
                 visit_expr(item)
@@ -897,6 +931,10 @@ def _tensor_refs(chain: ast.Chain):
         elif isinstance(x, ast.Branches):
             for c in x.branches:
                 visit(c)
+        elif isinstance(x, ast.If):
+            visit_expr(x.cond)
+            for s in x.then + (x.orelse or []):
+                visit(s.chain if isinstance(s, ast.Assign) else s)
     visit(chain)
     return out
 

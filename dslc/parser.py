@@ -40,10 +40,12 @@ from .diagnostics import CompileError, Diagnostic, Source, Span
 _TERMINAL_WORDS = {
     "NAME": "a name", "INT": "a number", "FLOAT": "a number", "KERNEL": "a size like 3x3",
     "STRING": "a quoted path", "DTYPE": "`int` or `float`", "$END": "end of file",
+    "COMPARE": "a comparison (`==`, `<`, ...)",
 }
 # Binary operators may follow any complete expression; listing them in "expected ..." buries
 # the tokens that would actually end it (`,`, `)`), so they are named only when nothing else fits.
-_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "PERCENT", "__ANON_1"}   # __ANON_1 is `//`
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "PERCENT", "__ANON_1",   # __ANON_1 is `//`
+              "COMPARE", "AND", "OR"}
 # Brackets: each opening terminal's closing one and back, and the characters of both.
 _CLOSERS = {"LPAR": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
 _OPENERS = {closer: opener for opener, closer in _CLOSERS.items()}
@@ -272,6 +274,8 @@ def _syntax_hint(tok: Token, exp: set, innermost_open: str | None) -> str:
         return "statements are `name = chain`; a chain joins steps with `->`"
     if tok.type in ("EQUAL",):
         return "only a name can be assigned: `name = input -> op -> ...`"
+    if tok.type == "COMPARE":
+        return "comparisons do not chain: write `a < b and b < c`"
     if tok.type == "COLON":
         return "labels name a step inside a chain: `-> layer1: basic(64) * 2`"
     if tok.type in ("INT", "FLOAT") and "NAME" in exp:
@@ -341,6 +345,18 @@ class _ToAst(Transformer):
     def neg(self, meta, c):
         return ast.Neg(c[0], self.sp(meta))
 
+    def compare(self, meta, c):
+        return ast.Compare(str(c[1]), c[0], c[2], self.sp(meta))
+
+    def or_expr(self, meta, c):
+        return ast.BoolOp("or", c[0], c[1], self.sp(meta))
+
+    def and_expr(self, meta, c):
+        return ast.BoolOp("and", c[0], c[1], self.sp(meta))
+
+    def not_expr(self, meta, c):
+        return ast.Not(c[0], self.sp(meta))
+
     def tuple(self, meta, c):
         return ast.TupleExpr(list(c), self.sp(meta))
 
@@ -392,6 +408,15 @@ class _ToAst(Transformer):
 
     def branches(self, meta, c):
         return list(c)
+
+    def if_stage(self, meta, c):
+        return ast.If(c[0], c[1], c[2] if len(c) > 2 else None, self.sp(meta))
+
+    def else_body(self, meta, c):
+        return c[0]
+
+    def else_if(self, meta, c):
+        return [ast.Chain([c[0]], c[0].span)]
 
     def concat_block(self, meta, c):
         return ast.Branches("concat", c[0], self.sp(meta))

@@ -20,9 +20,9 @@ POISONED = object()
 
 
 class EvalError(Exception):
-    def __init__(self, message, span, help=""):
+    def __init__(self, message, span, help="", label=""):
         super().__init__(message)
-        self.message, self.span, self.help = message, span, help
+        self.message, self.span, self.help, self.label = message, span, help, label
 
 
 # Expressions that read a tensor's size: `channels(in)` is axis 1, `dim(x, 2)` any axis after N.
@@ -82,6 +82,14 @@ def evaluate(expr, env: dict, tensor_type=_no_tensors):
         if isinstance(a, int) and isinstance(b, int) and a % b == 0:
             return a // b
         return a / b
+    if isinstance(expr, ast.Compare):
+        return _compare(expr, env, tensor_type)
+    if isinstance(expr, ast.BoolOp):
+        # Both sides are evaluated (no short cut), so a mistake on either is reported.
+        a, b = _boolean(expr.left, env, tensor_type, expr.op), _boolean(expr.right, env, tensor_type, expr.op)
+        return (a and b) if expr.op == "and" else (a or b)
+    if isinstance(expr, ast.Not):
+        return not _boolean(expr.operand, env, tensor_type, "not")
     if isinstance(expr, ast.CallExpr) and expr.name in SHAPE_FUNCTIONS:
         return _shape_function(expr, env, tensor_type)
     if isinstance(expr, ast.CallExpr):
@@ -93,6 +101,69 @@ def evaluate(expr, env: dict, tensor_type=_no_tensors):
                 kwargs[arg.name] = sub(arg.value)
         return ("call", expr.name, tuple(pos), kwargs)
     raise EvalError("not a value", getattr(expr, "span", None))
+
+
+def evaluate_condition(expr, env: dict, tensor_type=_no_tensors) -> bool:
+    """The value of an `if` condition: `true` or `false`, else an EvalError saying what it is."""
+    return _boolean(expr, env, tensor_type, "if")
+
+
+def _bound(expr, env, tensor_type):
+    """Evaluate an operand of a condition, where a bare name must be a parameter (or `true`/
+    `false`): an unbound one there is a misspelling, never a word."""
+    if isinstance(expr, ast.Name) and expr.id not in env and expr.id not in BOOL_WORDS:
+        from .diagnostics import did_you_mean
+        names = [n for n in env if env[n] is not POISONED] + list(BOOL_WORDS)
+        raise EvalError(f"unknown name `{expr.id}` in a condition", expr.span, label="not a parameter",
+                        help=did_you_mean(expr.id, names)
+                        or "conditions read parameters (" + (", ".join(f"`{n}`" for n in env) or "none here")
+                        + ") and sizes such as `channels(in)`")
+    return evaluate(expr, env, tensor_type)
+
+
+def _boolean(expr, env, tensor_type, what):
+    where = "a condition" if what == "if" else f"`{what}`"
+    v = _bound(expr, env, tensor_type)
+    if not isinstance(v, bool):
+        example = "`stride == 1`" if isinstance(v, (int, float)) else "`mode == \"bilinear\"`"
+        raise EvalError(f"{where} needs `true` or `false`, found {describe(v)}", expr.span,
+                        help=f"compare the value to make a condition, e.g. {example}")
+    return v
+
+
+def _compare(expr, env, tensor_type):
+    """`==` `!=` on values of one kind (numbers, booleans, sizes, words); `<` `<=` `>` `>=` on
+    numbers. A word is compared as written in quotes (`mode == "bilinear"`), or by a bare word
+    facing a parameter whose value is a word (`mode == bilinear`)."""
+    def side(e, other):
+        if isinstance(e, ast.Name) and e.id not in env and e.id not in BOOL_WORDS and expr.op in ("==", "!=") \
+                and isinstance(other, ast.Name) and isinstance(env.get(other.id), str):
+            return Word(e.id)
+        return _bound(e, env, tensor_type)
+
+    a, b = side(expr.left, expr.right), side(expr.right, expr.left)
+    if expr.op in ("<", "<=", ">", ">="):
+        for v, e in ((a, expr.left), (b, expr.right)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise EvalError(f"`{expr.op}` needs numbers, found {describe(v)}", e.span,
+                                help="`<`, `<=`, `>`, `>=` order numbers; `==` and `!=` compare any values")
+        return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[expr.op]
+    if _kind(a) != _kind(b):
+        raise EvalError(f"`{expr.op}` compares values of one kind, found {describe(a)} and {describe(b)}",
+                        expr.span, help="compare numbers with numbers, sizes with sizes, words with words")
+    return (a == b) if expr.op == "==" else (a != b)
+
+
+def _kind(v) -> str:
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "word"
+    if isinstance(v, tuple):
+        return "size"
+    return "call"
 
 
 def _shape_function(expr, env, tensor_type):

@@ -31,6 +31,7 @@ PUBLISHED = {
     "alexnet": 61_100_840,
     "densenet121": 7_978_856,
     "squeezenet": 1_248_424,
+    "mobilenet_v2": 3_504_872,
     "lenet5": 61_706,
     "resnet_cifar": 11_173_962,
     "vgg11_cifar": 9_231_114,

@@ -26,8 +26,8 @@ TRAINED = {
     "chargru": "chars",
     "fcn": "synthetic",
 }
-COMPILED_ONLY = ["alexnet", "densenet121", "googlenet", "nin", "resnet18", "resnet34", "resnet50",
-                 "squeezenet", "vgg16"]
+COMPILED_ONLY = ["alexnet", "densenet121", "googlenet", "mobilenet_v2", "nin", "resnet18", "resnet34",
+                 "resnet50", "squeezenet", "vgg16"]
 
 
 def first_comment(path: Path) -> str:
