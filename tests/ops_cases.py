@@ -728,7 +728,138 @@ RECURRENT = [
 ]
 
 
-CASES = TENSOR + ACTIVATION + DENSE + CONV + LOSS + NORM + POOL + RECURRENT
+# ---- elementwise -----------------------------------------------------------------------------
+
+def _positive(*shapes):
+    """Inputs away from 0 and positive: log, sqrt and division stay finite and smooth."""
+    return lambda rng: [np.abs(rng.standard_normal(s)) + 0.5 for s in shapes]
+
+
+def _numerator_and_denominator(a_shape, b_shape):
+    """div's inputs: any numerator, a denominator at least 0.5 away from 0 (either sign)."""
+    def make(rng):
+        b = rng.standard_normal(b_shape)
+        return [rng.standard_normal(a_shape), np.sign(b) * (np.abs(b) + 0.5)]
+    return make
+
+
+def _unary(fn):
+    return lambda xs, ps, a: fn(xs[0])
+
+
+def _clamp(xs, ps, a):
+    return torch.clamp(xs[0], min=a["min"], max=a["max"])
+
+
+def _relu6(xs, ps, a):
+    return F.relu6(xs[0])
+
+
+def _mean_of(xs, ps, a):
+    return torch.stack(xs).mean(0)
+
+
+def _reduce(fn):
+    return lambda xs, ps, a: fn(xs[0], dim=a["axes"], keepdim=a["keepdims"])
+
+
+_exp, _log, _sqrt = _unary(torch.exp), _unary(torch.log), _unary(torch.sqrt)
+_square, _abs = _unary(torch.square), _unary(torch.abs)
+_mul, _sub, _div = (lambda xs, ps, a: xs[0] * xs[1]), (lambda xs, ps, a: xs[0] - xs[1]), \
+    (lambda xs, ps, a: xs[0] / xs[1])
+_reduce_sum, _reduce_mean = _reduce(torch.sum), _reduce(torch.mean)
+
+
+def _scale(xs, ps, a):
+    return xs[0] * a["factor"]
+
+
+def _shift(xs, ps, a):
+    return xs[0] + a["offset"]
+
+
+def _clamp_attrs(low=None, high=None):
+    return {"min": low, "max": high}
+
+
+def _axes(*axes, keepdims=False):
+    return {"axes": axes, "keepdims": keepdims}
+
+
+# Broadcast pairs: per channel, per position, a scalar per sample, either side broadcast, both.
+_BROADCASTS = [
+    [(2, 3, 4, 4), (2, 3, 1, 1)],
+    [(2, 3, 1, 1), (2, 3, 4, 4)],
+    [(2, 1, 4, 5), (2, 3, 1, 5)],
+    [(3, 6), (3, 1)],
+    [(2, 4, 3), (2, 4, 3)],
+]
+
+ELEMENTWISE = [
+    Case("exp", {}, [(2, 3, 4, 4)], _exp),
+    Case("log", {}, [(2, 3, 4, 4)], _log, make_inputs=_positive((2, 3, 4, 4))),
+    Case("sqrt", {}, [(3, 7)], _sqrt, make_inputs=_positive((3, 7))),
+    Case("square", {}, [(2, 3, 5)], _square),
+    Case("abs", {}, [(2, 3, 4, 4)], _abs),
+    Case("scale", {"factor": 0.5}, [(2, 3, 4, 4)], _scale),
+    Case("scale", {"factor": -3.0}, [(4, 5)], _scale),
+    Case("shift", {"offset": 1.5}, [(2, 3, 4, 4)], _shift),
+    Case("clamp", _clamp_attrs(-0.5, 0.7), [(2, 3, 4, 4)], _clamp),
+    Case("clamp", _clamp_attrs(low=0.0), [(3, 8)], _clamp),
+    Case("clamp", _clamp_attrs(high=0.2), [(3, 8)], _clamp),
+    Case("relu6", {}, [(2, 3, 4, 4)], _relu6, make_inputs=lambda rng: [rng.standard_normal((2, 3, 4, 4)) * 5]),
+    *(Case(op, {}, shapes, fn, make_inputs=_numerator_and_denominator(*shapes) if op == "div" else None)
+      for op, fn in (("mul", _mul), ("sub", _sub), ("div", _div)) for shapes in _BROADCASTS),
+    Case("mul", {}, [(2, 3, 4), (2, 3, 4)], _mul, grad_inputs=(1,), id="mul-frozen-input"),
+    Case("mean", {}, [(2, 3, 4, 4), (2, 3, 4, 4)], _mean_of),
+    Case("mean", {}, [(3, 5), (3, 5), (3, 5)], _mean_of),
+    Case("mean", {}, [(3, 5), (3, 5), (3, 5)], _mean_of, grad_inputs=(0, 2), id="mean-frozen-input"),
+    Case("reduce_sum", _axes(1), [(3, 7)], _reduce_sum),
+    Case("reduce_sum", _axes(2, 3, keepdims=True), [(2, 3, 4, 5)], _reduce_sum),
+    Case("reduce_sum", _axes(1, 3), [(2, 3, 4, 5)], _reduce_sum),
+    Case("reduce_mean", _axes(1), [(2, 3, 4, 5)], _reduce_mean),
+    Case("reduce_mean", _axes(2, 3, keepdims=True), [(2, 3, 4, 5)], _reduce_mean),
+    Case("reduce_mean", _axes(2), [(2, 6, 5)], _reduce_mean),
+    # finite differences
+    Case("exp", {}, [(3, 5)], _exp, fd=True),
+    Case("log", {}, [(3, 5)], _log, make_inputs=_positive((3, 5)), fd=True),
+    Case("sqrt", {}, [(3, 5)], _sqrt, make_inputs=_positive((3, 5)), fd=True),
+    Case("square", {}, [(3, 5)], _square, fd=True),
+    Case("abs", {}, [(3, 5)], _abs, fd=True),
+    Case("scale", {"factor": 0.5}, [(3, 5)], _scale, fd=True),
+    Case("shift", {"offset": -2.0}, [(3, 5)], _shift, fd=True),
+    Case("clamp", _clamp_attrs(-0.5, 0.5), [(3, 5)], _clamp, fd=True),
+    Case("relu6", {}, [(3, 5)], _relu6, make_inputs=lambda rng: [rng.standard_normal((3, 5)) * 5], fd=True),
+    Case("mul", {}, [(2, 3, 2), (2, 3, 1)], _mul, fd=True),
+    Case("sub", {}, [(2, 1, 2), (2, 3, 2)], _sub, fd=True),
+    Case("div", {}, [(2, 3, 2), (2, 1, 2)], _div, make_inputs=_numerator_and_denominator((2, 3, 2), (2, 1, 2)),
+         fd=True),
+    Case("mean", {}, [(2, 5), (2, 5), (2, 5)], _mean_of, fd=True),
+    Case("reduce_sum", _axes(2, keepdims=True), [(2, 3, 4)], _reduce_sum, fd=True),
+    Case("reduce_mean", _axes(1, 2), [(2, 3, 4)], _reduce_mean, fd=True),
+    # CUDA against CPU
+    Case("exp", {}, [(2, 3, 2)], _exp, cuda=True),
+    Case("log", {}, [(2, 3, 2)], _log, make_inputs=_positive((2, 3, 2)), cuda=True),
+    Case("sqrt", {}, [(3, 4)], _sqrt, make_inputs=_positive((3, 4)), cuda=True),
+    Case("square", {}, [(3, 4)], _square, cuda=True),
+    Case("abs", {}, [(3, 4)], _abs, cuda=True),
+    Case("scale", {"factor": 0.5}, [(3, 4)], _scale, cuda=True),
+    Case("shift", {"offset": 2.0}, [(3, 4)], _shift, cuda=True),
+    Case("clamp", _clamp_attrs(-0.5, 0.5), [(3, 4)], _clamp, cuda=True),
+    Case("clamp", _clamp_attrs(high=0.0), [(3, 4)], _clamp, cuda=True),
+    Case("relu6", {}, [(3, 4)], _relu6, make_inputs=lambda rng: [rng.standard_normal((3, 4)) * 5], cuda=True),
+    Case("mul", {}, [(2, 3, 2, 2), (2, 3, 1, 1)], _mul, cuda=True),
+    Case("mul", {}, [(2, 1, 3), (2, 2, 1)], _mul, cuda=True),
+    Case("sub", {}, [(2, 1, 2), (2, 3, 2)], _sub, cuda=True),
+    Case("div", {}, [(2, 3, 2), (2, 3, 1)], _div, make_inputs=_numerator_and_denominator((2, 3, 2), (2, 3, 1)),
+         cuda=True),
+    Case("mean", {}, [(2, 3), (2, 3), (2, 3)], _mean_of, grad_inputs=(0, 2), cuda=True),
+    Case("reduce_sum", _axes(2, keepdims=True), [(2, 3, 4)], _reduce_sum, cuda=True),
+    Case("reduce_mean", _axes(1, 3), [(2, 3, 2, 2)], _reduce_mean, cuda=True),
+]
+
+
+CASES = TENSOR + ACTIVATION + DENSE + CONV + LOSS + NORM + POOL + RECURRENT + ELEMENTWISE
 
 
 

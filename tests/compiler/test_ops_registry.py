@@ -115,6 +115,21 @@ SHAPE_CASES = [
     ("concat-last-symbolic", "concat", dict(axis=-1), [t("T", 3), t("T", 5)], t("T", 8)),
     ("concat-axis2", "concat", dict(axis=2), [t(2, 4, 4), t(2, 1, 4)], t(2, 5, 4)),
     ("add-three", "add", {}, [t(4, 2, 2)] * 3, t(4, 2, 2)),
+    ("exp", "exp", {}, [t(3, 4)], t(3, 4)),
+    ("log", "log", {}, [t(5)], t(5)),
+    ("sqrt", "sqrt", {}, [t("T", 5)], t("T", 5)),
+    ("square", "square", {}, [t(2, 3, 3)], t(2, 3, 3)),
+    ("abs", "abs", {}, [t(7)], t(7)),
+    ("scale", "scale", dict(factor=0.5), [t(4)], t(4)),
+    ("shift", "shift", dict(offset=-1.0), [t(4)], t(4)),
+    ("clamp-max-only", "clamp", dict(max=1.0), [t(4, 2)], t(4, 2)),
+    ("relu6", "relu6", {}, [t(8, 4, 4)], t(8, 4, 4)),
+    ("mul-per-channel", "mul", {}, [t(8, 4, 4), t(8, 1, 1)], t(8, 4, 4)),
+    ("sub-both-broadcast", "sub", {}, [t(1, 4, 5), t(3, 1, 5)], t(3, 4, 5)),
+    ("div-symbolic", "div", {}, [t("T", 6), t("T", 1)], t("T", 6)),
+    ("mean-of-three", "mean", {}, [t(3, 4)] * 3, t(3, 4)),
+    ("reduce-sum-keepdims", "reduce_sum", dict(axes=(2, 3), keepdims=True), [t(8, 4, 4)], t(8, 1, 1)),
+    ("reduce-mean-negative-axis", "reduce_mean", dict(axes=(-1,)), [t(8, 4, 5)], t(8, 4)),
     ("embed", "embed", dict(vocab=65, dim=64), [ids("T")], t("T", 64)),
     ("lstm-sequence", "lstm", dict(hidden=20), [t("T", 10)], t("T", 20)),
     ("lstm-last", "lstm", dict(hidden=20, layers=2, sequence=False), [t("T", 10)], t(20)),
@@ -503,7 +518,7 @@ def _ops_in_ops_md():
     for line in (REPO / "docs" / "OPS.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and len(cells) > 2:
-            names.update(re.findall(r"`([a-z_]+)`", cells[1]))
+            names.update(re.findall(r"`([a-z_0-9]+)`", cells[1]))
     return names
 
 
