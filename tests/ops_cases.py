@@ -728,6 +728,44 @@ RECURRENT = [
 ]
 
 
+# ---- layout ----------------------------------------------------------------------------------
+# The kernels see the attrs the shape rule wrote (positive axes, clamped bounds), as in a plan;
+# the torch references slice with the attrs as written, so the rows check that rewriting too.
+
+def _canonical(op, attrs, shapes):
+    from tests.kernels.harness import in_types
+    attrs = dict(attrs)
+    OPS[op].shape(attrs, in_types(shapes))
+    return attrs
+
+
+def _slice(written):
+    def reference(xs, ps, a):
+        index = [slice(None)] * xs[0].dim()
+        index[written["axis"]] = slice(written["start"], written["end"], written["step"])
+        return xs[0][tuple(index)]
+    return reference
+
+
+def slice_case(shape, axis=1, start=0, end=None, step=1, **kw):
+    written = {"axis": axis, "start": start, "end": end, "step": step}
+    return Case("slice", _canonical("slice", written, [shape]), [shape], _slice(written), **kw)
+
+
+LAYOUT = [
+    slice_case((2, 30, 7, 7), 1, 0, 10, id="slice-yolo-boxes"),
+    slice_case((2, 30, 7, 7), 1, 10, 30, id="slice-yolo-classes"),
+    slice_case((3, 8), -1, -3, id="slice-last-three"),
+    slice_case((2, 3, 9), 2, 1, 8, 3, id="slice-step"),
+    slice_case((2, 3, 10), 2, 1, None, 3, id="slice-step-to-the-end"),
+    slice_case((2, 4, 5, 6), 3, 2, 100, id="slice-end-clamped"),
+    slice_case((2, 4, 5), 1, -100, 2, id="slice-start-clamped"),
+    slice_case((2, 5, 3), 1, 1, 5, 2, fd=True, id="fd-slice-step"),
+    slice_case((2, 3, 7), -1, 2, 6, 3, cuda=True, id="cuda-slice-step"),
+    slice_case((2, 4, 3, 2), 1, 1, 3, cuda=True, id="cuda-slice-channels"),
+]
+
+
 # ---- elementwise -----------------------------------------------------------------------------
 
 def _positive(*shapes):
@@ -859,7 +897,7 @@ ELEMENTWISE = [
 ]
 
 
-CASES = TENSOR + ACTIVATION + DENSE + CONV + LOSS + NORM + POOL + RECURRENT + ELEMENTWISE
+CASES = TENSOR + ACTIVATION + DENSE + CONV + LOSS + NORM + POOL + RECURRENT + LAYOUT + ELEMENTWISE
 
 
 

@@ -1,5 +1,5 @@
 """The op registry, populated by importing every family module. See registry.py."""
-from . import activation, conv, dense, elementwise, loss, norm, pool, recurrent, tensor  # noqa: F401  (registration)
+from . import activation, conv, dense, elementwise, layout, loss, norm, pool, recurrent, tensor  # noqa: F401  (registration)
 from . import random  # noqa: F401,E402  (registration: sample, gaussian_like)
 from .registry import OPS, REQUIRED, Attr, OpDef, ParamSpec, ShapeError, TensorType
 

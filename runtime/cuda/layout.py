@@ -1,0 +1,66 @@
+"""CUDA kernels of the layout family: slice, transpose, permute, stop_gradient (detach).
+
+One thread per element written; every buffer the plan hands a kernel is C-contiguous, so each
+kernel sees its tensors flat, or as (outer, axis, inner) around the axis it works on.
+"""
+import numpy as np
+from numba import cuda
+
+from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
+from dslc.runtime.kernel_api import Kernel, register
+
+
+def _around(shape, axis):
+    """(outer, size, inner): the shape seen as the axis between everything before and after it."""
+    return (int(np.prod(shape[:axis], dtype=np.int64)), shape[axis], int(np.prod(shape[axis + 1:], dtype=np.int64)))
+
+
+@cuda.jit
+def _slice_forward(x, out, start, step):
+    """out[o, j, k] = x[o, start + j * step, k]."""
+    i = cuda.grid(1)
+    outer, count, inner = out.shape
+    if i < outer * count * inner:
+        o = i // (count * inner)
+        j = (i // inner) % count
+        k = i % inner
+        out[o, j, k] = x[o, start + j * step, k]
+
+
+@cuda.jit
+def _slice_backward(gout, gx, start, step):
+    """gx[o, p, k] = gout[o, (p - start) / step, k] where p is a kept index, else 0 (one pass, no fill)."""
+    i = cuda.grid(1)
+    outer, size, inner = gx.shape
+    count = gout.shape[1]
+    if i < outer * size * inner:
+        o = i // (size * inner)
+        p = (i // inner) % size
+        k = i % inner
+        d = p - start
+        if d >= 0 and d % step == 0 and d // step < count:
+            gx[o, p, k] = gout[o, d // step, k]
+        else:
+            gx[o, p, k] = 0
+
+
+@register("cuda", "slice")
+class Slice(Kernel):
+    backward_reads_inputs = False
+    backward_reads_out = False
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        a = spec.attrs
+        self.x3 = _around(spec.in_shapes[0], a["axis"])
+        self.out3 = _around(spec.out_shape, a["axis"])
+        self.start, self.step = a["start"], a["step"]
+
+    def forward(self, ctx, xs, params, out, ws):
+        _slice_forward[blocks_1d(out.size), THREADS_1D](xs[0].reshape(self.x3), out.reshape(self.out3),
+                                                         self.start, self.step)
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        if gxs[0] is not None:
+            _slice_backward[blocks_1d(gxs[0].size), THREADS_1D](gout.reshape(self.out3), gxs[0].reshape(self.x3),
+                                                                 self.start, self.step)
