@@ -331,3 +331,6 @@ def test_mobilenet_v2_uses_the_conditionals():
     depthwise = net.node("features.3.conv.depthwise.conv1")
     assert depthwise.attrs["groups"] == 144
     assert sum(op == "add" for op in ops.values()) == 10      # the residual blocks of Table 2
+    # relu6 after the stem, every expansion and depthwise conv, and the last 1x1 conv; the
+    # projections stay linear.
+    assert sum(op == "relu6" for op in ops.values()) == 35 and "relu" not in ops.values()
