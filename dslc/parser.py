@@ -468,8 +468,19 @@ class _ToAst(Transformer):
             return ast.LossTerm(c[0], c[1], self.sp(meta))
         return ast.LossTerm(1.0, c[0], self.sp(meta))
 
+    def loss_sign(self, meta, c):
+        return -1.0 if str(c[0]) == "-" else 1.0
+
     def loss_decl(self, meta, c):
-        return ast.LossDecl(list(c), self.sp(meta))
+        """Terms with the sign before each folded into its weight (`- 0.1 * c` weighs c by -0.1)."""
+        terms, sign = [], 1.0
+        for child in c:
+            if isinstance(child, float):
+                sign = child
+            else:
+                terms.append(ast.LossTerm(sign * child.weight, child.call, child.span))
+                sign = 1.0
+        return ast.LossDecl(terms, self.sp(meta))
 
     def train_item(self, meta, c):
         return ast.TrainItem(str(c[0]), c[1], self.sp(meta))

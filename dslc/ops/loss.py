@@ -43,13 +43,14 @@ class _Loss(OpDef):
 
 def _need_weight(op: str, weight: TensorType, terms: TensorType):
     """The optional third input: a float weight shaped like the terms, or one per sample [N]."""
+    shapes = f"{terms} (one weight per term) or [N] (one per sample)" if terms.shape != ("N",) else "[N]"
     if weight.dtype != "float32":
-        raise ShapeError(f"{op}'s weight must be a float tensor, found integers {weight}",
-                         expected=f"float {terms} or [N]", found=str(weight),
-                         help="declare the mask as a float input (0 and 1) of the terms' shape")
+        raise ShapeError(f"the weight must be a float tensor, found integers {weight}",
+                         expected=f"a float {shapes}", found=str(weight),
+                         help="declare the weight (a mask of 0 and 1, say) as a float input")
     if weight.shape != terms.shape and weight.shape != ("N",):
-        raise ShapeError(f"{op}'s weight {weight} fits neither its terms {terms} nor one per sample [N]",
-                         expected=f"{terms} (one weight per term) or [N] (one per sample)", found=str(weight),
+        raise ShapeError(f"the weight {weight} fits neither the terms {terms} nor one per sample [N]",
+                         expected=shapes, found=str(weight),
                          help=f"the third input of {op} multiplies each term before the mean")
 
 
@@ -167,7 +168,7 @@ class SmoothL1(_ElementwiseLoss):
 
     def shape(self, a, ins):
         if not a["beta"] >= 0:
-            raise ShapeError(f"smooth_l1's beta must be 0 or more, found {a['beta']}",
+            raise ShapeError(f"beta must be 0 or more, found {a['beta']}",
                              expected="beta >= 0", found=f"beta = {a['beta']}",
                              help="beta is the width of the quadratic zone around 0 (torch's default 1.0)",
                              arg="beta")
@@ -190,7 +191,7 @@ class KlGaussian(_Loss):
                              help="mu and logvar are the encoder's two heads, e.g. `dense(20)` each")
         diff = first_difference(logvar, mu)
         if diff is not None:
-            raise ShapeError(f"kl_gaussian's logvar {logvar} does not match its mean {mu}: "
+            raise ShapeError(f"logvar {logvar} does not match the mean {mu}: "
                              f"{describe_difference(diff)}",
                              expected=str(mu), found=str(logvar),
                              help="mu and logvar are two heads of one size")
@@ -206,11 +207,14 @@ class LossSum(OpDef):
     attrs = (Attr("weights", "floats", None, doc="one weight per loss; all 1 by default"),)
     min_inputs, max_inputs = 1, None
     is_loss = True
-    doc = "weighted sum of scalar losses (`loss a + 0.3 * b`): sum of w_i * l_i"
+    doc = "weighted sum of scalar losses (`loss a + 0.3 * b - 0.1 * c`): sum of w_i * l_i, weights of any sign"
 
     def key_attrs(self, a):
-        """`1× + 0.4×` where the weights are not all 1."""
-        return " + ".join(f"{w:g}×" for w in a["weights"]) if any(w != 1 for w in a["weights"]) else ""
+        """`1× + 0.4× - 0.1×` where the weights are not all 1."""
+        if all(w == 1 for w in a["weights"]):
+            return ""
+        first, *rest = a["weights"]
+        return f"{first:g}×" + "".join(f" {'-' if w < 0 else '+'} {abs(w):g}×" for w in rest)
 
     def shape(self, a, ins):
         for i, t in enumerate(ins, 1):

@@ -23,7 +23,7 @@ class Sample(OpDef):
         need_float(logvar, "log-variance (logvar)")
         diff = first_difference(logvar, mu)
         if diff is not None:
-            raise ShapeError(f"sample's logvar {logvar} does not match its mean {mu}: {describe_difference(diff)}",
+            raise ShapeError(f"logvar {logvar} does not match the mean {mu}: {describe_difference(diff)}",
                              expected=str(mu), found=str(logvar),
                              help="mu and logvar are two heads of one size, e.g. `mu = h -> dense(20)` and "
                                   "`logvar = h -> dense(20)`")
