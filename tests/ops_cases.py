@@ -766,6 +766,40 @@ LAYOUT = [
 ]
 
 
+def _transpose(written):
+    return lambda xs, ps, a: xs[0].transpose(written["axis0"], written["axis1"])
+
+
+def _permute(written):
+    return lambda xs, ps, a: xs[0].permute(0, *written["order"])
+
+
+def transpose_case(shape, axis0, axis1, **kw):
+    written = {"axis0": axis0, "axis1": axis1}
+    return Case("transpose", _canonical("transpose", written, [shape]), [shape], _transpose(written), **kw)
+
+
+def permute_case(shape, order, **kw):
+    written = {"order": tuple(order)}
+    return Case("permute", _canonical("permute", written, [shape]), [shape], _permute(written), **kw)
+
+
+LAYOUT += [
+    transpose_case((2, 3, 5), 1, 2, id="transpose-sequence"),
+    transpose_case((2, 3, 4, 5), -1, -2, id="transpose-last-two"),
+    transpose_case((2, 3, 4, 5), 3, 1),
+    transpose_case((2, 2, 3, 4), 1, 3, fd=True, id="fd-transpose"),
+    transpose_case((2, 3, 2, 4), 2, -1, cuda=True, id="cuda-transpose"),
+    permute_case((2, 3, 4, 5), (2, 3, 1), id="permute-nchw-to-nhwc"),
+    permute_case((2, 4, 5, 3), (-1, 1, 2), id="permute-nhwc-to-nchw"),
+    permute_case((2, 3, 4), (1, 2), id="permute-identity"),
+    permute_case((2, 2, 3, 4, 5), (4, 2, 1, 3)),
+    permute_case((2, 2, 3, 4), (3, 1, 2), fd=True, id="fd-permute"),
+    permute_case((2, 3, 2, 4), (2, 3, 1), cuda=True, id="cuda-permute"),
+    permute_case((3, 5), (1,), cuda=True, id="cuda-permute-rank2"),
+]
+
+
 # ---- elementwise -----------------------------------------------------------------------------
 
 def _positive(*shapes):

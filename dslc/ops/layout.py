@@ -69,3 +69,73 @@ class Slice(OpDef):
                              arg="end" if written[1] is not None else "start")
         a["start"], a["end"] = start, start + (count - 1) * step + 1
         return TensorType(x.shape[:axis] + (count,) + x.shape[axis + 1:])
+
+
+@register
+class Transpose(OpDef):
+    name, family = "transpose", "layout"
+    attrs = (
+        Attr("axis0", "axis", doc="one axis after the batch; may be negative"),
+        Attr("axis1", "axis", doc="the other axis; may be negative"),
+    )
+    doc = "swaps two axes after the batch (torch's transpose): [N, C, L] -> transpose(1, 2) -> [N, L, C]"
+
+    def key_attrs(self, a):
+        return f"{a['axis0']}↔{a['axis1']}"
+
+    def shape(self, a, ins):
+        (x,) = ins
+        need_float(x)
+        written = (a["axis0"], a["axis1"])
+        sample_axis(a, "axis0", x, self.name)
+        sample_axis(a, "axis1", x, self.name)
+        i, j = a["axis0"], a["axis1"]
+        if i == j:
+            raise ShapeError(f"transpose names axis {i} twice ({written[0]} and {written[1]}): it would change nothing",
+                             expected="two different axes", found=f"axis {i} of {x} both times",
+                             help="remove the transpose, or name the other axis to swap", arg="axis1")
+        dims = list(x.shape)
+        dims[i], dims[j] = dims[j], dims[i]
+        return TensorType(tuple(dims))
+
+
+@register
+class Permute(OpDef):
+    name, family = "permute", "layout"
+    attrs = (Attr("order", "ints", doc="every axis after the batch once, in their new order; may be negative"),)
+    doc = "reorders the axes after the batch, which stays first: [N, C, H, W] -> permute(2, 3, 1) -> [N, H, W, C]"
+
+    def key_attrs(self, a):
+        return "(" + ", ".join(str(d) for d in a["order"]) + ")"
+
+    def shape(self, a, ins):
+        (x,) = ins
+        need_float(x)
+        order = tuple(a["order"])
+        rank = x.rank
+        axes = ", ".join(str(d) for d in range(1, rank))
+        if len(order) == rank and rank >= 2 and order[0] in (0, -rank):
+            rest = ", ".join(str(d) for d in order[1:])
+            raise ShapeError(f"permute orders the axes after the batch only: leave out the batch axis {order[0]}",
+                             expected=f"{rank - 1} axes, a permutation of {axes}", found=f"order = {order}",
+                             help=f"write permute({rest}): the batch axis always stays first", arg="order")
+        if len(order) != rank - 1:
+            raise ShapeError(f"permute needs every axis after the batch of {x} once: {rank - 1} axes, found "
+                             f"{len(order)}", expected=f"a permutation of {axes}", found=f"order = {order}",
+                             help="to swap two axes only, write transpose(a, b)", arg="order")
+        positive = []
+        for d in order:
+            where = {"order": d}
+            try:
+                sample_axis(where, "order", x, self.name)
+            except ShapeError as e:
+                e.found = f"order = {order}"
+                raise
+            positive.append(where["order"])
+        if len(set(positive)) != len(positive):
+            twice = sorted({d for d in positive if positive.count(d) > 1})
+            raise ShapeError(f"permute names axis {twice[0]} twice", expected=f"a permutation of {axes}",
+                             found=f"order = {order}", help="name each axis after the batch exactly once",
+                             arg="order")
+        a["order"] = tuple(positive)
+        return TensorType((x.shape[0], *(x.shape[d] for d in positive)))

@@ -36,3 +36,32 @@ class Slice(Kernel):
         gx = gxs[0].reshape(self.x3)
         gx.fill(0)
         np.copyto(gx[:, self.cut, :], gout.reshape(self.out3))
+
+
+def permutation(spec):
+    """The full permutation of the axes (batch included) that a transpose or permute node applies."""
+    a, rank = spec.attrs, len(spec.out_shape)
+    if spec.op == "permute":
+        return (0, *a["order"])
+    perm = list(range(rank))
+    perm[a["axis0"]], perm[a["axis1"]] = perm[a["axis1"]], perm[a["axis0"]]
+    return tuple(perm)
+
+
+@register("cpu", "transpose", "permute")
+class Permute(Kernel):
+    """out = x with its axes reordered; backward applies the inverse order to gout."""
+    backward_reads_inputs = False
+    backward_reads_out = False
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.perm = permutation(spec)
+        self.inverse = tuple(int(i) for i in np.argsort(self.perm))
+
+    def forward(self, ctx, xs, params, out, ws):
+        np.copyto(out, xs[0].transpose(self.perm))
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        if gxs[0] is not None:
+            np.copyto(gxs[0], gout.transpose(self.inverse))

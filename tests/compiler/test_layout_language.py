@@ -169,3 +169,92 @@ def test_slice_of_a_symbolic_axis_is_refused(dslc):
     rc, out, err = dslc("input seq: [T, 16]\ny = seq -> slice(axis = 1, end = 2)\n")
     assert rc == 1
     assert err.splitlines()[0] == "error: slice: slice's axis 1 must have a fixed size, found symbolic `T`"
+
+
+# ---- transpose and permute ---------------------------------------------------------------------
+
+def test_transpose_and_permute_give_torch_shapes(tmp_path):
+    net, warnings = build(tmp_path, """
+input image: [3, 8, 6]
+input steps: [T, 16]
+nhwc = image -> permute(2, 3, 1)
+back = nhwc -> permute(-1, 1, 2) -> conv(4, 3x3)
+over_time = steps -> transpose(1, 2)
+swapped = image -> transpose(-1, -2)
+output back, over_time, swapped
+""")
+    assert warnings == []
+    by_op = {}
+    for n in net.graph.nodes:
+        by_op.setdefault(net.node(n).op, []).append(net.node(n))
+    assert [(p.attrs["order"], p.type.shape) for p in by_op["permute"]] == [
+        ((2, 3, 1), ("N", 8, 6, 3)), ((3, 1, 2), ("N", 3, 8, 6))]
+    assert sorted(((t.attrs["axis0"], t.attrs["axis1"]), t.type.shape) for t in by_op["transpose"]) == [
+        ((1, 2), ("N", 16, "T")), ((3, 2), ("N", 3, 6, 8))]
+
+
+def test_transpose_of_one_axis_with_itself_is_refused(dslc):
+    rc, out, err = dslc(IMAGE + "y = image -> transpose(2, -2)\n")
+    assert rc == 1
+    assert err == golden("""
+        error: transpose names axis 2 twice (2 and -2): it would change nothing
+          --> prog.net:2:27
+           |
+         2 | y = image -> transpose(2, -2)
+           |                           ^^ here
+           = expected two different axes
+           = found    axis 2 of [N, 4, 8, 8] both times
+           = input `image` is [N, 4, 8, 8]
+           = help: remove the transpose, or name the other axis to swap
+
+        1 error
+        """)
+
+
+def test_transpose_refuses_the_batch_axis(dslc):
+    rc, out, err = dslc(IMAGE + "y = image -> transpose(0, 1)\n")
+    assert rc == 1
+    lines = err.splitlines()
+    assert lines[0] == "error: transpose cannot work across samples: axis 0 is the batch axis of [N, 4, 8, 8]"
+    assert lines[4] == "   |                        ^ here"
+    assert "   = found    axis0 = 0" in lines
+
+
+def test_permute_written_with_the_batch_axis_says_to_leave_it_out(dslc):
+    rc, out, err = dslc(IMAGE + "y = image -> permute(0, 2, 3, 1)\n")
+    assert rc == 1
+    assert err == golden("""
+        error: permute orders the axes after the batch only: leave out the batch axis 0
+          --> prog.net:2:31
+           |
+         2 | y = image -> permute(0, 2, 3, 1)
+           |                               ^ here
+           = expected 3 axes, a permutation of 1, 2, 3
+           = found    order = (0, 2, 3, 1)
+           = input `image` is [N, 4, 8, 8]
+           = help: write permute(2, 3, 1): the batch axis always stays first
+
+        1 error
+        """)
+
+
+@pytest.mark.parametrize("order, first, help_line", [
+    ("2, 1", "error: permute needs every axis after the batch of [N, 4, 8, 8] once: 3 axes, found 2",
+     "   = help: to swap two axes only, write transpose(a, b)"),
+    ("2, -2, 1", "error: permute names axis 2 twice", "   = help: name each axis after the batch exactly once"),
+    ("3, 4, 1", "error: permute axis 4 is out of range for [N, 4, 8, 8]",
+     "   = help: axis 1 is the channel (or feature) axis, -1 the last"),
+])
+def test_permute_needs_a_permutation(dslc, order, first, help_line):
+    rc, out, err = dslc(IMAGE + f"y = image -> permute({order})\n")
+    assert rc == 1
+    lines = err.splitlines()
+    assert lines[0] == first
+    assert f"   = found    order = ({order})" in lines
+    assert help_line in lines
+
+
+def test_transpose_needs_both_axes(dslc):
+    rc, out, err = dslc(IMAGE + "y = image -> transpose(2)\n")
+    assert rc == 1
+    assert err.splitlines()[0] == "error: `transpose` is missing its argument `axis1`"
