@@ -41,6 +41,7 @@ FAMILY_COLOURS = {
     "tensor": ("#eceff1", "#7d8f99"),
     "recurrent": ("#d0ede8", "#3b8f85"),
     "loss": ("#f6d3d1", "#b8504c"),
+    "random": ("#fbdcec", "#b0507f"),
 }
 TERMINAL_COLOURS = ("#37474f", "#263238")       # inputs and outputs: dark, white text
 COLLAPSED_COLOURS = ("#ffffff", "#546e7a")       # a whole block drawn as one box

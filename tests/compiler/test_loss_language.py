@@ -164,3 +164,11 @@ def test_sample_is_not_a_loss(dslc):
     rc, out, err = dslc(VAE_HEAD + "loss sample(mu, logvar)\n")
     assert rc == 1
     assert err.splitlines()[0] == "error: `sample` is not a loss"
+
+
+def test_a_vae_draws_with_the_signed_weights_in_the_loss_box():
+    from dslc.viz import to_graphviz
+    net = _compile(VAE_HEAD + "loss bce(recon, image) + 0.5 * kl_gaussian(mu, logvar) - 0.1 * mse(recon, image)\n")
+    graph, count = to_graphviz(net, None)
+    assert "1× + 0.5× - 0.1×" in graph.source
+    assert "sample" in graph.source
