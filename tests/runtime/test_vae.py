@@ -6,6 +6,8 @@ noise (eps is the first draw of the model's seeded stream, np.random.default_rng
 only `sample` draws from here), in training; in evaluation `sample` is mu; and it trains
 through the Python API with the loss falling.
 """
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,9 @@ import torch.nn.functional as F
 
 from dslc.compiler import compile_source
 from dslc.diagnostics import Source
+from dslc.runtime.data import Dataset
 from dslc.runtime.model import Model
+from dslc.runtime.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.slow      # Numba compiles the kernels on first use
 
@@ -107,15 +111,51 @@ loss bce(recon, target) + 0.1 * kl_gaussian(mu, logvar)
 """
 
 
+def _prototypes(n=128):
+    """Two prototypes with a little noise: a structure the latent code can carry."""
+    rng = np.random.default_rng(0)
+    prototypes = (rng.random((2, 16)) < 0.5).astype(np.float32)
+    x = prototypes[rng.integers(0, 2, size=n)]
+    return np.where(rng.random(x.shape) < 0.05, 1 - x, x).astype(np.float32)
+
+
 def test_trains_through_the_python_api_with_the_loss_falling():
     net, _ = compile_source(Source("vae_fit.net", VAE_FIT))
     model = Model(net, seed=0)
-    rng = np.random.default_rng(0)
-    # Two prototypes with a little noise: a structure the latent code can carry.
-    prototypes = (rng.random((2, 16)) < 0.5).astype(np.float32)
-    x = prototypes[rng.integers(0, 2, size=128)]
-    x = np.where(rng.random(x.shape) < 0.05, 1 - x, x).astype(np.float32)
+    x = _prototypes()
     history = model.fit(x, x, epochs=6, batch=16, lr=1e-2, optimizer="adam", progress=False)
     losses = [h["train_loss"] for h in history]
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def _trainer(checkpoint_dir):
+    net, _ = compile_source(Source("vae_fit.net", VAE_FIT))
+    x = _prototypes(64)
+    cfg = TrainConfig.from_network(net, epochs=2, batch=16, lr=1e-2, optimizer="adam", seed=0)
+    return Trainer(Model(net, seed=0), cfg, Dataset(x, x, "arrays", None), None, progress=False,
+                   checkpoint_dir=str(checkpoint_dir), log=lambda s: None)
+
+
+def test_an_interrupted_then_resumed_run_draws_the_same_noise(tmp_path, monkeypatch):
+    """sample draws from the stream checkpoints save: resuming gives the uninterrupted run's weights."""
+    straight = _trainer(tmp_path / "a")
+    straight.fit()
+    interrupted = _trainer(tmp_path / "b")
+    calls = {"n": 0}
+    original = interrupted._step
+
+    def step_then_interrupt(*a, **kw):     # Ctrl-C in step 3 of 8: it takes effect after that step
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)
+        return original(*a, **kw)
+
+    monkeypatch.setattr(interrupted, "_step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    resumed = _trainer(tmp_path / "b")
+    resumed.resume()
+    resumed.fit()
+    for k, v in straight.model.params.items():
+        assert np.array_equal(resumed.model.params[k], v), k
