@@ -10,8 +10,8 @@ op (or input), named hierarchically (`layer1.0.conv1`; the rules are in docs/LAN
     net.node("fc").inputs
 
 Underneath, `net.graph` is a networkx.DiGraph (edges from each input to its consumer) whose
-node data holds the `Node` under "node". For code not yet moved to the typed node, the data
-also holds its fields under their own names (`g.nodes[n]["op"]`, ...); new code reads `Node`s.
+node data holds the `Node` under "node" and nothing else: graph algorithms (ancestors,
+topological order) run on it, and every fact about a node is read from the `Node`.
 """
 from __future__ import annotations
 
@@ -58,8 +58,7 @@ class Node:
 
 def add_node(g: nx.DiGraph, node: Node):
     """Add `node` and the edges from its inputs (which must be in `g` already)."""
-    g.add_node(node.name, node=node, op=node.op, attrs=node.attrs, inputs=list(node.inputs), type=node.type,
-               params=node.params, macs=node.macs, span=node.span, scope=node.scope)
+    g.add_node(node.name, node=node)
     for i in node.inputs:
         g.add_edge(i, node.name)
 

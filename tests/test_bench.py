@@ -21,7 +21,7 @@ def _dslc_shapes(name):
     net, _ = compile_file(MODELS[name].net_file, {})
     params, buffers = Counter(), Counter()
     for node in net.graph.nodes:
-        for p in net.graph.nodes[node]["params"].values():
+        for p in net.node(node).params.values():
             (params if p.trainable else buffers)[tuple(p.shape)] += 1
     return params, buffers
 

@@ -117,9 +117,9 @@ def test_compile_output_artifact_loads_back(tiny, tmp_path, capsys):
     assert net.inputs == ["image", "label"]
     assert net.outputs == ["dense1"]
     assert net.loss == "loss"
-    assert net.graph.nodes["conv1"]["type"].shape == ("N", 4, 6, 6)
-    assert net.graph.nodes["conv1"]["attrs"]["kernel"] == (3, 3)
-    dense = net.graph.nodes["dense1"]["params"]
+    assert net.node("conv1").type.shape == ("N", 4, 6, 6)
+    assert net.node("conv1").attrs["kernel"] == (3, 3)
+    dense = net.node("dense1").params
     assert dense["weight"].shape == (10, 144) and dense["bias"].shape == (10,)
     assert list(net.graph.predecessors("relu1")) == ["conv1"]
 

@@ -146,16 +146,16 @@ class MaxUnpool(OpDef):
         if len(inputs) != 2:
             raise ShapeError("maxunpool needs the max-pool it undoes", help=how)
         values, pooled = inputs
-        pool = graph.nodes[pooled]
-        if pool.get("op") != "maxpool":
+        pool = graph.nodes[pooled]["node"]
+        if pool.op != "maxpool":
             raise ShapeError("maxunpool needs the output of a maxpool",
                              expected="a tensor computed by `maxpool(...)`",
-                             found=f"`{pooled}`, computed by `{pool.get('op')}`", help=how)
-        pool_attrs = pool["attrs"]
+                             found=f"`{pooled}`, computed by `{pool.op}`", help=how)
+        pool_attrs = pool.attrs
         stride = pool_attrs["stride"] if pool_attrs["stride"] is not None else pool_attrs["kernel"]
         window = {"kernel": pool_attrs["kernel"], "stride": stride, "pad": pool_attrs["pad"],
                   "ceil": pool_attrs["ceil"]}
-        return {**a, **window}, [values, pool["inputs"][0]]
+        return {**a, **window}, [values, pool.inputs[0]]
 
     def shape(self, a, ins):
         values, source = ins

@@ -49,13 +49,12 @@ def test_every_node_of_the_zoo_is_typed(path):
     assert all(o in net for o in net.outputs) and (net.loss is None or net.loss in net)
 
 
-def test_the_dict_view_matches_the_typed_node():
-    """Code not yet moved to the typed node reads the same facts by key."""
+def test_the_graph_holds_only_typed_nodes():
+    """No reader goes around the contract: a node's data is its typed Node and nothing else,
+    and the edges are the Node's inputs."""
     net, _ = compile_file(str(ROOT / "models" / "resnet18.net"))
     for node in net.nodes():
-        d = net.graph.nodes[node.name]
-        assert (d["op"], d["attrs"], d["inputs"], d["type"], d["params"], d["macs"], d["span"], d["scope"]) == \
-            (node.op, node.attrs, list(node.inputs), node.type, node.params, node.macs, node.span, node.scope)
+        assert net.graph.nodes[node.name] == {"node": node}
         assert sorted(net.graph.predecessors(node.name)) == sorted(set(node.inputs))
         assert net.consumers(node.name) == list(net.graph.successors(node.name))
 

@@ -44,7 +44,7 @@ def errors(tmp_path, text, overrides=None):
 
 
 def shape(net, node):
-    return net.graph.nodes[node]["type"].shape
+    return net.node(node).type.shape
 
 
 # ---- blocks, imports ------------------------------------------------------------------
@@ -63,7 +63,7 @@ def test_blocks_are_imported_from_another_file(tmp_path):
         """))
     assert warnings == []
     assert shape(net, "down.conv") == ("N", 32, 4, 4)
-    assert net.graph.nodes["stem.bn"]["scope"] == (("stem", "conv_bn"),)
+    assert net.node("stem.bn").scope == (("stem", "conv_bn"),)
 
 
 def test_imports_nest_relative_to_the_importing_file(tmp_path):
@@ -75,7 +75,7 @@ def test_imports_nest_relative_to_the_importing_file(tmp_path):
         logits = image -> unit(4) -> dense(classes)
         loss cross_entropy(logits, label)
         """))
-    assert net.graph.nodes["unit1.act1.relu1"]["op"] == "relu"
+    assert net.node("unit1.act1.relu1").op == "relu"
 
 
 def test_a_missing_import_points_at_the_import_line(tmp_path):
@@ -137,7 +137,7 @@ def test_in_names_the_block_input_and_a_statement_naming_tensors_reads_only_thos
         """))
     assert shape(net, "dense_layer1.concat1") == ("N", 3 + 5, 8, 8)
     assert shape(net, "dense_layer2.concat1") == ("N", 3 + 5 + 5, 8, 8)
-    assert net.graph.nodes["dense_layer1.concat1"]["inputs"] == ["image", "dense_layer1.conv1"]
+    assert net.node("dense_layer1.concat1").inputs == ("image", "dense_layer1.conv1")
 
 
 def test_two_branch_block_adds_with_add(tmp_path):
@@ -150,7 +150,7 @@ def test_two_branch_block_adds_with_add(tmp_path):
         logits = image -> two_paths(6) -> dense(classes)
         loss cross_entropy(logits, label)
         """))
-    assert net.graph.nodes["two_paths1.add1"]["inputs"] == ["two_paths1.conv1", "two_paths1.conv2"]
+    assert net.node("two_paths1.add1").inputs == ("two_paths1.conv1", "two_paths1.conv2")
 
 
 def test_in_outside_a_block_is_explained(tmp_path):
@@ -178,7 +178,7 @@ def test_labelled_groups_number_their_steps_like_a_sequential(tmp_path):
     names = set(net.graph.nodes)
     assert {"features.0", "features.1", "features.pool", "features.3.conv1", "features.4.conv1",
             "features.5.conv1", "layer.0.conv1", "layer.1.conv1"} <= names
-    assert net.graph.nodes["features.0"]["op"] == "conv"
+    assert net.node("features.0").op == "conv"
     assert shape(net, "features.5.conv1") == ("N", 8, 4, 4)
 
 
@@ -211,10 +211,10 @@ def test_shortcut_auto_projects_odd_sizes_like_a_strided_1x1_conv(tmp_path):
           -> dense(classes)
         loss cross_entropy(logits, label)
         """)
-    projection = net.graph.nodes["b.downsample.0"]
-    assert projection["attrs"]["stride"] == (2, 2)
-    assert projection["type"].shape == ("N", 16, 4, 4)
-    assert net.graph.nodes["b.downsample.1"]["op"] == "batchnorm"
+    projection = net.node("b.downsample.0")
+    assert projection.attrs["stride"] == (2, 2)
+    assert projection.type.shape == ("N", 16, 4, 4)
+    assert net.node("b.downsample.1").op == "batchnorm"
 
 
 def test_explicit_shortcut_body(tmp_path):
@@ -224,7 +224,7 @@ def test_explicit_shortcut_body(tmp_path):
           -> dense(classes)
         loss cross_entropy(logits, label)
         """))
-    assert net.graph.nodes["shortcut.conv1"]["type"].shape == ("N", 6, 8, 8)
+    assert net.node("shortcut.conv1").type.shape == ("N", 6, 8, 8)
 
 
 def test_residual_mismatch_renders_like_a_compiler_diagnostic(tmp_path):
@@ -257,7 +257,7 @@ def test_concat_branches_join_on_channels(tmp_path):
         loss cross_entropy(logits, label)
         """))
     assert shape(net, "mix.concat1") == ("N", 3 + 4 + 2, 8, 8)
-    assert net.graph.nodes["mix.branch2.conv1"]["scope"][-1] == ("mix.branch2", "branch")
+    assert net.node("mix.branch2.conv1").scope[-1] == ("mix.branch2", "branch")
 
 
 def test_shape_functions_read_the_input_size(tmp_path):
@@ -309,7 +309,7 @@ def test_set_overrides_network_parameters_and_symbolic_dimensions(tmp_path):
     net, _ = build(tmp_path, text)
     assert net.symbols == {"T": None}
     assert shape(net, "dense1") == ("N", "T", 20)
-    assert net.graph.nodes["loss.cross_entropy1"]["attrs"]["class_axis"] == 2
+    assert net.node("loss.cross_entropy1").attrs["class_axis"] == 2
     net, _ = build(tmp_path, text, {"vocab": 30, "T": 12})
     assert net.params == {"vocab": 30, "hidden": 8}
     assert net.symbols == {"T": 12}
@@ -378,10 +378,10 @@ def test_several_outputs_and_a_weighted_loss(tmp_path):
         """))
     assert warnings == []
     assert [net.tensor_name(o) for o in net.outputs] == ["probs", "feat"]
-    total = net.graph.nodes[net.loss]
-    assert total["op"] == "loss_sum"
-    assert total["attrs"]["weights"] == (1.0, 0.4, 2.0)
-    assert [net.graph.nodes[t]["op"] for t in total["inputs"]] == ["cross_entropy", "cross_entropy", "hinge"]
+    total = net.node(net.loss)
+    assert total.op == "loss_sum"
+    assert total.attrs["weights"] == (1.0, 0.4, 2.0)
+    assert [net.node(t).op for t in total.inputs] == ["cross_entropy", "cross_entropy", "hinge"]
 
 
 def test_without_output_the_loss_inputs_are_the_outputs(tmp_path):
@@ -398,7 +398,7 @@ def test_statements_may_come_in_any_order(tmp_path):
         logits = feat -> dense(classes)
         feat = image -> conv(4, 1x1)
         """))
-    assert net.graph.nodes["dense1"]["inputs"] == ["conv1"]
+    assert net.node("dense1").inputs == ("conv1",)
 
 
 def test_size_functions_order_statements_too(tmp_path):
@@ -513,8 +513,8 @@ def test_pools_round_up_with_ceil(tmp_path):
         output a, b, c
         """)
     assert [shape(net, net.tensors[t]) for t in "abc"] == [("N", 3, 26, 26), ("N", 3, 27, 27), ("N", 3, 28, 28)]
-    assert net.graph.nodes[net.tensors["b"]]["attrs"]["ceil"] is True
-    assert net.graph.nodes[net.tensors["a"]]["attrs"]["ceil"] is False
+    assert net.node(net.tensors["b"]).attrs["ceil"] is True
+    assert net.node(net.tensors["a"]).attrs["ceil"] is False
 
 
 def test_maxunpool_undoes_a_ceil_mode_pool(tmp_path):
@@ -525,7 +525,7 @@ def test_maxunpool_undoes_a_ceil_mode_pool(tmp_path):
         """)
     assert shape(net, net.tensors["p"]) == ("N", 3, 4, 4)
     assert shape(net, net.tensors["up"]) == ("N", 3, 7, 7)
-    assert net.graph.nodes[net.tensors["up"]]["attrs"]["ceil"] is True
+    assert net.node(net.tensors["up"]).attrs["ceil"] is True
 
 
 def test_ceil_is_refused_for_the_global_average(tmp_path):

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dslc.graph import Node, add_node
 from dslc.ops import OPS, REQUIRED, ShapeError, TensorType
 from dslc.runtime.kernel_api import FAMILIES
 
@@ -122,6 +123,8 @@ SHAPE_CASES = [
     ("transpose-last-two", "transpose", dict(axis0=-1, axis1=-2), [t(3, 4, 5)], t(3, 5, 4)),
     ("permute-nchw-to-nhwc", "permute", dict(order=(2, 3, 1)), [t(3, 4, 5)], t(4, 5, 3)),
     ("permute-negative", "permute", dict(order=(-1, 1)), [t(3, 4)], t(4, 3)),
+    ("stop-gradient", "stop_gradient", {}, [t(30, 7, 7)], t(30, 7, 7)),
+    ("detach", "detach", {}, [t("T", 4)], t("T", 4)),
     ("exp", "exp", {}, [t(3, 4)], t(3, 4)),
     ("log", "log", {}, [t(5)], t(5)),
     ("sqrt", "sqrt", {}, [t("T", 5)], t("T", 5)),
@@ -205,11 +208,9 @@ def test_avgpool_global_refuses_window_attrs(attr, value):
 
 def _graph_with_pool(**pool_attrs):
     g = nx.DiGraph()
-    g.add_node("image", op="input", attrs={}, inputs=[], type=t(3, 8, 8))
-    g.add_node("p1", op="maxpool", attrs=canon("maxpool", **pool_attrs), inputs=["image"], type=t(3, 4, 4))
-    g.add_node("c1", op="conv", attrs=canon("conv", channels=3, kernel=3, pad=1), inputs=["p1"], type=t(3, 4, 4))
-    g.add_edge("image", "p1")
-    g.add_edge("p1", "c1")
+    add_node(g, Node("image", "input", {}, (), t(3, 8, 8), {}, 0, None, ()))
+    add_node(g, Node("p1", "maxpool", canon("maxpool", **pool_attrs), ("image",), t(3, 4, 4), {}, 0, None, ()))
+    add_node(g, Node("c1", "conv", canon("conv", channels=3, kernel=3, pad=1), ("p1",), t(3, 4, 4), {}, 0, None, ()))
     return g
 
 

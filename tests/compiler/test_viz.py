@@ -217,12 +217,12 @@ def test_every_model_in_the_zoo_draws_completely(path, tmp_path):
     nodes = _groups(out, "node")
     assert msg == f"wrote {out} ({len(nodes)} nodes)"
     assert set(nodes) == set(net.graph.nodes) | {f"output/{net.tensor_name(o)}" for o in net.outputs}
-    scopes = {name for _, d in net.graph.nodes(data=True) for name, _ in d["scope"]}
+    scopes = {name for d in net.nodes() for name, _ in d.scope}
     assert set(_groups(out, "cluster")) == {f"cluster_{s}" for s in scopes}
     edges = _groups(out, "edge")
     for src, dst in net.graph.edges:
-        shape = net.graph.nodes[src]["type"].shape
-        if shape and net.graph.nodes[src]["type"].dtype == "float32":
+        shape = net.node(src).type.shape
+        if shape and net.node(src).type.dtype == "float32":
             assert edges[f"{src}->{dst}"] == "×".join(str(d) for d in shape[1:])
 
 

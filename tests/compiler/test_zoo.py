@@ -95,12 +95,12 @@ def test_hierarchical_names_read_like_torchvision():
     assert {"conv1", "bn1", "layer1.2.conv2", "layer2.0.downsample.0", "layer2.0.downsample.1", "layer2.3.bn2",
             "layer3.5.conv1", "layer4.2.conv2", "fc"} <= names
     vgg, _ = compile_file(str(MODELS / "vgg16.net"))
-    assert vgg.graph.nodes["features.28"]["op"] == "conv"
-    assert vgg.graph.nodes["features.30"]["op"] == "maxpool"
-    assert vgg.graph.nodes["classifier.6"]["op"] == "dense"
+    assert vgg.node("features.28").op == "conv"
+    assert vgg.node("features.30").op == "maxpool"
+    assert vgg.node("classifier.6").op == "dense"
     dense, _ = compile_file(str(MODELS / "densenet121.net"))
-    assert dense.graph.nodes["features.denseblock3.23.conv2"]["type"].shape == ("N", 32, 14, 14)
-    assert dense.graph.nodes["features.transition2.conv"]["type"].shape == ("N", 256, 28, 28)
+    assert dense.node("features.denseblock3.23.conv2").type.shape == ("N", 32, 14, 14)
+    assert dense.node("features.transition2.conv").type.shape == ("N", 256, 28, 28)
 
 
 class _Inception(nn.Module):
@@ -143,9 +143,9 @@ def test_googlenet_count_matches_the_paper_built_in_torch(classes):
 
 def test_googlenet_loss_weighs_the_auxiliary_heads():
     net, _ = compile_file(str(MODELS / "googlenet.net"))
-    total = net.graph.nodes[net.loss]
-    assert total["attrs"]["weights"] == (1.0, 0.3, 0.3)
-    heads = [net.graph.nodes[term]["inputs"][0] for term in total["inputs"]]
+    total = net.node(net.loss)
+    assert total.attrs["weights"] == (1.0, 0.3, 0.3)
+    heads = [net.node(term).inputs[0] for term in total.inputs]
     assert heads == ["fc", "aux1.fc2", "aux2.fc2"]
     assert [net.tensor_name(o) for o in net.outputs] == ["logits"]
 
@@ -153,9 +153,9 @@ def test_googlenet_loss_weighs_the_auxiliary_heads():
 def test_googlenet_pools_round_up_to_the_papers_sizes():
     """Table 1's 56, 28, 14, 7, from 3x3/2 max-pools in ceil mode without padding (Caffe's and torchvision's)."""
     net, _ = compile_file(str(MODELS / "googlenet.net"))
-    pools = [n for n, d in net.graph.nodes(data=True) if d["op"] == "maxpool" and d["attrs"]["stride"] == (2, 2)]
-    assert [net.graph.nodes[p]["type"].shape[2:] for p in pools] == [(56, 56), (28, 28), (14, 14), (7, 7)]
-    assert all(net.graph.nodes[p]["attrs"]["ceil"] and net.graph.nodes[p]["attrs"]["pad"] == (0, 0) for p in pools)
+    pools = [d.name for d in net.nodes() if d.op == "maxpool" and d.attrs["stride"] == (2, 2)]
+    assert [net.node(p).type.shape[2:] for p in pools] == [(56, 56), (28, 28), (14, 14), (7, 7)]
+    assert all(net.node(p).attrs["ceil"] and net.node(p).attrs["pad"] == (0, 0) for p in pools)
 
 
 class _Fire(nn.Module):
@@ -189,7 +189,7 @@ def test_squeezenet_feature_maps_match_torchvision():
         for i, layer in enumerate(_squeezenet1_0_features()):
             x = layer(x)
             node = f"features.{i}" if net.graph.has_node(f"features.{i}") else f"features.{i}.concat1"
-            assert net.graph.nodes[node]["type"].shape[1:] == tuple(x.shape[1:]), node
+            assert net.node(node).type.shape[1:] == tuple(x.shape[1:]), node
     assert tuple(x.shape[2:]) == (13, 13)
 
 
@@ -221,27 +221,27 @@ def test_summary_of_a_symbolic_length_model(model):
 def test_character_models_keep_the_sequence_length_symbolic(model):
     net, _ = compile_file(str(MODELS / f"{model}.net"))
     assert net.symbols == {"T": None}
-    assert net.graph.nodes["decoder"]["type"].shape == ("N", "T", 96)
+    assert net.node("decoder").type.shape == ("N", "T", 96)
     assert net.train["clip_grad_norm"] == 5
     fixed, _ = compile_file(str(MODELS / f"{model}.net"), {"T": 100})
-    assert fixed.graph.nodes["decoder"]["type"].shape == ("N", 100, 96)
+    assert fixed.node("decoder").type.shape == ("N", 100, 96)
     assert totals(fixed)["macs"] > 100 * 256 * 96
 
 
 @pytest.mark.parametrize("size", [64, 96])
 def test_fcn_upsamples_back_to_the_input_size(size):
     net, _ = compile_file(str(MODELS / "fcn.net"), {"size": size})
-    assert net.graph.nodes["upscore"]["op"] == "deconv"
-    assert net.graph.nodes["upscore"]["type"].shape == ("N", 21, size, size)
-    assert net.graph.nodes["mask"]["type"].shape == ("N", size, size)
-    assert net.graph.nodes["mask"]["type"].dtype == "int64"
+    assert net.node("upscore").op == "deconv"
+    assert net.node("upscore").type.shape == ("N", 21, size, size)
+    assert net.node("mask").type.shape == ("N", size, size)
+    assert net.node("mask").type.dtype == "int64"
 
 
 def test_small_models_fit_their_datasets():
     digits, _ = compile_file(str(MODELS / "digits_cnn.net"))
-    assert digits.graph.nodes["image"]["type"].shape == ("N", 1, 16, 16)
+    assert digits.node("image").type.shape == ("N", 1, 16, 16)
     assert trainable("digits_cnn") < 100_000
     cifar, _ = compile_file(str(MODELS / "resnet_cifar.net"))
-    assert cifar.graph.nodes["layer1.1.conv2"]["type"].shape == ("N", 64, 32, 32)   # no stem max-pool
-    assert cifar.graph.nodes["layer4.1.conv2"]["type"].shape == ("N", 512, 4, 4)
+    assert cifar.node("layer1.1.conv2").type.shape == ("N", 64, 32, 32)   # no stem max-pool
+    assert cifar.node("layer4.1.conv2").type.shape == ("N", 512, 4, 4)
     assert cifar.train["augment"] == ("call", "augment", (), {"crop": 4, "flip": True})

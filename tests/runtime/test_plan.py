@@ -94,12 +94,12 @@ def test_storage_is_shared_viewed_and_written_in_place():
     g = model.net.graph
     by_op = {}
     for n in plan.schedule:
-        by_op.setdefault(g.nodes[n]["op"], []).append(n)
+        by_op.setdefault(g.nodes[n]["node"].op, []).append(n)
     flatten = by_op["flatten"][0]
-    assert np.shares_memory(plan.out[flatten], plan.out[g.nodes[flatten]["inputs"][0]])
+    assert np.shares_memory(plan.out[flatten], plan.out[g.nodes[flatten]["node"].inputs[0]])
     # relu after add(trunk, trunk): add's backward reads nothing, so relu overwrites its output
-    add_relu = [n for n in by_op["relu"] if g.nodes[g.nodes[n]["inputs"][0]]["op"] == "add"]
-    assert add_relu and all(np.shares_memory(plan.out[n], plan.out[g.nodes[n]["inputs"][0]]) for n in add_relu)
+    add_relu = [n for n in by_op["relu"] if g.nodes[g.nodes[n]["node"].inputs[0]]["node"].op == "add"]
+    assert add_relu and all(np.shares_memory(plan.out[n], plan.out[g.nodes[n]["node"].inputs[0]]) for n in add_relu)
     # fc1 -> relu is one step; the pre-activation is not stored
     fused = {s.node: s.absorbed for s in plan.steps if s.absorbed}
     assert "fc1" in fused and "fc2" in fused and "head" not in fused
@@ -115,7 +115,7 @@ def test_scratch_workspaces_are_shared_across_nodes(monkeypatch):
     def plan():
         return Plan(model.net, model._dev, model.device, 16, {}, True, set(model.trainable_names()))
     shared = plan()
-    convs = [s.node for s in shared.steps if model.net.graph.nodes[s.node]["op"] == "conv"]
+    convs = [s.node for s in shared.steps if model.net.node(s.node).op == "conv"]
     key = next(k for k, a in shared.ws[convs[0]].items() if a.size and k in dslc.runtime.cpu.conv.Conv.scratch_workspace)
     buffers = [shared.ws[n][key] for n in convs] + [shared.ws_backward[n][key] for n in convs]
     assert all(np.shares_memory(buffers[0], b) for b in buffers[1:])
@@ -158,14 +158,14 @@ def test_inference_folds_batchnorm_into_conv(source, batch, monkeypatch):
     import dslc.runtime.cpu.conv
     model = Model(_compiled(source), seed=0)
     rng = np.random.default_rng(4)
-    shape = (batch, *model.net.graph.nodes["image"]["type"].shape[1:])
+    shape = (batch, *model.net.node("image").type.shape[1:])
     feeds = {"image": rng.standard_normal(shape).astype(np.float32),
              "label": rng.integers(0, 5, batch).astype(np.int64)}
     for _ in range(3):      # momentum 0.1: the running statistics move off zeros and ones
         model.forward(training=True, **feeds)
     g = model.net.graph
     for n in g.nodes:
-        if g.nodes[n]["op"] == "batchnorm":
+        if g.nodes[n]["node"].op == "batchnorm":
             c = model.params[f"{n}.weight"].shape
             model.set_param(f"{n}.weight", rng.uniform(0.5, 1.5, c).astype(np.float32))
             model.set_param(f"{n}.bias", rng.standard_normal(c).astype(np.float32))
@@ -176,13 +176,13 @@ def test_inference_folds_batchnorm_into_conv(source, batch, monkeypatch):
         return {o: plan.out[o].copy() for o in model.net.outputs}
 
     def folded(plan):
-        return [s.absorbed for s in plan.steps if any(g.nodes[a]["op"] == "batchnorm" for a in s.absorbed)]
+        return [s.absorbed for s in plan.steps if any(g.nodes[a]["node"].op == "batchnorm" for a in s.absorbed)]
 
     fused = Plan(model.net, model._dev, model.device, batch, {}, False, None, with_loss=False)
-    convs_before_batchnorm = [n for n in g.nodes if g.nodes[n]["op"] == "conv"
-                              and any(g.nodes[c]["op"] == "batchnorm" for c in g.successors(n))]
+    convs_before_batchnorm = [n for n in g.nodes if g.nodes[n]["node"].op == "conv"
+                              and any(g.nodes[c]["node"].op == "batchnorm" for c in g.successors(n))]
     assert len(folded(fused)) == len(convs_before_batchnorm) > 0
-    assert all(g.nodes[chain[-1]]["op"] == "relu" for chain in folded(fused))
+    assert all(g.nodes[chain[-1]]["node"].op == "relu" for chain in folded(fused))
     training = Plan(model.net, model._dev, model.device, batch, {}, True, set(model.trainable_names()))
     assert not folded(training)             # training normalises with batch statistics
     monkeypatch.setattr(dslc.runtime.cpu.conv.Conv, "fuse_batchnorm", lambda self, attrs: False)
@@ -226,7 +226,7 @@ def test_inference_folds_embed_into_recurrent_layer(monkeypatch):
 
     fused = Plan(model.net, model._dev, model.device, batch, symbols, False, None, with_loss=False)
     (lstm, embed), = absorbed(fused).items()
-    assert g.nodes[lstm]["op"] == "lstm" and g.nodes[embed]["op"] == "embed"
+    assert g.nodes[lstm]["node"].op == "lstm" and g.nodes[embed]["node"].op == "embed"
     assert fused.step_of[lstm].inputs == ["text"] and embed not in fused.step_of
     training = Plan(model.net, model._dev, model.device, batch, symbols, True, set(model.trainable_names()))
     assert not absorbed(training)

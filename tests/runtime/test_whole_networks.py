@@ -97,16 +97,16 @@ def _feeds(net, rng, batch=3, T=12):
     g = net.graph
     feeds = {}
     for name in net.inputs:
-        t = g.nodes[name]["type"]
+        t = g.nodes[name]["node"].type
         shape = tuple(batch if d == "N" else (T if isinstance(d, str) else d) for d in t.shape)
         if t.dtype == "int64":
             high = 3
             for n in g.successors(name):
-                if g.nodes[n]["op"] == "embed":
-                    high = g.nodes[n]["attrs"]["vocab"]
-                elif g.nodes[n]["op"] in ("cross_entropy", "hinge"):
-                    logits = g.nodes[g.nodes[n]["inputs"][0]]["type"]
-                    high = logits.shape[g.nodes[n]["attrs"]["class_axis"]]
+                if g.nodes[n]["node"].op == "embed":
+                    high = g.nodes[n]["node"].attrs["vocab"]
+                elif g.nodes[n]["node"].op in ("cross_entropy", "hinge"):
+                    logits = g.nodes[g.nodes[n]["node"].inputs[0]]["node"].type
+                    high = logits.shape[g.nodes[n]["node"].attrs["class_axis"]]
             feeds[name] = rng.integers(0, high, size=shape).astype(np.int64)
         else:
             feeds[name] = rng.standard_normal(shape).astype(np.float32)

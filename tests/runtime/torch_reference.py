@@ -78,13 +78,13 @@ def run_torch(net, params: dict, feeds: dict):
                for k, v in params.items()}
     vals = {}
     for n in nx.topological_sort(g):
-        d = g.nodes[n]
-        if d["op"] == "input":
+        d = net.node(n)
+        if d.op == "input":
             v = feeds[n]
             vals[n] = torch.tensor(v) if v.dtype.kind == "i" else torch.tensor(v.astype(np.float64))
             continue
-        p = {k: tparams[f"{n}.{k}"] for k in d["params"]}
-        vals[n] = OPS[d["op"]]([vals[i] for i in d["inputs"]], p, d["attrs"])
+        p = {k: tparams[f"{n}.{k}"] for k in d.params}
+        vals[n] = OPS[d.op]([vals[i] for i in d.inputs], p, d.attrs)
     loss = vals[net.loss]
     loss.backward()
     grads = {k: t.grad.numpy() for k, t in tparams.items() if t.grad is not None}
