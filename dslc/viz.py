@@ -42,7 +42,11 @@ FAMILY_COLOURS = {
     "recurrent": ("#d0ede8", "#3b8f85"),
     "loss": ("#f6d3d1", "#b8504c"),
     "random": ("#fbdcec", "#b0507f"),
+    "elementwise": ("#fde9d9", "#c4703f"),
+    "layout": ("#e3eef0", "#5f8d96"),
 }
+# a family added without a colour still draws (a test lists the families that lack one)
+DEFAULT_COLOURS = ("#f2f2f2", "#8c8c8c")
 TERMINAL_COLOURS = ("#37474f", "#263238")       # inputs and outputs: dark, white text
 COLLAPSED_COLOURS = ("#ffffff", "#546e7a")       # a whole block drawn as one box
 CLUSTER_FILLS = ("#f5f8fb", "#e9eff5")           # alternate with nesting so levels stand apart
@@ -200,7 +204,7 @@ def _draw_op(dg, node: Node):
         dg.node(n, _terminal_label(n, "input"), fillcolor=TERMINAL_COLOURS[0], color=TERMINAL_COLOURS[1],
                 fontcolor="white")
         return
-    fill, border = FAMILY_COLOURS[OPS[op].family]
+    fill, border = FAMILY_COLOURS.get(OPS[op].family, DEFAULT_COLOURS)
     detail = OPS[op].key_attrs(node.attrs)
     op_line = f"{op} {detail}".strip()
     # `relu3`, `add1`: a counter the compiler made up says nothing the op does not; a layer

@@ -242,3 +242,9 @@ def test_cli_refuses_an_unknown_format_with_exit_2(tmp_path, capsys):
     assert main(["viz", str(path), "-o", str(tmp_path / "tiny.gif")]) == 2
     err = capsys.readouterr().err
     assert "tiny.gif" in err and ".svg, .png, .pdf, .dot" in err
+
+
+def test_every_op_family_has_its_colour():
+    from dslc.ops import OPS
+    from dslc.viz import FAMILY_COLOURS
+    assert {op.family for op in OPS.values()} <= set(FAMILY_COLOURS)
