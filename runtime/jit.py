@@ -1,23 +1,20 @@
 """One place that decides how CPU kernels are compiled and who owns the cores.
 
 Compilation: every CPU kernel uses these decorators instead of calling numba directly.
-Kernels are cached on disk (cache=True) because compile time is a user-facing cost (see
-PERF-NOTES: 1.6-4.8 s per kernel family cold, ~0.3 s warm).
+Kernels are cached on disk (cache=True) because compile time is a user-facing cost: seconds per
+kernel family cold, a fraction of a second warm (docs/CPU-BACKEND.md).
 
 Threading policy. Three thread pools could compete for the cores: Numba's OpenMP workers
 (`prange`), numpy's OpenBLAS (`@`, np.matmul) and SciPy's OpenBLAS (np.dot inside `@njit`).
 An OpenBLAS worker keeps spinning long after its GEMM, so a step that alternates between the
-two BLAS libraries and Numba's loops makes each small op wait for a time slice: measured on
-the 2-core machine, relu + a (32, 512) x (512, 64) GEMM through each library took 100-200 ms
-per round with every pool at 2 threads, 0.1-0.3 ms with BLAS at one thread. Hence:
+two BLAS libraries and Numba's loops makes each small op wait for a time slice, orders of
+magnitude longer than the op itself (figures in docs/CPU-BACKEND.md). Hence:
   * Numba's workers own the cores. `use_serial_blas()` (called when a CPU plan is built) holds
     every OpenBLAS to the calling thread; a kernel that wants both cores for its GEMMs splits
     them over `prange` itself, one single-threaded GEMM per worker (dense.py, conv.py,
     recurrent.py).
   * A parallel region costs a wake-up of the other worker and, when the machine is busy, a
-    wait for its time slice (measured: a 131k-element relu took ~15 us serial, ~25 us with
-    both workers on a busy machine, and milliseconds when the machine was oversubscribed).
-    So kernels go parallel only above a size: PARALLEL_MIN_ELEMENTS for memory-bound
+    wait for its time slice, which on a small op costs more than the split saves. So kernels go parallel only above a size: PARALLEL_MIN_ELEMENTS for memory-bound
     elementwise loops, PARALLEL_MIN_FLOPS for GEMMs. Kernels decide once, when built, and
     pass the choice to their jitted loops as an argument (`parallel`), so both paths live in
     one cached function and a test can drive each.
@@ -102,7 +99,7 @@ prange = numba.prange
 # Elementwise loops stream memory: one thread nearly saturates what two cores can draw until
 # the arrays leave the caches, so only large arrays are split (4 MiB of float32).
 PARALLEL_MIN_ELEMENTS = 1 << 20
-# A GEMM of this many flops runs ~100 us on one core: worth one worker wake-up.
+# A GEMM this large runs long enough on one core to be worth one worker wake-up.
 PARALLEL_MIN_FLOPS = 1 << 24
 
 _serial_blas = None

@@ -7,8 +7,8 @@ own jitted functions (rather than one function switching on the op) so that a pl
 only the activations it uses.
 
 Transcendental functions (exp, expm1, tanh) go through numpy's ufuncs, not Numba: this Numba
-has no SVML, so it calls the scalar libm function per element, about 20x slower than numpy's
-SIMD loops (PERF-NOTES machine: 4M float32 exp ~100 ms scalar, ~5 ms numpy).
+has no SVML, so it calls the scalar libm function per element, an order of magnitude slower
+than numpy's SIMD loops (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices").
 
 What the plan may rely on (see runtime/plan.py): relu, sigmoid, tanh and softmax compute their
 input gradient from their output alone (relu: out > 0 exactly where x > 0), so their input

@@ -1,15 +1,14 @@
 """Copies between array slices in jitted kernels, as explicit loops (and one row update).
 
 Numba compiles `dst[a:b] = src[c:d]` (an array assigned to a slice) with a shape check whose
-error message is built by f-strings, and compiling that message machinery costs ~7 s on the
+error message is built by f-strings, and compiling that message machinery costs seconds on the
 first kernel that needs it, in every cold start. These loops do the same copies (the callers
 size the slices equal) and vectorise the same way. `dst[a:b] += src[c:d]` would also
 allocate a temporary for the sum; add_into does not.
 
 Inside a `parallel=True` kernel, an array expression (`a[:] = 0`, `a += b`, `np.sum(a)`)
-becomes a parallel loop of its own, compiled as a separate function: measured on the sibling
-convs' backward, its four such expressions cost 1.7 s of its 4.7 s compile. Parallel kernels
-call these helpers (compiled once, serially) instead.
+becomes a parallel loop of its own, compiled as a separate function, a large share of the
+kernel's compile time (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices"). Parallel kernels call these helpers (compiled once, serially) instead.
 """
 from dslc.runtime.jit import njit
 

@@ -22,7 +22,7 @@ samples, and one Numba thread per core ("worker") takes every workers-th chunk: 
 chunk's column matrix and runs the chunk's GEMMs on single-threaded BLAS (runtime/jit.py: the
 plan holds BLAS to one thread; layers below PARALLEL_MIN_FLOPS keep to one worker). Both cores
 therefore do im2col/col2im as well as GEMM, instead of one core copying while the other waits
-(measured: im2col was ~40% of the forward when it ran serially around 2-thread BLAS). A chunk
+(serial im2col was a large share of the forward). A chunk
 holds enough samples that its GEMM has at least MIN_GEMM_COLUMNS columns: at 4x4 and 2x2
 grids one sample's GEMM is too thin for BLAS to run near its peak. Each worker owns its
 buffers, and the weight gradient is summed per worker, then across workers, so no two threads
@@ -74,7 +74,7 @@ def _im2col(image, geometry, cols, first_col):
     ih = oh*sh - ph + i*dh, iw = ow*sw - pw + j*dw. image is (C, image_h*image_w).
 
     Plain loops over unsigned offsets: slice assignments per grid row (a view each) and signed
-    indices (a wraparound check each) made this ~2x slower at stride 2 and on small grids."""
+    indices (a wraparound check each) slow it down at stride 2 and on small grids."""
     image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
     for c in range(image.shape[0]):
         channel = image[c]
@@ -122,12 +122,8 @@ def _col2im(cols, geometry, first_col, image):
 
 def gather_pays(grid_w: int) -> bool:
     """Whether im2col/col2im should go through a table of offsets (_im2col_gather) rather than
-    the loops over grid rows (_im2col): on short grid rows the loops' per-row work dominates.
-    Measured one core, a chunk's im2col / col2im, gather against loops: 4x4 grids 2.6-7.5x /
-    2.7-3.4x faster, 8x8 grids 1.3-1.7x. Whole layers, forward / backward, 2 workers, batch 64
-    (ResNet-18's strided layers): 3x3 256->512 to a 4x4 grid 1.35x / 1.16x, 128->256 to 8x8
-    1.10x / 1.06x, 1x1 256->512 to 4x4 1.18x / 1.21x; on 16x16 grids no faster (0.96-1.07x),
-    and on stride-1 16x16 grids the loops, which copy whole contiguous runs, win (gather 0.6x)."""
+    the loops over grid rows (_im2col): on short grid rows the loops' per-row work dominates,
+    while on wide rows the loops, which copy whole contiguous runs, win (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices")."""
     return grid_w <= 8
 
 
@@ -318,7 +314,7 @@ def _conv_backward(x, weight, gout, gx, want_gx, gweight, gbias, geometry, offse
 #
 # An inception module's 1x1 convolutions all read the same tensor. Each alone is one GEMM per
 # sample with as many rows as it has features, and thin GEMMs run BLAS far below its peak
-# (2 workers, a sample's (F, 192) @ (192, 1024): 36 GFLOP/s at F = 16, 90 at 64, 140 at 176).
+# (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices").
 # The plan hands such siblings to the first of them (its `_fuse_siblings`, Conv.lead_siblings),
 # which stacks their weights into one (sum of F, C) matrix: forward is one GEMM per block of a
 # sample's columns into a staging buffer, whose rows are scattered to each layer's output

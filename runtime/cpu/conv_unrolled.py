@@ -10,9 +10,8 @@ where (i, j) is the tap that connects input position q to output position p, and
 tap does (padding). Both layouts are the NCHW arrays themselves, viewed. D has Q*P entries per
 (f, c) pair where im2col multiplies kh*kw*P, so it does no more arithmetic than im2col whenever
 Q <= kh*kw (on a 2x2 grid with a 3x3 kernel, 4 against 9: im2col's other 5 taps read padding),
-and it is one big GEMM per pass instead of thin ones per chunk of samples. Measured on VGG's
-512->512 layer at 2x2, batch 64, on one worker (thread time): forward 11 ms and backward 23 ms,
-against 21 and 43 ms for Winograd, the best of the other lowerings there.
+and it is one big GEMM per pass instead of thin ones per chunk of samples: on VGG's 2x2 layers it
+beats Winograd, the best of the other lowerings there (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices").
 
 Backward, with the same D:
     gx (N, C*Q) = gout (N, F*P) @ D^T
@@ -80,7 +79,7 @@ def _build(weight, taps, f_lo, f_hi, c_lo, c_hi, unrolled):
             for q in range(image_positions):
                 t = taps[q, p]
                 # A strided copy along c. Unsigned indices: a signed one brings Numba's
-                # negative-index wraparound into the loop, which ran it ~2x slower.
+                # negative-index wraparound check into the loop, which stops it vectorising.
                 if t < 0:
                     for c in range(c_lo, c_hi):
                         unrolled_row[_u(c) * _u(image_positions) + _u(q)] = 0.0

@@ -30,17 +30,16 @@ _transform_weights). With F(2x2) the input-gradient pass transforms nothing: fli
 both axes permutes the rows of G g (G's interpolation points 0, 1, -1 and infinity: the flip
 swaps 0 and infinity), so the flipped kernel's U is the forward's U with its a x a grid
 permuted, and each of its GEMMs reads a plane of the forward's U transposed (`planes`, see
-_flip_planes). The transform it saves runs serially: ~8 ms per step on a 512->512 layer.
+_flip_planes), saving a serial transform per step on the large layers.
 F(4x4)'s points +-2 would map to +-1/2, so it transforms. The weight gradient is the adjoint
 of the same algorithm
 (winograd_weight_grad): dU[xi] = sum over tiles of dM[xi] V[xi]^T with dM = A dY A^T, then
 dW = G^T dU G.
 
-Compile time: every parallel region is a function of its own for Numba to compile, ~4 s each
-on a cold cache (measured), so the weight transforms run serially before (winograd_conv) or
-after (winograd_weight_grad) the one parallel region of each entry point. Split between two
-workers they would save ~2% of a ResNet-18 step; the cold compile of a network with Winograd
-layers is 8 s shorter without that.
+Compile time: every parallel region is a function of its own for Numba to compile, seconds
+each on a cold cache, so the weight transforms run serially before (winograd_conv) or after
+(winograd_weight_grad) the one parallel region of each entry point: split between two workers
+they would save little of a step and cost more than that in every cold start (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices").
 
 Every transform is one primitive applied twice, a small constant matrix times a stack of rows
 (_left_multiply, _right_multiply, both through _combine_rows), where each row holds one value per tile (or per channel, for
@@ -113,7 +112,7 @@ def winograd_pays(channels: int, rows: int) -> bool:
 def _combine_rows(mat, row, src, first, step, dst, out, columns):
     """dst row at `out` = sum over r of mat[row, r] * src row at first + r*step (`columns`
     values each). Unsigned indices (_u): with signed ones Numba wraps negative indices, a check
-    in the inner loop that kept LLVM from vectorising it (measured 14x slower)."""
+    in the inner loop that kept LLVM from vectorising it."""
     for col in range(columns):
         dst[_u(out) + _u(col)] = 0
     for r in range(mat.shape[1]):
@@ -208,8 +207,8 @@ def _input_transform(chunk, sources, bt, v, width, scratch):
     image, -1 in the padding (zero). chunk (count, C, H*W); v (a^2, C, width) flat; scratch:
     2 a^2 rows of width, flat.
 
-    The windows of the whole chunk are gathered first, one table lookup per value (measured
-    faster than strided reads from a zero-padded copy, the rows of tiles being short), then
+    The windows of the whole chunk are gathered first, one table lookup per value (faster than
+    strided reads from a zero-padded copy, the rows of tiles being short), then
     transformed all at once: B^T d into the second half of scratch, then (B^T d) B into v."""
     count, n_chan = chunk.shape[0], chunk.shape[1]
     window, per_sample = sources.shape

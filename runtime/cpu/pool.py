@@ -15,8 +15,7 @@ tensor the max-pool pooled (its input 1).
 
 Speed comes from the innermost loop: it runs over consecutive outputs with the window's
 offsets unrolled in its body and a branch-free select per offset, so LLVM vectorises it; a
-loop over a window's elements with a branch per element does not vectorise (it made the
-GoogLeNet branch pool ~10x slower). Unrolling needs the window size at compile time, so the
+loop over a window's elements with a branch per element does not vectorise (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices"). Unrolling needs the window size at compile time, so the
 geometries the networks use get their own plane functions: 3x3 stride 1 pad 1 (inception
 branches) runs over the whole interior of a plane as one flat loop (rows are only 32 long,
 too short for 16-lane vectors) and patches the border windows afterwards; 2x2 stride 2
@@ -139,8 +138,7 @@ def _share(count, part, parts):
 @njit
 def _fill_rows(dst, first, last, value):
     """dst[first:last] = value as one long loop. A loop per row stays scalar on short rows
-    (LLVM's vector loop takes 64 elements at a time): zeroing 4x4 planes one by one made
-    max-pool's backward ~2.5x slower."""
+    (LLVM's vector loop takes 64 elements at a time), so small planes are zeroed as one run."""
     rows = dst[first:last].reshape(-1)
     for i in range(rows.size):
         rows[i] = value
@@ -356,8 +354,8 @@ def _spread_evenly_rows(gout, size, first, last, gx):
 @pnjit
 def _spread_evenly(gout, size, gx, workers):
     """gx[p, :] = gout[p] / size: global average pooling's backward. A Numba loop because
-    numpy's broadcast divide into a (N, C, H, W) output ran ~3x slower (GoogLeNet's 63 MB
-    gradient: ~8 ms against ~2.5 ms)."""
+    numpy's broadcast divide into a (N, C, H, W) output is several times slower on large
+    gradients (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices")."""
     if workers > 1:
         for part in prange(workers):
             _spread_evenly_rows(gout, size, _share(gx.shape[0], part, workers),

@@ -146,9 +146,8 @@ def _swap_first_and_last_axes(source, target):
     middle = min(source.shape[1], target.shape[1])
     # Serial: a copy this size is memory-bound, and not worth a parallel region (runtime/jit.py).
     # The innermost loop runs along the longer of the two swapped axes, contiguous on that
-    # side; the other side's strided accesses stay in L1 across the middle loop. Measured on
-    # the benchmark's LSTM (batch 32, 64 steps): the other order is 3.5-4x slower both ways,
-    # (32, 64, 64) -> (64, 65, 32) 0.09 vs 0.37 ms, (256, 65, 32) -> (32, 64, 256) 0.44 vs 2.2 ms.
+    # side; the other side's strided accesses stay in L1 across the middle loop (the other
+    # order is several times slower: docs/CPU-BACKEND.md).
     if last >= first:
         for b in range(middle):
             for a in range(first):
@@ -252,10 +251,9 @@ def _transpose(matrix, transposed):
 # OpenBLAS's SkylakeX kernels (what scipy's OpenBLAS picks on the benchmark's machine) run
 # small GEMMs through a small-matrix kernel that packs neither operand. A step's GEMM is
 # larger (1024 x 32 x 256 for an LSTM of 256 units, batch 32) and repacks the same weights
-# at every step; cut into blocks of 64 x 32 x 256 (2^19 multiply-adds) it ran 13-22% faster
-# (single thread, 63 steps: W_hh h 12.7-13.1 -> 11.0-11.4 ms, W_ih x at F = 64 3.2-3.5 ->
-# 2.5-2.6 ms, W_hh^T dgates 13.7-14.3 -> 12.1-13.1 ms), while blocks of 128 x 32 x 256 ran
-# slower than one call: the cut-off lies between, near 10^6.
+# at every step; cut into blocks of 64 x 32 x 256 (2^19 multiply-adds) it runs faster, while
+# blocks of 128 x 32 x 256 run slower than one call: the cut-off lies between, near 10^6
+# (figures in docs/CPU-BACKEND.md).
 _SMALL_GEMM_MACS = 1 << 19
 _SMALL_GEMM_DEPTH = 256
 _SMALL_GEMM_MIN_ROWS = 16           # thinner blocks: one call (no measurement below this)
