@@ -14,8 +14,17 @@ import sys
 import threading
 from contextlib import contextmanager
 
+from . import summary
+from .artifact import save_artifact
 from .compiler import UsageError, compile_file, parse_override
-from .diagnostics import CompileError
+from .diagnostics import CompileError, did_you_mean
+from .elaborate import op_signature
+from .ops import OPS
+from .viz import render
+
+# The training, prediction and inspection commands import the runtime (and so Numba, ~0.3 s
+# even with warm caches) inside the functions that run them, so `dslc compile`, `dslc viz` and
+# `dslc ops` never pay for it (tests/test_structure.py checks that they do not).
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,7 +49,6 @@ def _print_warnings(warnings):
 
 
 def cmd_compile(args) -> int:
-    from . import summary
     net, warnings = compile_file(args.file, _overrides(args.set))
     if args.output:
         _refuse_to_overwrite_an_input(args.output, net.source_files)
@@ -50,7 +58,6 @@ def cmd_compile(args) -> int:
     else:
         print(summary.to_text(net))
     if args.output:
-        from .artifact import save_artifact
         try:
             save_artifact(net, args.output)
         except OSError as e:
@@ -74,7 +81,6 @@ def _refuse_to_overwrite_an_input(output: str, inputs: list[str]):
 
 
 def cmd_viz(args) -> int:
-    from .viz import render
     net, warnings = compile_file(args.file, _overrides(args.set))
     _print_warnings(warnings)
     msg = render(net, args.output, depth=args.depth)
@@ -83,12 +89,9 @@ def cmd_viz(args) -> int:
 
 
 def cmd_ops(args) -> int:
-    from .ops import OPS
-    from .elaborate import op_signature
     names = [args.name] if args.name else sorted(OPS)
     for n in names:
         if n not in OPS:
-            from .diagnostics import did_you_mean
             raise UsageError(f"no op named `{n}`", help=did_you_mean(n, OPS) or "run `dslc ops` for the list")
         op = OPS[n]
         print(f"{op_signature(op):60s} [{op.family}] {op.doc}")
