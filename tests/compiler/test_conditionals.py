@@ -6,36 +6,19 @@ as the user reads it, in the golden style of test_diagnostics.py. MobileNetV2's 
 checked against a torch.nn model built here as torchvision builds it (torchvision itself is
 not a dependency), never against the compiler's own output.
 """
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-from dslc.cli import main
 from dslc.compiler import compile_file
 from dslc.summary import totals
+from tests.compiler.helpers import golden
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def golden(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
-
-
-@pytest.fixture
-def dslc(tmp_path, monkeypatch, capsys):
-    """Runs `dslc compile prog.net` in a fresh directory; returns (exit code, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(program, *flags):
-        (tmp_path / "prog.net").write_text(program)
-        rc = main(["compile", "prog.net", *flags])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err and "internal error" not in out + err, err
-        return rc, out, err
-    return run
 
 
 @pytest.fixture

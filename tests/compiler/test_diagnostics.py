@@ -11,36 +11,17 @@ yet: they fail the suite the day the fix lands, so the marker is removed with th
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from dslc.cli import main
 from dslc.diagnostics import Diagnostic, Source, Span, did_you_mean, edit_distance
+from tests.compiler.helpers import golden
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def golden(text: str) -> str:
-    """A block of expected output written indented in the test, without its first newline."""
-    return textwrap.dedent(text).lstrip("\n")
-
-
-@pytest.fixture
-def dslc(tmp_path, monkeypatch, capsys):
-    """Runs `dslc compile prog.net FLAGS` on a program written to a fresh directory, which is
-    the working directory, so locations read `prog.net:line:col`. Returns (exit code, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(program, *flags, name="prog.net"):
-        data = program if isinstance(program, bytes) else program.encode("utf-8")
-        (tmp_path / name).write_bytes(data)
-        rc = main(["compile", name, *flags])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err and "internal error" not in out + err, err
-        return rc, out, err
-    return run
 
 
 def run_module(tmp_path, *args):
@@ -78,7 +59,7 @@ def test_missing_close_brace_at_end_of_file(dslc):
     rc, out, err = dslc(IMAGE + "block b(c) {\n  conv(c, 3x3) -> relu\ny = image -> b(4)\n")
     assert rc == 1
     lines = err.splitlines()
-    assert lines[0] == "error: expected `(`, `concat`, `residual`, `sum`, `}` or a name, found end of file"
+    assert lines[0] == "error: expected `(`, `concat`, `if`, `residual`, `sum`, `}` or a name, found end of file"
     assert lines[1] == "  --> prog.net:4:17"
     assert lines[3] == " 4 | y = image -> b(4)"
     assert lines[5] == "   = help: a `{` is never closed"
@@ -175,7 +156,7 @@ def test_unexpected_end_of_file_after_an_arrow(dslc):
     rc, out, err = dslc(IMAGE + "y = image ->")
     assert rc == 1
     lines = err.splitlines()
-    assert lines[0] == "error: expected `(`, `concat`, `residual`, `sum` or a name, found end of file"
+    assert lines[0] == "error: expected `(`, `concat`, `if`, `residual`, `sum` or a name, found end of file"
     assert lines[1:4] == ["  --> prog.net:2:12", "   |", " 2 | y = image ->"]
     assert lines[-1] == "1 error"
 

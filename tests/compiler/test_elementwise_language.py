@@ -1,32 +1,13 @@
 """The elementwise algebra in the language (docs/LANGUAGE.md, "Elementwise algebra"): golden
 diagnostics for its misuse, the shapes broadcasting and reductions give, and a small network
 whose loss and gradients match torch's."""
-import textwrap
 
 import numpy as np
 import pytest
 
-from dslc.cli import main
 from dslc.compiler import compile_source
 from dslc.diagnostics import Source
-
-
-def golden(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
-
-
-@pytest.fixture
-def dslc(tmp_path, monkeypatch, capsys):
-    """`dslc compile prog.net` in a fresh directory; returns (exit code, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(program):
-        (tmp_path / "prog.net").write_text(program)
-        rc = main(["compile", "prog.net"])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err and "internal error" not in out + err, err
-        return rc, out, err
-    return run
+from tests.compiler.helpers import golden
 
 
 def shapes(program: str) -> dict:

@@ -492,7 +492,7 @@ def test_train_section_mistakes_are_reported_at_their_lines(tmp_path):
         """))
     assert [(d.span.line, d.message) for d in diags] == [
         (7, "training setting `optimizer` takes one of sgd, momentum, nesterov, adagrad, rmsprop, adam, "
-            "found `adamm`"),
+            "adamw, found `adamm`"),
         (8, "training setting `epochs` takes a whole number >= 1, found `0`"),
         (9, "`step` has no argument `gama`"),
         (10, "`augment` argument `flip` takes `true` or `false`, found `1`"),

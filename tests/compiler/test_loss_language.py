@@ -1,32 +1,11 @@
 """The loss statement as a signed weighted sum, the new losses (smooth_l1, kl_gaussian, weighted
 forms) and the random ops (sample, gaussian_like) in the language: what they compile to, and the
 golden diagnostics of their misuse (in the style of test_diagnostics.py)."""
-import textwrap
 
-import pytest
 
-from dslc.cli import main
 from dslc.compiler import compile_source
 from dslc.diagnostics import Source
-
-
-def golden(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
-
-
-@pytest.fixture
-def dslc(tmp_path, monkeypatch, capsys):
-    """Runs `dslc compile prog.net` in a fresh directory; returns (exit code, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(program):
-        (tmp_path / "prog.net").write_text(program)
-        rc = main(["compile", "prog.net"])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err and "internal error" not in out + err, err
-        return rc, out, err
-    return run
-
+from tests.compiler.helpers import golden
 
 VAE_HEAD = """network v
 input image: [6]
