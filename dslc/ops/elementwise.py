@@ -9,7 +9,7 @@ pairs the batch with a feature axis. None of these ops counts MACs (see docs/OPS
 from __future__ import annotations
 
 from .registry import Attr, OpDef, ShapeError, TensorType, need_float, register
-from .tensor import describe_difference, first_difference
+from .tensor import same_shapes
 
 
 class _Unary(OpDef):
@@ -167,16 +167,7 @@ class Mean(OpDef):
     doc = "elementwise mean of two or more tensors of equal shape (FractalNet's join): `mean(a, b, c)`"
 
     def shape(self, a, ins):
-        first = ins[0]
-        for i, t in enumerate(ins, 1):
-            need_float(t, f"input {i}")
-            diff = first_difference(t, first)
-            if diff is not None:
-                raise ShapeError(f"mean input {i} has shape {t} but input 1 has {first}: "
-                                 f"{describe_difference(diff)}",
-                                 expected=f"{first}, as input 1", found=str(t),
-                                 help="a projection (1x1 conv, or dense) makes the shapes agree")
-        return first
+        return same_shapes(self.name, ins)
 
 
 class _Reduce(OpDef):

@@ -147,12 +147,17 @@ class Add(OpDef):
     doc = "elementwise sum of two or more tensors of equal shape (residual connections)"
 
     def shape(self, a, ins):
-        first = ins[0]
-        for i, t in enumerate(ins, 1):
-            need_float(t, f"input {i}")
-            diff = first_difference(t, first)
-            if diff is not None:
-                raise ShapeError(f"add input {i} has shape {t} but input 1 has {first}: {describe_difference(diff)}",
-                                 expected=f"{first}, as input 1", found=str(t),
-                                 help="a projection (1x1 conv, or dense) makes the shapes agree")
-        return first
+        return same_shapes(self.name, ins)
+
+
+def same_shapes(op_name, ins):
+    """The shape rule of an op joining float tensors of one shape (add, mean): that shape."""
+    first = ins[0]
+    for i, t in enumerate(ins, 1):
+        need_float(t, f"input {i}")
+        diff = first_difference(t, first)
+        if diff is not None:
+            raise ShapeError(f"{op_name} input {i} has shape {t} but input 1 has {first}: {describe_difference(diff)}",
+                             expected=f"{first}, as input 1", found=str(t),
+                             help="a projection (1x1 conv, or dense) makes the shapes agree")
+    return first
