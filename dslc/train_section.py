@@ -50,7 +50,7 @@ class Arg:
 
 
 _LR = Arg(1e-3, POSITIVE)
-_WEIGHT_DECAY = Arg(0.0, NON_NEGATIVE)     # L2 added to the gradient (torch's, not AdamW's)
+_WEIGHT_DECAY = Arg(0.0, NON_NEGATIVE)     # L2 added to the gradient (torch's; adamw's is decoupled)
 
 # Every optimizer and the arguments it takes, with torch.optim's defaults (lr: 1e-3 for all).
 # `sgd` is torch's SGD: momentum 0 unless given, dampening 0; `momentum` and `nesterov` are SGD
@@ -63,6 +63,10 @@ OPTIMIZERS: dict[str, dict[str, Arg]] = {
     "rmsprop": {"lr": _LR, "alpha": Arg(0.99, FRACTION), "eps": Arg(1e-8, POSITIVE), "weight_decay": _WEIGHT_DECAY},
     "adam": {"lr": _LR, "beta1": Arg(0.9, FRACTION), "beta2": Arg(0.999, FRACTION), "eps": Arg(1e-8, POSITIVE),
              "weight_decay": _WEIGHT_DECAY},
+    # torch.optim.AdamW: Adam whose weight decay shrinks the parameter (p *= 1 - lr * weight_decay)
+    # apart from the gradient's averages, with torch's default of 0.01.
+    "adamw": {"lr": _LR, "beta1": Arg(0.9, FRACTION), "beta2": Arg(0.999, FRACTION), "eps": Arg(1e-8, POSITIVE),
+              "weight_decay": Arg(0.01, NON_NEGATIVE)},
 }
 DEFAULT_OPTIMIZER = "adam"
 # Learning-rate schedules, stepped per epoch, with their arguments (torch's closed forms).
@@ -90,7 +94,8 @@ CALL_SETTINGS: dict[str, dict[str, dict[str, Arg]]] = {
     "init": {name: {} for name in INITS},
 }
 EXAMPLES = {
-    "optimizer": "`optimizer adam(lr = 1e-3)` or `optimizer sgd(lr = 0.1, momentum = 0.9)`",
+    "optimizer": "`optimizer adam(lr = 1e-3)`, `optimizer adamw(weight_decay = 0.05)` or "
+                 "`optimizer sgd(lr = 0.1, momentum = 0.9)`",
     "schedule": "`schedule step(step_size = 30, gamma = 0.1)`, `schedule exponential(gamma = 0.95)` "
                 "or `schedule cosine`",
     "augment": "`augment(crop = 4, flip = true, brightness = 0.1)`",

@@ -2,7 +2,8 @@
 
 Every formula follows torch.optim so that a network trained by dslc and the same network
 trained by PyTorch take the same steps:
-  - weight decay is L2 added to the gradient (torch's `weight_decay`, not AdamW's);
+  - weight decay is L2 added to the gradient (torch's `weight_decay`), except AdamW's, which
+    shrinks the parameter by lr * weight_decay of itself before the Adam step (decoupled);
   - SGD momentum starts its buffer at the first gradient (dampening 0), nesterov uses
     g + momentum * buf;
   - Adam is bias-corrected, with a step counter per parameter like torch;
@@ -252,6 +253,22 @@ class Adam(Optimizer):
         param -= grad
 
 
+class AdamW(Adam):
+    """torch.optim.AdamW (not AMSGrad): Adam whose weight decay shrinks each parameter by
+    lr * weight_decay of itself before the step, instead of entering the gradient's averages."""
+    name = "adamw"
+
+    def __init__(self, params, *, weight_decay: float, betas: tuple[float, float], eps: float):
+        # The base class would add weight_decay * param to the gradient (L2); AdamW must not.
+        super().__init__(params, weight_decay=0.0, betas=betas, eps=eps)
+        self.decoupled_weight_decay = weight_decay
+
+    def _update(self, pname, param, grad, work, lr):
+        if self.decoupled_weight_decay:
+            param *= param.dtype.type(1 - lr * self.decoupled_weight_decay)
+        super()._update(pname, param, grad, work, lr)
+
+
 def make_optimizer(name: str, params: dict[str, np.ndarray], **args) -> Optimizer:
     """The optimizer `name` (one of OPTIMIZERS) over `params`, updated in place by `step()`.
 
@@ -268,7 +285,8 @@ def make_optimizer(name: str, params: dict[str, np.ndarray], **args) -> Optimize
         return Adagrad(params, weight_decay=a["weight_decay"], eps=a["eps"])
     if name == "rmsprop":
         return RMSprop(params, weight_decay=a["weight_decay"], alpha=a["alpha"], eps=a["eps"])
-    return Adam(params, weight_decay=a["weight_decay"], betas=(a["beta1"], a["beta2"]), eps=a["eps"])
+    adam = AdamW if name == "adamw" else Adam
+    return adam(params, weight_decay=a["weight_decay"], betas=(a["beta1"], a["beta2"]), eps=a["eps"])
 
 
 def make_schedule(name: str | None, base_lr: float, *, epochs: int, **args) -> Callable[[int], float]:

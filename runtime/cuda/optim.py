@@ -60,18 +60,22 @@ def _rmsprop_update(param, grad, square_avg, weight_decay, lr, alpha, one_minus_
 
 @cuda.jit
 def _adam_update(param, grad, exp_avg, exp_avg_sq, weight_decay, step_size, beta1, one_minus_beta1,
-                 beta2, one_minus_beta2, sqrt_bias_correction2, eps):
+                 beta2, one_minus_beta2, sqrt_bias_correction2, eps, shrink):
+    # `shrink` is AdamW's decoupled decay, 1 - lr * weight_decay (1 for Adam, whose decay is the
+    # L2 term `weight_decay`, 0 for AdamW).
     i = cuda.grid(1)
     if i < param.size:
-        g = grad[i] + weight_decay * param[i]
+        p = param[i]
+        g = grad[i] + weight_decay * p
         m = beta1 * exp_avg[i] + one_minus_beta1 * g
         v = beta2 * exp_avg_sq[i] + one_minus_beta2 * (g * g)
         exp_avg[i] = m
         exp_avg_sq[i] = v
-        param[i] -= step_size * (m / (math.sqrt(v) / sqrt_bias_correction2 + eps))
+        param[i] = p * shrink - step_size * (m / (math.sqrt(v) / sqrt_bias_correction2 + eps))
 
 
-SLOTS = {"adagrad": ("sum",), "rmsprop": ("square_avg",), "adam": ("exp_avg", "exp_avg_sq", "step")}
+SLOTS = {"adagrad": ("sum",), "rmsprop": ("square_avg",), "adam": ("exp_avg", "exp_avg_sq", "step"),
+         "adamw": ("exp_avg", "exp_avg_sq", "step")}
 
 
 class CudaOptimizer(Optimizer):
@@ -83,7 +87,7 @@ class CudaOptimizer(Optimizer):
         self.name = name
         # As on the CPU, SGD keeps a momentum buffer only with a momentum above 0.
         self.slots = ("momentum_buffer",) if momentum else SLOTS.get(name, ())
-        self.scalar_slots = ("step",) if name == "adam" else ()
+        self.scalar_slots = ("step",) if name in ("adam", "adamw") else ()
         super().__init__(params, weight_decay=weight_decay)
         self.momentum = np.float32(momentum)
         self.nesterov = name == "nesterov" or bool(nesterov)
@@ -101,7 +105,8 @@ class CudaOptimizer(Optimizer):
 
     def step(self, grads, lr):
         """Update every parameter named in `grads` with learning rate `lr`."""
-        wd = np.float32(self.weight_decay)
+        # AdamW's decay shrinks the parameter (`shrink` below); every other optimizer's is L2.
+        wd = np.float32(0 if self.name == "adamw" else self.weight_decay)
         for pname, grad in grads.items():
             param = self.params[pname]
             if grad.shape != param.shape:
@@ -131,7 +136,8 @@ class CudaOptimizer(Optimizer):
                                    np.float32(lr / (1 - self.beta1 ** t)),
                                    np.float32(self.beta1), np.float32(1 - self.beta1),
                                    np.float32(self.beta2), np.float32(1 - self.beta2),
-                                   np.float32(math.sqrt(1 - self.beta2 ** t)), self.eps)
+                                   np.float32(math.sqrt(1 - self.beta2 ** t)), self.eps,
+                                   np.float32(1 - lr * self.weight_decay if self.name == "adamw" else 1))
         self.step_count += 1
 
     def state_dict(self):
@@ -158,7 +164,7 @@ def make_cuda_optimizer(name: str, params: dict, **args) -> CudaOptimizer:
     if name in ("sgd", "momentum", "nesterov"):
         return CudaOptimizer(name, params, weight_decay=a["weight_decay"], momentum=a["momentum"],
                              nesterov=a.get("nesterov", False))
-    if name == "adam":
+    if name in ("adam", "adamw"):
         return CudaOptimizer(name, params, weight_decay=a["weight_decay"], betas=(a["beta1"], a["beta2"]),
                              eps=a["eps"])
     return CudaOptimizer(name, params, weight_decay=a["weight_decay"], eps=a["eps"], alpha=a.get("alpha", 0.99))

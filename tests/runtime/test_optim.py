@@ -32,6 +32,8 @@ def torch_optimizer(name, tensors, lr, weight_decay):
         return torch.optim.Adagrad(tensors, lr=lr, eps=1e-8, weight_decay=weight_decay)
     if name == "rmsprop":
         return torch.optim.RMSprop(tensors, lr=lr, alpha=0.99, eps=1e-8, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(tensors, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
     return torch.optim.Adam(tensors, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
 
 
