@@ -118,6 +118,11 @@ def cmd_inspect(args) -> int:
     return inspect_command(args)
 
 
+def cmd_plot(args) -> int:
+    from .cli_use import plot_command
+    return plot_command(args)
+
+
 def _add_use_commands(sub):
     """`dslc predict` and `dslc inspect` (dslc/cli_use.py)."""
     pr = sub.add_parser("predict", help="run trained weights on images or arrays: top-k classes, or outputs to .npz")
@@ -144,6 +149,11 @@ def _add_use_commands(sub):
     i.add_argument("--set", action="append", metavar="K=V")
     i.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     i.set_defaults(func=cmd_inspect)
+
+    pl = sub.add_parser("plot", help="draw training curves from a --metrics file: loss and accuracy per epoch")
+    pl.add_argument("metrics", metavar="METRICS.jsonl", help="the file `dslc run --metrics` wrote")
+    pl.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    pl.set_defaults(func=cmd_plot)
 
 
 def build_parser() -> argparse.ArgumentParser:

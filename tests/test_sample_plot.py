@@ -1,0 +1,85 @@
+"""`dslc plot` (training curves from a --metrics file), `dslc sample` (text from a trained character
+model) and ensembles in `dslc predict` (several --weights, probabilities averaged)."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dslc.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+DSLC = str(Path(sys.executable).with_name("dslc"))
+
+
+# ---- plot ---------------------------------------------------------------------------------------
+def _metrics(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def _record(epoch, loss, acc=None, val_loss=None, val_acc=None, **more):
+    return {"epoch": epoch, "lr": 1e-3, "train_loss": loss, "train_accuracy": acc, "samples_per_s": 100.0,
+            "val_loss": val_loss, "val_accuracy": val_acc, **more}
+
+
+def test_plot_draws_loss_and_accuracy(tmp_path, capsys):
+    m = _metrics(tmp_path / "m.jsonl", [_record(e, 2.0 / e, 0.3 + 0.1 * e, 2.2 / e, 0.25 + 0.1 * e)
+                                          for e in (1, 2, 3)])
+    out = tmp_path / "curves.png"
+    assert main(["plot", m, "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "train_loss, val_loss, train_accuracy, val_accuracy over 3 epochs" in said
+    assert "val_loss 0.7333" in said
+    with Image.open(out) as img:
+        assert img.size == (1000, 400)              # two panels: loss and accuracy
+        pixels = np.asarray(img.convert("L"))
+    assert pixels.std() > 10                        # something was drawn
+
+
+def test_plot_loss_only_and_several_runs(tmp_path, capsys):
+    """No accuracy (a regression or GAN): one panel; a file appended to by two runs plots the last."""
+    m = _metrics(tmp_path / "m.jsonl", [_record(1, 5.0), _record(2, 4.0),
+                                        _record(1, 3.0, train_terms={"g": 1.0, "d": 2.0}),
+                                        _record(2, 2.0, train_terms={"g": 0.5, "d": 1.5})])
+    out = tmp_path / "curves.png"
+    assert main(["plot", m, "-o", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "train_loss over 2 epochs (epoch 2: train_loss 2)" in cap.out
+    assert "holds 2 runs" in cap.err
+    with Image.open(out) as img:
+        assert img.size == (550, 400)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "holds no epochs"),
+    ("\n\n", "holds no epochs"),
+    ('{"epoch": 1, "train_loss": 1.0}\nnot json\n', "m.jsonl:2: not a JSON object"),
+    ('[1, 2]\n', "m.jsonl:1: an epoch record needs a whole `epoch` and a numeric `train_loss`"),
+    ('{"epoch": "1", "train_loss": 1.0}\n', "m.jsonl:1: an epoch record needs"),
+])
+def test_plot_bad_metrics_is_a_diagnostic(tmp_path, capsys, text, message):
+    (tmp_path / "m.jsonl").write_text(text)
+    assert main(["plot", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "c.png")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_usage_mistakes(tmp_path, capsys):
+    m = _metrics(tmp_path / "m.jsonl", [_record(1, 1.0)])
+    assert main(["plot", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "c.png")]) == 2
+    assert "missing.jsonl does not exist" in capsys.readouterr().err
+    assert main(["plot", m, "-o", str(tmp_path / "c.svg")]) == 2
+    assert "written as .png" in capsys.readouterr().err
+    assert main(["plot", m, "-o", m]) == 2
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    m = _metrics(tmp_path / "m.jsonl", [_record(1, 1.0)])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["plot", m, "-o", str(tmp_path / "c.png")]) == 1
+    err = capsys.readouterr().err
+    assert "dslc plot draws with matplotlib" in err and ".[viz]" in err
