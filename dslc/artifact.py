@@ -12,6 +12,8 @@ a message (ArtifactError) instead of reaching the runtime.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 
@@ -73,6 +75,7 @@ def to_dict(net: Network) -> dict:
             "params": {k: {"shape": list(p.shape), "init": p.init, "trainable": p.trainable,
                            "fan_in": p.fan_in, "fan_out": p.fan_out} for k, p in n.params.items()},
             "macs": n.macs, "span": _span_json(n.span), "scope": [list(s) for s in n.scope],
+            **({"shares": n.shares} if n.shares else {}),
         })
     return {"format": FORMAT, "version": VERSION, "network": net.name, "source": net.source_path,
             "params": net.params, "inputs": net.inputs, "outputs": net.outputs, "loss": net.loss,
@@ -156,6 +159,12 @@ def _load(d: dict) -> Network:
             node = Node(name, op, attrs, (), stored, {}, 0, span, scope)
         else:
             node = _checked(name, op, attrs, inputs, stored, params, e["macs"], span, scope, g)
+        if e.get("shares") is not None:
+            owner = g.nodes[e["shares"]]["node"] if isinstance(e["shares"], str) and e["shares"] in g else None
+            if owner is None or owner.shares or owner.op != node.op or owner.params != node.params or not node.params:
+                raise ArtifactError(f"a damaged compiled network (node `{name}` shares the parameters of "
+                                    f"{e['shares']!r}, which holds none like its own before it)")
+            node = dataclasses.replace(node, shares=e["shares"])
         add_node(g, node)
     for role in ("inputs", "outputs"):
         if not isinstance(d[role], list) or any(n not in g for n in d[role]):

@@ -54,6 +54,9 @@ class _Scope:
         self.tensors = tensors         # tensor name -> node name (or None when poisoned)
         self.counters: dict[str, int] = {}
         self.labels: set[str] = set()
+        # label -> a labelled block or op instance that `-> label` applies again, sharing its
+        # parameters: ("block" | "op", its call, the owner's name); None: it failed (reported)
+        self.instances: dict[str, tuple | None] = {}
 
     def fresh(self, kind: str) -> str:
         self.counters[kind] = self.counters.get(kind, 0) + 1
@@ -63,7 +66,7 @@ class _Scope:
         """The scope of an unlabelled `if` branch: the same names and counters, but tensors it
         assigns stay inside it (the other branch may not assign them)."""
         s = _Scope(self.prefix, self.path, self.env, dict(self.tensors))
-        s.counters, s.labels = self.counters, self.labels
+        s.counters, s.labels, s.instances = self.counters, self.labels, self.instances
         return s
 
     def child(self, name: str, kind: str, env=None, tensors=None):
@@ -83,6 +86,8 @@ class Elaborator:
         self.used: set[str] = set()
         self.network_params: dict = {}   # what every block body sees besides its own parameters
         self.files: list[str] = [program.source.path]    # every file read: the program, then its imports
+        # while a shared instance is applied again: (new name or prefix, owner's, kind, label, where)
+        self._sharing: tuple | None = None
 
     # ---- entry -------------------------------------------------------------------------
     def run(self) -> Network:
@@ -310,11 +315,15 @@ class Elaborator:
                 continue
             names[a.name] = a
         dep = nx.DiGraph()
+        # a statement that applies a shared instance again (`-> disc`) follows the one that made it
+        made_by = {label: a.name for a in names.values() for label in _labels(a.chain)}
         for a in names.values():
             dep.add_node(a.name)
             for ref in _tensor_refs(a.chain):
                 if ref in names:
                     dep.add_edge(ref, a.name)
+                elif ref in made_by and made_by[ref] != a.name:
+                    dep.add_edge(made_by[ref], a.name)
         try:
             order = list(nx.lexicographical_topological_sort(dep, key=lambda n: names[n].span.line))
         except nx.NetworkXUnfeasible:
@@ -399,7 +408,16 @@ class Elaborator:
                              help="labels name scopes and must be unique")
                 raise _Poison()
             scope.labels.add(term.label)
-            return self._term(term.term, scope, current, first, term.label)
+            call = term.term if isinstance(term.term, ast.Call) else None
+            try:
+                out = self._term(term.term, scope, current, first, term.label)
+            except _Poison:
+                if call is not None:
+                    scope.instances[term.label] = None     # applying it again fails silently
+                raise
+            if call is not None:
+                self._record_instance(term.label, call, scope, out)
+            return out
         if isinstance(term, ast.Repeat):
             return self._repeat(term, scope, current, first, label)
         if isinstance(term, ast.Residual):
@@ -433,6 +451,8 @@ class Elaborator:
 
     def _call(self, call: ast.Call, scope: _Scope, current, first, label):
         name = call.name
+        if name in scope.instances and name not in scope.tensors:
+            return self._reapply(name, call, scope, current, label)
         if name in scope.tensors and not call.args:
             if not first:
                 self.d.error(f"tensor `{name}` cannot follow `->`", call.span, label="a tensor, not an op",
@@ -633,8 +653,10 @@ class Elaborator:
                          notes=[f"limit: {MAX_PARAMS:,} per operation"],
                          help="check the channel or unit counts (and any `--set` values)")
             raise _Poison()
+        shares = self._shared_owner(name, prim, params, inputs, call)
         self._check_node_count(call.span)
-        add_node(self.g, Node(name, prim.name, attrs, tuple(inputs), out, params, macs, call.span, scope.path))
+        add_node(self.g, Node(name, prim.name, attrs, tuple(inputs), out, params, macs, call.span, scope.path,
+                              shares))
         self.used.update(inputs)
         return name
 
@@ -730,6 +752,82 @@ class Elaborator:
             return self._body(b.body, inner, current)
         finally:
             self.block_stack.pop()
+
+    # ---- shared instances ------------------------------------------------------------------
+    def _record_instance(self, label, call: ast.Call, scope: _Scope, out):
+        """Remember `label: block(...)` or `label: op(...)` so that `-> label` applies it again."""
+        if call.name in scope.instances and call.name not in scope.tensors:
+            scope.instances[label] = scope.instances[call.name]     # `b: disc` is `disc` again
+        elif call.name in self.blocks:
+            scope.instances[label] = ("block", call, f"{scope.prefix}{label}")
+        elif call.name in OPS:
+            scope.instances[label] = ("op", call, out)
+
+    def _reapply(self, name, call: ast.Call, scope: _Scope, current, label):
+        """`x -> disc`, where `disc: discriminator()` was applied before: the same block (or op)
+        with the same arguments, as new nodes that use the first application's parameters (one
+        array each; backward adds the gradients of every use into it)."""
+        inst = scope.instances[name]
+        if inst is None:
+            raise _Poison()        # its first application failed (reported)
+        kind, orig, owner = inst
+        if call.args:
+            self.d.error(f"`{name}` is a shared instance: apply it again without arguments", call.span,
+                         label="arguments here", notes=[f"`{name}` was made at {orig.span.where}"],
+                         help=f"write `-> {name}`: it keeps the arguments of its first application")
+            raise _Poison()
+        if current is None:
+            self.d.error(f"shared instance `{name}` has no input", call.span, label="nothing flows into this",
+                         help=f"apply it to a tensor: `y = x -> {name}`")
+            raise _Poison()
+        if label is None:
+            k = 2
+            while any(n == f"{scope.prefix}{name}_{k}" or n.startswith(f"{scope.prefix}{name}_{k}.")
+                      for n in self.g):
+                k += 1
+            label = f"{name}_{k}"
+            scope.labels.add(label)
+        args = orig.args
+        if kind == "block" and args and args[0].name is None and self._is_tensor_arg(args[0], scope):
+            args = args[1:]        # `disc: discriminator(x)`: x flowed in; now `current` does
+        again = ast.Call(orig.name, args, call.span, call.name_span)
+        previous = self._sharing
+        self._sharing = (f"{scope.prefix}{label}", owner, kind, name, call.span)
+        try:
+            if kind == "block":
+                return self._instantiate(self.blocks[orig.name], again, scope, current, label)
+            return self._op(OPS[orig.name], again, scope, current, label)
+        finally:
+            self._sharing = previous
+
+    def _shared_owner(self, name, prim, params, inputs, call):
+        """The node whose parameters node `name` (being made) uses, while a shared instance is
+        applied again; None when it has none to share."""
+        if self._sharing is None or not params:
+            return None
+        new, owner, kind, label, where = self._sharing
+        if kind == "op":
+            target = owner if name == new else None
+        else:
+            target = owner + name[len(new):] if name.startswith(new + ".") else None
+        first = self._node(target) if target is not None and self.g.has_node(target) else None
+        shapes = {k: p.shape for k, p in params.items()}
+        if first is None or first.op != prim.name or {k: p.shape for k, p in first.params.items()} != shapes:
+            notes = []
+            if first is not None:
+                notes.append(f"`{first.name}` holds " + ", ".join(f"{k} {list(p.shape)}" for k, p in first.params.items()))
+                notes.append(f"here it would need " + ", ".join(f"{k} {list(v)}" for k, v in shapes.items()))
+                if first.inputs:
+                    notes.append(f"`{first.name}` reads {self._node(first.inputs[0]).type}")
+            if inputs:
+                notes.append(f"here it reads {self._node(inputs[0]).type}")
+            if call.span is not None and call.span != where:
+                notes.append(f"in `{_source_text(call.span)}` at {call.span.where}")
+            self.d.error(f"shared instance `{label}` cannot use its parameters here", where,
+                         label="parameters of other shapes", notes=notes,
+                         help="a shared instance takes inputs shaped like those of its first application")
+            raise _Poison()
+        return first.shares or first.name
 
     # ---- conditionals ----------------------------------------------------------------------
     def _if(self, term: ast.If, scope: _Scope, current, label):
@@ -935,6 +1033,25 @@ def _tensor_refs(chain: ast.Chain):
             visit_expr(x.cond)
             for s in x.then + (x.orelse or []):
                 visit(s.chain if isinstance(s, ast.Assign) else s)
+    visit(chain)
+    return out
+
+
+def _labels(chain: ast.Chain):
+    """The labels a chain gives its steps (`disc: discriminator()`), groups included."""
+    out = []
+
+    def visit(x):
+        if isinstance(x, ast.Labelled):
+            out.append(x.label)
+            visit(x.term)
+        elif isinstance(x, ast.Chain):
+            for t in x.terms:
+                visit(t)
+        elif isinstance(x, ast.Group):
+            visit(x.chain)
+        elif isinstance(x, ast.Repeat):
+            visit(x.term)
     visit(chain)
     return out
 

@@ -37,6 +37,9 @@ class Node:
     macs: int | None                     # multiply-accumulates per sample; None: scales with a symbolic dim
     span: Span | None                    # source span of the call that made it (None: unknown)
     scope: tuple[tuple[str, str], ...]   # (scope name, block kind) from the outermost, for clusters and --depth
+    # The node whose parameters this one uses (a shared block instance applied again): its
+    # `params` say their shapes, but the arrays, and their gradient, are the owner's.
+    shares: str | None = None
 
     @property
     def is_input(self) -> bool:
@@ -48,12 +51,17 @@ class Node:
 
     @property
     def params_count(self) -> int:
-        """Trainable parameter elements (buffers such as running statistics excluded)."""
-        return sum(p.size for p in self.params.values() if p.trainable)
+        """Trainable parameter elements the node owns (buffers such as running statistics
+        excluded; a node that shares another's parameters owns none)."""
+        return 0 if self.shares else sum(p.size for p in self.params.values() if p.trainable)
 
     @property
     def buffers_count(self) -> int:
-        return sum(p.size for p in self.params.values() if not p.trainable)
+        return 0 if self.shares else sum(p.size for p in self.params.values() if not p.trainable)
+
+    def param_name(self, key: str) -> str:
+        """The full name of parameter `key` (`disc.fc1.weight`): the owner's where it is shared."""
+        return f"{self.shares or self.name}.{key}"
 
 
 def add_node(g: nx.DiGraph, node: Node):

@@ -16,7 +16,7 @@ def _fmt_shape(t):
 def layers(net: Network) -> list[dict]:
     return [{"name": n.name, "op": n.op, "shape": list(n.type.shape), "dtype": n.type.dtype,
              "params": n.params_count, "buffers": n.buffers_count, "macs": n.macs,
-             "inputs": list(n.inputs),
+             "inputs": list(n.inputs), **({"shares": n.shares} if n.shares else {}),
              "attrs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in n.attrs.items()},
              "line": n.line}
             for n in net.nodes()]
@@ -29,7 +29,8 @@ def totals(net: Network, frozen=()) -> dict:
     params = buffers = frozen_params = macs = act = 0
     symbolic = False
     for n in net.nodes():
-        for k, p in n.params.items():
+        # a shared instance applied again uses its first application's parameters: counted there
+        for k, p in ({} if n.shares else n.params).items():
             if p.trainable:
                 params += p.size
                 if any(f"{n.name}.{k}" == f or f"{n.name}.{k}".startswith(f + ".") for f in frozen):
@@ -101,7 +102,8 @@ def to_text(net: Network) -> str:
         if r["dtype"] == "int64":
             shape = "int" + shape
         macs = "per T" if r["macs"] is None else f"{r['macs']:,}" if r["macs"] else "-"
-        table.append((r["name"], r["op"], shape, f"{r['params']:,}" if r["params"] else "-", macs))
+        params = "shared" if r.get("shares") else f"{r['params']:,}" if r["params"] else "-"
+        table.append((r["name"], r["op"], shape, params, macs))
     widths = [max(len(row[i]) for row in table) for i in range(5)]
     lines = [f"network {net.name}" + (f"  ({net.source_path})" if net.source_path else "")]
     sep = "  "
