@@ -123,6 +123,11 @@ def cmd_plot(args) -> int:
     return plot_command(args)
 
 
+def cmd_sample(args) -> int:
+    from .cli_use import sample_command
+    return sample_command(args)
+
+
 def _add_use_commands(sub):
     """`dslc predict` and `dslc inspect` (dslc/cli_use.py)."""
     pr = sub.add_parser("predict", help="run trained weights on images or arrays: top-k classes, or outputs to .npz")
@@ -154,6 +159,24 @@ def _add_use_commands(sub):
     pl.add_argument("metrics", metavar="METRICS.jsonl", help="the file `dslc run --metrics` wrote")
     pl.add_argument("-o", "--output", required=True, metavar="OUT.png")
     pl.set_defaults(func=cmd_plot)
+
+    sa = sub.add_parser("sample", help="generate text from a trained character model",
+                        description="Print --prime and then --length characters drawn one at a time. Each "
+                                    "character re-runs the model over a sliding window of the last --window "
+                                    "characters (not an incremental step with the recurrent state carried).")
+    sa.add_argument("file")
+    sa.add_argument("--weights", required=True, metavar="CKPT", help="last.ckpt / best.ckpt of a text run")
+    sa.add_argument("--prime", metavar="TEXT", help="the text to continue (default: a newline)")
+    sa.add_argument("--length", type=int, default=200, metavar="N", help="characters to generate (default 200)")
+    sa.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                    help="divides the scores before the softmax: below 1 safer, above 1 more varied, "
+                         "0 always the likeliest (default 1)")
+    sa.add_argument("--seed", type=int, default=0, help="the random draws' seed (default 0)")
+    sa.add_argument("--window", type=int, metavar="W",
+                    help="characters of context per step (default: the sequence length T it was trained with)")
+    sa.add_argument("--set", action="append", metavar="K=V")
+    sa.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    sa.set_defaults(func=cmd_sample)
 
 
 def build_parser() -> argparse.ArgumentParser:

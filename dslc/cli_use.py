@@ -1,8 +1,10 @@
-"""`dslc predict` and `dslc inspect`: using trained weights, and looking inside them.
+"""`dslc predict`, `dslc sample`, `dslc inspect` and `dslc plot`: using trained weights, and looking inside them.
 
     dslc predict FILE --weights CKPT INPUT...        top-k classes per sample (or -o out.npz)
     dslc inspect FILE --weights CKPT saliency --input IMG -o out.png [--class K]
     dslc inspect FILE --weights CKPT filters -o out.png
+    dslc sample FILE --weights CKPT --prime TEXT --length N --temperature T [--seed S]
+    dslc plot METRICS.jsonl -o curves.png
 
 Inputs are images (PNG, JPEG, anything Pillow reads), .npy arrays or .npz archives. An image
 is made what training fed the network: grayscale or RGB by the input's channel count, scaled
@@ -19,6 +21,7 @@ import sys
 import numpy as np
 
 from .compiler import UsageError, compile_file
+from .diagnostics import CompileError
 from .runtime.checkpoint import load_checkpoint
 from .runtime.errors import CheckpointError, DataError, RuntimeUserError
 
@@ -30,26 +33,37 @@ def _log(msg: str):
 
 
 # ---- the model ---------------------------------------------------------------------------------
-def load_trained(args):
+def load_trained(args, weights: str | None = None, adjust=None):
     """(model, checkpoint meta) for FILE with --weights: the network compiled with the --set values
-    the checkpoint records (and those given), the parameters loaded whole."""
+    the checkpoint records (and those given), the parameters loaded whole. `weights`: one of
+    several checkpoints (an ensemble); `adjust(net, overrides)`: the overrides to compile with
+    instead, given the network compiled with them."""
     from .cli_train import recorded_overrides
     from .runtime.model import Model
-    arrays, meta = load_checkpoint(args.weights)
+    weights = weights or _weights_list(args)[0]
+    arrays, meta = load_checkpoint(weights)
     if meta.get("kind") not in ("dslc-training", "dslc-model"):
-        raise CheckpointError(f"{args.weights} is not a dslc checkpoint (no training or model record in it)",
+        raise CheckpointError(f"{weights} is not a dslc checkpoint (no training or model record in it)",
                               "give last.ckpt or best.ckpt from a `dslc run` directory, or a file net.save() wrote")
-    overrides, applied = recorded_overrides(meta, args.set, args.weights)
+    overrides, applied = recorded_overrides(meta, args.set, weights)
     if applied:
-        _log(f"using the --set values recorded in {args.weights}: {' '.join(applied)}")
+        _log(f"using the --set values recorded in {weights}: {' '.join(applied)}")
     net, _ = compile_file(args.file, overrides)
+    if adjust is not None:
+        changed = adjust(net, overrides)
+        if changed != overrides:
+            net, _ = compile_file(args.file, changed)
     model = Model(net, device=args.device)
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     report = model.load_params(params)
     if report.missing or report.mismatched:
-        raise CheckpointError(f"{args.weights} does not hold {net.name}'s parameters:\n{report}",
+        raise CheckpointError(f"{weights} does not hold {net.name}'s parameters:\n{report}",
                               f"give the weights trained with {args.file} (and the same --set values)")
     return model, meta
+
+
+def _weights_list(args) -> list[str]:
+    return args.weights if isinstance(args.weights, list) else [args.weights]
 
 
 def data_inputs(net) -> list[str]:
@@ -447,4 +461,106 @@ def plot_command(args) -> int:
                if isinstance(last.get(k), (int, float)) and not isinstance(last.get(k), bool)]
     print(f"wrote {args.output}: {', '.join(drawn)} over {len(records)} epoch{'s' * (len(records) != 1)} "
           f"(epoch {last['epoch']}: {', '.join(summary)})")
+    return 0
+
+
+# ---- sample -------------------------------------------------------------------------------------
+def _text_model(net, vocab: str, weights: str) -> tuple[str, str]:
+    """(the input of character ids, the output of next-character scores) of a character model."""
+    names = data_inputs(net)
+    if len(names) != 1 or net.node(names[0]).type.dtype != "int64" or len(net.node(names[0]).type.shape) != 2:
+        shown = ", ".join(f"{n} {net.node(n).type}" for n in names)
+        raise UsageError(f"dslc sample needs a character model (one int64 input of shape [N, T]); "
+                         f"{net.name} has {shown}", "sample from a model like models/charlstm.net")
+    outputs = [net.tensor_name(o) for o in net.outputs]
+    for o in outputs:
+        shape = net.node(net.tensors.get(o, o)).type.shape
+        if len(shape) == 3 and (not isinstance(shape[2], int) or shape[2] >= len(vocab)):
+            return names[0], o
+    raise UsageError(f"{net.name} has no output of next-character scores [N, T, vocabulary] for the "
+                     f"{len(vocab)} characters {weights} records "
+                     f"(outputs: {', '.join(f'{o} {net.node(net.tensors.get(o, o)).type}' for o in outputs)})",
+                     "sample from a character model trained with `dslc run --data chars` or a .txt file")
+
+
+def sample_command(args) -> int:
+    """Characters from a trained character model, one at a time: each is drawn from the softmax
+    of the scores for the last position (divided by the temperature) and appended to the text.
+
+    Each step re-runs the model over a window of the last --window characters (default: the T the
+    model was trained on) from the zero state the training windows started from, rather than
+    carrying the recurrent state from step to step: the kernels take no initial state to carry.
+    That is correct for the length the model learned, and costs a window's worth of steps per
+    character."""
+    if args.length < 0:
+        raise UsageError(f"--length {args.length}: give 0 or more characters", "e.g. --length 200")
+    if not args.temperature >= 0 or not np.isfinite(args.temperature):
+        raise UsageError(f"--temperature {args.temperature}: give a number >= 0 (0: always the likeliest)",
+                         "e.g. --temperature 0.8")
+    if args.window is not None and args.window < 1:
+        raise UsageError(f"--window {args.window}: give 1 or more characters", "e.g. --window 64")
+    trained_length = {}
+
+    def variable_length(net, overrides):
+        """The overrides without the one fixing the text input's length, so any window compiles."""
+        names = data_inputs(net)
+        if len(names) != 1 or len(net.node(names[0]).type.shape) != 2:
+            return overrides
+        length = net.node(names[0]).type.shape[1]
+        trained_length["T"] = length if isinstance(length, int) else None
+        for k, v in overrides.items():
+            if v == length:
+                rest = {j: w for j, w in overrides.items() if j != k}
+                try:
+                    free, _ = compile_file(args.file, rest)
+                except (CompileError, UsageError):    # that value was needed: keep it
+                    continue
+                if not isinstance(free.node(names[0]).type.shape[1], int):
+                    return rest
+        return overrides
+
+    model, meta = load_trained(args, adjust=variable_length)
+    weights = _weights_list(args)[0]
+    vocab = meta.get("vocab")
+    if not isinstance(vocab, str) or not vocab:
+        raise CheckpointError(f"{weights} records no vocabulary: it was not trained on text by `dslc run`",
+                              "train the model with `dslc run FILE --data chars` (or a .txt file) and sample "
+                              "from its last.ckpt")
+    net = model.net
+    name, output = _text_model(net, vocab, weights)
+    prime = args.prime if args.prime is not None else ("\n" if "\n" in vocab else vocab[0])
+    if not prime:
+        raise UsageError("--prime is empty: the model needs at least one character to continue",
+                         f"e.g. --prime {vocab[len(vocab) // 2]!r}")
+    index = {c: i for i, c in enumerate(vocab)}
+    unknown = sorted({c for c in prime if c not in index})
+    if unknown:
+        raise DataError(f"--prime has character{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} "
+                        f"that the training text did not: the model has no id for them",
+                        f"use characters of the training text ({len(vocab)} distinct)")
+    fixed = isinstance(net.node(name).type.shape[1], int)
+    window = args.window or trained_length.get("T") or 100
+    if fixed:
+        window = net.node(name).type.shape[1]
+    ids = [index[c] for c in prime]
+    rng = np.random.default_rng(args.seed)
+    out_chars = []
+    for _ in range(args.length):
+        if fixed and len(ids) < window:
+            raise UsageError(f"{net.name} takes exactly {window} characters at a time, and --prime has {len(ids)}",
+                             f"give a --prime of at least {window} characters")
+        context = np.array(ids[-window:], dtype=np.int64)[None]
+        scores = model.forward(**{name: context})[output][0, -1, :len(vocab)].astype(np.float64)
+        if args.temperature == 0:
+            nxt = int(np.argmax(scores))
+        else:
+            z = scores / args.temperature
+            p = np.exp(z - z.max())
+            nxt = int(rng.choice(len(p), p=p / p.sum()))
+        ids.append(nxt)
+        out_chars.append(vocab[nxt])
+    _log(f"sampled {args.length} character{'s' * (args.length != 1)} after a {len(prime)}-character prime, "
+         f"temperature {args.temperature:g}, seed {args.seed}, window {window} (the model re-run over the last "
+         f"{window} characters per character)")
+    sys.stdout.write(prime + "".join(out_chars) + "\n")
     return 0

@@ -12,8 +12,8 @@ The optimizers, the arguments each takes and their defaults (torch's) are listed
 dslc/train_section.py, which the compiler checks `train { }` sections against.
 
 Optimizers update parameters in place and never modify gradients: the plan owns both
-arrays and reuses them every step (the clipping functions do scale gradients in place). Arithmetic stays in the parameter's dtype (float32 in
-production), as in torch.
+arrays and reuses them every step (the clipping functions do scale gradients in place).
+Arithmetic stays in the parameter's dtype (float32 in production), as in torch.
 
 Scratch memory: an update works on the effective gradient (grad + L2 term) and one array of
 intermediate terms. Neither carries anything from one parameter to the next, so all parameters

@@ -83,3 +83,73 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
     assert main(["plot", m, "-o", str(tmp_path / "c.png")]) == 1
     err = capsys.readouterr().err
     assert "dslc plot draws with matplotlib" in err and ".[viz]" in err
+
+
+# ---- sample -------------------------------------------------------------------------------------
+CHARNET = str(REPO / "models" / "charlstm.net")
+
+
+@pytest.fixture(scope="module")
+def char_ckpt(tmp_path_factory):
+    """A tiny character LSTM trained for one epoch on the shipped corpus through the installed command."""
+    import subprocess
+    d = tmp_path_factory.mktemp("char")
+    run = subprocess.run([DSLC, "run", CHARNET, "--data", "chars", "--set", "T=16", "--set", "hidden=32",
+                          "--set", "embedding=16", "--limit", "64", "--epochs", "1", "--batch", "16",
+                          "--checkpoint", str(d / "run"), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return str(d / "run" / "last.ckpt")
+
+
+def _sample(ckpt, *flags):
+    import subprocess
+    return subprocess.run([DSLC, "sample", CHARNET, "--weights", ckpt, *flags], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_sample_prints_the_prime_then_length_characters_deterministically(char_ckpt):
+    from dslc.runtime.checkpoint import load_checkpoint
+    vocab = load_checkpoint(char_ckpt)[1]["vocab"]
+    first = _sample(char_ckpt, "--prime", "The ", "--length", "30", "--temperature", "0.8", "--seed", "3")
+    assert first.returncode == 0, first.stderr
+    text = first.stdout[:-1]                    # the text, then a newline
+    assert text.startswith("The ") and len(text) == 4 + 30
+    assert set(text) <= set(vocab)
+    assert "window 16" in first.stderr          # the trained T, recorded in the checkpoint
+    again = _sample(char_ckpt, "--prime", "The ", "--length", "30", "--temperature", "0.8", "--seed", "3")
+    assert again.stdout == first.stdout
+    other = _sample(char_ckpt, "--prime", "The ", "--length", "30", "--temperature", "0.8", "--seed", "4")
+    assert other.stdout != first.stdout
+
+
+@pytest.mark.slow
+def test_sample_at_temperature_zero_follows_the_model(char_ckpt, capsys):
+    """Greedy sampling is the argmax of the model's scores for the last position over a sliding window."""
+    from dslc.runtime.checkpoint import load_checkpoint
+    from dslc.runtime.model import Model
+    arrays, meta = load_checkpoint(char_ckpt)
+    vocab = meta["vocab"]
+    model = Model.from_file(CHARNET, {"hidden": 32, "embedding": 16})
+    model.load_params({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
+    ids = [vocab.index(c) for c in "Once upon a time, "]
+    for _ in range(12):
+        scores = model.forward(text=np.array([ids[-16:]]))["logits"][0, -1]
+        ids.append(int(np.argmax(scores)))
+    assert main(["sample", CHARNET, "--weights", char_ckpt, "--prime", "Once upon a time, ", "--length", "12",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == "".join(vocab[i] for i in ids) + "\n"
+
+
+@pytest.mark.slow
+def test_sample_mistakes_are_diagnostics(char_ckpt, tmp_path, capsys):
+    assert main(["sample", CHARNET, "--weights", char_ckpt, "--prime", "caf\u00e9"]) == 1
+    assert "'\u00e9' that the training text did not" in capsys.readouterr().err
+    assert main(["sample", CHARNET, "--weights", char_ckpt, "--temperature", "-1"]) == 2
+    assert "--temperature -1" in capsys.readouterr().err
+    assert main(["sample", CHARNET, "--weights", char_ckpt, "--prime", ""]) == 2
+    assert "--prime is empty" in capsys.readouterr().err
+    from dslc.runtime.model import Model
+    Model.from_file(str(REPO / "models" / "digits_cnn.net")).save(tmp_path / "digits.ckpt")
+    assert main(["sample", str(REPO / "models" / "digits_cnn.net"), "--weights", str(tmp_path / "digits.ckpt")]) == 1
+    assert "records no vocabulary" in capsys.readouterr().err
