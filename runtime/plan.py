@@ -52,6 +52,8 @@ import networkx as nx
 import numpy as np
 
 from .errors import RuntimeUserError
+from dslc.ops import OPS
+
 from .kernel_api import Context, NodeSpec, kernel_class
 
 DTYPES = {"float32": np.float32, "int64": np.int64}
@@ -200,16 +202,26 @@ class Plan:
 
     # ---- which nodes take part in backward -------------------------------------------------
     def _plan_gradients(self):
-        g = self.net.graph
         has_trainable = {n for n in self.schedule if self.node_trainable[n]}
         # a node's output needs a gradient when something trainable, or an input whose gradient
-        # is wanted, lies upstream of it (inclusive)
+        # is wanted, lies upstream of it (inclusive), through ops that pass gradients on: an op
+        # whose OpDef.grad_inputs is empty (stop_gradient) cuts the path. (Ops that pass only
+        # some, a loss's target, keep every edge here, as their kernels may still be asked.)
+        through = {}                # node -> the inputs a gradient may reach through it
+        for n in self.schedule:
+            d = self.net.node(n)
+            cut = not OPS[d.op].grad_inputs(d.attrs, [self.net.node(i).type for i in d.inputs])
+            through[n] = [] if cut else list(d.inputs)
         upstream = set(self.wrt)
         for n in self.schedule:
-            if n in has_trainable or any(i in upstream for i in self.net.node(n).inputs):
+            if n in has_trainable or any(i in upstream for i in through[n]):
                 upstream.add(n)
+        # and when the target's gradient reaches it, along the same edges
         target = self.target if self.target in self.kernels else None
-        reaches_target = set(nx.ancestors(g, target)) | {target} if (target and self.training) else set()
+        reaches_target = {target} if (target and self.training) else set()
+        for n in reversed(self.schedule):
+            if n in reaches_target:
+                reaches_target.update(through[n])
         self.grad_nodes = {n for n in upstream if n in reaches_target and self.dtypes[n] == "float32"
                            and n in self.kernels}
         self.backward_schedule = [n for n in reversed(self.schedule) if n in self.grad_nodes]
@@ -420,9 +432,16 @@ class Plan:
                     requests.append((S, t_bwd(self.step_of[t].caller), self.shapes[t], np.float32, ("grad", t)))
                 continue
             requests.append((first_write[t], t_bwd(self.step_of[t].caller), self.shapes[t], np.float32, ("grad", t)))
+        unreached = []              # wanted inputs whose every path is cut (stop_gradient): zero
         for t in self.wrt:          # read by the caller after backward
             if t in first_write:
                 requests.append((first_write[t], keep, self.shapes[t], np.float32, ("grad", t)))
+            else:
+                unreached.append(t)
+                requests.append((0, keep, self.shapes[t], np.float32, ("grad", t)))
+        if unreached and self.target not in in_backward and self.target != self.net.loss:
+            # the caller still writes the output's seed, which then reaches nothing
+            requests.append((0, keep, self.shapes[self.target], np.float32, ("grad", self.target)))
 
         arena = _Arena(share=self.reuse_memory)
         requests.sort(key=lambda r: r[0])
@@ -463,6 +482,8 @@ class Plan:
             for t in (s.node,) + s.absorbed[:-1]:
                 self.out[t] = self.out[s.output]    # for reading only: what the chain absorbed is not kept
         self.param_grads = {name: dev.empty(shape, np.float32) for name, shape in trained}
+        for t in unreached:
+            dev.fill(self.grad[t], 0.0)
         self.loss_seed = dev.empty((), np.float32)
         if self.net.loss in in_backward:
             dev.fill(self.loss_seed, 1.0)

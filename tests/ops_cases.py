@@ -800,6 +800,23 @@ LAYOUT += [
 ]
 
 
+def _stopped(xs, ps, a):
+    return xs[0].detach() + 0 * xs[0]      # torch's detach, with a (zero) gradient to compare
+
+
+# The plan never runs these backward passes (grad_inputs is empty); the kernel still writes the
+# zero gradient a caller asking for one would get. The finite-difference rows differentiate
+# nothing: the forward is the identity, whose derivative the op deliberately does not pass on.
+LAYOUT += [
+    Case("stop_gradient", {}, [(2, 3, 4, 4)], _stopped),
+    Case("detach", {}, [(3, 5)], _stopped),
+    Case("stop_gradient", {}, [(2, 3)], _stopped, fd=True, grad_inputs=(), vs_torch=False),
+    Case("detach", {}, [(2, 3)], _stopped, fd=True, grad_inputs=(), vs_torch=False),
+    Case("stop_gradient", {}, [(2, 3, 2)], _stopped, cuda=True),
+    Case("detach", {}, [(2, 3)], _stopped, cuda=True),
+]
+
+
 # ---- elementwise -----------------------------------------------------------------------------
 
 def _positive(*shapes):

@@ -139,3 +139,25 @@ class Permute(OpDef):
                              arg="order")
         a["order"] = tuple(positive)
         return TensorType((x.shape[0], *(x.shape[d] for d in positive)))
+
+
+@register
+class StopGradient(OpDef):
+    name, family = "stop_gradient", "layout"
+    init_looks_through = True
+    doc = "passes its input through; no gradient flows back into it (torch's detach)"
+
+    def shape(self, a, ins):
+        return ins[0]
+
+    def grad_inputs(self, a, ins):
+        return ()       # the plan gives no backward work upstream on its account
+
+
+@register
+class Detach(StopGradient):
+    name = "detach"
+    doc = "stop_gradient under torch's name"
+
+    def variant(self, a):
+        return "stop_gradient", a

@@ -65,3 +65,19 @@ class Permute(Kernel):
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         if gxs[0] is not None:
             np.copyto(gxs[0], gout.transpose(self.inverse))
+
+
+@register("cpu", "stop_gradient", "detach")
+class StopGradient(Kernel):
+    """The output is the input itself (a view: forward is skipped). The plan never asks for its
+    backward (the op gives its input no gradient); asked all the same, the gradient is zero."""
+    backward_reads_inputs = False
+    backward_reads_out = False
+    output_is_input_view = True
+
+    def forward(self, ctx, xs, params, out, ws):
+        np.copyto(out.reshape(-1), xs[0].reshape(-1))
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        if gxs[0] is not None:
+            gxs[0].fill(0)

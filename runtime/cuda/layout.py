@@ -123,3 +123,24 @@ def _permutation(spec):
     perm = list(range(rank))
     perm[a["axis0"]], perm[a["axis1"]] = perm[a["axis1"]], perm[a["axis0"]]
     return tuple(perm)
+
+
+@cuda.jit
+def _zero(a):
+    i = cuda.grid(1)
+    if i < a.size:
+        a[i] = 0
+
+
+@register("cuda", "stop_gradient", "detach")
+class StopGradient(Kernel):
+    """A copy forward; no gradient backward (zero, where one is asked for at all)."""
+    backward_reads_inputs = False
+    backward_reads_out = False
+
+    def forward(self, ctx, xs, params, out, ws):
+        out.ravel().copy_to_device(xs[0].ravel())
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        if gxs[0] is not None:
+            _zero[blocks_1d(gxs[0].size), THREADS_1D](gxs[0].ravel())

@@ -258,3 +258,25 @@ def test_transpose_needs_both_axes(dslc):
     rc, out, err = dslc(IMAGE + "y = image -> transpose(2)\n")
     assert rc == 1
     assert err.splitlines()[0] == "error: `transpose` is missing its argument `axis1`"
+
+
+# ---- stop_gradient -----------------------------------------------------------------------------
+
+def test_detach_is_stop_gradient_in_the_graph(tmp_path):
+    net, warnings = build(tmp_path, """
+input image: [1, 8, 8]
+student = image -> flatten -> dense(4)
+teacher = image -> flatten -> dense(4)
+frozen = teacher -> detach
+output student
+loss mse(student, frozen)
+""")
+    assert warnings == []
+    (node,) = [net.node(n) for n in net.graph.nodes if net.node(n).op in ("stop_gradient", "detach")]
+    assert node.op == "stop_gradient" and node.type.shape == ("N", 4)
+
+
+def test_stop_gradient_takes_no_arguments(dslc):
+    rc, out, err = dslc(IMAGE + "y = image -> stop_gradient(1)\n")
+    assert rc == 1
+    assert err.splitlines()[0] == "error: `stop_gradient` takes 0 arguments, found an extra one"
