@@ -132,8 +132,10 @@ def _add_use_commands(sub):
     """`dslc predict` and `dslc inspect` (dslc/cli_use.py)."""
     pr = sub.add_parser("predict", help="run trained weights on images or arrays: top-k classes, or outputs to .npz")
     pr.add_argument("file")
-    pr.add_argument("--weights", required=True, metavar="CKPT", help="last.ckpt / best.ckpt of a run, or net.save()")
-    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="images (PNG, JPEG, ...), .npy or .npz files")
+    pr.add_argument("--weights", required=True, nargs="+", action="extend", metavar="CKPT",
+                    help="last.ckpt / best.ckpt of a run, or net.save(); several: an ensemble, whose class "
+                         "probabilities are averaged")
+    pr.add_argument("inputs", nargs="*", metavar="INPUT", help="images (PNG, JPEG, ...), .npy or .npz files")
     pr.add_argument("--top", type=int, metavar="K", help="classes to list per sample (default 5, or fewer classes)")
     pr.add_argument("-o", "--output", metavar="OUT.npz", help="write every output here instead of printing")
     pr.add_argument("--invert", action="store_true", help="invert images (dark ink on white -> light on dark)")

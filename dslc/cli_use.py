@@ -1,6 +1,7 @@
 """`dslc predict`, `dslc sample`, `dslc inspect` and `dslc plot`: using trained weights, and looking inside them.
 
     dslc predict FILE --weights CKPT INPUT...        top-k classes per sample (or -o out.npz)
+    dslc predict FILE --weights A B C INPUT...       an ensemble: class probabilities averaged
     dslc inspect FILE --weights CKPT saliency --input IMG -o out.png [--class K]
     dslc inspect FILE --weights CKPT filters -o out.png
     dslc sample FILE --weights CKPT --prime TEXT --length N --temperature T [--seed S]
@@ -234,19 +235,63 @@ def _check_output_path(path: str, suffix: str, inputs: list[str]):
         raise UsageError(f"-o {path}: directory {parent} does not exist", "create it first, or write elsewhere")
 
 
+def _is_checkpoint(path: str) -> bool:
+    """Whether `path` is a checkpoint archive (a zip holding dslc's metadata member), cheaply."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "__meta__.npy" in zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _split_weights_and_inputs(args):
+    """`--weights a.ckpt b.ckpt img.png` takes every path after the flag as weights: those from the
+    first that is no checkpoint on are the inputs."""
+    if args.inputs:
+        return
+    for i, w in enumerate(args.weights):
+        if i and not w.lower().endswith(".ckpt") and not _is_checkpoint(w):
+            args.weights, args.inputs = args.weights[:i], args.weights[i:]
+            return
+    raise UsageError("no inputs to predict", "give images, .npy or .npz files after the weights: "
+                                             "dslc predict FILE --weights CKPT [CKPT...] INPUT...")
+
+
 def predict_command(args) -> int:
+    _split_weights_and_inputs(args)
     if args.output:
-        _check_output_path(args.output, ".npz", list(args.inputs) + [args.file, args.weights])
+        _check_output_path(args.output, ".npz", list(args.inputs) + [args.file, *args.weights])
     if args.top is not None and args.top < 1:
         raise UsageError(f"--top {args.top}: give 1 or more", "e.g. --top 3")
-    model, meta = load_trained(args)
+    models = [load_trained(args, w) for w in dict.fromkeys(args.weights)]
+    model, meta = models[0]
     net = model.net
     feeds, labels = read_inputs(net, args.inputs, args.invert)
-    out = model.forward(**feeds)
+    outs = []
+    for m, _ in models:
+        outs.append(m.forward(**feeds))
+        if set(outs[-1]) != set(outs[0]) or any(outs[-1][k].shape != v.shape for k, v in outs[0].items()):
+            raise CheckpointError(f"the ensemble's networks give different outputs: "
+                                  f"{', '.join(f'{k} {v.shape}' for k, v in outs[0].items())} and "
+                                  f"{', '.join(f'{k} {v.shape}' for k, v in outs[-1].items())}",
+                                  "ensemble weights of one network, trained with the same --set values")
+    out = outs[0]
+    if len(models) > 1:
+        _log(f"an ensemble of {len(models)} models: class probabilities averaged")
     if args.output:
-        np.savez(args.output, **{k: v for k, v in out.items() if k != "loss"})
-        print(f"wrote {args.output}: " + ", ".join(f"{k} {v.shape}" for k, v in out.items() if k != "loss")
-              + f" for {len(labels)} sample{'s' * (len(labels) != 1)}")
+        arrays = {k: v for k, v in out.items() if k != "loss"}
+        if len(models) > 1:
+            # Each output averaged over the models; a class score's averaged probabilities beside it.
+            arrays = {k: np.mean([o[k] for o in outs], axis=0) for k in arrays}
+            for k in list(arrays):
+                probs = [probabilities(net, o, k) for o in outs]
+                if probs[0] is not None:
+                    arrays[f"{k}_probabilities"] = np.mean(probs, axis=0)
+        np.savez(args.output, **arrays)
+        print(f"wrote {args.output}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items())
+              + f" for {len(labels)} sample{'s' * (len(labels) != 1)}"
+              + (f" (the mean over {len(models)} models)" if len(models) > 1 else ""))
         return 0
     outputs = [net.tensor_name(o) for o in net.outputs]
     shown = False
@@ -254,6 +299,7 @@ def predict_command(args) -> int:
         probs = probabilities(net, out, output)
         if probs is None:
             continue
+        probs = np.mean([probabilities(net, o, output) for o in outs], axis=0)
         shown = True
         classes = probs.shape[1]
         top = min(args.top or 5, classes)

@@ -153,3 +153,60 @@ def test_sample_mistakes_are_diagnostics(char_ckpt, tmp_path, capsys):
     Model.from_file(str(REPO / "models" / "digits_cnn.net")).save(tmp_path / "digits.ckpt")
     assert main(["sample", str(REPO / "models" / "digits_cnn.net"), "--weights", str(tmp_path / "digits.ckpt")]) == 1
     assert "records no vocabulary" in capsys.readouterr().err
+
+
+# ---- ensembles ----------------------------------------------------------------------------------
+DIGITS = str(REPO / "models" / "digits_cnn.net")
+
+
+@pytest.fixture(scope="module")
+def three_models(tmp_path_factory):
+    """Three differently initialised digits CNNs saved as checkpoints, and a batch of inputs."""
+    from dslc.runtime.model import Model
+    d = tmp_path_factory.mktemp("ensemble")
+    models, paths = [], []
+    for seed in range(3):
+        m = Model.from_file(DIGITS, seed=seed)
+        m.save(d / f"m{seed}.ckpt")
+        models.append(m)
+        paths.append(str(d / f"m{seed}.ckpt"))
+    x = np.random.default_rng(0).random((4, 1, 16, 16), dtype=np.float32)
+    np.save(d / "x.npy", x)
+    return models, paths, str(d / "x.npy"), x
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_predict_ensemble_averages_probabilities(three_models, tmp_path, capsys):
+    models, paths, xpath, x = three_models
+    expected = np.mean([_softmax(m.forward(image=x)["logits"].astype(np.float64)) for m in models], axis=0)
+    out = tmp_path / "out.npz"
+    assert main(["predict", DIGITS, "--weights", *paths, xpath, "-o", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "an ensemble of 3 models" in cap.err and "(the mean over 3 models)" in cap.out
+    with np.load(out) as got:
+        np.testing.assert_allclose(got["logits_probabilities"], expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["logits"], np.mean([m.forward(image=x)["logits"] for m in models], axis=0),
+                                   rtol=1e-5, atol=1e-6)
+    # Printed: the averaged probabilities, ranked; inputs may also come before --weights.
+    assert main(["predict", DIGITS, xpath, "--weights", *paths, "--top", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    top = expected[0].argmax()
+    assert lines[0].startswith(f"{xpath}[0]: class {top} ({expected[0, top]:.1%})")
+    assert lines[1].split() == [str(top), f"{expected[0, top]:.4f}"]
+
+
+def test_predict_ensemble_mistakes(three_models, tmp_path, capsys):
+    _, paths, xpath, _ = three_models
+    assert main(["predict", DIGITS, "--weights", *paths]) == 2
+    assert "no inputs to predict" in capsys.readouterr().err
+    assert main(["predict", DIGITS, "--weights", paths[0], str(tmp_path / "gone.ckpt"), xpath]) == 1
+    assert "gone.ckpt" in capsys.readouterr().err
+    from dslc.runtime.model import Model
+    Model.from_file(DIGITS, {"classes": 5}).save(tmp_path / "five.ckpt")
+    assert main(["predict", DIGITS, "--weights", paths[0], str(tmp_path / "five.ckpt"), xpath]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("five.ckpt" in err or "different outputs" in err)
