@@ -44,6 +44,7 @@ FAMILY_COLOURS = {
     "random": ("#fbdcec", "#b0507f"),
     "elementwise": ("#fde9d9", "#c4703f"),
     "layout": ("#e3eef0", "#5f8d96"),
+    "stochastic": ("#f3e5c0", "#a3833a"),
 }
 # a family added without a colour still draws (a test lists the families that lack one)
 DEFAULT_COLOURS = ("#f2f2f2", "#8c8c8c")

@@ -153,6 +153,8 @@ SHAPE_CASES = [
     ("bce", "bce", {}, [t(1, 4, 4), t(1, 4, 4)], SCALAR),
     ("loss-sum", "loss_sum", dict(weights=(1.0, 0.3, 0.3)), [SCALAR] * 3, SCALAR),
     ("loss-sum-one", "loss_sum", {}, [SCALAR], SCALAR),
+    ("drop-path", "drop_path", dict(p=0.2), [t(16, 8, 8)], t(16, 8, 8)),
+    ("dropconnect-dense-flattened", "dropconnect_dense", dict(units=10, p=0.5), [t(3, 4, 4)], t(10)),
 ]
 
 
@@ -251,6 +253,7 @@ PARAM_CASES = [
     ("dense-flattened", "dense", dict(units=10), [t(3, 4, 4)], lambda: nn.Linear(48, 10)),
     ("dense-per-step-nobias", "dense", dict(units=8, bias=False), [t("T", 16)],
      lambda: nn.Linear(16, 8, bias=False)),
+    ("dropconnect-dense", "dropconnect_dense", dict(units=10, p=0.3), [t(3, 4, 4)], lambda: nn.Linear(48, 10)),
     ("batchnorm-4d", "batchnorm", {}, [t(5, 3, 3)], lambda: nn.BatchNorm2d(5)),
     ("batchnorm-2d", "batchnorm", {}, [t(5)], lambda: nn.BatchNorm1d(5)),
     ("prelu", "prelu", {}, [t(6, 4, 4)], lambda: nn.PReLU(num_parameters=6)),
@@ -473,6 +476,10 @@ ERROR_CASES = [
     ("loss-sum-not-scalar", "loss_sum", {}, [SCALAR, t(10)], "loss_sum adds scalar losses, but input 2 is [N, 10]",
      None),
     ("loss-sum-weights", "loss_sum", dict(weights=(1.0, 0.3)), [SCALAR] * 3, "2 weights for 3 losses", "weights"),
+    ("drop-path-p", "drop_path", dict(p=1.5), [t(8)], "drop_path probability must be in [0, 1], found 1.5", "p"),
+    ("drop-path-int", "drop_path", dict(p=0.2), [ids(8)], "expected a float input", None),
+    ("dropconnect-p", "dropconnect_dense", dict(units=4, p=-0.1), [t(8)],
+     "dropconnect_dense probability must be in [0, 1], found -0.1", "p"),
 ]
 
 

@@ -25,6 +25,8 @@ TRAINED = {
     "charlstm": "chars",
     "chargru": "chars",
     "fcn": "synthetic",
+    "resnet_stochastic_depth": "digits",
+    "fractalnet": "digits",
 }
 COMPILED_ONLY = ["alexnet", "densenet121", "googlenet", "mobilenet_v2", "nin", "resnet18", "resnet34",
                  "resnet50", "squeezenet", "vgg16"]
