@@ -679,7 +679,13 @@ def torch_recurrent(op):
         x = xs[0]
         module = _TORCH_RECURRENT[op](x.shape[2], attrs["hidden"], attrs["layers"], batch_first=True)
         # functional_call runs the module on the harness's tensors, so autograd reaches them.
-        out, _ = torch.func.functional_call(module, ps, (x,))
+        # Initial states, batch first [N, layers, H] (or [N, H]), are torch's [layers, N, H].
+        states = [s.reshape(x.shape[0], attrs["layers"], attrs["hidden"]).transpose(0, 1).contiguous()
+                  for s in xs[1:]]
+        if op == "lstm" and len(states) == 1:           # h0 alone: c0 is zero
+            states.append(torch.zeros_like(states[0]))
+        args = (x,) if not states else (x, tuple(states) if op == "lstm" else states[0])
+        out, _ = torch.func.functional_call(module, ps, args)
         return out if attrs["sequence"] else out[:, -1]
     return run
 
@@ -688,6 +694,16 @@ def recurrent_case(op, batch, steps, features, hidden, layers, sequence, **kw):
     return Case(op, {"hidden": hidden, "layers": layers, "sequence": sequence},
                 [(batch, steps, features)], torch_recurrent(op),
                 id=f"{op}-N{batch}-T{steps}-F{features}-H{hidden}-L{layers}-seq{sequence}", **kw)
+
+
+def initial_state_case(op, batch, steps, features, hidden, layers, sequence, states, flat=False, **kw):
+    """A recurrent row with `states` initial-state inputs (h0, then c0), [N, layers, H] or,
+    with `flat` (one layer), [N, H]."""
+    shape = (batch, hidden) if flat else (batch, layers, hidden)
+    return Case(op, {"hidden": hidden, "layers": layers, "sequence": sequence},
+                [(batch, steps, features)] + [shape] * states, torch_recurrent(op),
+                id=f"{op}-N{batch}-T{steps}-F{features}-H{hidden}-L{layers}-seq{sequence}-states{states}"
+                   + "-flat" * flat, **kw)
 
 
 def embed_case(batch, steps, vocab, dim, **kw):
@@ -725,6 +741,19 @@ RECURRENT = [
     recurrent_case("lstm", 2, 1, 2, 3, 1, True, trainable=("weight_ih_l0", "weight_hh_l0", "bias_hh_l0"),
                    cuda=True),
     recurrent_case("gru", 1, 4, 2, 2, 1, False, grad_inputs=(), cuda=True),
+    # initial states (h0, c0): one and two layers, [N, H] for one layer, an LSTM given h0 alone,
+    # one step (only step 0 reads them), 21 sequences (the vector body and its remainder)
+    *(initial_state_case(op, 2, 4, 3, 3, 2, True, len(states), fd=True, cuda=True)
+      for op, states in (("rnn", "h"), ("gru", "h"), ("lstm", "hc"))),
+    *(initial_state_case(op, 3, 5, 2, 4, 1, False, len(states), flat=True)
+      for op, states in (("rnn", "h"), ("gru", "h"), ("lstm", "hc"))),
+    initial_state_case("lstm", 2, 3, 2, 3, 1, True, 1, flat=True, fd=True, cuda=True),
+    *(initial_state_case(op, 2, 1, 3, 2, 1, True, states, fd=True)
+      for op, states in (("rnn", 1), ("gru", 1), ("lstm", 2))),
+    initial_state_case("lstm", 21, 6, 5, 7, 2, True, 2),
+    initial_state_case("gru", 21, 6, 5, 7, 2, False, 1),
+    # only the states want gradients; the sequence none
+    initial_state_case("lstm", 2, 3, 2, 3, 2, True, 2, grad_inputs=(1, 2), cuda=True),
 ]
 
 
@@ -1103,7 +1132,79 @@ RANDOM = [
     Case("gaussian_like", {}, [(2, 5)], _gaussian_like, cuda=True, vs_torch=False, id="gaussian_like-cuda"),
 ]
 
-CASES = CASES + LOSS_MORE + RANDOM
+
+# ---- stochastic ------------------------------------------------------------------------------
+# As for the random family, the references re-derive the kernels' draws: the harness's Context
+# generator is np.random.default_rng(0), whose first draw is uniform float32, one number per
+# sample (drop_path) or per weight (dropconnect_dense), kept where u >= p with factor 1/(1-p).
+# With seed 0 and p = 0.5 a batch of 4 keeps samples 0, 1, 2 and drops sample 3: both kinds are
+# checked. In eval both ops are their deterministic layer. FD rows: the draws are the same in
+# every evaluation (same seed), so the op is linear in x (and in the weight).
+
+def _factors(shape, p):
+    u = torch.from_numpy(np.random.default_rng(0).random(tuple(shape), dtype=np.float32))
+    return (u >= p).to(torch.float32) / (1 - p) if p < 1 else torch.zeros(tuple(shape))
+
+
+def _drop_path(training):
+    def fn(xs, ps, a):
+        x = xs[0]
+        if not training:
+            return x * 1
+        return x * _factors((x.shape[0],), a["p"]).to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
+    return fn
+
+
+def _drop_path_case(shape, p, training=True, **kw):
+    kw.setdefault("id", f"drop_path{shape}p{p}{'train' if training else 'eval'}")
+    return Case("drop_path", {"p": p}, [shape], _drop_path(training), training=training, **kw)
+
+
+def _dropconnect(training):
+    def fn(xs, ps, a):
+        w = ps["weight"]
+        if training:
+            w = w * _factors(tuple(w.shape), a["p"]).to(w.dtype)
+        x = xs[0].reshape(-1, w.shape[1])
+        out = F.linear(x, w, ps.get("bias"))
+        return out.reshape(*xs[0].shape[:-1], -1) if xs[0].dim() == 3 else out
+    return fn
+
+
+def _dropconnect_case(shape, units, p=0.5, training=True, bias=True, **kw):
+    kw.setdefault("id", f"dropconnect_dense{shape}u{units}p{p}{'train' if training else 'eval'}"
+                        f"{'' if bias else '-nobias'}")
+    return Case("dropconnect_dense", {"units": units, "p": p, "bias": bias}, [shape], _dropconnect(training),
+                training=training, **kw)
+
+
+STOCHASTIC = [
+    _drop_path_case((4, 3, 2, 2), 0.5),
+    _drop_path_case((4, 5), 0.5),
+    _drop_path_case((6, 3, 4), 0.2),
+    _drop_path_case((4, 3), 0.0),
+    _drop_path_case((4, 3), 1.0),
+    _drop_path_case((4, 3, 2, 2), 0.5, training=False),
+    _dropconnect_case((4, 6), 5),
+    _dropconnect_case((4, 6), 5, p=0.3, bias=False),
+    _dropconnect_case((3, 2, 2, 2), 4),
+    _dropconnect_case((2, 3, 6), 5),
+    _dropconnect_case((4, 6), 5, training=False),
+    _dropconnect_case((4, 6), 5, grad_inputs=(), id="dropconnect_dense-no-input-grad"),
+    # finite differences
+    _drop_path_case((4, 3), 0.5, fd=True, vs_torch=False, id="fd-drop_path-train"),
+    _drop_path_case((2, 3), 0.5, training=False, fd=True, vs_torch=False, id="fd-drop_path-eval"),
+    _dropconnect_case((3, 4), 3, fd=True, vs_torch=False, id="fd-dropconnect_dense-train"),
+    _dropconnect_case((3, 4), 3, training=False, fd=True, vs_torch=False, id="fd-dropconnect_dense-eval"),
+    # CUDA against CPU: the same draws (made on the host from the same generator)
+    _drop_path_case((4, 3, 2), 0.5, cuda=True, vs_torch=False, id="drop_path-train-cuda"),
+    _drop_path_case((2, 3), 0.5, training=False, cuda=True, vs_torch=False, id="drop_path-eval-cuda"),
+    _dropconnect_case((3, 4), 3, cuda=True, vs_torch=False, id="dropconnect_dense-train-cuda"),
+    _dropconnect_case((3, 4), 3, training=False, bias=False, cuda=True, vs_torch=False,
+                      id="dropconnect_dense-eval-cuda"),
+]
+
+CASES = CASES + LOSS_MORE + RANDOM + STOCHASTIC
 
 def rows(*ops, family=None):
     """The table's rows for these ops, or for every op of a family (dslc.ops OpDef.family)."""

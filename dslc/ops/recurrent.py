@@ -6,6 +6,11 @@ Parameters follow torch's names, layouts, gate order (LSTM i, f, g, o; GRU r, z,
 initialisation: every recurrent weight and bias is U(-1/sqrt(H), 1/sqrt(H)) (`uniform_fan_in`
 with fan_in = H). MACs count the recurrent layers' matmuls, not the gates' elementwise work;
 embed is a lookup and counts none.
+
+Initial states: `rnn`/`gru` take an optional second input h0 and `lstm` an optional second
+and third, h0 and c0 (`x -> lstm(h0, c0, hidden = 256)`), each [N, layers, H] (torch's
+[layers, N, H] batch first) or [N, H] for one layer; a missing one is zero (an LSTM may take
+h0 alone: c0 is then zero). Gradients flow into them.
 """
 from __future__ import annotations
 
@@ -44,19 +49,41 @@ class _Recurrent(OpDef):
              Attr("layers", "int", 1, doc="stacked layers, each reading the previous one's states"),
              Attr("sequence", "bool", True, doc="true: every step's state [N, T, H]; false: the last [N, H]"))
     gates = 1   # G: each weight stacks G blocks of H rows
+    states = ("h0",)        # the optional initial-state inputs after the sequence
+    max_inputs = 2
 
     def key_attrs(self, a):
         return f"{a['hidden']}" + (f", {a['layers']} layers" if a["layers"] > 1 else "")
 
     def shape(self, a, ins):
-        (x,) = ins
+        x = ins[0]
         need_float(x)
         need_rank(x, 3, "sequence", layout="[N, T, F]")
         fixed(x.shape[2], f"{self.name}'s input features (the last axis of [N, T, F])")
         _check_positive(a, ("hidden", "layers"))
+        for name, state in zip(self.states, ins[1:]):
+            self._check_state(name, state, a)
         if a["sequence"]:
             return TensorType(("N", x.shape[1], a["hidden"]))
         return TensorType(("N", a["hidden"]))
+
+    def _check_state(self, name, state, a):
+        h, layers = a["hidden"], a["layers"]
+        want = f"[N, {h}]" if layers == 1 else f"[N, {layers}, {h}]"
+        written = f"`x -> {self.name}({', '.join(self.states[:self.states.index(name) + 1])}, hidden = {h}"
+        written += f", layers = {layers})`" if layers > 1 else ")`"
+        if state.dtype != "float32":
+            raise ShapeError(f"`{self.name}`'s initial state {name} must be a float tensor, found {state}",
+                             expected=want, found=str(state), help=f"pass a float {want} tensor: {written}")
+        shape = tuple(state.shape[1:])
+        if state.shape[0] == "N" and (shape == (layers, h) or (layers == 1 and shape == (h,))):
+            return
+        extra = "" if layers == 1 else \
+            f"; a stack of {layers} layers takes one state per layer, [N, layers, hidden] (torch's h0 batch first)"
+        raise ShapeError(f"`{self.name}`'s initial state {name} must be {want}, found {state}{extra}",
+                         expected=want, found=str(state),
+                         help=f"{name} is the state each layer starts from, one [{h}] vector per sample "
+                              f"and layer: {written}")
 
     def params(self, a, ins):
         h, rows = a["hidden"], self.gates * a["hidden"]
@@ -88,6 +115,7 @@ class Rnn(_Recurrent):
 @register
 class Lstm(_Recurrent):
     name, gates = "lstm", 4
+    states, max_inputs = ("h0", "c0"), 3
     doc = "long short-term memory layer(s), torch gate order i, f, g, o"
 
 

@@ -276,7 +276,7 @@ def _step_gemm(m, n, k, a, a_at, lda, b, b_at, ldb, beta, c, c_at, ldc):
 
 
 @njit
-def _step_products(w_ih, inputs, ids, w_hh, hidden, first, rows, t, recurrent_apart, preact,
+def _step_products(w_ih, inputs, ids, w_hh, hidden, first, rows, t, init, recurrent_apart, preact,
                    preact_hidden):
     """The pre-activations of step t for `rows` regrouped gate rows from `first`:
     preact[first:first+rows] (rows, N) = W_ih x_t, and W_hh h_{t-1} added to it, or written
@@ -287,6 +287,10 @@ def _step_products(w_ih, inputs, ids, w_hh, hidden, first, rows, t, recurrent_ap
     With `ids` (time major, (slots, N); empty otherwise) the layer reads an absorbed embed:
     w_ih is then the table of W_ih x for every id, (G*H, vocab) with its rows regrouped,
     and W_ih x_t is column ids[t, n] of it for each n (see _RecurrentKernel.fuse_input).
+
+    With `init` (an initial-state input), step 0 multiplies h_{-1}, which the layer's caller
+    wrote to the padding slot (_time_slots); without it h_{-1} is zero and step 0 skips that
+    product.
 
     Cut into small blocks (_step_gemm), W_ih x_t per step ran as fast as one GEMM over the
     sequence (single thread, the benchmark's size: 2.5 vs 3.0-3.4 ms at F = 64, 11.0-11.8 vs
@@ -302,14 +306,15 @@ def _step_products(w_ih, inputs, ids, w_hh, hidden, first, rows, t, recurrent_ap
     else:
         _step_gemm(rows, batch, features, w_ih, first * features, features, inputs, t * batch,
                    slots * batch, 0.0, preact, first * batch, batch)
+    prev = (t - 1) % slots
     if recurrent_apart:
-        if t > 0:
-            _step_gemm(rows, batch, size, w_hh, first * size, size, hidden, (t - 1) * batch,
+        if t > 0 or init:
+            _step_gemm(rows, batch, size, w_hh, first * size, size, hidden, prev * batch,
                        slots * batch, 0.0, preact_hidden, first * batch, batch)
         else:               # zero initial state
             preact_hidden[first:first + rows] = 0
-    elif t > 0:             # zero initial state: no recurrent term at step 0
-        _step_gemm(rows, batch, size, w_hh, first * size, size, hidden, (t - 1) * batch,
+    elif t > 0 or init:     # zero initial state: no recurrent term at step 0
+        _step_gemm(rows, batch, size, w_hh, first * size, size, hidden, prev * batch,
                    slots * batch, 1.0, preact, first * batch, batch)
 
 
@@ -353,13 +358,15 @@ def _row_sums(matrix, first_row, rows, steps, sums, sums_at):
 
 @pnjit
 def _layer_grads(inputs, hidden, dgates_in, dgates_hidden, shared_dgates, w_ih, bounds,
-                 gate_count, steps, gw_ih, gw_hh, gb_ih, gb_hh, dinputs, want_dinputs):
+                 gate_count, steps, init, gw_ih, gw_hh, gb_ih, gb_hh, dinputs, want_dinputs):
     """Parameter and input gradients of one layer from its per-step gate gradients.
 
     dgates_in / dgates_hidden (G*H, T, N) are the gradients of the pre-activations fed by
     W_ih x + b_ih and by W_hh h + b_hh, the same array where `shared_dgates` (all but GRU),
     whose bias gradients are then summed once; w_ih has its rows regrouped. An empty gradient
-    array means that parameter wants no gradient; it keeps one compiled signature.
+    array means that parameter wants no gradient; it keeps one compiled signature. With
+    `init`, h_{-1} (the padding slot of `hidden`) is an initial state, whose product with
+    step 0's gates adds to W_hh's gradient.
     Everything here only reads the gate gradients, so one parallel region does it all: each
     part computes the parameter gradients of its gate rows and dinputs = W_ih^T @ dgates_in
     for its share of the columns.
@@ -380,13 +387,16 @@ def _layer_grads(inputs, hidden, dgates_in, dgates_hidden, shared_dgates, w_ih, 
                 gemm(False, True, width, features, used, dgates_in, dst * cols, cols,
                       inputs, 0, cols, 0.0, gw_ih, src * features, features)
             if gw_hh.size > 0:
-                # h_{t-1} multiplies step t's gates; the initial state is zero, so step 0
-                # adds nothing.
+                # h_{t-1} multiplies step t's gates; a zero initial state adds nothing at
+                # step 0.
                 if steps > 1:
                     gemm(False, True, width, size, used - batch, dgates_hidden,
                           dst * cols + batch, cols, hidden, 0, cols, 0.0, gw_hh, src * size, size)
                 else:
                     gw_hh[src:src + width] = 0
+                if init:
+                    gemm(False, True, width, size, batch, dgates_hidden, dst * cols, cols,
+                          hidden, (slots - 1) * batch, cols, 1.0, gw_hh, src * size, size)
             if gb_ih.size > 0:
                 _row_sums(dgates_in, dst, width, steps, gb_ih, src)
             if gb_hh.size > 0:
@@ -411,14 +421,15 @@ def _layer_grads(inputs, hidden, dgates_in, dgates_hidden, shared_dgates, w_ih, 
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _rnn_layer_forward(inputs, ids, w_ih, w_hh, bias, bounds, steps, preact, hidden):
+def _rnn_layer_forward(inputs, ids, w_ih, w_hh, bias, bounds, steps, init, preact, hidden):
     # The hidden states are the only save: tanh' = 1 - h^2.
     size, slots, batch = hidden.shape
     for t in range(steps):
         def run_part(p):
             lo = bounds[p]
             width = bounds[p + 1] - lo
-            _step_products(w_ih, inputs, ids, w_hh, hidden, lo, width, t, False, preact, preact)
+            _step_products(w_ih, inputs, ids, w_hh, hidden, lo, width, t, init, False, preact,
+                           preact)
             for j in range(lo, lo + width):
                 b = bias[j]
                 for n in range(batch):
@@ -431,7 +442,8 @@ def _rnn_layer_forward(inputs, ids, w_ih, w_hh, bias, bounds, steps, preact, hid
 
 
 @pnjit
-def _rnn_backward_through_time(w_hh_t, bounds, steps, hidden, dhidden, dgates, partials):
+def _rnn_backward_through_time(w_hh_t, bounds, steps, init, hidden, dhidden, dgates, partials):
+    # With `init`, step 0 also sends dloss/dh_{-1} back, into partials[0] (the caller sums it).
     size, slots, batch = hidden.shape
     cols = slots * batch                # row stride
     for t in range(steps - 1, -1, -1):
@@ -444,7 +456,7 @@ def _rnn_backward_through_time(w_hh_t, bounds, steps, hidden, dhidden, dgates, p
                 for n in range(batch):
                     h = hidden[j, t, n]
                     dgates[j, t, n] = dhidden[j, t, n] * (_ONE - h * h)
-            if t > 0:
+            if t > 0 or init:
                 _step_gemm(size, batch, width, w_hh_t, lo, size, dgates, lo * cols + t * batch,
                            cols, 0.0, partials[t % 2, p], 0, batch)
         if len(bounds) > 2:            # several parts: one per worker
@@ -459,20 +471,21 @@ def _rnn_backward_through_time(w_hh_t, bounds, steps, hidden, dhidden, dgates, p
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _lstm_layer_forward(inputs, ids, w_ih, w_hh, bias, bounds, steps, preact, gates, cells,
+def _lstm_layer_forward(inputs, ids, w_ih, w_hh, bias, bounds, steps, init, preact, gates, cells,
                         hidden):
     # Saves the activated i, f, g, o in `gates` and the cell states in `cells`, both time
     # major (see the module docstring).
     size, slots, batch = hidden.shape
-    cells[slots - 1] = 0                # c_{-1}: see _time_slots
+    if not init:
+        cells[slots - 1] = 0            # c_{-1}: see _time_slots (else the caller wrote c0)
     for t in range(steps):
         prev = (t - 1) % slots
         def run_part(p):
             lo = bounds[p]
             width = bounds[p + 1] - lo
             first = 4 * lo
-            _step_products(w_ih, inputs, ids, w_hh, hidden, first, 4 * width, t, False, preact,
-                           preact)
+            _step_products(w_ih, inputs, ids, w_hh, hidden, first, 4 * width, t, init, False,
+                           preact, preact)
             for u in range(width):
                 j = lo + u
                 row_i = first + u       # gate blocks i, f, g, o, `width` rows each
@@ -503,10 +516,11 @@ def _lstm_layer_forward(inputs, ids, w_ih, w_hh, bias, bounds, steps, preact, ga
 
 
 @pnjit
-def _lstm_backward_through_time(w_hh_t, bounds, steps, gates, cells, dhidden, dgates, partials,
-                                dcell, step_dgates):
+def _lstm_backward_through_time(w_hh_t, bounds, steps, init, gates, cells, dhidden, dgates,
+                                partials, dcell, step_dgates):
     # The cell loop has no branch on t: one stops it from vectorising (about 3x slower), so
-    # dc_{T} starts at zero and c_{-1} is read from the zero slot forward left (_time_slots).
+    # dc_{T} starts at zero and c_{-1} is read from the slot forward left (_time_slots). With
+    # `init`, step 0 sends dloss/dh_{-1} into partials[0]; dcell ends as dloss/dc_{-1}.
     size, slots, batch = dhidden.shape
     dcell[:] = 0
     for t in range(steps - 1, -1, -1):
@@ -536,7 +550,7 @@ def _lstm_backward_through_time(w_hh_t, bounds, steps, gates, cells, dhidden, dg
                     step_dgates[row_g, n] = dc * i * (_ONE - g * g)
                     step_dgates[row_o, n] = dh * tanh_c * o * (_ONE - o)
                     dcell[j, n] = dc * f
-            if t > 0:
+            if t > 0 or init:
                 _step_gemm(size, batch, 4 * width, w_hh_t, first, 4 * size, step_dgates,
                            first * batch, batch, 0.0, partials[t % 2, p], 0, batch)
             _store_step(step_dgates, first, 4 * width, t, dgates)
@@ -552,21 +566,22 @@ def _lstm_backward_through_time(w_hh_t, bounds, steps, gates, cells, dhidden, dg
 # ---------------------------------------------------------------------------------------------
 
 @pnjit
-def _gru_layer_forward(inputs, ids, w_ih, w_hh, bias, b_hh, bounds, steps, preact, preact_hidden,
-                       gates, hidden_proj, hidden):
+def _gru_layer_forward(inputs, ids, w_ih, w_hh, bias, b_hh, bounds, steps, init, preact,
+                       preact_hidden, gates, hidden_proj, hidden):
     # Saves the activated r, z, n in `gates` and W_hn h + b_hn in hidden_proj (time major),
     # which the gradient of r needs. The recurrent product goes to its own step buffer: the
     # n gate needs it apart from the input projection.
     size, slots, batch = hidden.shape
-    hidden[:, slots - 1] = 0            # h_{-1}: see _time_slots
+    if not init:
+        hidden[:, slots - 1] = 0        # h_{-1}: see _time_slots (else the caller wrote h0)
     for t in range(steps):
         prev = (t - 1) % slots
         def run_part(p):
             lo = bounds[p]
             width = bounds[p + 1] - lo
             first = 3 * lo
-            _step_products(w_ih, inputs, ids, w_hh, hidden, first, 3 * width, t, True, preact,
-                           preact_hidden)
+            _step_products(w_ih, inputs, ids, w_hh, hidden, first, 3 * width, t, init, True,
+                           preact, preact_hidden)
             for u in range(width):
                 j = lo + u
                 row_r = first + u
@@ -594,11 +609,12 @@ def _gru_layer_forward(inputs, ids, w_ih, w_hh, bias, b_hh, bounds, steps, preac
 
 
 @pnjit
-def _gru_backward_through_time(w_hh_t, bounds, steps, gates, hidden_proj, hidden, dhidden,
+def _gru_backward_through_time(w_hh_t, bounds, steps, init, gates, hidden_proj, hidden, dhidden,
                                dgates_in, dgates_hidden, partials, dh_direct, step_dgates_in,
                                step_dgates_hidden):
     # No branch on t in the cell loop (see _lstm_backward_through_time): the direct path
-    # starts at zero and h_{-1} is read from the zero slot forward left.
+    # starts at zero and h_{-1} is read from the slot forward left. With `init`, step 0 sends
+    # dloss/dh_{-1} through W_hh into partials[0]; dh_direct ends as its direct part.
     size, slots, batch = hidden.shape
     dh_direct[:] = 0
     for t in range(steps - 1, -1, -1):
@@ -631,7 +647,7 @@ def _gru_backward_through_time(w_hh_t, bounds, steps, gates, hidden_proj, hidden
                     # r scales W_hn h + b_hn, so the hidden side of the n gate sees dnew * r.
                     step_dgates_hidden[row_n, n] = dnew * r
                     dh_direct[j, n] = dh * z
-            if t > 0:
+            if t > 0 or init:
                 _step_gemm(size, batch, 3 * width, w_hh_t, first, 3 * size, step_dgates_hidden,
                            first * batch, batch, 0.0, partials[t % 2, p], 0, batch)
             _store_step(step_dgates_in, first, 3 * width, t, dgates_in)
@@ -675,7 +691,14 @@ def _grad_or_empty(gparams, name, ndim, dtype):
 
 
 class _RecurrentKernel(Kernel):
-    """Stacked recurrent layers with zero initial state; subclasses supply the cell."""
+    """Stacked recurrent layers; subclasses supply the cell.
+
+    The initial states, optional inputs xs[1] (h0) and, for the LSTM, xs[2] (c0), each
+    [N, layers, H] or [N, H] for one layer, go to the padding slot of each layer's hidden
+    (cell) states, which the cell loops read as h_{-1} (c_{-1}) (see _time_slots); without
+    h0 that slot holds zeros and step 0 skips its recurrent product. Their gradients are what
+    step 0 sends back: the parts' partial dh_{-1} (plus GRU's direct path) and LSTM's dc_{-1}.
+    """
     gate_count = 1      # G: the weights stack G gate blocks of `hidden` rows
     folded_gates = 1    # leading gates whose b_hh is added with the input projection
 
@@ -685,6 +708,7 @@ class _RecurrentKernel(Kernel):
         self.size = spec.attrs["hidden"]
         self.layers = spec.attrs["layers"]
         self.sequence = spec.attrs["sequence"]
+        self.init = len(spec.in_shapes) > 1         # an initial-state input
         use_serial_blas()
         # One part of the hidden units per Numba thread (see the module docstring) when a
         # step's recurrent GEMM is worth splitting.
@@ -751,8 +775,23 @@ class _RecurrentKernel(Kernel):
         return (dgates_in, dgates_hidden)."""
         raise NotImplementedError
 
+    def _states(self, arrays):
+        """The initial-state inputs (or their gradients) as (N, layers, H) views, None kept."""
+        return [None if a is None else a.reshape(self.batch, self.layers, self.size)
+                for a in arrays[1:]]
+
+    def write_initial_state(self, layer, states, ws):
+        """Put layer's h0 (and c0) where step 0 reads h_{-1} (c_{-1})."""
+        ws[f"hidden{layer}"][:, self.slots - 1] = states[0][:, layer].T
+
+    def initial_state_grads(self, layer, gstates, ws):
+        """Write dloss/dh0 (and dc0) of `layer` after its backward through time."""
+        if gstates[0] is not None:
+            gstates[0][:, layer] = ws["partials"][0].sum(axis=0).T
+
     def forward(self, ctx, xs, params, out, ws):
         inputs, ids = ws["inputs"], self._no_ids
+        states = self._states(xs)
         if self.vocab:              # xs[0] holds the absorbed embed's ids (fuse_input)
             ids = ws["ids"]
             _ids_time_major(xs[0], self.vocab, ids)
@@ -765,6 +804,8 @@ class _RecurrentKernel(Kernel):
             _group_gate_rows(w_hh, self.bounds, self.gate_count, ws[f"weight_hh{layer}"])
             _group_biases(b_ih, b_hh, self.bounds, self.gate_count, self.folded_gates,
                           ws[f"bias{layer}"])
+            if self.init:
+                self.write_initial_state(layer, states, ws)
             if layer == 0 and self.vocab:
                 np.dot(grouped_w_ih, params["embed.weight"].T, out=ws["table"])
                 self.forward_layer(layer, inputs, ids, ws["table"], params, ws)
@@ -785,17 +826,20 @@ class _RecurrentKernel(Kernel):
             np.copyto(dhidden[:, self.steps - 1], gout.T)
         dtype = dhidden.dtype
         want_dx = gxs[0] is not None
+        gstates = self._states(gxs)
         for layer in range(self.layers - 1, -1, -1):
             # The per-step partials read W_hh^T's columns of a part's gate rows (module
             # docstring): transposed once per layer here.
             _transpose(ws[f"weight_hh{layer}"], ws["weight_hh_t"])
             dgates_in, dgates_hidden = self.backward_through_time(layer, ws)
+            if self.init:
+                self.initial_state_grads(layer, gstates, ws)
             inputs = ws["inputs"] if layer == 0 else ws[f"hidden{layer - 1}"]
             # The layer below reads its dloss/dh from dhidden, which this layer no longer needs.
             dinputs = ws["dinputs"] if layer == 0 else dhidden
             _layer_grads(inputs, ws[f"hidden{layer}"], dgates_in, dgates_hidden,
                          dgates_in is dgates_hidden, ws[f"weight_ih{layer}"], self.bounds,
-                         self.gate_count, self.steps,
+                         self.gate_count, self.steps, self.init,
                          _grad_or_empty(gparams, f"weight_ih_l{layer}", 2, dtype),
                          _grad_or_empty(gparams, f"weight_hh_l{layer}", 2, dtype),
                          _grad_or_empty(gparams, f"bias_ih_l{layer}", 1, dtype),
@@ -817,11 +861,11 @@ class RNNKernel(_RecurrentKernel):
 
     def forward_layer(self, layer, inputs, ids, w_ih, params, ws):
         _rnn_layer_forward(inputs, ids, w_ih, ws[f"weight_hh{layer}"],
-                           ws[f"bias{layer}"], self.bounds, self.steps, ws["step_gates"],
+                           ws[f"bias{layer}"], self.bounds, self.steps, self.init, ws["step_gates"],
                            ws[f"hidden{layer}"])
 
     def backward_through_time(self, layer, ws):
-        _rnn_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps,
+        _rnn_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps, self.init,
                                    ws[f"hidden{layer}"], ws["dhidden"], ws["dgates"],
                                    ws["partials"])
         return ws["dgates"], ws["dgates"]
@@ -842,14 +886,27 @@ class LSTMKernel(_RecurrentKernel):
 
     def forward_layer(self, layer, inputs, ids, w_ih, params, ws):
         _lstm_layer_forward(inputs, ids, w_ih, ws[f"weight_hh{layer}"],
-                            ws[f"bias{layer}"], self.bounds, self.steps, ws["step_gates"],
-                            ws[f"gates{layer}"], ws[f"cells{layer}"], ws[f"hidden{layer}"])
+                            ws[f"bias{layer}"], self.bounds, self.steps, self.init,
+                            ws["step_gates"], ws[f"gates{layer}"], ws[f"cells{layer}"], ws[f"hidden{layer}"])
 
     def backward_through_time(self, layer, ws):
-        _lstm_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps,
+        _lstm_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps, self.init,
                                     ws[f"gates{layer}"], ws[f"cells{layer}"], ws["dhidden"],
                                     ws["dgates"], ws["partials"], ws["dcell"], ws["step_gates"])
         return ws["dgates"], ws["dgates"]
+
+    def write_initial_state(self, layer, states, ws):
+        super().write_initial_state(layer, states, ws)
+        cells = ws[f"cells{layer}"][self.slots - 1]
+        if len(states) > 1:
+            cells[:] = states[1][:, layer].T
+        else:                           # h0 alone: c0 is zero
+            cells[:] = 0
+
+    def initial_state_grads(self, layer, gstates, ws):
+        super().initial_state_grads(layer, gstates, ws)
+        if len(gstates) > 1 and gstates[1] is not None:
+            gstates[1][:, layer] = ws["dcell"].T
 
 
 @register("cpu", "gru")
@@ -873,13 +930,17 @@ class GRUKernel(_RecurrentKernel):
     def forward_layer(self, layer, inputs, ids, w_ih, params, ws):
         _gru_layer_forward(inputs, ids, w_ih, ws[f"weight_hh{layer}"],
                            ws[f"bias{layer}"], params[f"bias_hh_l{layer}"], self.bounds,
-                           self.steps, ws["step_gates"], ws["step_gates_hidden"],
+                           self.steps, self.init, ws["step_gates"], ws["step_gates_hidden"],
                            ws[f"gates{layer}"], ws[f"hidden_proj{layer}"], ws[f"hidden{layer}"])
 
     def backward_through_time(self, layer, ws):
-        _gru_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps,
+        _gru_backward_through_time(ws["weight_hh_t"], self.bounds, self.steps, self.init,
                                    ws[f"gates{layer}"], ws[f"hidden_proj{layer}"],
                                    ws[f"hidden{layer}"], ws["dhidden"], ws["dgates"],
                                    ws["dgates_hidden"], ws["partials"], ws["dh_direct"],
                                    ws["step_gates"], ws["step_gates_hidden"])
         return ws["dgates"], ws["dgates_hidden"]
+
+    def initial_state_grads(self, layer, gstates, ws):
+        if gstates[0] is not None:
+            gstates[0][:, layer] = (ws["partials"][0].sum(axis=0) + ws["dh_direct"]).T

@@ -109,22 +109,24 @@ def _column_sums(matrix, out):
 
 
 # ---------------------------------------------------------------------------------------------
-# cells: one thread per (n, j); `t > 0` says whether h_{t-1} (and `recurrent`) exist, and in
-# backward `has_next` says whether step t+1 passed a gradient back (else it is zero).
+# cells: one thread per (n, j); `has_prev` says whether h_{t-1} (and `recurrent`) exist (t > 0,
+# or an initial state), and in backward `has_next` says whether step t+1 passed a gradient back
+# (else it is zero). `h_prev` / `c_prev` (N, H) are the previous step's states: at step 0 the
+# initial states (zeros without them).
 # ---------------------------------------------------------------------------------------------
 
 # rnn (tanh): h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). `hidden` holds the projection
 # and is activated in place; backward needs only h (tanh' = 1 - h^2).
 
 @cuda.jit
-def _rnn_step(t, hidden, recurrent, b_ih, b_hh):
+def _rnn_step(t, has_prev, hidden, recurrent, b_ih, b_hh):
     i = cuda.grid(1)
     _, batch, size = hidden.shape
     if i < batch * size:
         n = i // size
         j = i % size
         v = hidden[t, n, j] + b_ih[j] + b_hh[j]
-        if t > 0:
+        if has_prev:
             v += recurrent[n, j]
         hidden[t, n, j] = math.tanh(v)
 
@@ -147,7 +149,7 @@ def _rnn_step_backward(t, has_next, hidden, dhidden, dh_recurrent, dgates):
 # projection and is overwritten with the activated gates.
 
 @cuda.jit
-def _lstm_step(t, gates, recurrent, b_ih, b_hh, cells, hidden):
+def _lstm_step(t, has_prev, gates, recurrent, b_ih, b_hh, c_prev, cells, hidden):
     i = cuda.grid(1)
     _, batch, size = hidden.shape
     if i < batch * size:
@@ -157,7 +159,7 @@ def _lstm_step(t, gates, recurrent, b_ih, b_hh, cells, hidden):
         pre_f = gates[t, n, size + j] + b_ih[size + j] + b_hh[size + j]
         pre_g = gates[t, n, 2 * size + j] + b_ih[2 * size + j] + b_hh[2 * size + j]
         pre_o = gates[t, n, 3 * size + j] + b_ih[3 * size + j] + b_hh[3 * size + j]
-        if t > 0:
+        if has_prev:
             pre_i += recurrent[n, j]
             pre_f += recurrent[n, size + j]
             pre_g += recurrent[n, 2 * size + j]
@@ -166,9 +168,7 @@ def _lstm_step(t, gates, recurrent, b_ih, b_hh, cells, hidden):
         gf = _sigmoid(pre_f)
         gg = math.tanh(pre_g)
         go = _sigmoid(pre_o)
-        c = gi * gg
-        if t > 0:
-            c += gf * cells[t - 1, n, j]
+        c = gi * gg + gf * c_prev[n, j]
         gates[t, n, j] = gi
         gates[t, n, size + j] = gf
         gates[t, n, 2 * size + j] = gg
@@ -178,7 +178,7 @@ def _lstm_step(t, gates, recurrent, b_ih, b_hh, cells, hidden):
 
 
 @cuda.jit
-def _lstm_step_backward(t, has_next, gates, cells, dhidden, dh_recurrent, dcell, dgates):
+def _lstm_step_backward(t, has_next, gates, c_prev, cells, dhidden, dh_recurrent, dcell, dgates):
     i = cuda.grid(1)
     _, batch, size = cells.shape
     if i < batch * size:
@@ -189,7 +189,6 @@ def _lstm_step_backward(t, has_next, gates, cells, dhidden, dh_recurrent, dcell,
         gg = gates[t, n, 2 * size + j]
         go = gates[t, n, 3 * size + j]
         tanh_c = math.tanh(cells[t, n, j])
-        c_prev = cells[t - 1, n, j] if t > 0 else float32(0)
         dh = dhidden[t, n, j]
         if has_next:
             dh += dh_recurrent[n, j]
@@ -197,7 +196,7 @@ def _lstm_step_backward(t, has_next, gates, cells, dhidden, dh_recurrent, dcell,
         if has_next:
             dc += dcell[n, j]
         dgates[t, n, j] = dc * gg * gi * (float32(1) - gi)
-        dgates[t, n, size + j] = dc * c_prev * gf * (float32(1) - gf)
+        dgates[t, n, size + j] = dc * c_prev[n, j] * gf * (float32(1) - gf)
         dgates[t, n, 2 * size + j] = dc * gi * (float32(1) - gg * gg)
         dgates[t, n, 3 * size + j] = dh * tanh_c * go * (float32(1) - go)
         # This thread alone reads and writes dcell[n, j]: in place is safe.
@@ -209,7 +208,7 @@ def _lstm_step_backward(t, has_next, gates, cells, dhidden, dh_recurrent, dcell,
 # saves W_hn h + b_hn, which the gradient of r needs.
 
 @cuda.jit
-def _gru_step(t, gates, recurrent, b_ih, b_hh, hidden_proj, hidden):
+def _gru_step(t, has_prev, gates, recurrent, b_ih, b_hh, h_prev, hidden_proj, hidden):
     i = cuda.grid(1)
     _, batch, size = hidden.shape
     if i < batch * size:
@@ -218,12 +217,10 @@ def _gru_step(t, gates, recurrent, b_ih, b_hh, hidden_proj, hidden):
         pre_r = gates[t, n, j] + b_ih[j] + b_hh[j]
         pre_z = gates[t, n, size + j] + b_ih[size + j] + b_hh[size + j]
         hn = b_hh[2 * size + j]
-        h_prev = float32(0)
-        if t > 0:
+        if has_prev:
             pre_r += recurrent[n, j]
             pre_z += recurrent[n, size + j]
             hn += recurrent[n, 2 * size + j]
-            h_prev = hidden[t - 1, n, j]
         r = _sigmoid(pre_r)
         z = _sigmoid(pre_z)
         new = math.tanh(gates[t, n, 2 * size + j] + b_ih[2 * size + j] + r * hn)
@@ -231,28 +228,27 @@ def _gru_step(t, gates, recurrent, b_ih, b_hh, hidden_proj, hidden):
         gates[t, n, size + j] = z
         gates[t, n, 2 * size + j] = new
         hidden_proj[t, n, j] = hn
-        hidden[t, n, j] = (float32(1) - z) * new + z * h_prev
+        hidden[t, n, j] = (float32(1) - z) * new + z * h_prev[n, j]
 
 
 @cuda.jit
-def _gru_step_backward(t, has_next, gates, hidden_proj, hidden, dhidden, dh_recurrent, dh_direct,
+def _gru_step_backward(t, has_next, gates, hidden_proj, h_prev, dhidden, dh_recurrent, dh_direct,
                        dgates_in, dgates_hidden):
     i = cuda.grid(1)
-    _, batch, size = hidden.shape
+    _, batch, size = hidden_proj.shape
     if i < batch * size:
         n = i // size
         j = i % size
         r = gates[t, n, j]
         z = gates[t, n, size + j]
         new = gates[t, n, 2 * size + j]
-        h_prev = hidden[t - 1, n, j] if t > 0 else float32(0)
         dh = dhidden[t, n, j]
         if has_next:
             # dloss/dh_t from step t+1: through W_hh (the GEMM) and directly through z h_t.
             dh += dh_recurrent[n, j] + dh_direct[n, j]
         dnew = dh * (float32(1) - z) * (float32(1) - new * new)
         dr = dnew * hidden_proj[t, n, j] * r * (float32(1) - r)
-        dz = dh * (h_prev - new) * z * (float32(1) - z)
+        dz = dh * (h_prev[n, j] - new) * z * (float32(1) - z)
         dgates_in[t, n, j] = dr
         dgates_in[t, n, size + j] = dz
         dgates_in[t, n, 2 * size + j] = dnew
@@ -267,8 +263,24 @@ def _gru_step_backward(t, has_next, gates, hidden_proj, hidden, dhidden, dh_recu
 # kernels: the layer loop and the batch-first <-> time-major plumbing, shared by rnn/lstm/gru
 # ---------------------------------------------------------------------------------------------
 
+@cuda.jit
+def _add_into(a, b, out):
+    """out = a + b, (N, H) matrices."""
+    i = cuda.grid(1)
+    if i < out.size:
+        n = i // out.shape[1]
+        j = i % out.shape[1]
+        out[n, j] = a[n, j] + b[n, j]
+
+
 class _RecurrentKernel(Kernel):
-    """Stacked recurrent layers with zero initial state; subclasses supply the cell."""
+    """Stacked recurrent layers; subclasses supply the cell.
+
+    The initial states, optional inputs xs[1] (h0) and, for the LSTM, xs[2] (c0), each
+    [N, layers, H] or [N, H] for one layer, are swapped to time major ws["h0"] / ws["c0"]
+    (layers, N, H), zeros without them; step 0 reads them as h_{-1} / c_{-1}. Their gradients
+    are what step 0 sends back (through W_hh, GRU's direct path, LSTM's dc).
+    """
     gate_count = 1      # G: the weights stack G gate blocks of `hidden` rows
 
     def __init__(self, spec):
@@ -277,6 +289,7 @@ class _RecurrentKernel(Kernel):
         self.size = spec.attrs["hidden"]
         self.layers = spec.attrs["layers"]
         self.sequence = spec.attrs["sequence"]
+        self.init = len(spec.in_shapes) > 1         # an initial-state input
         self.cell_grid = blocks_1d(self.batch * self.size)
         self.sum_threads = reduction_threads(self.steps * self.batch)
 
@@ -290,6 +303,8 @@ class _RecurrentKernel(Kernel):
             "dhidden": ((steps, batch, size), "float32"),        # dloss/dh from above, per layer
             "dh_recurrent": ((batch, size), "float32"),          # dloss/dh_{t-1} via W_hh
             "dinputs_time_major": ((steps, batch, self.features), "float32"),
+            "h0": ((self.layers, batch, size), "float32"),       # initial states, time major
+            "dh0": ((self.layers, batch, size), "float32"),
         }
         for layer in range(self.layers):
             ws[f"hidden{layer}"] = ((steps, batch, size), "float32")
@@ -319,8 +334,30 @@ class _RecurrentKernel(Kernel):
     def _grid(self, n):
         return blocks_1d(n), THREADS_1D
 
+    def _batch_first(self, array):
+        """An initial state (or its gradient), [N, layers, H] or [N, H], as (N, layers, H)."""
+        return array.reshape(self.batch, self.layers, self.size)
+
+    def read_initial_states(self, xs, ws):
+        if self.init:
+            _swap_leading_axes[self._grid(ws["h0"].size)](self._batch_first(xs[1]), ws["h0"])
+        else:
+            fill(ws["h0"], 0)
+
+    def write_initial_state_grads(self, gxs, ws):
+        if self.init and gxs[1] is not None:
+            _swap_leading_axes[self._grid(ws["dh0"].size)](ws["dh0"], self._batch_first(gxs[1]))
+
+    def initial_state_grads(self, layer, ws):
+        """dloss/dh_{-1} of `layer` into ws["dh0"][layer], after its step 0 (backward_step)."""
+        ws["dh0"][layer].copy_to_device(ws["dh_recurrent"])
+
+    def h_prev(self, layer, t, ws):
+        return ws[f"hidden{layer}"][t - 1] if t > 0 else ws["h0"][layer]
+
     def forward(self, ctx, xs, params, out, ws):
         inputs = ws["inputs_time_major"]
+        self.read_initial_states(xs, ws)
         _swap_leading_axes[self._grid(inputs.size)](xs[0], inputs)
         rows = self.steps * self.batch
         for layer in range(self.layers):
@@ -330,8 +367,8 @@ class _RecurrentKernel(Kernel):
                  projected.reshape(rows, projected.shape[2]), trans_b=True)
             hidden = ws[f"hidden{layer}"]
             for t in range(self.steps):
-                if t > 0:
-                    gemm(hidden[t - 1], w_hh, ws["recurrent"], trans_b=True)
+                if t > 0 or self.init:
+                    gemm(self.h_prev(layer, t, ws), w_hh, ws["recurrent"], trans_b=True)
                 self.forward_step(layer, t, params, ws)
             inputs = hidden
         if self.sequence:
@@ -352,14 +389,17 @@ class _RecurrentKernel(Kernel):
             dgates_hidden = self.hidden_gate_grads(ws)
             for t in range(self.steps - 1, -1, -1):
                 self.backward_step(layer, t, params, ws)
-                if t > 0:
+                if t > 0 or self.init:
                     gemm(dgates_hidden[t], w_hh, ws["dh_recurrent"])
+            if self.init:
+                self.initial_state_grads(layer, ws)
             inputs = ws["inputs_time_major"] if layer == 0 else ws[f"hidden{layer - 1}"]
             # The layer below reads its dloss/dh from dhidden, which this layer no longer needs.
             dinputs = ws["dinputs_time_major"] if layer == 0 else dhidden
             self._layer_grads(layer, inputs, ws, params, gparams, dinputs, layer > 0 or want_dx)
         if want_dx:
             _swap_leading_axes[self._grid(gxs[0].size)](ws["dinputs_time_major"], gxs[0])
+        self.write_initial_state_grads(gxs, ws)
 
     def _layer_grads(self, layer, inputs, ws, params, gparams, dinputs, want_dinputs):
         """Parameter and input gradients of one layer from its per-step gate gradients."""
@@ -372,12 +412,14 @@ class _RecurrentKernel(Kernel):
             gemm(flat_in, inputs.reshape(rows, inputs.shape[2]), gw_ih, trans_a=True)
         gw_hh = gparams.get(f"weight_hh_l{layer}")
         if gw_hh is not None:
-            # h_{t-1} multiplies step t's gates; the initial state is zero, so step 0 adds nothing.
+            # h_{t-1} multiplies step t's gates; a zero initial state adds nothing at step 0.
             if self.steps > 1:
                 flat_h = ws[f"hidden{layer}"].reshape(rows, self.size)
                 gemm(flat_hidden[self.batch:], flat_h[:rows - self.batch], gw_hh, trans_a=True)
             else:
                 fill(gw_hh, 0)
+            if self.init:
+                gemm(flat_hidden[:self.batch], ws["h0"][layer], gw_hh, trans_a=True, beta=1.0)
         for name, flat in ((f"bias_ih_l{layer}", flat_in), (f"bias_hh_l{layer}", flat_hidden)):
             gbias = gparams.get(name)
             if gbias is not None:
@@ -398,7 +440,7 @@ class RNNKernel(_RecurrentKernel):
         return ws[f"hidden{layer}"]
 
     def forward_step(self, layer, t, params, ws):
-        _rnn_step[self.cell_grid, THREADS_1D](t, ws[f"hidden{layer}"], ws["recurrent"],
+        _rnn_step[self.cell_grid, THREADS_1D](t, t > 0 or self.init, ws[f"hidden{layer}"], ws["recurrent"],
                                               *self.biases(params, layer))
 
     def backward_step(self, layer, t, params, ws):
@@ -412,7 +454,9 @@ class LSTMKernel(_RecurrentKernel):
 
     def cell_workspace(self):
         shape = (self.steps, self.batch, self.size)
-        ws = {"dcell": ((self.batch, self.size), "float32")}
+        ws = {"dcell": ((self.batch, self.size), "float32"),
+              "c0": ((self.layers, self.batch, self.size), "float32"),    # time major
+              "dc0": ((self.layers, self.batch, self.size), "float32")}
         for layer in range(self.layers):
             ws[f"gates{layer}"] = ((self.steps, self.batch, 4 * self.size), "float32")
             ws[f"cells{layer}"] = (shape, "float32")
@@ -421,15 +465,35 @@ class LSTMKernel(_RecurrentKernel):
     def projection(self, layer, ws):
         return ws[f"gates{layer}"]
 
+    def c_prev(self, layer, t, ws):
+        return ws[f"cells{layer}"][t - 1] if t > 0 else ws["c0"][layer]
+
+    def read_initial_states(self, xs, ws):
+        super().read_initial_states(xs, ws)
+        if len(xs) > 2:
+            _swap_leading_axes[self._grid(ws["c0"].size)](self._batch_first(xs[2]), ws["c0"])
+        else:                           # no c0 (h0 alone or no initial state): zero
+            fill(ws["c0"], 0)
+
+    def initial_state_grads(self, layer, ws):
+        super().initial_state_grads(layer, ws)
+        ws["dc0"][layer].copy_to_device(ws["dcell"])
+
+    def write_initial_state_grads(self, gxs, ws):
+        super().write_initial_state_grads(gxs, ws)
+        if len(gxs) > 2 and gxs[2] is not None:
+            _swap_leading_axes[self._grid(ws["dc0"].size)](ws["dc0"], self._batch_first(gxs[2]))
+
     def forward_step(self, layer, t, params, ws):
-        _lstm_step[self.cell_grid, THREADS_1D](t, ws[f"gates{layer}"], ws["recurrent"],
-                                               *self.biases(params, layer), ws[f"cells{layer}"],
+        _lstm_step[self.cell_grid, THREADS_1D](t, t > 0 or self.init, ws[f"gates{layer}"],
+                                               ws["recurrent"], *self.biases(params, layer),
+                                               self.c_prev(layer, t, ws), ws[f"cells{layer}"],
                                                ws[f"hidden{layer}"])
 
     def backward_step(self, layer, t, params, ws):
         _lstm_step_backward[self.cell_grid, THREADS_1D](
-            t, t < self.steps - 1, ws[f"gates{layer}"], ws[f"cells{layer}"], ws["dhidden"],
-            ws["dh_recurrent"], ws["dcell"], ws["dgates"])
+            t, t < self.steps - 1, ws[f"gates{layer}"], self.c_prev(layer, t, ws), ws[f"cells{layer}"],
+            ws["dhidden"], ws["dh_recurrent"], ws["dcell"], ws["dgates"])
 
 
 @register("cuda", "gru")
@@ -454,11 +518,17 @@ class GRUKernel(_RecurrentKernel):
         return ws["dgates_hidden"]
 
     def forward_step(self, layer, t, params, ws):
-        _gru_step[self.cell_grid, THREADS_1D](t, ws[f"gates{layer}"], ws["recurrent"],
-                                              *self.biases(params, layer), ws[f"hidden_proj{layer}"],
+        _gru_step[self.cell_grid, THREADS_1D](t, t > 0 or self.init, ws[f"gates{layer}"],
+                                              ws["recurrent"], *self.biases(params, layer),
+                                              self.h_prev(layer, t, ws), ws[f"hidden_proj{layer}"],
                                               ws[f"hidden{layer}"])
 
     def backward_step(self, layer, t, params, ws):
         _gru_step_backward[self.cell_grid, THREADS_1D](
-            t, t < self.steps - 1, ws[f"gates{layer}"], ws[f"hidden_proj{layer}"], ws[f"hidden{layer}"],
-            ws["dhidden"], ws["dh_recurrent"], ws["dh_direct"], ws["dgates"], ws["dgates_hidden"])
+            t, t < self.steps - 1, ws[f"gates{layer}"], ws[f"hidden_proj{layer}"],
+            self.h_prev(layer, t, ws), ws["dhidden"], ws["dh_recurrent"], ws["dh_direct"],
+            ws["dgates"], ws["dgates_hidden"])
+
+    def initial_state_grads(self, layer, ws):
+        # dloss/dh_{-1}: through W_hh (dh_recurrent) and directly through z h_{-1} (dh_direct)
+        _add_into[self.cell_grid, THREADS_1D](ws["dh_recurrent"], ws["dh_direct"], ws["dh0"][layer])
