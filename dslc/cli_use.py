@@ -469,6 +469,7 @@ def plot_command(args) -> int:
     _check_output_path(args.output, ".png", [args.metrics])
     records, runs = read_metrics(args.metrics)
     plt = _pyplot("plot")
+    from matplotlib.ticker import MaxNLocator
     epochs = [r["epoch"] for r in records]
 
     def series(key):
@@ -493,6 +494,7 @@ def plot_command(args) -> int:
                 pts = [(r["epoch"], r["train_terms"][t]) for r in records if t in (r.get("train_terms") or {})]
                 ax.plot([e for e, _ in pts], [v for _, v in pts], ":", linewidth=1, label=f"train {t}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
