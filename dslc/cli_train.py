@@ -20,11 +20,12 @@ import json
 import os
 import sys
 import time
+import zipfile
 
 from .compiler import UsageError, compile_file, parse_override
 from .ops import OPS
 from .runtime.checkpoint import load_checkpoint
-from .runtime.data import BUILTIN_DATASETS, load_dataset, mnist_test_set
+from .runtime.data import BUILTIN_DATASETS, InputSpec, load_dataset, load_inputs, mnist_test_set
 from .runtime.errors import CheckpointError, RuntimeUserError
 from .runtime.model import Model
 from .runtime.plan import concrete
@@ -38,6 +39,7 @@ from .runtime.train import (
     Trainer,
     check_output_file,
     data_roles,
+    loss_terms,
 )
 from .summary import totals
 
@@ -51,29 +53,73 @@ def _log(line):
     print(line, file=sys.stderr)
 
 
-def _data_shapes(net, log=lambda s: None) -> dict:
-    """load_dataset's keyword arguments describing one sample of the network's data."""
-    x_name, y_name = data_roles(net)
-    symbols = dict(net.symbols)
-    for k, v in symbols.items():
-        if v is None:      # a sequence length nobody set: data windows need a number
-            symbols[k] = DEFAULT_SEQUENCE_LENGTH
-            log(f"{k} is not set; using {k} = {DEFAULT_SEQUENCE_LENGTH} (change it with --set {k}=...)")
-    xt, yt = net.node(x_name).type, net.node(y_name).type
-    classes = None
-    loss_term = net.node(net.node(net.loss).inputs[0])
-    if OPS[loss_term.op].classifies:
-        logits = net.node(loss_term.inputs[0]).type
-        classes = logits.shape[loss_term.attrs.get("class_axis", 1)]
-    # integer inputs are ids that embeddings look up: data ids must be below the smallest vocabulary
-    vocabs = [d.attrs["vocab"] for d in net.nodes() if d.op == "embed" and x_name in d.inputs]
-    return dict(x_shape=concrete(xt.shape[1:], 1, symbols), x_dtype=xt.dtype,
-                y_shape=concrete(yt.shape[1:], 1, symbols), y_dtype=yt.dtype, classes=classes,
-                x_classes=min(vocabs, default=None))
+class _DataSpec:
+    """What a network's data must be. `inputs`: each input's InputSpec, for data named by input
+    (load_inputs). `classic`: load_dataset's keyword arguments for the x/y sources (digits,
+    MNIST, text, x/y .npz), where the network has one data input (`x`) and at most one label
+    (`y`); else None. `classes`: the class count of the label, when a loss classifies it."""
+
+    def __init__(self, net, log=lambda s: None):
+        self.x, self.y = data_roles(net)
+        symbols = dict(net.symbols)
+        for k, v in symbols.items():
+            if v is None:      # a sequence length nobody set: data windows need a number
+                symbols[k] = DEFAULT_SEQUENCE_LENGTH
+                log(f"{k} is not set; using {k} = {DEFAULT_SEQUENCE_LENGTH} (change it with --set {k}=...)")
+        # An integer input holds class labels (a classifying loss's target: below its class count)
+        # or ids an embedding looks up (below the smallest vocabulary).
+        classes_of, targets = {}, set()
+        for t in loss_terms(net):
+            term = net.node(t)
+            if len(term.inputs) > 1:
+                targets.add(term.inputs[1])
+            if OPS[term.op].classifies:
+                logits = net.node(term.inputs[0]).type
+                classes_of.setdefault(term.inputs[1], logits.shape[term.attrs.get("class_axis", 1)])
+        for d in net.nodes():
+            if d.op == "embed":
+                for i in d.inputs:
+                    if i in net.inputs:
+                        classes_of[i] = min(classes_of.get(i, d.attrs["vocab"]), d.attrs["vocab"])
+        self.label = self.y if self.y is not None else next(
+            (i for i in net.inputs if i in classes_of and i in targets), None)
+        self.classes = classes_of.get(self.label) if self.label is not None and self.label in targets else None
+        self.inputs = {}
+        for name in net.inputs:
+            t = net.node(name).type
+            self.inputs[name] = InputSpec(concrete(t.shape[1:], 1, symbols), t.dtype,
+                                          classes_of.get(name) if t.dtype == "int64" else None, name in targets)
+        self.classic = None
+        if self.x is not None:
+            xs = self.inputs[self.x]
+            # without a label input (an autoencoder) the source's labels are read and not used
+            ys = self.inputs[self.y] if self.y is not None else InputSpec((), "int64")
+            self.classic = dict(x_shape=xs.shape, x_dtype=xs.dtype, y_shape=ys.shape, y_dtype=ys.dtype,
+                                classes=self.classes, x_classes=xs.classes)
+
+    def load(self, source, *, val_fraction, seed, limit, vocab=None):
+        """(train, validation) from `source`, as load_dataset / load_inputs split it."""
+        if self.classic is not None and not self._named_npz(source):
+            return load_dataset(source, val_fraction=val_fraction, seed=seed, limit=limit, vocab=vocab,
+                                **self.classic)
+        return load_inputs(source, self.inputs, val_fraction=val_fraction, seed=seed, limit=limit,
+                           shorthand=(self.x, self.y), classes_of=self.label)
+
+    def _named_npz(self, source) -> bool:
+        """Whether `source` is an .npz whose arrays are named like the network's inputs (or, for
+        a network without a label, holds `x` only), rather than an x/y pair."""
+        if not source.endswith(".npz") or not os.path.isfile(source):
+            return False
+        try:
+            with zipfile.ZipFile(source) as z:
+                names = {n[:-4] for n in z.namelist() if n.endswith(".npy")}
+        except (OSError, zipfile.BadZipFile):
+            return False            # load_dataset says what is wrong with it
+        return bool(names & set(self.inputs)) or self.y is None
 
 
-def _check_vocab(train, shapes):
-    classes = shapes["classes"]
+def _check_vocab(train, spec):
+    classes = spec.classes
     if train.classes is not None and classes is not None and train.vocab is not None and train.classes > classes:
         raise RuntimeUserError(f"the text has {train.classes} distinct characters but the network predicts {classes}",
                                f"compile with --set vocab={train.classes}")
@@ -85,22 +131,22 @@ def _datasets(net, source, cfg, limit, log=lambda s: None, val_source=None):
     With `val_source` the whole of `source` trains and the whole of `val_source` validates; a
     --data directory holding MNIST's train and t10k pairs validates on t10k; otherwise
     cfg.val_fraction of `source` is held out."""
-    shapes = _data_shapes(net, log)
+    spec = _DataSpec(net, log)
     auto = None
     if val_source is None:
         auto = val_source = mnist_test_set(source)
     else:
         val_source = mnist_test_set(val_source) or val_source
     if val_source is None:
-        train, val = load_dataset(source, val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, **shapes)
-        _check_vocab(train, shapes)
+        train, val = spec.load(source, val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit)
+        _check_vocab(train, spec)
         if not len(val):
             return train, val, "no validation", None
         how = "the end" if train.vocab is not None else "random"
         return train, val, f"{cfg.val_fraction:.0%} of {train.name} held out, {how}", None
-    train, _ = load_dataset(source, val_fraction=0, seed=cfg.seed, limit=limit, **shapes)
-    _check_vocab(train, shapes)
-    val, _ = load_dataset(val_source, val_fraction=0, seed=cfg.seed, limit=limit, vocab=train.vocab, **shapes)
+    train, _ = spec.load(source, val_fraction=0, seed=cfg.seed, limit=limit)
+    _check_vocab(train, spec)
+    val, _ = spec.load(val_source, val_fraction=0, seed=cfg.seed, limit=limit, vocab=train.vocab)
     where = f"{val.name}, the test set beside the training set" if auto else val_source
     return train, val, where, val_source
 
@@ -274,7 +320,7 @@ def _eval_data(args, meta, net, cfg, weights):
         _log(f"scoring the validation split of {source} that {weights} was trained with (give --data for another)")
     else:
         source, whole = "digits", False
-    shapes = _data_shapes(net)
+    spec = _DataSpec(net)
     vocab = meta.get("vocab") if isinstance(meta.get("vocab"), str) else None
     limit = args.limit
     if limit is None and args.data is None:     # the samples the run drew (--limit) decide what it validated on
@@ -283,14 +329,14 @@ def _eval_data(args, meta, net, cfg, weights):
         _log(f"note: {weights} was trained on {args.data}: scoring all of it includes its training samples "
              "(leave --data out to score the validation split the run held out)")
     if whole:
-        ds, _ = load_dataset(source, val_fraction=0, seed=cfg.seed, limit=limit, vocab=vocab, **shapes)
+        ds, _ = spec.load(source, val_fraction=0, seed=cfg.seed, limit=limit, vocab=vocab)
         what = f"all {len(ds)} samples" if limit is None else f"{len(ds)} samples, --limit {limit}"
         return ds, source, what
     # The split the run held out, when the checkpoint was trained on this source: the same seed
     # and fraction (from its settings) and the same --limit, which decides which samples were drawn.
     if args.limit is None and recorded.get("data") == source:
         limit = recorded.get("limit")
-    _, ds = load_dataset(source, val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, vocab=vocab, **shapes)
+    _, ds = spec.load(source, val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, vocab=vocab)
     return ds, source, f"validation split, {len(ds)} samples"
 
 

@@ -2,10 +2,12 @@
 
 A source is a built-in name or a path:
   "digits"     scikit-learn's bundled 8x8 handwritten digits (no download), 1797 samples;
-  "synthetic"  random inputs and labels/targets of the network's shapes, for benchmarks;
+  "synthetic"  random data for each of the network's inputs (labels and ids below their class
+               count or vocabulary), for benchmarks;
   "chars"      the character corpus in runtime/corpus/corpus.txt, for language models;
   *.txt        any UTF-8 text, as a character corpus;
-  *.npz        arrays `x` (inputs) and `y` (labels or targets), used as they are;
+  *.npz        one array per network input, named like the input (load_inputs), used as it
+               is; for a network with one data input and a label, `x` and `y` may stand for them;
   MNIST idx    an images file such as train-images-idx3-ubyte (optionally .gz) with its labels
                file next to it, or a directory holding such a pair.
 Image sources (digits, idx) are scaled to [0, 1] and resized to the network's input; .npz data
@@ -49,21 +51,50 @@ _IDX_NAME = re.compile(r"[.-]idx[1-4]-ubyte(\.gz)?$")
 _IDX_IMAGES_NAME = re.compile(r"images[.-]idx3-ubyte(\.gz)?$")
 
 
-@dataclass
 class Dataset:
-    """Samples along axis 0: x float32 or int64, y int64 class labels or float32 targets.
+    """Samples along axis 0 of named arrays, one per network input (`arrays`), or the shorthand
+    of a one-input network: `x` (inputs, float32 or int64) and `y` (int64 class labels or
+    float32 targets), which the trainer binds to the network's data input and its label.
 
-    classes: number of classes of integer labels (None for float targets). vocab: for text
-    datasets, the characters whose ids the samples hold (id i is vocab[i]).
+    A name that is one of the network's inputs binds to that input; `x` and `y` that are not
+    input names are the shorthand. classes: number of classes of integer labels (None for float
+    targets). vocab: for text datasets, the characters whose ids the samples hold (id i is vocab[i]).
     """
-    x: np.ndarray
-    y: np.ndarray
-    name: str
-    classes: int | None
-    vocab: str | None = None
+
+    def __init__(self, x=None, y=None, name: str = "arrays", classes: int | None = None,
+                 vocab: str | None = None, *, arrays: dict | None = None):
+        if arrays is None:
+            arrays = {k: v for k, v in (("x", x), ("y", y)) if v is not None}
+        elif x is not None or y is not None:
+            raise ValueError("give either x and y or arrays, not both")
+        self.arrays = dict(arrays)
+        self.name, self.classes, self.vocab = name, classes, vocab
+
+    @property
+    def x(self):
+        return self.arrays.get("x")
+
+    @property
+    def y(self):
+        return self.arrays.get("y")
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in self.arrays.items())
+        return f"Dataset({self.name!r}, {shapes})"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One network input as data must give it: the shape of one sample, the dtype, and for an
+    integer input the number of ids or classes it may hold (None: not known). `target`: a loss
+    compares against it (synthetic float targets are drawn in [0, 1), valid for mse and bce)."""
+    shape: tuple
+    dtype: str
+    classes: int | None = None
+    target: bool = False
 
 
 def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y_dtype: str,
@@ -105,6 +136,109 @@ def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y
     return _checked_ids(_from_path(source, shapes, val_fraction, seed, limit), shapes)
 
 
+def load_inputs(source: str, inputs: dict, *, val_fraction: float = 0.2, seed: int = 0,
+                limit: int | None = None, shorthand: tuple = (None, None),
+                classes_of: str | None = None) -> tuple[Dataset, Dataset]:
+    """(train, validation) for a network with any inputs: `inputs` maps each input's name to
+    its InputSpec. `source` is "synthetic" (random data for every input: floats ~ N(0, 1),
+    float targets uniform in [0, 1), integer inputs uniform below their class count) or an .npz
+    file holding one array per input, named like the input; `shorthand` (data input, label
+    input), where the network has them, lets arrays `x` and `y` stand for those two.
+    `classes_of`: the label input whose class count the datasets report. Splitting and `limit`
+    are load_dataset's."""
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}",
+                        "give a fraction such as 0.2, or 0 to train on every sample")
+    if limit is not None and limit < 1:
+        raise DataError(f"sample limit must be at least 1, got {limit}",
+                        "give a positive number of samples, or no limit")
+    names = ", ".join(inputs)
+    if source == "synthetic":
+        rng = np.random.default_rng(seed)
+        n = limit or SYNTHETIC_SAMPLES
+        arrays = {}
+        for name, spec in inputs.items():
+            shape = (n, *spec.shape)
+            if spec.dtype == "int64":
+                arrays[name] = rng.integers(0, spec.classes or SYNTHETIC_CLASSES, size=shape, dtype=np.int64)
+            elif spec.target:
+                arrays[name] = rng.random(shape, dtype=np.float32)
+            else:
+                arrays[name] = rng.standard_normal(shape, dtype=np.float32)
+        ds = Dataset(name="synthetic", arrays=arrays, classes=_classes(inputs, classes_of, arrays))
+        return _split_random(ds, val_fraction, seed, None)
+    if not source.endswith(".npz") or source in BUILTIN_DATASETS:
+        raise DataError(f"dataset '{source}' gives one input and its labels (x and y), but this network has the "
+                        f"inputs {names}",
+                        f"give an .npz file holding one array per input, named {names} "
+                        f"(numpy.savez(path, {', '.join(f'{k}=...' for k in inputs)})), or --data synthetic")
+    if not os.path.exists(source):
+        raise DataError(f"dataset '{source}' not found: there is no such file or directory", _SOURCES_HINT)
+    _check_regular_file(source)
+    arrays = _npz_inputs(source, inputs, shorthand)
+    ds = Dataset(name=os.path.basename(source), arrays=arrays, classes=_classes(inputs, classes_of, arrays))
+    return _split_random(ds, val_fraction, seed, limit)
+
+
+def _classes(inputs: dict, classes_of: str | None, arrays: dict) -> int | None:
+    if classes_of is None or classes_of not in inputs or inputs[classes_of].dtype != "int64":
+        return None
+    spec = inputs[classes_of]
+    return spec.classes if spec.classes is not None else int(arrays[classes_of].max(initial=-1)) + 1
+
+
+def _npz_inputs(path: str, inputs: dict, shorthand: tuple) -> dict:
+    """One checked array per network input from the .npz at `path`."""
+    file = os.path.basename(path)
+    names = ", ".join(inputs)
+    save = f"numpy.savez(path, {', '.join(f'{k}=...' for k in inputs)})"
+    x_name, y_name = shorthand
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(f"dataset '{path}' is a single array (a .npy file), not an .npz archive",
+                            f"save one array per input together: {save}")
+        with loaded as archive:
+            keys = {}
+            for name in inputs:
+                alias = "x" if name == x_name else "y" if name == y_name else None
+                key = name if name in archive.files else alias if alias in archive.files else None
+                if key is None:
+                    raise DataError(f"`{name}` is missing from {file}: the network's inputs are {names} "
+                                    f"({file} holds: {', '.join(archive.files) or 'nothing'})",
+                                    f"save an array named `{name}` with the others: {save}")
+                keys[name] = key
+            for key in keys.values():
+                _check_member_size(archive, key, path)
+            raw = {name: archive[key] for name, key in keys.items()}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"dataset '{path}' could not be read as an .npz archive ({err})",
+                        f"save it with {save} from numeric arrays") from err
+    arrays, first = {}, None
+    for name, arr in raw.items():
+        spec, key = inputs[name], keys[name]
+        label = f"`{name}`" if key == name else f"{key} (input `{name}`)"
+        if arr.ndim == 0:
+            raise DataError(f"{label} in {file} is a single number (a 0-d array), not one entry per sample",
+                            f"save an array whose first axis is the samples: {key} of shape (N, ...)")
+        if first is not None and len(arr) != len(raw[first]):
+            raise DataError(f"{label} in {file} has {len(arr)} samples but `{first}` has {len(raw[first])}",
+                            "every input array needs one entry per sample, in the same order")
+        first = first or name
+        arrays[name] = _checked_array(arr, key, file, spec.shape, spec.dtype, f"input `{name}`")
+        if spec.dtype == "int64" and arr.size:
+            low, high = int(arrays[name].min()), int(arrays[name].max())
+            if low < 0:
+                raise DataError(f"{label} in {file} holds a negative id or class ({low})",
+                                f"integer inputs hold class labels or token ids 0, 1, ..., {spec.classes or 'n'} - 1")
+            if spec.classes is not None and high >= spec.classes:
+                raise DataError(f"{label} in {file} holds values up to {high}, but the network takes values "
+                                f"below {spec.classes} there",
+                                f"use values below {spec.classes}, or give the network {high + 1} classes "
+                                "(or a vocabulary that large)")
+    return arrays
+
+
 def _from_path(source: str, shapes: "_NetworkShapes", val_fraction: float, seed: int,
                limit: int | None) -> tuple[Dataset, Dataset]:
 
@@ -125,23 +259,27 @@ def _from_path(source: str, shapes: "_NetworkShapes", val_fraction: float, seed:
                     "MNIST idx name", _SOURCES_HINT)
 
 
-def batches(ds: Dataset, batch: int, *, shuffle: bool, rng: np.random.Generator,
-            drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(x, y) batches of `batch` samples covering `ds` once, in a random order drawn from
-    `rng` when `shuffle`. The last, smaller batch is dropped when `drop_last`. Arrays are
-    C-contiguous; without shuffling they are views of the dataset, so do not modify them."""
+def named_batches(ds: Dataset, batch: int, *, shuffle: bool, rng: np.random.Generator,
+                  drop_last: bool = False) -> Iterator[dict]:
+    """Batches of `batch` samples covering `ds` once, each a dict of its arrays by name, in a
+    random order drawn from `rng` when `shuffle` (one permutation per call, whatever the number
+    of arrays). The last, smaller batch is dropped when `drop_last`. Arrays are C-contiguous;
+    without shuffling they are views of the dataset, so do not modify them."""
     if batch < 1:
         raise ValueError(f"batch size must be at least 1, got {batch}")
     n = len(ds)
     order = rng.permutation(n) if shuffle else None
     stop = n - n % batch if drop_last else n
     for start in range(0, stop, batch):
-        if order is None:
-            xb, yb = ds.x[start:start + batch], ds.y[start:start + batch]
-        else:
-            picked = order[start:start + batch]
-            xb, yb = ds.x[picked], ds.y[picked]
-        yield np.ascontiguousarray(xb), np.ascontiguousarray(yb)
+        index = slice(start, start + batch) if order is None else order[start:start + batch]
+        yield {k: np.ascontiguousarray(v[index]) for k, v in ds.arrays.items()}
+
+
+def batches(ds: Dataset, batch: int, *, shuffle: bool, rng: np.random.Generator,
+            drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(x, y) batches of an x/y dataset, as named_batches draws them."""
+    for b in named_batches(ds, batch, shuffle=shuffle, rng=rng, drop_last=drop_last):
+        yield b.get("x"), b.get("y")
 
 
 @dataclass(frozen=True)
@@ -198,8 +336,8 @@ def _checked_ids(split: tuple[Dataset, Dataset], shapes: "_NetworkShapes") -> tu
 # Splitting
 
 def _subset(ds: Dataset, index) -> Dataset:
-    return Dataset(np.ascontiguousarray(ds.x[index]), np.ascontiguousarray(ds.y[index]), ds.name,
-                   ds.classes, ds.vocab)
+    return Dataset(name=ds.name, classes=ds.classes, vocab=ds.vocab,
+                   arrays={k: np.ascontiguousarray(v[index]) for k, v in ds.arrays.items()})
 
 
 def _validation_size(ds: Dataset, n: int, val_fraction: float) -> int:

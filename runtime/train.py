@@ -24,7 +24,7 @@ from dslc.ops import OPS
 from .augment import Augment
 from .checkpoint import load_checkpoint, rng_from_arrays, rng_state_to_arrays, save_checkpoint
 from .compile_watch import CompileWatch
-from .data import Dataset, batches
+from .data import Dataset, named_batches
 from .errors import CheckpointError, RuntimeUserError
 from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's settings)
 from .optim import make_schedule
@@ -55,18 +55,42 @@ def _silent(_line):
     pass
 
 
+def loss_terms(net) -> list:
+    """The nodes of the loss's terms, in the order the `loss` statement writes them."""
+    node = net.node(net.loss)
+    return list(node.inputs) if node.op == "loss_sum" else [net.loss]
+
+
 def data_roles(net):
-    """(x input, y input): the label is what the first loss term compares against."""
+    """(data input, label input) that the x/y shorthand of one-input data stands for: the
+    label is what the first loss term compares against when that is an input, the data input
+    the one other input. The label is None when the network has none (an autoencoder's loss
+    compares with its own input); both are None when the network's inputs are not one data
+    input and at most one label (its data must then name every input)."""
     if net.loss is None:
         raise RuntimeUserError(f"network `{net.name}` has no `loss` statement, so it cannot be trained",
                                "add e.g. `loss cross_entropy(logits, label)`")
-    first_term = net.node(net.loss).inputs[0]
-    label = net.node(first_term).inputs[1]
+    first = net.node(loss_terms(net)[0])
+    label = first.inputs[1] if len(first.inputs) > 1 else None
+    if label is not None and net.node(label).op != "input":
+        label = None
     others = [i for i in net.inputs if i != label]
-    if net.node(label).op != "input" or len(others) != 1:
-        raise RuntimeUserError("`dslc run` trains networks with one data input and one label input",
-                               f"this network has inputs {', '.join(net.inputs)}; use the Python API for others")
-    return others[0], label
+    if len(others) == 1:
+        return others[0], label
+    if not others:                  # the loss compares with the only input: it is the data
+        return label, None
+    return None, None
+
+
+def term_names(net) -> list:
+    """A name for each loss term, for metrics: its op (cross_entropy, smooth_l1, ...), numbered
+    from the second of the same op on (mse, mse_2)."""
+    names, seen = [], {}
+    for t in loss_terms(net):
+        op = net.node(t).op
+        seen[op] = seen.get(op, 0) + 1
+        names.append(op if seen[op] == 1 else f"{op}_{seen[op]}")
+    return names
 
 
 class Trainer:
@@ -80,6 +104,9 @@ class Trainer:
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
         self.net = model.net
         self.x_name, self.y_name = data_roles(self.net)
+        self._check_data(train, "training")
+        if val is not None:
+            self._check_data(val, "validation")
         self.progress, self.metrics_path, self.checkpoint_dir = progress, metrics_path, checkpoint_dir
         # Without progress, nothing is printed unless the caller gives a log (Model.fit(progress=False)).
         self.log = log if log is not None else (print if progress else _silent)
@@ -99,9 +126,16 @@ class Trainer:
         self.resume_hint = resume_hint
         self.stopped_early = False
         self._pending_signal = None
-        self.loss_term = self.net.node(self.net.loss).inputs[0]
+        # Accuracy is that of the first term that classifies, against the labels fed to it.
+        terms = loss_terms(self.net)
+        self.terms = terms if len(terms) > 1 else []      # one term is the loss itself
+        self.term_names = term_names(self.net) if self.terms else []
+        classifying = [t for t in terms if OPS[self.net.node(t).op].classifies
+                       and self.net.node(self.net.node(t).inputs[1]).op == "input"]
+        self.loss_term = classifying[0] if classifying else terms[0]
         self.pred_node = self.net.node(self.loss_term).inputs[0]
-        self.classify = OPS[self.net.node(self.loss_term).op].classifies
+        self.classify = bool(classifying)
+        self.label_name = self.net.node(self.loss_term).inputs[1] if classifying else None
         self.class_axis = self.net.node(self.loss_term).attrs.get("class_axis", 1)
         names = model.trainable_names()
         params = {k: model._dev[k] for k in names}
@@ -111,6 +145,10 @@ class Trainer:
         except (ValueError, TypeError) as e:
             raise RuntimeUserError(f"training setting: {e}", "see docs/LANGUAGE.md, section train") from None
         a = cfg.augment
+        if a and self.x_name is None:
+            raise RuntimeUserError(f"`augment` transforms a network's one image input, but `{self.net.name}` has "
+                                   f"the inputs {', '.join(self.net.inputs)}",
+                                   "remove `augment` from the train section (and augment the data before training)")
         self.augment = Augment(int(a.get("crop", 0)), bool(a.get("flip", False)), float(a.get("brightness", 0.0))) \
             if a else None
         self.data_rng = np.random.default_rng([cfg.seed, 1])
@@ -118,15 +156,55 @@ class Trainer:
         model.ctx.rng = np.random.default_rng([cfg.seed, 3])
         self.epoch, self.step_in_epoch = 0, 0
         self.epoch_rng_state = None
-        self.partial = {"loss": 0.0, "correct": 0, "count": 0, "samples": 0}
+        self.partial = self._new_partial()
         self.history = []
 
+    def _new_partial(self):
+        return {"loss": 0.0, "correct": 0, "count": 0, "samples": 0, "terms": [0.0] * len(self.terms)}
+
+    # ---- data --------------------------------------------------------------------------------
+    def _binding(self, keys):
+        """{network input: dataset array name}: an array named like an input feeds it; `x` and
+        `y` not so named stand for the data input and the label (data_roles)."""
+        bind = {k: k for k in keys if k in self.net.inputs}
+        for key, role in (("x", self.x_name), ("y", self.y_name)):
+            if key in keys and key not in bind and role is not None and role not in bind:
+                bind[role] = key
+        return bind
+
+    def _check_data(self, ds, what):
+        """Every network input must be given by `ds`, all with one sample count."""
+        bind = self._binding(ds.arrays)
+        missing = [i for i in self.net.inputs if i not in bind]
+        if missing:
+            shorthand = ""
+            if self.x_name is not None:
+                shorthand = f" (or x for `{self.x_name}`" + (f" and y for `{self.y_name}`)" if self.y_name else ")")
+            raise RuntimeUserError(
+                f"`{missing[0]}` is missing from the {what} data ({ds.name}, which holds "
+                f"{', '.join(ds.arrays) or 'nothing'}): the network's inputs are {', '.join(self.net.inputs)}",
+                f"give one array per input, named like it{shorthand}")
+        sizes = {k: len(ds.arrays[k]) for k in bind.values()}
+        if len(set(sizes.values())) > 1:
+            raise RuntimeUserError(f"the {what} data's arrays have different numbers of samples: "
+                                   + ", ".join(f"{k} {n}" for k, n in sizes.items()),
+                                   "give every array one entry per sample, in the same order")
+
+    def _feeds(self, batch):
+        return {i: batch[k] for i, k in self._binding(batch).items()}
+
+    def _term_values(self):
+        """The loss terms' values of the last forward pass (read before backward)."""
+        plan = self.model._last
+        return [self.model.device.scalar(plan.out[t]) for t in self.terms]
+
     # ---- one step ----------------------------------------------------------------------------
-    def _step(self, xb, yb, lr):
+    def _step(self, feeds, lr):
         m = self.model
-        if self.augment is not None and xb.ndim == 4:
-            xb = self.augment(xb, self.aug_rng)
-        out = m.forward(training=True, **{self.x_name: xb, self.y_name: yb})
+        xb = feeds.get(self.x_name)
+        if self.augment is not None and xb is not None and xb.ndim == 4:
+            feeds = {**feeds, self.x_name: self.augment(xb, self.aug_rng)}
+        out = m.forward(training=True, **feeds)
         loss = out["loss"]
         if not math.isfinite(loss):
             plan = m._last
@@ -136,6 +214,7 @@ class Trainer:
                                    f"the loss is {loss}; {where}",
                                    "lower the learning rate (--lr), add `clip_grad_norm` to the train section, "
                                    "or check the data for NaN values")
+        terms = self._term_values()
         plan = m._last
         plan.backward(m.ctx)
         grads = plan.param_grads
@@ -144,11 +223,12 @@ class Trainer:
         if self.cfg.clip_grad_value:
             m.device.clip_grad_value(grads, self.cfg.clip_grad_value)
         self.opt.step(grads, lr)
-        return loss, out.get(self.net.tensor_name(self.pred_node))
+        return loss, out.get(self.net.tensor_name(self.pred_node)), terms
 
-    def _correct(self, pred, y):
+    def _correct(self, pred, feeds):
         if not self.classify or pred is None:
             return 0, 0
+        y = feeds[self.label_name]
         p = np.argmax(pred, axis=self.class_axis)
         return int(np.sum(p == y)), int(y.size)
 
@@ -175,22 +255,26 @@ class Trainer:
             lr = self.schedule(self.epoch)
             if self.step_in_epoch == 0:
                 self.epoch_rng_state = rng_state_to_arrays(self.data_rng, "data_epoch")
-                self.partial = {"loss": 0.0, "correct": 0, "count": 0, "samples": 0}
+                self.partial = self._new_partial()
             else:   # resuming mid-epoch: replay the epoch's shuffle, then skip what was done
                 self.data_rng = rng_from_arrays(self.epoch_rng_state, "data_epoch")
-            it = batches(self.train, cfg.batch, shuffle=True, rng=self.data_rng, drop_last=drop_last)
+            it = named_batches(self.train, cfg.batch, shuffle=True, rng=self.data_rng, drop_last=drop_last)
             for _ in range(self.step_in_epoch):
                 next(it)
             bar = self._bar(steps)
             t0, seen0 = time.perf_counter(), self.partial["samples"]
             try:
-                for xb, yb in it:
+                for batch in it:
+                    feeds = self._feeds(batch)
+                    size = len(next(iter(feeds.values())))
                     with self.reporting_compiles(bar, "training step"):
-                        loss, pred = self._step(xb, yb, lr)
-                    c, n = self._correct(pred, yb)
+                        loss, pred, terms = self._step(feeds, lr)
+                    c, n = self._correct(pred, feeds)
                     p = self.partial
-                    p["loss"] += loss * len(xb)
-                    p["samples"] += len(xb)
+                    p["loss"] += loss * size
+                    p["samples"] += size
+                    if terms:
+                        p["terms"] = [a + v * size for a, v in zip(p.get("terms") or [0.0] * len(terms), terms)]
                     p["correct"] += c
                     p["count"] += n
                     self.step_in_epoch += 1
@@ -212,6 +296,8 @@ class Trainer:
                       "train_loss": p["loss"] / max(p["samples"], 1),
                       "train_accuracy": (p["correct"] / p["count"]) if p["count"] else None,
                       "samples_per_s": (p["samples"] - seen0) / elapsed}
+            if self.terms:
+                record["train_terms"] = {k: v / max(p["samples"], 1) for k, v in zip(self.term_names, p["terms"])}
             if self.val is not None and len(self.val):
                 with self.reporting_compiles(None, "evaluation"):
                     v = self.evaluate(self.val)
@@ -222,6 +308,8 @@ class Trainer:
                         "check the validation data for NaN or infinite values; otherwise lower the learning "
                         "rate (--lr) or add `clip_grad_norm` to the train section")
                 record["val_loss"], record["val_accuracy"] = v["loss"], v["accuracy"]
+                if self.terms:
+                    record["val_terms"] = v["terms"]
             else:
                 record["val_loss"] = record["val_accuracy"] = None
             self.history.append(record)
@@ -364,12 +452,17 @@ class Trainer:
         total, n, correct = 0.0, 0, {k: 0 for k in topk}
         count = 0
         matrix = None
-        for xb, yb in batches(ds, cfg.batch, shuffle=False, rng=np.random.default_rng(0)):
-            out = m.forward(training=False, **{self.x_name: xb, self.y_name: yb})
-            total += out["loss"] * len(xb)
-            n += len(xb)
+        term_sums = [0.0] * len(self.terms)
+        for batch in named_batches(ds, cfg.batch, shuffle=False, rng=np.random.default_rng(0)):
+            feeds = self._feeds(batch)
+            size = len(next(iter(feeds.values())))
+            out = m.forward(training=False, **feeds)
+            total += out["loss"] * size
+            n += size
+            term_sums = [a + v * size for a, v in zip(term_sums, self._term_values())]
             pred = out.get(self.net.tensor_name(self.pred_node))
             if self.classify and pred is not None:
+                yb = feeds[self.label_name]
                 order = np.argsort(-pred, axis=self.class_axis)
                 for k in topk:
                     top = np.take(order, np.arange(k), axis=self.class_axis)
@@ -383,6 +476,8 @@ class Trainer:
                     cells = np.bincount(truth[keep] * k_classes + guess[keep], minlength=k_classes ** 2)
                     matrix = cells.reshape(k_classes, k_classes) + (0 if matrix is None else matrix)
         res = {"loss": total / max(n, 1), "accuracy": correct[topk[0]] / count if count else None}
+        if self.terms:
+            res["terms"] = {k: v / max(n, 1) for k, v in zip(self.term_names, term_sums)}
         for k in topk[1:]:
             res[f"top{k}"] = correct[k] / count if count else None
         if confusion:
@@ -568,12 +663,16 @@ def check_output_file(path, flag="--metrics"):
 
 
 def _epoch_line(r, epochs):
-    parts = [f"epoch {r['epoch']}/{epochs}", f"train loss {r['train_loss']:.4f}"]
+    parts = [f"epoch {r['epoch']}/{epochs}", f"train loss {r['train_loss']:.4f}" + _terms_text(r.get("train_terms"))]
     if r["train_accuracy"] is not None:
         parts.append(f"acc {r['train_accuracy']:.4f}")
     if r["val_loss"] is not None:
-        parts.append(f"val loss {r['val_loss']:.4f}")
+        parts.append(f"val loss {r['val_loss']:.4f}" + _terms_text(r.get("val_terms")))
     if r.get("val_accuracy") is not None:
         parts.append(f"val acc {r['val_accuracy']:.4f}")
     parts.append(f"{r['samples_per_s']:.0f} samples/s")
     return "  ".join(parts)
+
+
+def _terms_text(terms) -> str:
+    return " (" + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) + ")" if terms else ""
