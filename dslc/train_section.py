@@ -92,6 +92,9 @@ CALL_SETTINGS: dict[str, dict[str, dict[str, Arg]]] = {
     "schedule": SCHEDULES,
     "augment": {"augment": AUGMENT},
     "init": {name: {} for name in INITS},
+    # Per-layer learning-rate multipliers (fine-tuning): keyword arguments named after layers or
+    # blocks, checked by _value_ok and against the network's parameters by the runtime.
+    "lr_mult": {"lr_mult": {}},
 }
 EXAMPLES = {
     "optimizer": "`optimizer adam(lr = 1e-3)`, `optimizer adamw(weight_decay = 0.05)` or "
@@ -103,6 +106,7 @@ EXAMPLES = {
     "lr": "`lr 1e-3`", "epochs": "`epochs 10`", "batch": "`batch 32`", "weight_decay": "`weight_decay 5e-4`",
     "momentum": "`momentum 0.9`", "clip_grad_norm": "`clip_grad_norm 5`", "clip_grad_value": "`clip_grad_value 1`",
     "seed": "`seed 0`", "val_fraction": "`val_fraction 0.2`",
+    "lr_mult": "`lr_mult(conv1 = 0.1, fc = 2)`",
 }
 TRAIN_KEYS = sorted(SCALAR_SETTINGS) + sorted(CALL_SETTINGS)
 
@@ -195,6 +199,8 @@ def _value_ok(it: ast.TrainItem, v, d: Diagnostics):
     choices = CALL_SETTINGS[it.key]
     name, positional, kwargs = split_call(v)
     example = EXAMPLES[it.key]
+    if it.key == "lr_mult":
+        return _lr_mult_ok(it, name, positional, kwargs, d)
     if not isinstance(name, str) or name not in choices:
         shown = f"`{name}`" if isinstance(name, str) else describe(name)
         hint = did_you_mean(name, choices) if isinstance(name, str) else ""
@@ -228,6 +234,29 @@ def _value_ok(it: ast.TrainItem, v, d: Diagnostics):
         kind = args[k].kind
         if not kind.test(x):
             d.error(f"`{name}` argument `{k}` takes {kind.what}, found {describe(x)}", span,
+                    label="here", help=f"e.g. {example}")
+            ok = False
+    return spans if ok else None
+
+
+def _lr_mult_ok(it: ast.TrainItem, name, positional, kwargs: dict, d: Diagnostics):
+    """`lr_mult(layer = m, ...)`: one multiplier >= 0 per layer or block name (the spans by name), else None."""
+    example = EXAMPLES["lr_mult"]
+    if name != "lr_mult" or positional or not kwargs:
+        d.error("`lr_mult` takes layer names with their learning-rate multipliers", it.value.span, label="here",
+                notes=["each parameter of a layer (or of a block, by its name) learns at lr times its multiplier"],
+                help=f"e.g. {example}")
+        return None
+    spans, ok = {}, True
+    for a in (it.value.args if isinstance(it.value, ast.CallExpr) else ()):
+        if a.name in spans:
+            d.error(f"`lr_mult` gives `{a.name}` twice", a.span, label="again here",
+                    notes=[f"first given at {spans[a.name].where}"], help="keep one")
+            ok = False
+        spans[a.name] = a.span
+    for k, x in kwargs.items():
+        if not NON_NEGATIVE.test(x):
+            d.error(f"`lr_mult` for `{k}` takes {NON_NEGATIVE.what}, found {describe(x)}", spans.get(k, it.value.span),
                     label="here", help=f"e.g. {example}")
             ok = False
     return spans if ok else None

@@ -23,7 +23,8 @@ class TrainConfig:
     optimizer: str = DEFAULT_OPTIMIZER
     lr: float = 1e-3
     # The optimizer's other arguments, every one once validate() has run (defaults filled in):
-    # what was given is what is used, and describe() shows it all.
+    # what was given is what is used, and describe() shows it all. With the train section's
+    # `lr_mult(...)`, also "lr_mult": {layer: multiplier}, which make_optimizer takes beside them.
     optimizer_args: dict = field(default_factory=dict)
     schedule: str = "constant"
     schedule_args: dict = field(default_factory=dict)
@@ -58,18 +59,22 @@ class TrainConfig:
                 cfg.schedule, cfg.schedule_args = str(name), kwargs
             elif key == "augment":
                 cfg.augment = split_call(v)[2]
+            elif key == "lr_mult":
+                args["lr_mult"] = dict(split_call(v)[2])
             elif key != "init":            # the model reads `init` when it creates the parameters
                 setattr(cfg, key, v)
         flags = {k: v for k, v in flags.items() if v is not None}
         name = flags.pop("optimizer", None)
         if name is not None and name != cfg.optimizer:
             takes = OPTIMIZERS.get(name, {})
-            cfg.dropped = [f"{k} {_show(v)}" for k, v in args.items() if k not in takes]
-            args = {k: v for k, v in args.items() if k in takes}
+            cfg.dropped = [f"{k} {_show(v)}" for k, v in args.items() if k not in takes and k != "lr_mult"]
+            args = {k: v for k, v in args.items() if k in takes or k == "lr_mult"}
             cfg.optimizer = str(name)
         optimizer_words = {k for table in OPTIMIZERS.values() for k in table}
         for key, v in flags.items():
-            if key in optimizer_words:
+            if key == "lr_mult":
+                args["lr_mult"] = {**args.get("lr_mult", {}), **v}
+            elif key in optimizer_words:
                 args[key] = v
             elif key in cls.__dataclass_fields__ and key not in ("optimizer_args", "dropped"):
                 setattr(cfg, key, v)
@@ -79,6 +84,8 @@ class TrainConfig:
         cfg.lr = args.pop("lr", cfg.lr)
         cfg.optimizer_args = args
         cfg.validate()
+        if "lr_mult" in args and hasattr(net, "nodes"):
+            _check_lr_mult(args["lr_mult"], net)
         return cfg
 
     def validate(self):
@@ -91,13 +98,23 @@ class TrainConfig:
             bad(f"batch must be a whole number >= 1, got {self.batch}", "e.g. --batch 32")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0 or not math.isfinite(self.lr):
             bad(f"learning rate must be a positive number, got {self.lr}", "e.g. --lr 0.01")
+        lr_mult = self.optimizer_args.get("lr_mult")
+        if lr_mult is not None:
+            if not isinstance(lr_mult, dict) or not lr_mult or any(
+                    not isinstance(k, str) or isinstance(m, bool) or not isinstance(m, (int, float))
+                    or not m >= 0 or not math.isfinite(m) for k, m in lr_mult.items()):
+                bad(f"lr_mult takes layer names with multipliers >= 0, got {lr_mult!r}",
+                    "e.g. lr_mult(conv1 = 0.1, fc = 2) in the train section")
         try:
-            full = optimizer_settings(self.optimizer, {**self.optimizer_args, "lr": self.lr})
+            given = {k: v for k, v in self.optimizer_args.items() if k != "lr_mult"}
+            full = optimizer_settings(self.optimizer, {**given, "lr": self.lr})
             self.schedule_args = schedule_settings(self.schedule or "constant", self.schedule_args)
         except ValueError as e:
             bad(str(e), _SETTINGS_HINT)
         self.schedule = self.schedule or "constant"
         self.optimizer_args = {k: v for k, v in full.items() if k != "lr"}
+        if lr_mult is not None:
+            self.optimizer_args["lr_mult"] = dict(lr_mult)
         if not isinstance(self.seed, int) or self.seed < 0:
             bad(f"seed must be a whole number >= 0, got {self.seed}", "e.g. --seed 1")
         unknown = set(self.augment) - {"crop", "flip", "brightness"}
@@ -109,7 +126,9 @@ class TrainConfig:
         """Every setting that shapes the updates, as the run line shows them:
         "sgd lr 0.05 momentum 0.9 nesterov false weight_decay 0, schedule constant, no clipping, ..."."""
         parts = [" ".join([self.optimizer, "lr", _show(self.lr)]
-                          + [f"{k} {_show(v)}" for k, v in self.optimizer_args.items()])]
+                          + [f"{k} {_show(v)}" for k, v in self.optimizer_args.items() if k != "lr_mult"])]
+        if self.optimizer_args.get("lr_mult"):
+            parts[0] += " lr_mult " + " ".join(f"{k} {_show(v)}" for k, v in self.optimizer_args["lr_mult"].items())
         if self.dropped:
             parts[0] += f" (not taken by {self.optimizer}: {', '.join(self.dropped)})"
         parts.append(" ".join(["schedule", self.schedule] + [f"{k} {_show(v)}" for k, v in self.schedule_args.items()]))
@@ -119,6 +138,20 @@ class TrainConfig:
             parts.append(" ".join(["augment"] + [f"{k} {_show(v)}" for k, v in self.augment.items()]))
         parts.append(f"batch {self.batch}, {self.epochs} epoch{'' if self.epochs == 1 else 's'}, seed {self.seed}")
         return ", ".join(parts)
+
+
+def _check_lr_mult(lr_mult: dict, net):
+    """Every key of `lr_mult` names a parameter, or a layer or block that holds some."""
+    from dslc.diagnostics import did_you_mean
+    names = [f"{node.name}.{p}" for node in net.nodes() if not node.shares for p in node.params]
+    prefixes = sorted({".".join(p.split(".")[:i]) for p in names for i in range(1, p.count(".") + 2)})
+    for key in lr_mult:
+        if key not in prefixes:
+            layers = sorted({p.rsplit(".", 1)[0] for p in names})
+            raise RuntimeUserError(
+                f"training setting: lr_mult names `{key}`, which holds no parameters of {net.name}",
+                did_you_mean(key, prefixes) or f"layers with parameters: {', '.join(layers[:12])}"
+                + (", ..." if len(layers) > 12 else ""))
 
 
 def _show(v) -> str:

@@ -61,8 +61,11 @@ class Optimizer:
         # made on the first step that needs them, so later steps allocate nothing.
         self._scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
 
+    # Parameter name -> learning-rate multiplier, for those with one (make_optimizer's lr_mult).
+    lr_mult: dict[str, float] = {}
+
     def step(self, grads: dict[str, np.ndarray], lr: float) -> None:
-        """Update every parameter named in `grads` with learning rate `lr`."""
+        """Update every parameter named in `grads` with learning rate `lr` (times its multiplier)."""
         for pname, grad in grads.items():
             param = self.params[pname]
             if grad.shape != param.shape:
@@ -76,7 +79,7 @@ class Optimizer:
                 np.copyto(eff_grad, grad)
             else:
                 eff_grad = grad
-            self._update(pname, param, eff_grad, work, lr)
+            self._update(pname, param, eff_grad, work, lr * self.lr_mult.get(pname, 1.0))
         self.step_count += 1
 
     def _scratch_like(self, param: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -269,14 +272,33 @@ class AdamW(Adam):
         super()._update(pname, param, grad, work, lr)
 
 
-def make_optimizer(name: str, params: dict[str, np.ndarray], **args) -> Optimizer:
+def param_lr_mult(lr_mult: dict | None, names) -> dict[str, float]:
+    """Parameter name -> multiplier from per-layer multipliers ({"conv1": 0.1, "stage2": 0.5}): a
+    key names a parameter, or the layer or block its name starts with ("conv1" covers
+    "conv1.weight"); the longest key that covers a parameter is its multiplier."""
+    out = {}
+    for pname in names:
+        keys = [k for k in (lr_mult or {}) if pname == k or pname.startswith(k + ".")]
+        if keys:
+            out[pname] = float(lr_mult[max(keys, key=len)])
+    return out
+
+
+def make_optimizer(name: str, params: dict[str, np.ndarray], lr_mult: dict | None = None, **args) -> Optimizer:
     """The optimizer `name` (one of OPTIMIZERS) over `params`, updated in place by `step()`.
 
     `args` are the optimizer's arguments (dslc/train_section.py lists them, lr included); those
     not given take their defaults, and one it does not take raises ValueError, as does a bad
     value, so a mistake is reported before training. `lr` is the base learning rate; `step()`
-    takes the learning rate of each call so that a schedule can change it.
+    takes the learning rate of each call so that a schedule can change it. `lr_mult` (the train
+    section's) scales it per layer (param_lr_mult).
     """
+    opt = _make(name, params, args)
+    opt.lr_mult = param_lr_mult(lr_mult, params)
+    return opt
+
+
+def _make(name: str, params: dict[str, np.ndarray], args: dict) -> Optimizer:
     a = optimizer_settings(name, args)
     if name in ("sgd", "momentum", "nesterov"):
         return SGD(params, weight_decay=a["weight_decay"], name=name, momentum=a["momentum"],

@@ -17,7 +17,7 @@ from numba import cuda, float32
 from dslc.runtime.cuda.devicekernels import fill
 from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
 from dslc.runtime.cuda.reduce import block_sum
-from dslc.runtime.optim import Optimizer
+from dslc.runtime.optim import Optimizer, param_lr_mult
 from dslc.train_section import optimizer_settings
 
 # Every kernel first forms the effective gradient g + weight_decay * p (L2, as torch) without
@@ -104,7 +104,8 @@ class CudaOptimizer(Optimizer):
         return arrays[pname]
 
     def step(self, grads, lr):
-        """Update every parameter named in `grads` with learning rate `lr`."""
+        """Update every parameter named in `grads` with learning rate `lr` (times its multiplier)."""
+        base_lr = lr
         # AdamW's decay shrinks the parameter (`shrink` below); every other optimizer's is L2.
         wd = np.float32(0 if self.name == "adamw" else self.weight_decay)
         for pname, grad in grads.items():
@@ -112,6 +113,7 @@ class CudaOptimizer(Optimizer):
             if grad.shape != param.shape:
                 raise ValueError(f"gradient of {pname!r} has shape {grad.shape}, "
                                  f"parameter has {param.shape}")
+            lr = base_lr * self.lr_mult.get(pname, 1.0)
             grid = blocks_1d(param.size), THREADS_1D
             p, g = param.ravel(), grad.ravel()
             if self.name in ("sgd", "momentum", "nesterov"):
@@ -158,8 +160,14 @@ class CudaOptimizer(Optimizer):
                     arrays[pname] = cuda.to_device(arr.astype(self.params[pname].dtype, copy=False))
 
 
-def make_cuda_optimizer(name: str, params: dict, **args) -> CudaOptimizer:
+def make_cuda_optimizer(name: str, params: dict, lr_mult: dict | None = None, **args) -> CudaOptimizer:
     """dslc.runtime.optim.make_optimizer over device arrays: same names, arguments and checks."""
+    opt = _make(name, params, args)
+    opt.lr_mult = param_lr_mult(lr_mult, params)
+    return opt
+
+
+def _make(name: str, params: dict, args: dict) -> CudaOptimizer:
     a = optimizer_settings(name, args)
     if name in ("sgd", "momentum", "nesterov"):
         return CudaOptimizer(name, params, weight_decay=a["weight_decay"], momentum=a["momentum"],

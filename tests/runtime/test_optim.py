@@ -153,7 +153,7 @@ def test_loading_state_of_another_network_is_a_checkpoint_error():
 
 def test_unknown_optimizer_lists_the_known_ones():
     with pytest.raises(ValueError) as err:
-        make_optimizer("adamw", random_params(0), lr=0.1)
+        make_optimizer("lamb", random_params(0), lr=0.1)
     for name in OPTIMIZERS:
         assert name in str(err.value)
 

@@ -50,6 +50,7 @@ CASES = {
     "optimizer": ({"optimizer": "adam(lr = 0.1)"}, {}),
     "schedule": ({"schedule": "cosine"}, {}),
     "augment": ({"augment": "augment(flip = true)"}, {}),
+    "lr_mult": ({"lr_mult": "lr_mult(dense1 = 0.1)"}, {}),
     "init": ({"init": "xavier"}, {"init": "he"}),
 }
 OPTIMIZER_VALUES = {"lr": "0.02", "momentum": "0.5", "nesterov": "true", "weight_decay": "0.5", "eps": "0.5",
@@ -63,8 +64,11 @@ SCHEDULE_CASES = {   # (schedule, argument) -> (with it, without it)
 AUGMENT_VALUES = {"crop": "1", "flip": "true", "brightness": "0.5"}
 
 
+CALLS = ("augment", "lr_mult")     # settings written as a call, without the key before it
+
+
 def _source(settings: dict) -> Source:
-    return Source("tiny.net", NET.format(settings="\n".join(f"  {k} {v}" if k != "augment" else f"  {v}"
+    return Source("tiny.net", NET.format(settings="\n".join(f"  {k} {v}" if k not in CALLS else f"  {v}"
                                                              for k, v in settings.items())))
 
 
