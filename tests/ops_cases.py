@@ -677,6 +677,9 @@ _TORCH_RECURRENT = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.
 def torch_recurrent(op):
     def run(xs, ps, attrs):
         x = xs[0]
+        reverse = attrs.get("reverse", False)      # torch has no flag: flip -> layer -> flip
+        if reverse:
+            x = x.flip(1)
         module = _TORCH_RECURRENT[op](x.shape[2], attrs["hidden"], attrs["layers"], batch_first=True)
         # functional_call runs the module on the harness's tensors, so autograd reaches them.
         # Initial states, batch first [N, layers, H] (or [N, H]), are torch's [layers, N, H].
@@ -686,6 +689,8 @@ def torch_recurrent(op):
             states.append(torch.zeros_like(states[0]))
         args = (x,) if not states else (x, tuple(states) if op == "lstm" else states[0])
         out, _ = torch.func.functional_call(module, ps, args)
+        if reverse and attrs["sequence"]:
+            out = out.flip(1)
         return out if attrs["sequence"] else out[:, -1]
     return run
 
@@ -704,6 +709,14 @@ def initial_state_case(op, batch, steps, features, hidden, layers, sequence, sta
                 [(batch, steps, features)] + [shape] * states, torch_recurrent(op),
                 id=f"{op}-N{batch}-T{steps}-F{features}-H{hidden}-L{layers}-seq{sequence}-states{states}"
                    + "-flat" * flat, **kw)
+
+
+def reverse_case(op, batch, steps, features, hidden, layers, sequence, states=0, **kw):
+    """A recurrent row with reverse = true (and `states` initial states, [N, layers, H])."""
+    return Case(op, {"hidden": hidden, "layers": layers, "sequence": sequence, "reverse": True},
+                [(batch, steps, features)] + [(batch, layers, hidden)] * states, torch_recurrent(op),
+                id=f"{op}-N{batch}-T{steps}-F{features}-H{hidden}-L{layers}-seq{sequence}-states{states}-reverse",
+                **kw)
 
 
 def embed_case(batch, steps, vocab, dim, **kw):
@@ -754,6 +767,12 @@ RECURRENT = [
     initial_state_case("gru", 21, 6, 5, 7, 2, False, 1),
     # only the states want gradients; the sequence none
     initial_state_case("lstm", 2, 3, 2, 3, 2, True, 2, grad_inputs=(1, 2), cuda=True),
+    # reverse = true: the last step first, with and without initial states, both output modes
+    *(reverse_case(op, 2, 4, 3, 3, 2, sequence, fd=True, cuda=True)
+      for op in RECURRENT_OPS for sequence in (True, False)),
+    *(reverse_case(op, 21, 6, 5, 7, 2, True) for op in RECURRENT_OPS),
+    reverse_case("lstm", 2, 3, 2, 3, 1, True, states=2, fd=True, cuda=True),
+    reverse_case("gru", 3, 5, 2, 4, 2, False, states=1, cuda=True),
 ]
 
 

@@ -11,6 +11,10 @@ Initial states: `rnn`/`gru` take an optional second input h0 and `lstm` an optio
 and third, h0 and c0 (`x -> lstm(h0, c0, hidden = 256)`), each [N, layers, H] (torch's
 [layers, N, H] batch first) or [N, H] for one layer; a missing one is zero (an LSTM may take
 h0 alone: c0 is then zero). Gradients flow into them.
+
+`reverse = true` runs every layer from the last step to the first (torch has no such flag: it
+is flip(time) -> layer -> flip(time)); the states stay aligned with their steps, and
+`sequence = false` returns the state after step 0, the last one computed.
 """
 from __future__ import annotations
 
@@ -47,13 +51,15 @@ class _Recurrent(OpDef):
     family = "recurrent"
     attrs = (Attr("hidden", "int", doc="state size H"),
              Attr("layers", "int", 1, doc="stacked layers, each reading the previous one's states"),
-             Attr("sequence", "bool", True, doc="true: every step's state [N, T, H]; false: the last [N, H]"))
+             Attr("sequence", "bool", True, doc="true: every step's state [N, T, H]; false: the last [N, H]"),
+             Attr("reverse", "bool", False, doc="true: process the steps from last to first"))
     gates = 1   # G: each weight stacks G blocks of H rows
     states = ("h0",)        # the optional initial-state inputs after the sequence
     max_inputs = 2
 
     def key_attrs(self, a):
-        return f"{a['hidden']}" + (f", {a['layers']} layers" if a["layers"] > 1 else "")
+        return f"{a['hidden']}" + (f", {a['layers']} layers" if a["layers"] > 1 else "") + \
+            (", reversed" if a.get("reverse") else "")
 
     def shape(self, a, ins):
         x = ins[0]

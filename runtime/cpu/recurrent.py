@@ -709,6 +709,9 @@ class _RecurrentKernel(Kernel):
         self.layers = spec.attrs["layers"]
         self.sequence = spec.attrs["sequence"]
         self.init = len(spec.in_shapes) > 1         # an initial-state input
+        # reverse: the layers run over the sequence flipped in time, whose states are flipped
+        # back (torch's flip -> layer -> flip), through the flipped_* buffers.
+        self.reverse = bool(spec.attrs.get("reverse", False))
         use_serial_blas()
         # One part of the hidden units per Numba thread (see the module docstring) when a
         # step's recurrent GEMM is worth splitting.
@@ -727,7 +730,7 @@ class _RecurrentKernel(Kernel):
         a GEMM (_step_products), and the embeddings are never written. For the benchmark's
         LSTM (vocab 65, 64 features, N*T = 2048 positions) that drops 0.27 of 3.5 GFLOP and
         the layout swap of the inputs."""
-        if op != "embed" or attrs["vocab"] > self.batch * self.steps:
+        if op != "embed" or attrs["vocab"] > self.batch * self.steps or self.reverse:
             return False
         self.vocab = int(attrs["vocab"])
         return True
@@ -754,6 +757,10 @@ class _RecurrentKernel(Kernel):
             ws[f"weight_ih{layer}"] = ((width, features), "float32")
             ws[f"weight_hh{layer}"] = ((width, size), "float32")
             ws[f"bias{layer}"] = ((width,), "float32")     # see _group_biases
+        if self.reverse:
+            ws["flipped_in"] = ((self.batch, self.steps, self.features), "float32")
+            if self.sequence:
+                ws["flipped_out"] = ((self.batch, self.steps, size), "float32")
         if self.vocab:
             ws["table"] = ((width, self.vocab), "float32")
             ws["ids"] = ((slots, batch), "int64")
@@ -795,6 +802,9 @@ class _RecurrentKernel(Kernel):
         if self.vocab:              # xs[0] holds the absorbed embed's ids (fuse_input)
             ids = ws["ids"]
             _ids_time_major(xs[0], self.vocab, ids)
+        elif self.reverse:
+            np.copyto(ws["flipped_in"], xs[0][:, ::-1])
+            _swap_first_and_last_axes(ws["flipped_in"], inputs)
         else:
             _swap_first_and_last_axes(xs[0], inputs)
         for layer in range(self.layers):
@@ -812,14 +822,20 @@ class _RecurrentKernel(Kernel):
             else:
                 self.forward_layer(layer, inputs, self._no_ids, grouped_w_ih, params, ws)
             inputs = ws[f"hidden{layer}"]
-        if self.sequence:
+        if self.sequence and self.reverse:
+            _swap_first_and_last_axes(inputs, ws["flipped_out"])
+            np.copyto(out, ws["flipped_out"][:, ::-1])
+        elif self.sequence:
             _swap_first_and_last_axes(inputs, out)
         else:
             np.copyto(out, inputs[:, self.steps - 1].T)
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         dhidden = ws["dhidden"]
-        if self.sequence:
+        if self.sequence and self.reverse:
+            np.copyto(ws["flipped_out"], gout[:, ::-1])
+            _swap_first_and_last_axes(ws["flipped_out"], dhidden)
+        elif self.sequence:
             _swap_first_and_last_axes(gout, dhidden)
         else:
             dhidden[:, :self.steps - 1] = 0
@@ -845,7 +861,10 @@ class _RecurrentKernel(Kernel):
                          _grad_or_empty(gparams, f"bias_ih_l{layer}", 1, dtype),
                          _grad_or_empty(gparams, f"bias_hh_l{layer}", 1, dtype),
                          dinputs, layer > 0 or want_dx)
-        if want_dx:
+        if want_dx and self.reverse:
+            _swap_first_and_last_axes(ws["dinputs"], ws["flipped_in"])
+            np.copyto(gxs[0], ws["flipped_in"][:, ::-1])
+        elif want_dx:
             _swap_first_and_last_axes(ws["dinputs"], gxs[0])
 
     @staticmethod

@@ -96,6 +96,18 @@ def _swap_leading_axes(src, dst):
 
 
 @cuda.jit
+def _flip_time(src, dst):
+    """dst[n, t, k] = src[n, T-1-t, k]: a batch-first sequence reversed in time."""
+    i = cuda.grid(1)
+    if i < dst.size:
+        _, steps, width = dst.shape
+        n = i // (steps * width)
+        t = (i // width) % steps
+        k = i % width
+        dst[n, t, k] = src[n, steps - 1 - t, k]
+
+
+@cuda.jit
 def _column_sums(matrix, out):
     """out[k] = sum over rows of matrix[:, k]: one block per column, a tree reduction over rows."""
     scratch = cuda.shared.array(THREADS_1D, float32)
@@ -290,6 +302,9 @@ class _RecurrentKernel(Kernel):
         self.layers = spec.attrs["layers"]
         self.sequence = spec.attrs["sequence"]
         self.init = len(spec.in_shapes) > 1         # an initial-state input
+        # reverse: the layers run over the sequence flipped in time, whose states are flipped
+        # back (torch's flip -> layer -> flip), through the flipped_* buffers.
+        self.reverse = bool(spec.attrs.get("reverse", False))
         self.cell_grid = blocks_1d(self.batch * self.size)
         self.sum_threads = reduction_threads(self.steps * self.batch)
 
@@ -308,6 +323,10 @@ class _RecurrentKernel(Kernel):
         }
         for layer in range(self.layers):
             ws[f"hidden{layer}"] = ((steps, batch, size), "float32")
+        if self.reverse:
+            ws["flipped_in"] = ((batch, steps, self.features), "float32")
+            if self.sequence:
+                ws["flipped_out"] = ((batch, steps, size), "float32")
         ws.update(self.cell_workspace())
         return ws
 
@@ -358,7 +377,11 @@ class _RecurrentKernel(Kernel):
     def forward(self, ctx, xs, params, out, ws):
         inputs = ws["inputs_time_major"]
         self.read_initial_states(xs, ws)
-        _swap_leading_axes[self._grid(inputs.size)](xs[0], inputs)
+        x = xs[0]
+        if self.reverse:
+            _flip_time[self._grid(x.size)](x, ws["flipped_in"])
+            x = ws["flipped_in"]
+        _swap_leading_axes[self._grid(inputs.size)](x, inputs)
         rows = self.steps * self.batch
         for layer in range(self.layers):
             w_hh = params[f"weight_hh_l{layer}"]
@@ -371,14 +394,20 @@ class _RecurrentKernel(Kernel):
                     gemm(self.h_prev(layer, t, ws), w_hh, ws["recurrent"], trans_b=True)
                 self.forward_step(layer, t, params, ws)
             inputs = hidden
-        if self.sequence:
+        if self.sequence and self.reverse:
+            _swap_leading_axes[self._grid(out.size)](inputs, ws["flipped_out"])
+            _flip_time[self._grid(out.size)](ws["flipped_out"], out)
+        elif self.sequence:
             _swap_leading_axes[self._grid(out.size)](inputs, out)
         else:
             out.copy_to_device(inputs[self.steps - 1])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         dhidden = ws["dhidden"]
-        if self.sequence:
+        if self.sequence and self.reverse:
+            _flip_time[self._grid(gout.size)](gout, ws["flipped_out"])
+            _swap_leading_axes[self._grid(dhidden.size)](ws["flipped_out"], dhidden)
+        elif self.sequence:
             _swap_leading_axes[self._grid(dhidden.size)](gout, dhidden)
         else:
             fill(dhidden, 0)
@@ -397,7 +426,10 @@ class _RecurrentKernel(Kernel):
             # The layer below reads its dloss/dh from dhidden, which this layer no longer needs.
             dinputs = ws["dinputs_time_major"] if layer == 0 else dhidden
             self._layer_grads(layer, inputs, ws, params, gparams, dinputs, layer > 0 or want_dx)
-        if want_dx:
+        if want_dx and self.reverse:
+            _swap_leading_axes[self._grid(gxs[0].size)](ws["dinputs_time_major"], ws["flipped_in"])
+            _flip_time[self._grid(gxs[0].size)](ws["flipped_in"], gxs[0])
+        elif want_dx:
             _swap_leading_axes[self._grid(gxs[0].size)](ws["dinputs_time_major"], gxs[0])
         self.write_initial_state_grads(gxs, ws)
 
