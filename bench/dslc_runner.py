@@ -33,7 +33,8 @@ class DslcRunner:
         return totals(self.model.net)["parameters"]
 
     def train_step(self) -> float:
-        loss, _prediction = self.trainer._step(self.x, self.y, LEARNING_RATE)
+        feeds = self.trainer._feeds({"x": self.x, "y": self.y})
+        loss, _prediction, _terms = self.trainer._step(feeds, LEARNING_RATE)
         return loss
 
     def infer_step(self) -> None:

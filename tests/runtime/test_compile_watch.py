@@ -67,9 +67,9 @@ def test_a_step_that_compiles_says_so_once(monkeypatch):
         kernel = _fresh_function()
         step = trainer._step
 
-        def compiling_step(xb, yb, lr):
-            kernel(xb)
-            return step(xb, yb, lr)
+        def compiling_step(feeds, lr):
+            kernel(feeds["image"])
+            return step(feeds, lr)
 
         trainer.model.forward(training=True, image=trainer.train.x[:50], label=trainer.train.y[:50])
         trainer.model.forward(training=False, image=trainer.train.x[:50], label=trainer.train.y[:50])
