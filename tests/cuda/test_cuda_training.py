@@ -74,7 +74,7 @@ def test_a_training_step_copies_only_metrics_to_the_host(monkeypatch):
     real = CUDA.to_host
     monkeypatch.setattr(CUDA, "to_host", lambda self, a: copies.append(a.shape) or real(self, a))
     monkeypatch.setattr(CUDA, "scalar", lambda self, a: copies.append(("loss",)) or float(real(self, a)))
-    trainer._step(ds.x, ds.y, 0.1)
+    trainer._step(trainer._feeds(ds.arrays), 0.1)
     # the loss and the logits (for accuracy): nothing per op, no parameter or gradient
     assert sorted(map(str, copies)) == sorted(map(str, [("loss",), (4, 3)]))
 
