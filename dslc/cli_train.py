@@ -371,10 +371,12 @@ def eval_command(args, overrides) -> int:
         print(json.dumps({"network": net.name, "weights": args.weights, "data": source,
                           "split": "validation" if what.startswith("validation") else "all",
                           "samples": len(ds), "loss": res["loss"], "accuracy": res["accuracy"],
-                          "top5": res.get("top5"), "per_class": res.get("per_class"),
+                          "top5": res.get("top5"), "terms": res.get("terms"), "per_class": res.get("per_class"),
                           "confusion": res.get("confusion")}))
         return 0
     line = f"{net.name} on {source} ({what}): loss {res['loss']:.4f}"
+    if res.get("terms"):
+        line += " (" + ", ".join(f"{k} {v:.4f}" for k, v in res["terms"].items()) + ")"
     if res["accuracy"] is not None:
         line += f", top-1 accuracy {res['accuracy']:.4f}"
     if res.get("top5") is not None:

@@ -663,7 +663,8 @@ def check_output_file(path, flag="--metrics"):
 
 
 def _epoch_line(r, epochs):
-    parts = [f"epoch {r['epoch']}/{epochs}", f"train loss {r['train_loss']:.4f}" + _terms_text(r.get("train_terms"))]
+    parts = [f"epoch {r['epoch']}/{epochs}",
+             f"train loss {r['train_loss']:.4f}" + _terms_text(r.get("train_terms"))]
     if r["train_accuracy"] is not None:
         parts.append(f"acc {r['train_accuracy']:.4f}")
     if r["val_loss"] is not None:
