@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import zipfile
+from dataclasses import replace
 
 from .compiler import UsageError, compile_file, parse_override
 from .ops import OPS
@@ -61,11 +62,13 @@ class _DataSpec:
 
     def __init__(self, net, log=lambda s: None):
         self.x, self.y = data_roles(net)
+        self._log = log
         symbols = dict(net.symbols)
-        for k, v in symbols.items():
-            if v is None:      # a sequence length nobody set: data windows need a number
-                symbols[k] = DEFAULT_SEQUENCE_LENGTH
-                log(f"{k} is not set; using {k} = {DEFAULT_SEQUENCE_LENGTH} (change it with --set {k}=...)")
+        # A sequence length nobody set: generated data and text windows need a number (said when
+        # used); arrays named by input bring their own.
+        self.unset = [k for k, v in symbols.items() if v is None]
+        for k in self.unset:
+            symbols[k] = DEFAULT_SEQUENCE_LENGTH
         # An integer input holds class labels (a classifying loss's target: below its class count)
         # or ids an embedding looks up (below the smallest vocabulary).
         classes_of, targets = {}, set()
@@ -89,6 +92,10 @@ class _DataSpec:
             t = net.node(name).type
             self.inputs[name] = InputSpec(concrete(t.shape[1:], 1, symbols), t.dtype,
                                           classes_of.get(name) if t.dtype == "int64" else None, name in targets)
+        # for .npz data: the unset lengths are whatever the arrays hold (None: any size)
+        self.free_inputs = {name: replace(spec, shape=tuple(None if d in self.unset else s for d, s in
+                                                            zip(net.node(name).type.shape[1:], spec.shape)))
+                            for name, spec in self.inputs.items()}
         self.classic = None
         if self.x is not None:
             xs = self.inputs[self.x]
@@ -99,10 +106,16 @@ class _DataSpec:
 
     def load(self, source, *, val_fraction, seed, limit, vocab=None):
         """(train, validation) from `source`, as load_dataset / load_inputs split it."""
-        if self.classic is not None and not self._named_npz(source):
+        classic = self.classic is not None and not self._named_npz(source)
+        if classic or source == "synthetic":
+            for k in self.unset:
+                self._log(f"{k} is not set; using {k} = {DEFAULT_SEQUENCE_LENGTH} (change it with --set {k}=...)")
+            self.unset = []         # said once
+        if classic:
             return load_dataset(source, val_fraction=val_fraction, seed=seed, limit=limit, vocab=vocab,
                                 **self.classic)
-        return load_inputs(source, self.inputs, val_fraction=val_fraction, seed=seed, limit=limit,
+        inputs = self.inputs if source == "synthetic" else self.free_inputs
+        return load_inputs(source, inputs, val_fraction=val_fraction, seed=seed, limit=limit,
                            shorthand=(self.x, self.y), classes_of=self.label)
 
     def _named_npz(self, source) -> bool:

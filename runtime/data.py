@@ -88,7 +88,8 @@ class Dataset:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One network input as data must give it: the shape of one sample, the dtype, and for an
+    """One network input as data must give it: the shape of one sample (None: a length any
+    data may set, e.g. an unset sequence length T, for .npz data), the dtype, and for an
     integer input the number of ids or classes it may hold (None: not known). `target`: a loss
     compares against it (synthetic float targets are drawn in [0, 1), valid for mse and bce)."""
     shape: tuple
@@ -225,7 +226,10 @@ def _npz_inputs(path: str, inputs: dict, shorthand: tuple) -> dict:
             raise DataError(f"{label} in {file} has {len(arr)} samples but `{first}` has {len(raw[first])}",
                             "every input array needs one entry per sample, in the same order")
         first = first or name
-        arrays[name] = _checked_array(arr, key, file, spec.shape, spec.dtype, f"input `{name}`")
+        shape = spec.shape
+        if None in shape and arr.ndim == len(shape) + 1:     # a length the network leaves open: the data's
+            shape = tuple(a if s is None else s for s, a in zip(shape, arr.shape[1:]))
+        arrays[name] = _checked_array(arr, key, file, shape, spec.dtype, f"input `{name}`")
         if spec.dtype == "int64" and arr.size:
             low, high = int(arrays[name].min()), int(arrays[name].max())
             if low < 0:

@@ -34,6 +34,18 @@ loss mse(recon, image)
 train { optimizer adam(lr = 1e-2) batch 32 epochs 4 }
 """
 
+# Image-and-caption pairs: the image's features start the LSTM that reads the caption's words and
+# predicts each next word. T is left open: the data says how long captions are.
+CAPTIONER = """network captioner(vocab = 12)
+input image: [16]
+input words: int[T]
+input next: int[T]
+h0 = image -> dense(16) -> tanh
+logits = words -> embed(vocab, 8) -> lstm(h0, hidden = 16) -> dense(vocab)
+loss cross_entropy(logits, next)
+train { optimizer adam(lr = 1e-2) batch 16 epochs 3 }
+"""
+
 
 def dslc_command():
     exe = Path(sys.executable).with_name("dslc")
@@ -164,6 +176,12 @@ def test_classification_and_localisation_lowers_both_losses_through_dslc_run(tmp
     assert last["val_loss"] == pytest.approx(t["cross_entropy"] + 2 * t["smooth_l1"], rel=1e-5)
     assert last["val_accuracy"] > 0.3
     assert "cross_entropy" in proc.stderr and "smooth_l1" in proc.stderr      # the epoch lines name each term
+    proc = subprocess.run([*dslc_command(), "eval", str(CLS_LOC), "--weights", "ck/last.ckpt", "--data", "loc.npz",
+                           "--format", "json"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["samples"] == 1200 and report["accuracy"] > 0.3 and set(report["terms"]) == {"cross_entropy",
+                                                                                              "smooth_l1"}
 
 
 @pytest.mark.slow
@@ -180,3 +198,21 @@ def test_an_autoencoder_without_a_label_input_trains_through_dslc_run(tmp_path):
         records = [json.loads(line) for line in (tmp_path / f"{source}.jsonl").read_text().splitlines()]
         assert records[-1]["val_loss"] < 0.7 * records[0]["val_loss"], records
         assert records[-1]["val_accuracy"] is None
+
+
+@pytest.mark.slow
+def test_image_and_caption_pairs_train_with_the_caption_length_from_the_data(tmp_path):
+    """Two captions, which one told by the image alone: the words after the first need the image."""
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((256, 16)).astype(np.float32)
+    captions = np.array([[1, 2, 3, 4, 5, 6, 7], [1, 9, 10, 11, 3, 2, 8]])[(image[:, 0] > 0).astype(int)]
+    np.savez(tmp_path / "captions.npz", image=image, words=captions[:, :6], next=captions[:, 1:])
+    (tmp_path / "captioner.net").write_text(CAPTIONER)
+    proc = subprocess.run([*dslc_command(), "run", "captioner.net", "--data", "captions.npz", "--quiet",
+                           "--checkpoint", "ck", "--metrics", "m.jsonl"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "T is not set" not in proc.stderr            # T = 6, from the arrays
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert records[-1]["val_accuracy"] > 0.95, records
+
