@@ -137,6 +137,19 @@ def test_npz_errors_name_the_missing_or_misshaped_input(tmp_path):
     assert (len(train), len(val)) == (15, 5) and train.classes == 10
 
 
+def test_a_one_input_network_reads_npz_arrays_by_input_name_or_as_x_and_y(tmp_path):
+    net, _ = compile_file(str(ROOT / "models" / "digits_cnn.net"), {})
+    spec = _DataSpec(net)
+    rng = np.random.default_rng(0)
+    image, label = rng.random((10, 1, 16, 16), dtype=np.float32), rng.integers(0, 10, 10)
+    np.savez(tmp_path / "named.npz", image=image, label=label)
+    np.savez(tmp_path / "xy.npz", x=image, y=label)
+    named, _ = spec.load(str(tmp_path / "named.npz"), val_fraction=0, seed=0, limit=None)
+    xy, _ = spec.load(str(tmp_path / "xy.npz"), val_fraction=0, seed=0, limit=None)
+    assert set(named.arrays) == {"image", "label"} and set(xy.arrays) == {"x", "y"}
+    assert np.array_equal(named.arrays["image"], xy.x) and np.array_equal(named.arrays["label"], xy.y)
+
+
 def test_named_batches_cut_every_array_alike():
     ds = Dataset(arrays={"a": np.arange(10), "b": np.arange(10) * 10})
     got = list(named_batches(ds, 4, shuffle=True, rng=np.random.default_rng(0), drop_last=True))
@@ -172,6 +185,8 @@ def test_classification_and_localisation_lowers_both_losses_through_dslc_run(tmp
         for term in ("cross_entropy", "smooth_l1"):
             assert last[part][term] < 0.8 * first[part][term], (part, term, first[part], last[part])
     # the total is the weighted sum of the terms (2 * smooth_l1 in cls_loc.net)
+    t = last["train_terms"]      # per batch the loss is the weighted sum, and so are the epoch's means
+    assert last["train_loss"] == pytest.approx(t["cross_entropy"] + 2 * t["smooth_l1"], rel=1e-5)
     t = last["val_terms"]
     assert last["val_loss"] == pytest.approx(t["cross_entropy"] + 2 * t["smooth_l1"], rel=1e-5)
     assert last["val_accuracy"] > 0.3
