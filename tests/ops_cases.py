@@ -680,10 +680,12 @@ def torch_recurrent(op):
         reverse = attrs.get("reverse", False)      # torch has no flag: flip -> layer -> flip
         if reverse:
             x = x.flip(1)
-        module = _TORCH_RECURRENT[op](x.shape[2], attrs["hidden"], attrs["layers"], batch_first=True)
+        directions = 2 if attrs.get("bidirectional") else 1
+        module = _TORCH_RECURRENT[op](x.shape[2], attrs["hidden"], attrs["layers"], batch_first=True,
+                                      bidirectional=directions == 2)
         # functional_call runs the module on the harness's tensors, so autograd reaches them.
         # Initial states, batch first [N, layers, H] (or [N, H]), are torch's [layers, N, H].
-        states = [s.reshape(x.shape[0], attrs["layers"], attrs["hidden"]).transpose(0, 1).contiguous()
+        states = [s.reshape(x.shape[0], directions * attrs["layers"], attrs["hidden"]).transpose(0, 1).contiguous()
                   for s in xs[1:]]
         if op == "lstm" and len(states) == 1:           # h0 alone: c0 is zero
             states.append(torch.zeros_like(states[0]))
@@ -716,6 +718,14 @@ def reverse_case(op, batch, steps, features, hidden, layers, sequence, states=0,
     return Case(op, {"hidden": hidden, "layers": layers, "sequence": sequence, "reverse": True},
                 [(batch, steps, features)] + [(batch, layers, hidden)] * states, torch_recurrent(op),
                 id=f"{op}-N{batch}-T{steps}-F{features}-H{hidden}-L{layers}-seq{sequence}-states{states}-reverse",
+                **kw)
+
+
+def bidirectional_case(op, batch, steps, features, hidden, layers, sequence, states=0, **kw):
+    """A recurrent row with bidirectional = true (and `states` initial states, [N, 2 layers, H])."""
+    return Case(op, {"hidden": hidden, "layers": layers, "sequence": sequence, "bidirectional": True},
+                [(batch, steps, features)] + [(batch, 2 * layers, hidden)] * states, torch_recurrent(op),
+                id=f"{op}-N{batch}-T{steps}-F{features}-H{hidden}-L{layers}-seq{sequence}-states{states}-bi",
                 **kw)
 
 
@@ -773,6 +783,15 @@ RECURRENT = [
     *(reverse_case(op, 21, 6, 5, 7, 2, True) for op in RECURRENT_OPS),
     reverse_case("lstm", 2, 3, 2, 3, 1, True, states=2, fd=True, cuda=True),
     reverse_case("gru", 3, 5, 2, 4, 2, False, states=1, cuda=True),
+    # bidirectional = true: torch's layout and `_reverse` parameters, 1 and 2 layers
+    *(bidirectional_case(op, 2, 4, 3, 3, 2, sequence, fd=True)
+      for op in RECURRENT_OPS for sequence in (True, False)),
+    *(bidirectional_case(op, 3, 5, 4, 2, 1, True) for op in RECURRENT_OPS),
+    bidirectional_case("lstm", 21, 6, 5, 7, 2, True),
+    bidirectional_case("lstm", 2, 3, 2, 3, 2, True, states=2, fd=True, cuda=True),
+    bidirectional_case("gru", 2, 3, 2, 3, 1, False, states=1, fd=True, cuda=True),
+    bidirectional_case("rnn", 2, 3, 2, 3, 2, True, states=1, grad_inputs=(1,), cuda=True),
+    bidirectional_case("gru", 2, 3, 2, 2, 2, False, cuda=True),
 ]
 
 

@@ -15,6 +15,13 @@ h0 alone: c0 is then zero). Gradients flow into them.
 `reverse = true` runs every layer from the last step to the first (torch has no such flag: it
 is flip(time) -> layer -> flip(time)); the states stay aligned with their steps, and
 `sequence = false` returns the state after step 0, the last one computed.
+
+`bidirectional = true` is torch's: each layer runs forward and backward in time (the backward
+direction's parameters are named with a `_reverse` suffix, weight_ih_l0_reverse ...), its
+states [N, T, 2H] are the two directions' concatenated [forward, backward] on the feature
+axis, and the next layer reads those; `sequence = false` returns step T-1 of that (torch's
+output[:, -1]). Initial states are then [N, 2 * layers, H], index 2l + d for layer l and
+direction d.
 """
 from __future__ import annotations
 
@@ -52,14 +59,20 @@ class _Recurrent(OpDef):
     attrs = (Attr("hidden", "int", doc="state size H"),
              Attr("layers", "int", 1, doc="stacked layers, each reading the previous one's states"),
              Attr("sequence", "bool", True, doc="true: every step's state [N, T, H]; false: the last [N, H]"),
-             Attr("reverse", "bool", False, doc="true: process the steps from last to first"))
+             Attr("reverse", "bool", False, doc="true: process the steps from last to first"),
+             Attr("bidirectional", "bool", False,
+                  doc="true: both directions per layer, states concatenated [forward, backward]"))
     gates = 1   # G: each weight stacks G blocks of H rows
     states = ("h0",)        # the optional initial-state inputs after the sequence
     max_inputs = 2
 
     def key_attrs(self, a):
         return f"{a['hidden']}" + (f", {a['layers']} layers" if a["layers"] > 1 else "") + \
-            (", reversed" if a.get("reverse") else "")
+            (", reversed" if a.get("reverse") else "") + (", bidirectional" if a.get("bidirectional") else "")
+
+    @staticmethod
+    def directions(a):
+        return 2 if a.get("bidirectional") else 1
 
     def shape(self, a, ins):
         x = ins[0]
@@ -67,17 +80,22 @@ class _Recurrent(OpDef):
         need_rank(x, 3, "sequence", layout="[N, T, F]")
         fixed(x.shape[2], f"{self.name}'s input features (the last axis of [N, T, F])")
         _check_positive(a, ("hidden", "layers"))
+        if a.get("bidirectional") and a.get("reverse"):
+            raise ShapeError(f"`{self.name}` with bidirectional = true runs both directions already",
+                             arg="reverse", help="drop `reverse = true`")
         for name, state in zip(self.states, ins[1:]):
             self._check_state(name, state, a)
+        width = self.directions(a) * a["hidden"]
         if a["sequence"]:
-            return TensorType(("N", x.shape[1], a["hidden"]))
-        return TensorType(("N", a["hidden"]))
+            return TensorType(("N", x.shape[1], width))
+        return TensorType(("N", width))
 
     def _check_state(self, name, state, a):
-        h, layers = a["hidden"], a["layers"]
+        h, layers = a["hidden"], a["layers"] * self.directions(a)
         want = f"[N, {h}]" if layers == 1 else f"[N, {layers}, {h}]"
         written = f"`x -> {self.name}({', '.join(self.states[:self.states.index(name) + 1])}, hidden = {h}"
-        written += f", layers = {layers})`" if layers > 1 else ")`"
+        written += f", layers = {a['layers']}" if a["layers"] > 1 else ""
+        written += ", bidirectional = true)`" if a.get("bidirectional") else ")`"
         if state.dtype != "float32":
             raise ShapeError(f"`{self.name}`'s initial state {name} must be a float tensor, found {state}",
                              expected=want, found=str(state), help=f"pass a float {want} tensor: {written}")
@@ -85,6 +103,8 @@ class _Recurrent(OpDef):
         if state.shape[0] == "N" and (shape == (layers, h) or (layers == 1 and shape == (h,))):
             return
         extra = "" if layers == 1 else \
+            f"; {layers} layer directions take one state each, [N, 2 * layers, hidden] (torch's h0 batch first)" \
+            if a.get("bidirectional") else \
             f"; a stack of {layers} layers takes one state per layer, [N, layers, hidden] (torch's h0 batch first)"
         raise ShapeError(f"`{self.name}`'s initial state {name} must be {want}, found {state}{extra}",
                          expected=want, found=str(state),
@@ -95,11 +115,12 @@ class _Recurrent(OpDef):
         h, rows = a["hidden"], self.gates * a["hidden"]
         p = {}
         for layer in range(a["layers"]):
-            inputs = ins[0].shape[2] if layer == 0 else h
-            p[f"weight_ih_l{layer}"] = ParamSpec((rows, inputs), "uniform_fan_in", fan_in=h)
-            p[f"weight_hh_l{layer}"] = ParamSpec((rows, h), "uniform_fan_in", fan_in=h)
-            p[f"bias_ih_l{layer}"] = ParamSpec((rows,), "uniform_fan_in", fan_in=h)
-            p[f"bias_hh_l{layer}"] = ParamSpec((rows,), "uniform_fan_in", fan_in=h)
+            inputs = ins[0].shape[2] if layer == 0 else self.directions(a) * h
+            for suffix in ("", "_reverse")[:self.directions(a)]:
+                p[f"weight_ih_l{layer}{suffix}"] = ParamSpec((rows, inputs), "uniform_fan_in", fan_in=h)
+                p[f"weight_hh_l{layer}{suffix}"] = ParamSpec((rows, h), "uniform_fan_in", fan_in=h)
+                p[f"bias_ih_l{layer}{suffix}"] = ParamSpec((rows,), "uniform_fan_in", fan_in=h)
+                p[f"bias_hh_l{layer}{suffix}"] = ParamSpec((rows,), "uniform_fan_in", fan_in=h)
         return p
 
     def macs(self, a, ins, out):
@@ -107,9 +128,9 @@ class _Recurrent(OpDef):
         steps, features = ins[0].shape[1], ins[0].shape[2]
         if not isinstance(steps, int):
             return None
-        h, rows = a["hidden"], self.gates * a["hidden"]
-        per_step = sum(rows * ((features if layer == 0 else h) + h) for layer in range(a["layers"]))
-        return steps * per_step
+        h, rows, d = a["hidden"], self.gates * a["hidden"], self.directions(a)
+        per_step = sum(rows * ((features if layer == 0 else d * h) + h) for layer in range(a["layers"]))
+        return steps * d * per_step
 
 
 @register

@@ -17,6 +17,7 @@ the biases, applies the gate nonlinearities and saves what backward needs (activ
 LSTM cell states, GRU's W_hn h + b_hn, hidden states); backward is backpropagation through time
 over those saves, one cell-gradient kernel per step.
 """
+import dataclasses
 import math
 
 from numba import cuda, float32
@@ -105,6 +106,22 @@ def _flip_time(src, dst):
         t = (i // width) % steps
         k = i % width
         dst[n, t, k] = src[n, steps - 1 - t, k]
+
+
+@cuda.jit
+def _copy_columns(src, src_at, dst, dst_at, width, add):
+    """dst[a, b, dst_at:dst_at+width] = (or +=) src[a, b, src_at:src_at+width]: one direction's
+    half of a bidirectional layer's states, one layer direction's initial state, a last step."""
+    i = cuda.grid(1)
+    rows, cols = dst.shape[0], dst.shape[1]
+    if i < rows * cols * width:
+        a = i // (cols * width)
+        b = (i // width) % cols
+        k = i % width
+        if add:
+            dst[a, b, dst_at + k] += src[a, b, src_at + k]
+        else:
+            dst[a, b, dst_at + k] = src[a, b, src_at + k]
 
 
 @cuda.jit
@@ -285,6 +302,121 @@ def _add_into(a, b, out):
         out[n, j] = a[n, j] + b[n, j]
 
 
+class _Directions:
+    """A bidirectional stack, as on the CPU (runtime/cpu/recurrent.py's _Directions): one
+    single-layer, single-direction kernel per layer and direction (the backward one with
+    reverse = true and torch's `_reverse` parameters), each with its own workspace (prefixed
+    "l{l}d{d}."); layer l reads layer l-1's states [N, T, 2H], [forward, backward]."""
+
+    def __init__(self, owner, spec):
+        self.owner = owner
+        batch, steps, _ = spec.in_shapes[0]
+        size = spec.attrs["hidden"]
+        self.parts = []
+        for layer in range(spec.attrs["layers"]):
+            features = spec.in_shapes[0][2] if layer == 0 else 2 * size
+            for d in range(2):
+                attrs = dict(spec.attrs, layers=1, sequence=True, reverse=d == 1, bidirectional=False)
+                shapes = ((batch, steps, features),) + ((batch, 1, size),) * (len(spec.in_shapes) - 1)
+                sub = dataclasses.replace(spec, name=f"{spec.name}.l{layer}d{d}", attrs=attrs,
+                                          in_shapes=shapes, in_dtypes=("float32",) * len(shapes),
+                                          out_shape=(batch, steps, size), param_shapes={})
+                self.parts.append(type(owner)(sub))
+
+    @staticmethod
+    def _names(layer, d):
+        suffix = "_reverse" if d else ""
+        return {f"{kind}_l0": f"{kind}_l{layer}{suffix}"
+                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+
+    def workspace(self):
+        o = self.owner
+        ws = {}
+        for i, part in enumerate(self.parts):
+            for name, spec in part.workspace().items():
+                ws[f"l{i // 2}d{i % 2}.{name}"] = spec
+        for layer in range(o.layers):
+            ws[f"layer{layer}"] = ((o.batch, o.steps, 2 * o.size), "float32")
+        for d in range(2):
+            ws[f"out{d}"] = ((o.batch, o.steps, o.size), "float32")
+            ws[f"gout{d}"] = ((o.batch, o.steps, o.size), "float32")
+        ws["grad_states"] = ((o.batch, o.steps, 2 * o.size), "float32")
+        ws["dstates"] = ((o.batch, o.steps, 2 * o.size), "float32")
+        ws["dx"] = ((o.batch, o.steps, o.features), "float32")
+        ws["states"] = ((2, o.batch, 1, o.size), "float32")     # one part's h0 (c0)
+        ws["gstates"] = ((2, o.batch, 1, o.size), "float32")
+        return ws
+
+    @staticmethod
+    def _own(ws, i):
+        prefix = f"l{i // 2}d{i % 2}."
+        return {k[len(prefix):]: v for k, v in ws.items() if k.startswith(prefix)}
+
+    def _copy(self, src, src_at, dst, dst_at, width, add=False):
+        n = dst.shape[0] * dst.shape[1] * width
+        _copy_columns[blocks_1d(n), THREADS_1D](src, src_at, dst, dst_at, width, add)
+
+    def _flat_states(self, x):
+        o = self.owner
+        return x.reshape(o.batch, 1, 2 * o.layers * o.size)
+
+    def _part_states(self, xs, ws, i):
+        o = self.owner
+        for k, x in enumerate(xs[1:]):
+            self._copy(self._flat_states(x), i * o.size, ws["states"][k], 0, o.size)
+        return [ws["states"][k] for k in range(len(xs) - 1)]
+
+    def forward(self, ctx, xs, params, out, ws):
+        o = self.owner
+        inputs = xs[0]
+        for layer in range(o.layers):
+            states = ws[f"layer{layer}"]
+            for d in range(2):
+                i = 2 * layer + d
+                own = {k: params[v] for k, v in self._names(layer, d).items()}
+                self.parts[i].forward(ctx, [inputs] + self._part_states(xs, ws, i), own, ws[f"out{d}"],
+                                      self._own(ws, i))
+                self._copy(ws[f"out{d}"], 0, states, d * o.size, o.size)
+            inputs = states
+        if o.sequence:
+            out.copy_to_device(inputs)
+        else:
+            width = 2 * o.size
+            self._copy(inputs.reshape(o.batch, 1, o.steps * width), (o.steps - 1) * width,
+                       out.reshape(o.batch, 1, width), 0, width)
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        o = self.owner
+        grad = ws["grad_states"]
+        width = 2 * o.size
+        if o.sequence:
+            grad.copy_to_device(gout)
+        else:
+            fill(grad, 0)
+            self._copy(gout.reshape(o.batch, 1, width), 0, grad.reshape(o.batch, 1, o.steps * width),
+                       (o.steps - 1) * width, width)
+        for layer in range(o.layers - 1, -1, -1):
+            inputs = xs[0] if layer == 0 else ws[f"layer{layer - 1}"]
+            for d in range(2):
+                self._copy(grad, d * o.size, ws[f"gout{d}"], 0, o.size)
+            want_dx = layer > 0 or gxs[0] is not None
+            dinputs = ws["dx"] if layer == 0 else ws["dstates"]
+            total = grad if layer > 0 else gxs[0]
+            for d in range(2):
+                i = 2 * layer + d
+                own = {k: params[v] for k, v in self._names(layer, d).items()}
+                gown = {k: gparams[v] for k, v in self._names(layer, d).items() if v in gparams}
+                gstates = [None if g is None else ws["gstates"][k] for k, g in enumerate(gxs[1:])]
+                self.parts[i].backward(ctx, [inputs] + self._part_states(xs, ws, i), own, ws[f"out{d}"],
+                                       ws[f"gout{d}"], [dinputs if want_dx else None, *gstates], gown,
+                                       self._own(ws, i))
+                for k, g in enumerate(gxs[1:]):
+                    if g is not None:
+                        self._copy(ws["gstates"][k], 0, self._flat_states(g), i * o.size, o.size)
+                if want_dx:
+                    self._copy(dinputs, 0, total, 0, dinputs.shape[2], add=d == 1)
+
+
 class _RecurrentKernel(Kernel):
     """Stacked recurrent layers; subclasses supply the cell.
 
@@ -302,6 +434,7 @@ class _RecurrentKernel(Kernel):
         self.layers = spec.attrs["layers"]
         self.sequence = spec.attrs["sequence"]
         self.init = len(spec.in_shapes) > 1         # an initial-state input
+        self.directions = _Directions(self, spec) if spec.attrs.get("bidirectional") else None
         # reverse: the layers run over the sequence flipped in time, whose states are flipped
         # back (torch's flip -> layer -> flip), through the flipped_* buffers.
         self.reverse = bool(spec.attrs.get("reverse", False))
@@ -309,6 +442,8 @@ class _RecurrentKernel(Kernel):
         self.sum_threads = reduction_threads(self.steps * self.batch)
 
     def workspace(self):
+        if self.directions:
+            return self.directions.workspace()
         steps, batch, size = self.steps, self.batch, self.size
         width = self.gate_count * size
         ws = {
@@ -375,6 +510,8 @@ class _RecurrentKernel(Kernel):
         return ws[f"hidden{layer}"][t - 1] if t > 0 else ws["h0"][layer]
 
     def forward(self, ctx, xs, params, out, ws):
+        if self.directions:
+            return self.directions.forward(ctx, xs, params, out, ws)
         inputs = ws["inputs_time_major"]
         self.read_initial_states(xs, ws)
         x = xs[0]
@@ -403,6 +540,8 @@ class _RecurrentKernel(Kernel):
             out.copy_to_device(inputs[self.steps - 1])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        if self.directions:
+            return self.directions.backward(ctx, xs, params, out, gout, gxs, gparams, ws)
         dhidden = ws["dhidden"]
         if self.sequence and self.reverse:
             _flip_time[self._grid(gout.size)](gout, ws["flipped_out"])

@@ -128,3 +128,52 @@ def test_integer_states_and_too_many_states(dslc):
     rc, _, err = dslc(SEQ + "y = x -> gru(feat, feat, hidden = 4)\n")
     assert rc == 1
     assert "`gru` takes 1 to 2 input tensors, found 3" in err
+
+
+def test_reverse_with_bidirectional_is_refused(dslc):
+    rc, _, err = dslc(SEQ + "y = x -> lstm(hidden = 4, bidirectional = true, reverse = true)\n")
+    assert rc == 1
+    assert "`lstm` with bidirectional = true runs both directions already" in err
+    assert "help: drop `reverse = true`" in err
+
+
+def test_bidirectional_states_take_one_per_layer_and_direction(dslc):
+    rc, _, err = dslc(SEQ + "y = x -> gru(feat, hidden = 4, bidirectional = true)\n")
+    assert rc == 1
+    assert "`gru`'s initial state h0 must be [N, 2, 4], found [N, 4]; 2 layer directions take one state each" in err
+
+
+# ---- bidirectional -----------------------------------------------------------------------------
+
+BILSTM = f"""network tagger(vocab = {VOCAB})
+input words: int[{STEPS}]
+input tags: int[{STEPS}]
+states = words -> emb: embed(vocab, 3) -> enc: lstm(hidden = 4, layers = 2, bidirectional = true)
+logits = states -> out: dense(3)
+loss cross_entropy(logits, tags)
+"""
+
+
+@pytest.mark.slow
+def test_a_bidirectional_lstm_tagger_matches_torch():
+    net, _ = compile_source(Source("tagger.net", BILSTM))
+    enc = net.node("enc")
+    reference = torch.nn.LSTM(3, 4, 2, batch_first=True, bidirectional=True)
+    names = [n for n, _ in reference.named_parameters()]
+    assert list(enc.params) == names and enc.type.shape[-1] == 8
+    assert sum(p.size for p in enc.params.values()) == sum(p.numel() for p in reference.parameters())
+    model = Model(net, seed=1)
+    rng = np.random.default_rng(2)
+    words, tags = rng.integers(0, VOCAB, (3, STEPS)), rng.integers(0, 3, (3, STEPS))
+    params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in model.params.items()}
+    out = model.forward(training=True, words=words, tags=tags)
+    grads = model.backward()
+    emb = F.embedding(torch.tensor(words), params["emb.weight"])
+    weights = {n: params[f"enc.{n}"] for n in names}
+    states, _ = torch.func.functional_call(reference.double(), weights, (emb,))
+    logits = F.linear(states, params["out.weight"], params["out.bias"])
+    loss = F.cross_entropy(logits.reshape(-1, 3), torch.tensor(tags).reshape(-1))
+    loss.backward()
+    np.testing.assert_allclose(out["loss"], float(loss.detach()), rtol=1e-5)
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, params[name].grad.numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
