@@ -281,6 +281,8 @@ class Trainer:
                     if bar is not None:
                         rate = (p["samples"] - seen0) / max(time.perf_counter() - t0, 1e-9)
                         post = {"loss": f"{p['loss'] / p['samples']:.4f}"}
+                        sums = p.get("terms") or []
+                        post.update((k, f"{v / p['samples']:.4f}") for k, v in zip(self.term_names, sums))
                         if p["count"]:
                             post["acc"] = f"{p['correct'] / p['count']:.3f}"
                         post["samples/s"] = f"{rate:.0f}"
@@ -297,7 +299,8 @@ class Trainer:
                       "train_accuracy": (p["correct"] / p["count"]) if p["count"] else None,
                       "samples_per_s": (p["samples"] - seen0) / elapsed}
             if self.terms:
-                record["train_terms"] = {k: v / max(p["samples"], 1) for k, v in zip(self.term_names, p["terms"])}
+                sums = p.get("terms") or [0.0] * len(self.terms)    # a checkpoint of an older dslc has none
+                record["train_terms"] = {k: v / max(p["samples"], 1) for k, v in zip(self.term_names, sums)}
             if self.val is not None and len(self.val):
                 with self.reporting_compiles(None, "evaluation"):
                     v = self.evaluate(self.val)

@@ -7,6 +7,7 @@ its own input (no label input at all) trains through Model.fit and `dslc run`; s
 .npz files are made and checked per input, with errors that name the input.
 """
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +232,41 @@ def test_image_and_caption_pairs_train_with_the_caption_length_from_the_data(tmp
     records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert records[-1]["val_accuracy"] > 0.95, records
 
+
+
+def _cls_loc_trainer(checkpoint_dir, data):
+    net, _ = compile_file(str(CLS_LOC), {})
+    cfg = TrainConfig.from_network(net, epochs=2, batch=16, seed=0)
+    train = Dataset(name="loc", arrays={k: v[:64] for k, v in data.items()})
+    val = Dataset(name="loc", arrays={k: v[64:] for k, v in data.items()})
+    return Trainer(Model(net, seed=0), cfg, train, val, progress=False, checkpoint_dir=str(checkpoint_dir),
+                   log=lambda s: None)
+
+
+@pytest.mark.slow
+def test_an_interrupted_then_resumed_run_of_several_inputs_equals_the_uninterrupted_one(tmp_path, monkeypatch):
+    """Batches of several arrays and the per-term sums resume bit for bit (Ctrl-C in step 3 of 8)."""
+    data = localisation_set(80)
+    straight = _cls_loc_trainer(tmp_path / "a", data)
+    straight.fit()
+    interrupted = _cls_loc_trainer(tmp_path / "b", data)
+    calls = {"n": 0}
+    original = interrupted._step
+
+    def step_then_interrupt(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)
+        return original(*a, **kw)
+
+    monkeypatch.setattr(interrupted, "_step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    resumed = _cls_loc_trainer(tmp_path / "b", data)
+    resumed.resume()
+    resumed.fit()
+    for k, v in straight.model.params.items():
+        assert np.array_equal(resumed.model.params[k], v), k
+    strip = [{k: v for k, v in r.items() if k != "samples_per_s"} for r in straight.history]
+    assert [{k: v for k, v in r.items() if k != "samples_per_s"} for r in resumed.history] == strip
+    assert set(strip[-1]["train_terms"]) == {"cross_entropy", "smooth_l1"}
