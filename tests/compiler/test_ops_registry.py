@@ -151,6 +151,11 @@ SHAPE_CASES = [
     ("hinge", "hinge", dict(margin=0.5), [t(10), ids()], SCALAR),
     ("mse", "mse", {}, [t(3), t(3)], SCALAR),
     ("bce", "bce", {}, [t(1, 4, 4), t(1, 4, 4)], SCALAR),
+    ("mse-weighted", "mse", {}, [t(3), t(3), t(3)], SCALAR),
+    ("smooth_l1", "smooth_l1", {}, [t(2, 5), t(2, 5)], SCALAR),
+    ("kl_gaussian", "kl_gaussian", {}, [t(16), t(16)], SCALAR),
+    ("sample", "sample", {}, [t(16), t(16)], t(16)),
+    ("gaussian_like", "gaussian_like", {}, [t(3, 4, 4)], t(3, 4, 4)),
     ("loss-sum", "loss_sum", dict(weights=(1.0, 0.3, 0.3)), [SCALAR] * 3, SCALAR),
     ("loss-sum-one", "loss_sum", {}, [SCALAR], SCALAR),
     ("drop-path", "drop_path", dict(p=0.2), [t(16, 8, 8)], t(16, 8, 8)),
@@ -307,7 +312,7 @@ def test_param_initialisation(op, given, ins, module):
 
 
 def test_ops_without_params():
-    with_params = {"conv", "deconv", "dense", "batchnorm", "prelu", "embed", "rnn", "lstm", "gru"}
+    with_params = {"conv", "deconv", "dense", "batchnorm", "prelu", "embed", "rnn", "lstm", "gru", "dropconnect_dense"}
     for op, given, ins, _ in [c[1:] for c in SHAPE_CASES]:
         a = canon(op, **given)
         OPS[op].shape(a, ins)
