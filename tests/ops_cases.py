@@ -721,6 +721,43 @@ def reverse_case(op, batch, steps, features, hidden, layers, sequence, states=0,
                 **kw)
 
 
+def torch_recurrent_dropout(op):
+    """The stack as torch runs it with dropout between layers, one torch layer at a time, the
+    dropout factors re-derived from the harness's generator (np.random.default_rng(0)): one
+    uniform float32 per state of each layer but the last, in order, kept where u >= p."""
+    def run(xs, ps, attrs):
+        x = xs[0]
+        layers, hidden, p = attrs["layers"], attrs["hidden"], attrs["dropout"]
+        directions = 2 if attrs.get("bidirectional") else 1
+        rng = np.random.default_rng(0)
+        states = [s.reshape(x.shape[0], directions * layers, hidden).transpose(0, 1) for s in xs[1:]]
+        for layer in range(layers):
+            module = _TORCH_RECURRENT[op](x.shape[2], hidden, 1, batch_first=True, bidirectional=directions == 2)
+            own = {name.replace(f"_l{layer}", "_l0"): v for name, v in ps.items() if f"_l{layer}" in name}
+            init = [s[directions * layer:directions * (layer + 1)].contiguous() for s in states]
+            if op == "lstm" and len(init) == 1:
+                init.append(torch.zeros_like(init[0]))
+            args = (x,) if not init else (x, tuple(init) if op == "lstm" else init[0])
+            x, _ = torch.func.functional_call(module, own, args)
+            if layer < layers - 1:
+                u = torch.from_numpy(rng.random(tuple(x.shape), dtype=np.float32))
+                x = x * ((u >= p).to(x.dtype) / (1 - p))
+        return x if attrs["sequence"] else x[:, -1]
+    return run
+
+
+def dropout_recurrent_case(op, batch, steps, features, hidden, layers, sequence, p, states=0, bidirectional=False,
+                           **kw):
+    """A recurrent row with dropout = p between layers (training)."""
+    directions = 2 if bidirectional else 1
+    return Case(op, {"hidden": hidden, "layers": layers, "sequence": sequence, "dropout": p,
+                     "bidirectional": bidirectional},
+                [(batch, steps, features)] + [(batch, directions * layers, hidden)] * states,
+                torch_recurrent_dropout(op),
+                id=f"{op}-N{batch}-T{steps}-F{features}-H{hidden}-L{layers}-seq{sequence}-states{states}"
+                   f"-dropout{p}" + "-bi" * bidirectional, **kw)
+
+
 def bidirectional_case(op, batch, steps, features, hidden, layers, sequence, states=0, **kw):
     """A recurrent row with bidirectional = true (and `states` initial states, [N, 2 layers, H])."""
     return Case(op, {"hidden": hidden, "layers": layers, "sequence": sequence, "bidirectional": True},
@@ -792,6 +829,16 @@ RECURRENT = [
     bidirectional_case("gru", 2, 3, 2, 3, 1, False, states=1, fd=True, cuda=True),
     bidirectional_case("rnn", 2, 3, 2, 3, 2, True, states=1, grad_inputs=(1,), cuda=True),
     bidirectional_case("gru", 2, 3, 2, 2, 2, False, cuda=True),
+    # dropout = p between layers: the factors re-derived from the harness's seed
+    *(dropout_recurrent_case(op, 2, 3, 3, 3, 2, sequence, 0.4, fd=True)
+      for op in RECURRENT_OPS for sequence in (True, False)),
+    dropout_recurrent_case("lstm", 3, 4, 2, 3, 3, True, 0.5, states=2, fd=True, cuda=True),
+    dropout_recurrent_case("gru", 2, 3, 2, 2, 2, True, 0.3, bidirectional=True, fd=True, cuda=True),
+    dropout_recurrent_case("rnn", 2, 3, 2, 3, 2, False, 0.5, states=1, cuda=True),
+    dropout_recurrent_case("lstm", 21, 6, 5, 7, 2, True, 0.2),
+    # in evaluation nothing is dropped: torch's stack as is
+    Case("lstm", {"hidden": 3, "layers": 2, "sequence": True, "dropout": 0.5}, [(2, 4, 3)], torch_recurrent("lstm"),
+         training=False, id="lstm-dropout0.5-eval"),
 ]
 
 

@@ -22,6 +22,10 @@ states [N, T, 2H] are the two directions' concatenated [forward, backward] on th
 axis, and the next layer reads those; `sequence = false` returns step T-1 of that (torch's
 output[:, -1]). Initial states are then [N, 2 * layers, H], index 2l + d for layer l and
 direction d.
+
+`dropout = p` is torch's: in training, each layer's states but the last layer's are zeroed
+elementwise with probability p and the kept ones scaled by 1/(1-p) before the next layer reads
+them (drawn from the run's seeded stream, as `dropout` draws); in evaluation nothing is dropped.
 """
 from __future__ import annotations
 
@@ -61,7 +65,9 @@ class _Recurrent(OpDef):
              Attr("sequence", "bool", True, doc="true: every step's state [N, T, H]; false: the last [N, H]"),
              Attr("reverse", "bool", False, doc="true: process the steps from last to first"),
              Attr("bidirectional", "bool", False,
-                  doc="true: both directions per layer, states concatenated [forward, backward]"))
+                  doc="true: both directions per layer, states concatenated [forward, backward]"),
+             Attr("dropout", "float", 0.0,
+                  doc="probability of zeroing each state a layer passes to the next, in training"))
     gates = 1   # G: each weight stacks G blocks of H rows
     states = ("h0",)        # the optional initial-state inputs after the sequence
     max_inputs = 2
@@ -80,6 +86,15 @@ class _Recurrent(OpDef):
         need_rank(x, 3, "sequence", layout="[N, T, F]")
         fixed(x.shape[2], f"{self.name}'s input features (the last axis of [N, T, F])")
         _check_positive(a, ("hidden", "layers"))
+        p = a.get("dropout", 0.0)
+        if not 0.0 <= p <= 1.0:
+            raise ShapeError(f"`{self.name}` dropout must be in [0, 1], found {p:g}", arg="dropout",
+                             expected="0 <= dropout <= 1", found=f"{p:g}",
+                             help="dropout is the probability of zeroing each state passed between layers")
+        if p > 0 and a["layers"] == 1:
+            raise ShapeError(f"`{self.name}` dropout acts between stacked layers, and there is one layer",
+                             arg="dropout", help="stack layers (`layers = 2`) or drop `dropout`; "
+                                                 "a `dropout(p)` after the layer drops its output")
         if a.get("bidirectional") and a.get("reverse"):
             raise ShapeError(f"`{self.name}` with bidirectional = true runs both directions already",
                              arg="reverse", help="drop `reverse = true`")

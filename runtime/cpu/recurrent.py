@@ -71,6 +71,7 @@ import numpy as np
 
 from dslc.runtime.cpu.arrays import copy_into
 from dslc.runtime.cpu.blas import gemm
+from dslc.runtime.cpu.stochastic import draw_factors
 from dslc.runtime.jit import njit, parallel_gemm, pnjit, prange, use_serial_blas
 from dslc.runtime.kernel_api import Kernel, register
 
@@ -692,23 +693,30 @@ def _grad_or_empty(gparams, name, ndim, dtype):
     return grad if grad is not None else np.empty((0,) * ndim, dtype=dtype)
 
 
-class _Directions:
-    """A bidirectional stack, composed of one single-layer, single-direction kernel of the
-    same cell per layer and direction (the backward one with reverse = true, torch's
-    `_reverse` parameters): layer l reads layer l-1's states [N, T, 2H], the two directions'
-    concatenated [forward, backward]. Each part has its own workspace (prefixed "l{l}d{d}.")
-    and the states between layers live in `layer{l}` buffers; backward sums the two
-    directions' input gradients. Initial states, [N, 2 * layers, H], go to part 2l + d."""
+class _Stack:
+    """A stack of layers composed of one single-layer, single-direction kernel of the same cell
+    per layer and direction, for what the fused stack does not do: bidirectional layers (the
+    backward direction a kernel with reverse = true, torch's `_reverse` parameters) and
+    dropout between layers. Layer l reads layer l-1's states [N, T, D*H], the directions'
+    concatenated [forward, backward], with dropout's factors applied in training (drawn from
+    ctx.rng as the dropout op draws, layer 0's first). Each part has its own workspace
+    (prefixed "l{l}d{d}."); backward sums the directions' input gradients. Initial states,
+    [N, D * layers, H], go to part D*l + d."""
 
     def __init__(self, owner, spec):
         self.owner = owner
         batch, steps, _ = spec.in_shapes[0]
         size = spec.attrs["hidden"]
+        self.d = 2 if spec.attrs.get("bidirectional") else 1
+        self.p = float(spec.attrs.get("dropout", 0.0))
+        self.dropped = False            # whether the last forward applied dropout
         self.parts = []
         for layer in range(spec.attrs["layers"]):
-            features = spec.in_shapes[0][2] if layer == 0 else 2 * size
-            for d in range(2):
-                attrs = dict(spec.attrs, layers=1, sequence=True, reverse=d == 1, bidirectional=False)
+            features = spec.in_shapes[0][2] if layer == 0 else self.d * size
+            for d in range(self.d):
+                reverse = d == 1 if self.d == 2 else bool(spec.attrs.get("reverse", False))
+                attrs = dict(spec.attrs, layers=1, sequence=True, reverse=reverse, bidirectional=False,
+                             dropout=0.0)
                 shapes = ((batch, steps, features),) + ((batch, 1, size),) * (len(spec.in_shapes) - 1)
                 sub = dataclasses.replace(spec, name=f"{spec.name}.l{layer}d{d}", attrs=attrs,
                                           in_shapes=shapes, in_dtypes=("float32",) * len(shapes),
@@ -722,47 +730,57 @@ class _Directions:
                 for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
 
     def workspace(self):
-        o = self.owner
+        o, width = self.owner, self.d * self.owner.size
         ws = {}
         for i, part in enumerate(self.parts):
             for name, spec in part.workspace().items():
-                ws[f"l{i // 2}d{i % 2}.{name}"] = spec
+                ws[f"l{i // self.d}d{i % self.d}.{name}"] = spec
         for layer in range(o.layers):
-            ws[f"layer{layer}"] = ((o.batch, o.steps, 2 * o.size), "float32")
-        for d in range(2):
+            ws[f"layer{layer}"] = ((o.batch, o.steps, width), "float32")
+            if self.p > 0 and layer < o.layers - 1:
+                ws[f"factors{layer}"] = ((o.batch, o.steps, width), "float32")
+                ws[f"dropped{layer}"] = ((o.batch, o.steps, width), "float32")
+        for d in range(self.d):
             ws[f"out{d}"] = ((o.batch, o.steps, o.size), "float32")
             ws[f"gout{d}"] = ((o.batch, o.steps, o.size), "float32")
-        ws["grad_states"] = ((o.batch, o.steps, 2 * o.size), "float32")
-        ws["dstates"] = ((o.batch, o.steps, 2 * o.size), "float32")
+        ws["grad_states"] = ((o.batch, o.steps, width), "float32")
+        ws["dstates"] = ((o.batch, o.steps, width), "float32")
         ws["dx"] = ((o.batch, o.steps, o.features), "float32")
         ws["gstates"] = ((2, o.batch, 1, o.size), "float32")
         return ws
 
-    @staticmethod
-    def _own(ws, i):
-        prefix = f"l{i // 2}d{i % 2}."
+    def _own(self, ws, i):
+        prefix = f"l{i // self.d}d{i % self.d}."
         return {k[len(prefix):]: v for k, v in ws.items() if k.startswith(prefix)}
 
     def _states(self, xs, i):
         o = self.owner
-        return [x.reshape(o.batch, 2 * o.layers, o.size)[:, i:i + 1] for x in xs[1:]]
+        return [x.reshape(o.batch, self.d * o.layers, o.size)[:, i:i + 1] for x in xs[1:]]
+
+    def _layer_input(self, ws, layer, xs):
+        """What layer `layer` reads: the input, or the states below with dropout's factors."""
+        if layer == 0:
+            return xs[0]
+        return ws[f"dropped{layer - 1}"] if self.dropped else ws[f"layer{layer - 1}"]
 
     def forward(self, ctx, xs, params, out, ws):
         o = self.owner
-        inputs = xs[0]
+        self.dropped = self.p > 0 and ctx.training
         for layer in range(o.layers):
+            inputs = self._layer_input(ws, layer, xs)
             states = ws[f"layer{layer}"]
-            for d in range(2):
-                i = 2 * layer + d
+            for d in range(self.d):
+                i = self.d * layer + d
                 own = {k: params[v] for k, v in self._names(layer, d).items()}
                 self.parts[i].forward(ctx, [inputs] + self._states(xs, i), own, ws[f"out{d}"],
                                       self._own(ws, i))
                 states[:, :, d * o.size:(d + 1) * o.size] = ws[f"out{d}"]
-            inputs = states
-        if o.sequence:
-            np.copyto(out, inputs)
-        else:
-            np.copyto(out, inputs[:, o.steps - 1])
+            if self.dropped and layer < o.layers - 1:
+                factors = ws[f"factors{layer}"]
+                factors[...] = draw_factors(ctx, factors.shape, self.p)
+                np.multiply(states, factors, out=ws[f"dropped{layer}"])
+        top = ws[f"layer{o.layers - 1}"]
+        np.copyto(out, top if o.sequence else top[:, o.steps - 1])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         o = self.owner
@@ -773,16 +791,16 @@ class _Directions:
             grad[:] = 0
             grad[:, o.steps - 1] = gout
         for layer in range(o.layers - 1, -1, -1):
-            inputs = xs[0] if layer == 0 else ws[f"layer{layer - 1}"]
-            for d in range(2):
+            inputs = self._layer_input(ws, layer, xs)
+            for d in range(self.d):
                 np.copyto(ws[f"gout{d}"], grad[:, :, d * o.size:(d + 1) * o.size])
             want_dx = layer > 0 or gxs[0] is not None
             dinputs = ws["dx"] if layer == 0 else ws["dstates"]
-            # The sum of both directions' input gradients: the layer below's dloss/d(states),
+            # The sum of the directions' input gradients: the layer below's dloss/d(states),
             # in `grad` (read already), or the input's gradient itself.
             total = grad if layer > 0 else gxs[0]
-            for d in range(2):
-                i = 2 * layer + d
+            for d in range(self.d):
+                i = self.d * layer + d
                 own = {k: params[v] for k, v in self._names(layer, d).items()}
                 gown = {k: gparams[v] for k, v in self._names(layer, d).items() if v in gparams}
                 gstates = [None if g is None else ws["gstates"][k] for k, g in enumerate(gxs[1:])]
@@ -791,11 +809,13 @@ class _Directions:
                                        self._own(ws, i))
                 for k, g in enumerate(gxs[1:]):
                     if g is not None:
-                        g.reshape(o.batch, 2 * o.layers, o.size)[:, i] = ws["gstates"][k][:, 0]
+                        g.reshape(o.batch, self.d * o.layers, o.size)[:, i] = ws["gstates"][k][:, 0]
                 if want_dx and d == 0:
                     np.copyto(total, dinputs)
                 elif want_dx:
                     total += dinputs
+            if layer > 0 and self.dropped:
+                total *= ws[f"factors{layer - 1}"]
 
 
 class _RecurrentKernel(Kernel):
@@ -817,7 +837,9 @@ class _RecurrentKernel(Kernel):
         self.layers = spec.attrs["layers"]
         self.sequence = spec.attrs["sequence"]
         self.init = len(spec.in_shapes) > 1         # an initial-state input
-        self.directions = _Directions(self, spec) if spec.attrs.get("bidirectional") else None
+        # Bidirectional layers and dropout between layers run as a composed stack (_Stack).
+        composed = spec.attrs.get("bidirectional") or (spec.attrs.get("dropout", 0.0) > 0 and self.layers > 1)
+        self.stack = _Stack(self, spec) if composed else None
         # reverse: the layers run over the sequence flipped in time, whose states are flipped
         # back (torch's flip -> layer -> flip), through the flipped_* buffers.
         self.reverse = bool(spec.attrs.get("reverse", False))
@@ -839,14 +861,14 @@ class _RecurrentKernel(Kernel):
         a GEMM (_step_products), and the embeddings are never written. For the benchmark's
         LSTM (vocab 65, 64 features, N*T = 2048 positions) that drops 0.27 of 3.5 GFLOP and
         the layout swap of the inputs."""
-        if op != "embed" or attrs["vocab"] > self.batch * self.steps or self.reverse or self.directions:
+        if op != "embed" or attrs["vocab"] > self.batch * self.steps or self.reverse or self.stack:
             return False
         self.vocab = int(attrs["vocab"])
         return True
 
     def workspace(self):
-        if self.directions:
-            return self.directions.workspace()
+        if self.stack:
+            return self.stack.workspace()
         slots, batch, size = self.slots, self.batch, self.size
         width = self.gate_count * size
         ws = {
@@ -908,8 +930,8 @@ class _RecurrentKernel(Kernel):
             gstates[0][:, layer] = ws["partials"][0].sum(axis=0).T
 
     def forward(self, ctx, xs, params, out, ws):
-        if self.directions:
-            return self.directions.forward(ctx, xs, params, out, ws)
+        if self.stack:
+            return self.stack.forward(ctx, xs, params, out, ws)
         inputs, ids = ws["inputs"], self._no_ids
         states = self._states(xs)
         if self.vocab:              # xs[0] holds the absorbed embed's ids (fuse_input)
@@ -944,8 +966,8 @@ class _RecurrentKernel(Kernel):
             np.copyto(out, inputs[:, self.steps - 1].T)
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
-        if self.directions:
-            return self.directions.backward(ctx, xs, params, out, gout, gxs, gparams, ws)
+        if self.stack:
+            return self.stack.backward(ctx, xs, params, out, gout, gxs, gparams, ws)
         dhidden = ws["dhidden"]
         if self.sequence and self.reverse:
             np.copyto(ws["flipped_out"], gout[:, ::-1])

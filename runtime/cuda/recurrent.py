@@ -22,6 +22,7 @@ import math
 
 from numba import cuda, float32
 
+from dslc.runtime.cpu.stochastic import draw_factors
 from dslc.runtime.cuda.devicekernels import fill
 from dslc.runtime.cuda.gemm import gemm
 from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
@@ -122,6 +123,14 @@ def _copy_columns(src, src_at, dst, dst_at, width, add):
             dst[a, b, dst_at + k] += src[a, b, src_at + k]
         else:
             dst[a, b, dst_at + k] = src[a, b, src_at + k]
+
+
+@cuda.jit
+def _multiply(a, b, out):
+    """out = a * b elementwise (flat arrays; out may be a)."""
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = a[i] * b[i]
 
 
 @cuda.jit
@@ -302,21 +311,28 @@ def _add_into(a, b, out):
         out[n, j] = a[n, j] + b[n, j]
 
 
-class _Directions:
-    """A bidirectional stack, as on the CPU (runtime/cpu/recurrent.py's _Directions): one
-    single-layer, single-direction kernel per layer and direction (the backward one with
-    reverse = true and torch's `_reverse` parameters), each with its own workspace (prefixed
-    "l{l}d{d}."); layer l reads layer l-1's states [N, T, 2H], [forward, backward]."""
+class _Stack:
+    """A composed stack, as on the CPU (runtime/cpu/recurrent.py's _Stack), for bidirectional
+    layers and dropout between layers: one single-layer, single-direction kernel per layer and
+    direction (the backward one with reverse = true and torch's `_reverse` parameters), each
+    with its own workspace (prefixed "l{l}d{d}."); layer l reads layer l-1's states
+    [N, T, D*H], [forward, backward], times dropout's factors in training (drawn on the host
+    from ctx.rng, as the CPU draws them)."""
 
     def __init__(self, owner, spec):
         self.owner = owner
         batch, steps, _ = spec.in_shapes[0]
         size = spec.attrs["hidden"]
+        self.d = 2 if spec.attrs.get("bidirectional") else 1
+        self.p = float(spec.attrs.get("dropout", 0.0))
+        self.dropped = False            # whether the last forward applied dropout
         self.parts = []
         for layer in range(spec.attrs["layers"]):
-            features = spec.in_shapes[0][2] if layer == 0 else 2 * size
-            for d in range(2):
-                attrs = dict(spec.attrs, layers=1, sequence=True, reverse=d == 1, bidirectional=False)
+            features = spec.in_shapes[0][2] if layer == 0 else self.d * size
+            for d in range(self.d):
+                reverse = d == 1 if self.d == 2 else bool(spec.attrs.get("reverse", False))
+                attrs = dict(spec.attrs, layers=1, sequence=True, reverse=reverse, bidirectional=False,
+                             dropout=0.0)
                 shapes = ((batch, steps, features),) + ((batch, 1, size),) * (len(spec.in_shapes) - 1)
                 sub = dataclasses.replace(spec, name=f"{spec.name}.l{layer}d{d}", attrs=attrs,
                                           in_shapes=shapes, in_dtypes=("float32",) * len(shapes),
@@ -330,35 +346,40 @@ class _Directions:
                 for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
 
     def workspace(self):
-        o = self.owner
+        o, width = self.owner, self.d * self.owner.size
         ws = {}
         for i, part in enumerate(self.parts):
             for name, spec in part.workspace().items():
-                ws[f"l{i // 2}d{i % 2}.{name}"] = spec
+                ws[f"l{i // self.d}d{i % self.d}.{name}"] = spec
         for layer in range(o.layers):
-            ws[f"layer{layer}"] = ((o.batch, o.steps, 2 * o.size), "float32")
-        for d in range(2):
+            ws[f"layer{layer}"] = ((o.batch, o.steps, width), "float32")
+            if self.p > 0 and layer < o.layers - 1:
+                ws[f"factors{layer}"] = ((o.batch, o.steps, width), "float32")
+                ws[f"dropped{layer}"] = ((o.batch, o.steps, width), "float32")
+        for d in range(self.d):
             ws[f"out{d}"] = ((o.batch, o.steps, o.size), "float32")
             ws[f"gout{d}"] = ((o.batch, o.steps, o.size), "float32")
-        ws["grad_states"] = ((o.batch, o.steps, 2 * o.size), "float32")
-        ws["dstates"] = ((o.batch, o.steps, 2 * o.size), "float32")
+        ws["grad_states"] = ((o.batch, o.steps, width), "float32")
+        ws["dstates"] = ((o.batch, o.steps, width), "float32")
         ws["dx"] = ((o.batch, o.steps, o.features), "float32")
         ws["states"] = ((2, o.batch, 1, o.size), "float32")     # one part's h0 (c0)
         ws["gstates"] = ((2, o.batch, 1, o.size), "float32")
         return ws
 
-    @staticmethod
-    def _own(ws, i):
-        prefix = f"l{i // 2}d{i % 2}."
+    def _own(self, ws, i):
+        prefix = f"l{i // self.d}d{i % self.d}."
         return {k[len(prefix):]: v for k, v in ws.items() if k.startswith(prefix)}
 
     def _copy(self, src, src_at, dst, dst_at, width, add=False):
         n = dst.shape[0] * dst.shape[1] * width
         _copy_columns[blocks_1d(n), THREADS_1D](src, src_at, dst, dst_at, width, add)
 
+    def _multiply(self, a, b, out):
+        _multiply[blocks_1d(out.size), THREADS_1D](a.reshape(a.size), b.reshape(b.size), out.reshape(out.size))
+
     def _flat_states(self, x):
         o = self.owner
-        return x.reshape(o.batch, 1, 2 * o.layers * o.size)
+        return x.reshape(o.batch, 1, self.d * o.layers * o.size)
 
     def _part_states(self, xs, ws, i):
         o = self.owner
@@ -366,29 +387,39 @@ class _Directions:
             self._copy(self._flat_states(x), i * o.size, ws["states"][k], 0, o.size)
         return [ws["states"][k] for k in range(len(xs) - 1)]
 
+    def _layer_input(self, ws, layer, xs):
+        if layer == 0:
+            return xs[0]
+        return ws[f"dropped{layer - 1}"] if self.dropped else ws[f"layer{layer - 1}"]
+
     def forward(self, ctx, xs, params, out, ws):
         o = self.owner
-        inputs = xs[0]
+        self.dropped = self.p > 0 and ctx.training
         for layer in range(o.layers):
+            inputs = self._layer_input(ws, layer, xs)
             states = ws[f"layer{layer}"]
-            for d in range(2):
-                i = 2 * layer + d
+            for d in range(self.d):
+                i = self.d * layer + d
                 own = {k: params[v] for k, v in self._names(layer, d).items()}
                 self.parts[i].forward(ctx, [inputs] + self._part_states(xs, ws, i), own, ws[f"out{d}"],
                                       self._own(ws, i))
                 self._copy(ws[f"out{d}"], 0, states, d * o.size, o.size)
-            inputs = states
+            if self.dropped and layer < o.layers - 1:
+                factors = ws[f"factors{layer}"]
+                factors.copy_to_device(draw_factors(ctx, factors.shape, self.p))
+                self._multiply(states, factors, ws[f"dropped{layer}"])
+        top = ws[f"layer{o.layers - 1}"]
         if o.sequence:
-            out.copy_to_device(inputs)
+            out.copy_to_device(top)
         else:
-            width = 2 * o.size
-            self._copy(inputs.reshape(o.batch, 1, o.steps * width), (o.steps - 1) * width,
+            width = self.d * o.size
+            self._copy(top.reshape(o.batch, 1, o.steps * width), (o.steps - 1) * width,
                        out.reshape(o.batch, 1, width), 0, width)
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         o = self.owner
         grad = ws["grad_states"]
-        width = 2 * o.size
+        width = self.d * o.size
         if o.sequence:
             grad.copy_to_device(gout)
         else:
@@ -396,14 +427,14 @@ class _Directions:
             self._copy(gout.reshape(o.batch, 1, width), 0, grad.reshape(o.batch, 1, o.steps * width),
                        (o.steps - 1) * width, width)
         for layer in range(o.layers - 1, -1, -1):
-            inputs = xs[0] if layer == 0 else ws[f"layer{layer - 1}"]
-            for d in range(2):
+            inputs = self._layer_input(ws, layer, xs)
+            for d in range(self.d):
                 self._copy(grad, d * o.size, ws[f"gout{d}"], 0, o.size)
             want_dx = layer > 0 or gxs[0] is not None
             dinputs = ws["dx"] if layer == 0 else ws["dstates"]
             total = grad if layer > 0 else gxs[0]
-            for d in range(2):
-                i = 2 * layer + d
+            for d in range(self.d):
+                i = self.d * layer + d
                 own = {k: params[v] for k, v in self._names(layer, d).items()}
                 gown = {k: gparams[v] for k, v in self._names(layer, d).items() if v in gparams}
                 gstates = [None if g is None else ws["gstates"][k] for k, g in enumerate(gxs[1:])]
@@ -415,6 +446,8 @@ class _Directions:
                         self._copy(ws["gstates"][k], 0, self._flat_states(g), i * o.size, o.size)
                 if want_dx:
                     self._copy(dinputs, 0, total, 0, dinputs.shape[2], add=d == 1)
+            if layer > 0 and self.dropped:
+                self._multiply(total, ws[f"factors{layer - 1}"], total)
 
 
 class _RecurrentKernel(Kernel):
@@ -434,7 +467,9 @@ class _RecurrentKernel(Kernel):
         self.layers = spec.attrs["layers"]
         self.sequence = spec.attrs["sequence"]
         self.init = len(spec.in_shapes) > 1         # an initial-state input
-        self.directions = _Directions(self, spec) if spec.attrs.get("bidirectional") else None
+        # Bidirectional layers and dropout between layers run as a composed stack (_Stack).
+        composed = spec.attrs.get("bidirectional") or (spec.attrs.get("dropout", 0.0) > 0 and self.layers > 1)
+        self.stack = _Stack(self, spec) if composed else None
         # reverse: the layers run over the sequence flipped in time, whose states are flipped
         # back (torch's flip -> layer -> flip), through the flipped_* buffers.
         self.reverse = bool(spec.attrs.get("reverse", False))
@@ -442,8 +477,8 @@ class _RecurrentKernel(Kernel):
         self.sum_threads = reduction_threads(self.steps * self.batch)
 
     def workspace(self):
-        if self.directions:
-            return self.directions.workspace()
+        if self.stack:
+            return self.stack.workspace()
         steps, batch, size = self.steps, self.batch, self.size
         width = self.gate_count * size
         ws = {
@@ -510,8 +545,8 @@ class _RecurrentKernel(Kernel):
         return ws[f"hidden{layer}"][t - 1] if t > 0 else ws["h0"][layer]
 
     def forward(self, ctx, xs, params, out, ws):
-        if self.directions:
-            return self.directions.forward(ctx, xs, params, out, ws)
+        if self.stack:
+            return self.stack.forward(ctx, xs, params, out, ws)
         inputs = ws["inputs_time_major"]
         self.read_initial_states(xs, ws)
         x = xs[0]
@@ -540,8 +575,8 @@ class _RecurrentKernel(Kernel):
             out.copy_to_device(inputs[self.steps - 1])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
-        if self.directions:
-            return self.directions.backward(ctx, xs, params, out, gout, gxs, gparams, ws)
+        if self.stack:
+            return self.stack.backward(ctx, xs, params, out, gout, gxs, gparams, ws)
         dhidden = ws["dhidden"]
         if self.sequence and self.reverse:
             _flip_time[self._grid(gout.size)](gout, ws["flipped_out"])

@@ -177,3 +177,30 @@ def test_a_bidirectional_lstm_tagger_matches_torch():
     np.testing.assert_allclose(out["loss"], float(loss.detach()), rtol=1e-5)
     for name, g in grads.items():
         np.testing.assert_allclose(g, params[name].grad.numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+# ---- dropout between layers --------------------------------------------------------------------
+
+def test_dropout_needs_stacked_layers_and_a_probability(dslc):
+    rc, _, err = dslc(SEQ + "y = x -> lstm(hidden = 4, dropout = 0.3)\n")
+    assert rc == 1
+    assert "`lstm` dropout acts between stacked layers, and there is one layer" in err
+    assert "help: stack layers (`layers = 2`) or drop `dropout`" in err
+    rc, _, err = dslc(SEQ + "y = x -> gru(hidden = 4, layers = 2, dropout = 1.5)\n")
+    assert rc == 1
+    assert "`gru` dropout must be in [0, 1], found 1.5" in err
+
+
+@pytest.mark.slow
+def test_dropout_between_layers_draws_in_training_only():
+    net, _ = compile_source(Source("d.net", "network d\ninput x: [5, 3]\n"
+                                            "y = x -> gru(hidden = 4, layers = 2, dropout = 0.5)\n"))
+    model = Model(net, seed=0)
+    x = np.random.default_rng(1).standard_normal((2, 5, 3)).astype(np.float32)
+    first, second = (model.forward(training=True, x=x)["y"] for _ in range(2))
+    assert not np.allclose(first, second)             # fresh factors each step
+    evaluated = model.forward(x=x)["y"]
+    reference = torch.nn.GRU(3, 4, 2, batch_first=True)
+    weights = {n: torch.tensor(model.params[f"gru1.{n}"]) for n, _ in reference.named_parameters()}
+    expected, _ = torch.func.functional_call(reference, weights, (torch.tensor(x),))
+    np.testing.assert_allclose(evaluated, expected.detach().numpy(), rtol=1e-4, atol=1e-5)
