@@ -61,6 +61,8 @@ class Model:
         self.frozen: set[str] = set()
         self.specs = OrderedDict()
         for n in net.graph.nodes:
+            if net.node(n).shares:      # a shared instance applied again: its arrays are the owner's
+                continue
             for k, p in net.node(n).params.items():
                 self.specs[f"{n}.{k}"] = (n, p)
         self._host = OrderedDict((name, self._init(n, p, np.random.default_rng([seed, i]), init))
@@ -344,11 +346,35 @@ class Model:
         return OrderedDict((k, self.device.to_host(v).copy()) for k, v in plan.param_grads.items())
 
     # ---- training ---------------------------------------------------------------------------
-    def fit(self, x, y, epochs: int = 1, batch: int | None = None, lr: float | None = None,
-            optimizer: str | None = None, val: tuple | None = None, seed: int = 0, progress: bool = True, **kw):
-        """Train on arrays; returns the per-epoch metrics (a list of dicts)."""
-        train = Dataset(np.asarray(x), np.asarray(y), "arrays", None)
-        valid = Dataset(np.asarray(val[0]), np.asarray(val[1]), "validation", None) if val else None
+    def fit(self, x=None, y=None, epochs: int = 1, batch: int | None = None, lr: float | None = None,
+            optimizer: str | None = None, val=None, seed: int = 0, progress: bool = True,
+            data: dict | None = None, **kw):
+        """Train on arrays; returns the per-epoch metrics (a list of dicts).
+
+        The data: `fit(x, y)` for a network with one data input and a label (`fit(x)` where the
+        loss compares with the input itself), or one array per input, by name:
+        `fit(data={"image": x, "box": b, "label": y})` or `fit(image=x, box=b, label=y)`.
+        `val` likewise: an (x, y) pair or a dict by input name. Other keywords are training
+        settings (TrainConfig)."""
+        named = {k: kw.pop(k) for k in list(kw) if k in self.net.inputs}
+        if data is not None or named:
+            if x is not None or y is not None:
+                raise RuntimeUserError("give the data either as fit(x, y) or by input name, not both",
+                                       f"e.g. fit(data={{{', '.join(repr(i) + ': ...' for i in self.net.inputs)}}})")
+            train = Dataset(name="arrays", arrays={k: np.asarray(v) for k, v in {**(data or {}), **named}.items()})
+        elif x is None:
+            raise RuntimeUserError("fit was given no data",
+                                   f"fit(x, y), or one array per input: "
+                                   f"fit({', '.join(f'{i}=...' for i in self.net.inputs)})")
+        else:
+            train = Dataset(np.asarray(x), None if y is None else np.asarray(y), "arrays", None)
+        if isinstance(val, dict):
+            valid = Dataset(name="validation", arrays={k: np.asarray(v) for k, v in val.items()})
+        elif val:
+            valid = Dataset(np.asarray(val[0]), None if len(val) < 2 or val[1] is None else np.asarray(val[1]),
+                            "validation", None)
+        else:
+            valid = None
         cfg = TrainConfig.from_network(self.net, epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, seed=seed,
                                        **kw)
         return Trainer(self, cfg, train, valid, progress=progress).fit()

@@ -51,9 +51,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from .errors import RuntimeUserError
 from dslc.ops import OPS
 
+from .errors import RuntimeUserError
 from .kernel_api import Context, NodeSpec, kernel_class
 
 DTYPES = {"float32": np.float32, "int64": np.int64}
@@ -190,9 +190,12 @@ class Plan:
                             out_shape=self.shapes[n], out_dtype=self.dtypes[n],
                             param_shapes={k: tuple(p.shape) for k, p in d.params.items()})
             self.kernels[n] = kernel_class(device.name, d.op)(spec)
-        self.node_params = {n: {k: params[f"{n}.{k}"] for k in self.net.node(n).params} for n in self.schedule}
+        # a node that shares another's parameters (Node.shares) is bound to the owner's arrays
+        self.node_params = {n: {k: params[self.net.node(n).param_name(k)] for k in self.net.node(n).params}
+                            for n in self.schedule}
         self.node_trainable = {n: [k for k, p in self.net.node(n).params.items()
-                                   if p.trainable and f"{n}.{k}" in trainable] for n in self.schedule}
+                                   if p.trainable and self.net.node(n).param_name(k) in trainable]
+                               for n in self.schedule}
         self._plan_gradients()
         self._plan_steps()
         self._plan_memory()
@@ -261,7 +264,14 @@ class Plan:
 
     def _kept(self, tensor) -> bool:
         """Whether `tensor` must be stored whatever reads it: an output of the network, or its loss."""
-        return tensor in self.net.outputs or tensor == self.net.loss
+        return tensor in self.net.outputs or tensor in self._loss_tensors()
+
+    def _loss_tensors(self) -> list:
+        """The loss and the terms it sums, which the trainer reads after forward to report each."""
+        if self.net.loss is None:
+            return []
+        node = self.net.node(self.net.loss)
+        return [self.net.loss] + (list(node.inputs) if node.op == "loss_sum" else [])
 
     def _plan_steps(self):
         consumers = {n: [] for n in self.shapes}
@@ -354,7 +364,7 @@ class Plan:
             for k, i in enumerate(s.inputs):
                 if i in end and _reads_input(s.kernel, k):
                     end[i] = max(end[i], t_bwd(s.caller))
-        for t in list(self.net.outputs) + [self.net.loss]:
+        for t in list(self.net.outputs) + self._loss_tensors():
             if t in end:
                 end[t] = keep
 
@@ -446,9 +456,18 @@ class Plan:
         arena = _Arena(share=self.reuse_memory)
         requests.sort(key=lambda r: r[0])
         served = [arena.take(shape, dt, first, last) for first, last, shape, dt, _ in requests]
-        trained = [(f"{s.node}.{k}", tuple(self.node_params[s.node][k].shape))
-                   for s in self.backward_steps for k in self.node_trainable[s.node]]
-        self._param_grad_bytes = sum(_size(shape) * 4 for _, shape in trained)
+        # a parameter several nodes use (a shared instance) gets one gradient, which the first of
+        # them in backward order writes; each later one writes an aside buffer that is added in
+        trained, self._param_asides = {}, []
+        for s in self.backward_steps:
+            for k in self.node_trainable[s.node]:
+                name = self.net.node(s.node).param_name(k)
+                if name in trained:
+                    self._param_asides.append((s.node, k, name))
+                else:
+                    trained[name] = tuple(self.node_params[s.node][k].shape)
+        self._param_grad_bytes = sum(_size(trained[name]) * 4 for name in trained) \
+            + sum(_size(trained[name]) * 4 for _, _, name in self._param_asides)
         self.memory_needed = (arena.allocated_bytes + self._param_grad_bytes
                               + sum(_size(self.shapes[t]) * np.dtype(tensor_dtype(t)).itemsize for t in self.inputs))
         self._check_memory()
@@ -481,7 +500,9 @@ class Plan:
         for s in steps:
             for t in (s.node,) + s.absorbed[:-1]:
                 self.out[t] = self.out[s.output]    # for reading only: what the chain absorbed is not kept
-        self.param_grads = {name: dev.empty(shape, np.float32) for name, shape in trained}
+        self.param_grads = {name: dev.empty(shape, np.float32) for name, shape in trained.items()}
+        self._param_aside_buffers = {(n, k): dev.empty(trained[name], np.float32)
+                                     for n, k, name in self._param_asides}
         for t in unreached:
             dev.fill(self.grad[t], 0.0)
         self.loss_seed = dev.empty((), np.float32)
@@ -523,10 +544,19 @@ class Plan:
                 else:
                     gxs.append(self._asides[(s.node, k)])
                     s.accumulations.append((self.grad[i], self._asides[(s.node, k)]))
-            gparams = {k: self.param_grads[f"{s.node}.{k}"] for k in self.node_trainable[s.node]}
+            gparams = {}
+            for k in self.node_trainable[s.node]:
+                aside = self._param_aside_buffers.get((s.node, k))
+                if aside is None:
+                    gparams[k] = self.param_grads[self.net.node(s.node).param_name(k)]
+                else:
+                    gparams[k] = aside
+                    s.accumulations.append((self.param_grads[self.net.node(s.node).param_name(k)], aside))
             xs, params, out, _ = s.args
             s.backward_args = (xs, params, out, gout, gxs, gparams, self.ws_backward[s.node])
         for s in self.steps:
+            for f in s.followers:   # the leader's call computes the followers' shared-parameter asides too
+                s.accumulations.extend(f.accumulations)
             if s.followers:         # each follower's (params, out, gout, gparams)
                 s.kernel.bind_siblings([(f.args[1], f.args[2], f.backward_args[3] if f.backward_args else None,
                                          f.backward_args[5] if f.backward_args else {}) for f in s.followers])
