@@ -27,6 +27,8 @@ TRAINED = {
     "fcn": "synthetic",
     "resnet_stochastic_depth": "digits",
     "fractalnet": "digits",
+    "vae": "digits",
+    "cls_loc": "synthetic",
 }
 COMPILED_ONLY = ["alexnet", "densenet121", "googlenet", "mobilenet_v2", "nin", "resnet18", "resnet34",
                  "resnet50", "squeezenet", "vgg16"]
