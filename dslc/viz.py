@@ -222,7 +222,7 @@ def _draw_collapsed(dg, block: tuple, members: list[str], net: Network):
     inside = set(members)
     exits = [m for m in members if m in net.outputs or any(s not in inside for s in net.consumers(m))]
     shapes = list(dict.fromkeys(_shape_text(net.node(m).type) or "scalar" for m in exits))
-    params = sum(p.size for m in members for p in net.node(m).params.values())
+    params = sum(p.size for m in members if not net.node(m).shares for p in net.node(m).params.values())
     lines = [f"<B>{escape(name)}</B>", escape(kind), escape(", ".join(shapes))]
     if params:
         lines.append(f"{params:,} params")
