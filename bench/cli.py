@@ -148,7 +148,8 @@ def _time_in_process(spec, batch, args, result, record, phase, tick):
     result.macs_per_sample = totals(dslc_side.model.net)["macs"]
     for kind, method, figures in (("train", "train_step", result.train), ("infer", "infer_step", result.infer)):
         phase(kind)
-        times = record(kind, lambda: time_alternating(runners, method, args.steps, args.warmup, ROUNDS, tick))
+        times = record(kind, lambda method=method: time_alternating(runners, method, args.steps, args.warmup,
+                                                                    ROUNDS, tick))
         if times:
             figures.update({fw: samples_per_s(batch, t) for fw, t in times.items()})
 
@@ -181,9 +182,9 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     from tqdm import tqdm
 
-    from .threads import limit_after_import
     # both runners' libraries must be loaded before the thread caps are applied to them
     from . import dslc_runner, torch_runner  # noqa: F401 (imported for their libraries)
+    from .threads import limit_after_import
     pools = limit_after_import(with_torch=True)
     load_before = os.getloadavg()
     commit = git_commit()

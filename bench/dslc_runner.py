@@ -7,10 +7,10 @@ import torch: bench/worker.py measures dslc's peak memory with it.
 from __future__ import annotations
 
 from dslc.compiler import compile_file
-from dslc.summary import totals
 from dslc.runtime.data import Dataset
 from dslc.runtime.model import Model
 from dslc.runtime.train import TrainConfig, Trainer
+from dslc.summary import totals
 
 from .suite import LEARNING_RATE, MOMENTUM, BenchModel
 

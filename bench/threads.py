@@ -28,6 +28,7 @@ def set_env_before_import(threads: int = THREADS) -> None:
 def limit_after_import(threads: int = THREADS, with_torch: bool = False) -> list[str]:
     """Apply the cap to the libraries now loaded; returns one line per thread pool, for the report."""
     import numba
+
     # load SciPy's BLAS now (Numba's np.dot calls it) so that threadpoolctl sees and caps it too
     import scipy.linalg.cython_blas  # noqa: F401
     numba.set_num_threads(threads)

@@ -13,7 +13,6 @@ a message (ArtifactError) instead of reaching the runtime.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 

@@ -21,8 +21,17 @@ from .graph import Network, Node, add_node
 from .ops import OPS, ShapeError, TensorType
 from .parser import parse, read_source
 from .train_section import check_section
-from .values import POISONED, SHAPE_FUNCTIONS, CoerceError, EvalError, Word, coerce, describe, evaluate
-from .values import evaluate_condition
+from .values import (
+    POISONED,
+    SHAPE_FUNCTIONS,
+    CoerceError,
+    EvalError,
+    Word,
+    coerce,
+    describe,
+    evaluate,
+    evaluate_condition,
+)
 from .values import Poisoned as _Poison
 
 MAX_TENSOR_BYTES = 8 << 30      # per sample; refuse before anything is allocated
@@ -239,7 +248,8 @@ class Elaborator:
                 continue
             if p.default is None:
                 self.d.error(f"network parameter `{p.name}` has no default and was not set", p.span,
-                             label="needs a value", help=f"give a default (`{p.name} = ...`) or pass `--set {p.name}=...`")
+                             label="needs a value",
+                             help=f"give a default (`{p.name} = ...`) or pass `--set {p.name}=...`")
                 params[p.name] = POISONED
                 continue
             try:
@@ -331,7 +341,8 @@ class Elaborator:
             path = " -> ".join(f"`{u}`" for u, _ in cycle) + f" -> `{cycle[0][0]}`"
             first = names[cycle[0][0]]
             self.d.error("tensors depend on each other in a cycle", first.name_span, label="part of the cycle",
-                         notes=[f"cycle: {path}"], help="a network is acyclic: break the cycle (recurrence goes in `lstm`/`gru`/`rnn`)")
+                         notes=[f"cycle: {path}"],
+                         help="a network is acyclic: break the cycle (recurrence goes in `lstm`/`gru`/`rnn`)")
             cyc = {u for u, _ in cycle}
             order = [n for n in sorted(names, key=lambda n: names[n].span.line) if n not in cyc]
             for n in cyc:
@@ -433,7 +444,7 @@ class Elaborator:
             n = evaluate(term.count, scope.env, self._types(scope.tensors))
         except EvalError as e:
             self.d.error(e.message, e.span, help=e.help)
-            raise _Poison()
+            raise _Poison() from None
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_REPEAT:
             self.d.error(f"a repeat count must be a whole number from 1 to {MAX_REPEAT}, found {describe(n)}",
                          term.count.span, label="here")
@@ -618,8 +629,12 @@ class Elaborator:
             prim = OPS[op_name]
             attrs, inputs = prim.link(attrs, inputs, self.g)
             if len(inputs) < prim.min_inputs or (prim.max_inputs is not None and len(inputs) > prim.max_inputs):
-                want = prim.min_inputs if prim.max_inputs == prim.min_inputs else \
-                    f"{prim.min_inputs} or more" if prim.max_inputs is None else f"{prim.min_inputs} to {prim.max_inputs}"
+                if prim.max_inputs == prim.min_inputs:
+                    want = prim.min_inputs
+                elif prim.max_inputs is None:
+                    want = f"{prim.min_inputs} or more"
+                else:
+                    want = f"{prim.min_inputs} to {prim.max_inputs}"
                 raise ShapeError(f"`{op.name}` takes {want} input tensor{'s' * (want != 1)}, found {len(inputs)}",
                                  help="tensors flow in with `->` or are passed by name, e.g. `add(x)`")
             in_types = [self._node(i).type for i in inputs]
@@ -643,7 +658,7 @@ class Elaborator:
             names_the_op = e.message.startswith((f"{op.name} ", f"`{op.name}"))
             message = e.message if names_the_op else f"{op.name}: {e.message}"
             self.d.error(message, span, label="here", notes=notes, help=e.help)
-            raise _Poison()
+            raise _Poison() from None
         name = self._node_name(scope, label, op.name)
         if not self._size_ok(out, call.span, name):
             raise _Poison()
@@ -687,7 +702,8 @@ class Elaborator:
         if b.name in self.block_stack:
             chain = " -> ".join(self.block_stack + [b.name])
             self.d.error(f"block `{b.name}` uses itself", call.span, label="recursive use",
-                         notes=[f"expansion: {chain}"], help="blocks expand at compile time; use repetition (`* n`) instead")
+                         notes=[f"expansion: {chain}"],
+                         help="blocks expand at compile time; use repetition (`* n`) instead")
             raise _Poison()
         # Lexical scope: a body sees the network's parameters and its own, never its caller's.
         env = dict(self.network_params)
@@ -815,8 +831,9 @@ class Elaborator:
         if first is None or first.op != prim.name or {k: p.shape for k, p in first.params.items()} != shapes:
             notes = []
             if first is not None:
-                notes.append(f"`{first.name}` holds " + ", ".join(f"{k} {list(p.shape)}" for k, p in first.params.items()))
-                notes.append(f"here it would need " + ", ".join(f"{k} {list(v)}" for k, v in shapes.items()))
+                held = ", ".join(f"{k} {list(p.shape)}" for k, p in first.params.items())
+                notes.append(f"`{first.name}` holds {held}")
+                notes.append("here it would need " + ", ".join(f"{k} {list(v)}" for k, v in shapes.items()))
                 if first.inputs:
                     notes.append(f"`{first.name}` reads {self._node(first.inputs[0]).type}")
             if inputs:
@@ -838,7 +855,7 @@ class Elaborator:
             taken = evaluate_condition(term.cond, scope.env, self._types(scope.tensors))
         except EvalError as e:
             self.d.error(e.message, e.span, label=e.label or "in this condition", help=e.help)
-            raise _Poison()
+            raise _Poison() from None
         body = term.then if taken else term.orelse
         if body is None:
             if current is None:

@@ -107,7 +107,8 @@ def to_text(net: Network) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(5)]
     lines = [f"network {net.name}" + (f"  ({net.source_path})" if net.source_path else "")]
     sep = "  "
-    fmt = lambda row: sep.join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    def fmt(row):
+        return sep.join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
     lines.append(fmt(head))
     lines.append(sep.join("-" * w for w in widths))
     lines += [fmt(r) for r in table[1:]]

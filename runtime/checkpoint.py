@@ -299,7 +299,7 @@ def _parse_meta(meta_bytes: bytes, path: str):
     try:
         wrapper = json.loads(meta_bytes)
         return wrapper["meta"], wrapper["format"]
-    except (ValueError, KeyError, TypeError, RecursionError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise CheckpointError(f"checkpoint '{path}' was modified or corrupted (unreadable metadata)",
                               _CORRUPT_HINT) from None
 

@@ -8,8 +8,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from dslc.train_section import (DEFAULT_OPTIMIZER, OPTIMIZER_SHORTHANDS, OPTIMIZERS, optimizer_settings,
-                                schedule_settings, split_call)
+from dslc.train_section import (
+    DEFAULT_OPTIMIZER,
+    OPTIMIZER_SHORTHANDS,
+    OPTIMIZERS,
+    optimizer_settings,
+    schedule_settings,
+    split_call,
+)
 
 from .errors import RuntimeUserError
 

@@ -14,7 +14,8 @@ magnitude longer than the op itself (figures in docs/CPU-BACKEND.md). Hence:
     them over `prange` itself, one single-threaded GEMM per worker (dense.py, conv.py,
     recurrent.py).
   * A parallel region costs a wake-up of the other worker and, when the machine is busy, a
-    wait for its time slice, which on a small op costs more than the split saves. So kernels go parallel only above a size: PARALLEL_MIN_ELEMENTS for memory-bound
+    wait for its time slice, which on a small op costs more than the split saves. So kernels go
+    parallel only above a size: PARALLEL_MIN_ELEMENTS for memory-bound
     elementwise loops, PARALLEL_MIN_FLOPS for GEMMs. Kernels decide once, when built, and
     pass the choice to their jitted loops as an argument (`parallel`), so both paths live in
     one cached function and a test can drive each.

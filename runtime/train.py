@@ -24,9 +24,9 @@ from dslc.ops import OPS
 from .augment import Augment
 from .checkpoint import load_checkpoint, rng_from_arrays, rng_state_to_arrays, save_checkpoint
 from .compile_watch import CompileWatch
+from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's settings)
 from .data import Dataset, named_batches
 from .errors import CheckpointError, RuntimeUserError
-from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's settings)
 from .optim import make_schedule
 
 CHECKPOINT_NAME = "last.ckpt"
@@ -547,7 +547,7 @@ class Trainer:
             if key == "epochs" or key not in saved_cfg:
                 continue
             if _jsonish(saved_cfg[key]) != _jsonish(current[key]):
-                def setting(v):
+                def setting(v, key=key):
                     return f"{_FLAGS[key]} {v}" if key in _FLAGS else f"`{key} {v}` (train section)"
                 raise CheckpointError(f"{path} was saved by a run with {setting(saved_cfg[key])}; this run has "
                                       f"{setting(current[key])}", f"{hint} ({setting(saved_cfg[key])})")
@@ -653,7 +653,8 @@ def check_output_file(path, flag="--metrics"):
     bad path does not cost a trained epoch."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise RuntimeUserError(f"{flag} {path} is a directory", f"give a file name, e.g. {flag} {os.path.join(path, 'metrics.jsonl')}")
+        raise RuntimeUserError(f"{flag} {path} is a directory",
+                               f"give a file name, e.g. {flag} {os.path.join(path, 'metrics.jsonl')}")
     try:
         parent = os.path.dirname(path)
         if parent:

@@ -1,8 +1,21 @@
 """Convolutions: conv and deconv (transposed convolution). Kernels: runtime/{cpu,cuda}/conv.py."""
 from __future__ import annotations
 
-from .registry import (Attr, OpDef, ParamSpec, ShapeError, TensorType, fixed, need_float, need_rank, pair_text,
-                       register, resolve_same_pad, window_out, window_text)
+from .registry import (
+    Attr,
+    OpDef,
+    ParamSpec,
+    ShapeError,
+    TensorType,
+    fixed,
+    need_float,
+    need_rank,
+    pair_text,
+    register,
+    resolve_same_pad,
+    window_out,
+    window_text,
+)
 
 _WINDOW_ATTRS = (
     Attr("channels", "int", doc="output channels"),

@@ -10,8 +10,20 @@ ceil_mode (see `_pooled_size`). No op here counts MACs (see docs/OPS.md).
 from __future__ import annotations
 
 from .conv import _check_positive
-from .registry import (OPS, Attr, OpDef, ShapeError, TensorType, fixed, need_float, need_rank, pair_text, register,
-                       window_out, window_text)
+from .registry import (
+    OPS,
+    Attr,
+    OpDef,
+    ShapeError,
+    TensorType,
+    fixed,
+    need_float,
+    need_rank,
+    pair_text,
+    register,
+    window_out,
+    window_text,
+)
 
 GLOBAL = "global"
 

@@ -198,7 +198,8 @@ def window_out(size, k, s, p, dil=1, what="spatial size"):
     if size + 2 * p < span:
         raise ShapeError(f"kernel larger than the padded input: {what} {size} + 2x{p} padding < kernel extent {span}",
                          expected=f"{what} + 2*pad >= {span}", found=f"{size} (padded {size + 2 * p})",
-                         help="use a smaller kernel, more padding, or remove a downsampling step before this", arg="kernel")
+                         help="use a smaller kernel, more padding, or remove a downsampling step before this",
+                         arg="kernel")
     return (size + 2 * p - span) // s + 1
 
 

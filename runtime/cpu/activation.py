@@ -20,7 +20,6 @@ import numpy as np
 from dslc.runtime.jit import njit, parallel_elementwise, pnjit, prange
 from dslc.runtime.kernel_api import Kernel, register
 
-
 # --- elementwise ops -------------------------------------------------------------------------
 # Uniform signatures, forward(x, out, param, parallel) and backward(x, out, gout, gx, param,
 # parallel), on flat arrays, so that one Kernel class drives all of them; `param` is the op's

@@ -8,7 +8,8 @@ allocate a temporary for the sum; add_into does not.
 
 Inside a `parallel=True` kernel, an array expression (`a[:] = 0`, `a += b`, `np.sum(a)`)
 becomes a parallel loop of its own, compiled as a separate function, a large share of the
-kernel's compile time (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices"). Parallel kernels call these helpers (compiled once, serially) instead.
+kernel's compile time (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices"). Parallel
+kernels call these helpers (compiled once, serially) instead.
 """
 from dslc.runtime.jit import njit
 

@@ -34,7 +34,8 @@ def gemm(trans_a, trans_b, m, n, k, a, a_at, lda, b, b_at, ldb, beta, c, c_at, l
     Each matrix starts at element offset `*_at` from the first element of its array and has
     row stride `ld*` (elements), whatever the array's own shape and strides (a row-sliced view
     of a wider buffer works: pass the buffer's row length as ld); op(X) is X^T where `trans_x`.
-    float32 goes to sgemm, float64 (the finite-difference tests) to dgemm. BLAS is column major and a row-major matrix is its column-major
+    float32 goes to sgemm, float64 (the finite-difference tests) to dgemm. BLAS is column major and
+    a row-major matrix is its column-major
     transpose, so this asks BLAS for C^T = op(B)^T op(A)^T. Nothing checks that the matrices
     fit in their arrays: callers size their buffers for it.
     """

@@ -123,7 +123,8 @@ def _col2im(cols, geometry, first_col, image):
 def gather_pays(grid_w: int) -> bool:
     """Whether im2col/col2im should go through a table of offsets (_im2col_gather) rather than
     the loops over grid rows (_im2col): on short grid rows the loops' per-row work dominates,
-    while on wide rows the loops, which copy whole contiguous runs, win (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices")."""
+    while on wide rows the loops, which copy whole contiguous runs, win (docs/CPU-BACKEND.md,
+    "Measurements behind the kernels' choices")."""
     return grid_w <= 8
 
 
@@ -211,7 +212,8 @@ def _chunk_bounds(chunk_index, chunk, n_batch):
 
 @pnjit
 def _conv_forward(x, weight, scale, shift, relu, out, geometry, offsets, pointwise, chunk, cols, staging):
-    """The epilogue (scale, shift, relu) as in _epilogue, per group. cols / staging: (workers, rows, chunk * positions) per-worker buffers for a chunk's
+    """The epilogue (scale, shift, relu) as in _epilogue, per group. cols / staging: (workers, rows,
+    chunk * positions) per-worker buffers for a chunk's
     column matrix and GEMM result (F/G, samples * positions), scattered to `out` afterwards; a
     short last chunk uses their first columns (the GEMMs take the buffers' row length as
     their leading dimension)."""
@@ -739,7 +741,7 @@ class Conv(FusesRelu, _ConvBase):
                 for i, (k, ops) in enumerate(zip(kernels, operands))]
 
     def _stack_weights(self, members, weight):
-        for kernel, params, _, _, _, lo, hi in members:
+        for _, params, _, _, _, lo, hi in members:
             weight[lo:hi] = params["weight"].reshape(hi - lo, -1)
         return weight
 

@@ -39,10 +39,12 @@ dW = G^T dU G.
 Compile time: every parallel region is a function of its own for Numba to compile, seconds
 each on a cold cache, so the weight transforms run serially before (winograd_conv) or after
 (winograd_weight_grad) the one parallel region of each entry point: split between two workers
-they would save little of a step and cost more than that in every cold start (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices").
+they would save little of a step and cost more than that in every cold start (docs/CPU-BACKEND.md,
+"Measurements behind the kernels' choices").
 
 Every transform is one primitive applied twice, a small constant matrix times a stack of rows
-(_left_multiply, _right_multiply, both through _combine_rows), where each row holds one value per tile (or per channel, for
+(_left_multiply, _right_multiply, both through _combine_rows), where each row holds one value per
+tile (or per channel, for
 the weight transforms): the loops over a row are long, contiguous and branch-free, so LLVM
 vectorises them whatever m is, and the tiles of a whole chunk of samples go through at once.
 Buffers are flat (1-d) with explicit offsets, like BLAS's view of them.

@@ -13,7 +13,6 @@ import numpy as np
 from dslc.runtime.jit import parallel_elementwise, pnjit, prange
 from dslc.runtime.kernel_api import Kernel, register
 
-
 # --- unary -----------------------------------------------------------------------------------
 
 class _Unary(Kernel):

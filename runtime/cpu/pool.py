@@ -15,7 +15,8 @@ tensor the max-pool pooled (its input 1).
 
 Speed comes from the innermost loop: it runs over consecutive outputs with the window's
 offsets unrolled in its body and a branch-free select per offset, so LLVM vectorises it; a
-loop over a window's elements with a branch per element does not vectorise (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices"). Unrolling needs the window size at compile time, so the
+loop over a window's elements with a branch per element does not vectorise (docs/CPU-BACKEND.md,
+"Measurements behind the kernels' choices"). Unrolling needs the window size at compile time, so the
 geometries the networks use get their own plane functions: 3x3 stride 1 pad 1 (inception
 branches) runs over the whole interior of a plane as one flat loop (rows are only 32 long,
 too short for 16-lane vectors) and patches the border windows afterwards; 2x2 stride 2

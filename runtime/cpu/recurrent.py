@@ -75,7 +75,6 @@ from dslc.runtime.cpu.stochastic import draw_factors
 from dslc.runtime.jit import njit, parallel_gemm, pnjit, prange, use_serial_blas
 from dslc.runtime.kernel_api import Kernel, register
 
-
 # ---------------------------------------------------------------------------------------------
 # embed
 # ---------------------------------------------------------------------------------------------

@@ -141,7 +141,8 @@ class _ConvBase(Kernel):
     def _mat(self, ws, samples):
         width = samples * self.positions
         flat = ws["mat"][:self.mat_channels * width]
-        return flat.reshape(self.mat_channels, width), flat.reshape(self.groups, self.mat_channels // self.groups, width)
+        per_group = self.mat_channels // self.groups
+        return flat.reshape(self.mat_channels, width), flat.reshape(self.groups, per_group, width)
 
     def _grouped_weight(self, weight):
         return weight.reshape(self.groups, weight.shape[0] // self.groups, -1)

@@ -12,7 +12,6 @@ from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
 from dslc.runtime.cuda.reduce import block_sum, channel_view, reduction_threads
 from dslc.runtime.kernel_api import Kernel, register
 
-
 # --- batchnorm -------------------------------------------------------------------------------
 # One block per channel for both passes. Forward computes the channel's statistics (batch
 # statistics in training, running statistics in eval), saves mean and 1/std for backward,

@@ -29,7 +29,6 @@ from dslc.runtime.cuda.launch import THREADS_1D, blocks_1d
 from dslc.runtime.cuda.reduce import block_sum, reduction_threads
 from dslc.runtime.kernel_api import Kernel, register
 
-
 # ---------------------------------------------------------------------------------------------
 # embed
 # ---------------------------------------------------------------------------------------------

@@ -7,8 +7,15 @@ import zipfile
 import numpy as np
 import pytest
 
-from dslc.runtime.checkpoint import (DIGEST_KEY, FORMAT_VERSION, META_KEY, load_checkpoint, rng_from_arrays,
-                                rng_state_to_arrays, save_checkpoint)
+from dslc.runtime.checkpoint import (
+    DIGEST_KEY,
+    FORMAT_VERSION,
+    META_KEY,
+    load_checkpoint,
+    rng_from_arrays,
+    rng_state_to_arrays,
+    save_checkpoint,
+)
 from dslc.runtime.errors import CheckpointError
 
 

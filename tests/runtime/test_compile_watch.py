@@ -67,7 +67,7 @@ def test_a_step_that_compiles_says_so_once(monkeypatch):
         kernel = _fresh_function()
         step = trainer._step
 
-        def compiling_step(feeds, lr):
+        def compiling_step(feeds, lr, kernel=kernel, step=step):
             kernel(feeds["image"])
             return step(feeds, lr)
 

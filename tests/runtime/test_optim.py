@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from dslc.runtime.errors import CheckpointError
-from dslc.runtime.optim import (OPTIMIZERS, SCHEDULE_ARGS, SCHEDULES, clip_grad_norm, clip_grad_value,
-                                make_optimizer, make_schedule)
+from dslc.runtime.optim import (
+    OPTIMIZERS,
+    SCHEDULE_ARGS,
+    SCHEDULES,
+    clip_grad_norm,
+    clip_grad_value,
+    make_optimizer,
+    make_schedule,
+)
 
 SHAPES = {"conv1.weight": (4, 3, 2, 2), "conv1.bias": (4,), "fc.weight": (5, 6)}
 LRS = [0.1, 0.05, 0.05, 0.02, 0.01]           # a different lr per step, as a schedule gives
