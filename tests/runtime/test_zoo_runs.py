@@ -29,6 +29,9 @@ TRAINED = {
     "fractalnet": "digits",
     "vae": "digits",
     "cls_loc": "synthetic",
+    "char_bilstm": "chars",
+    "captioning": "synthetic",
+    "unet": "synthetic",
 }
 COMPILED_ONLY = ["alexnet", "densenet121", "googlenet", "mobilenet_v2", "nin", "resnet18", "resnet34",
                  "resnet50", "squeezenet", "vgg16"]
