@@ -143,11 +143,21 @@ def _add_use_commands(sub):
     pr.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     pr.set_defaults(func=cmd_predict)
 
-    i = sub.add_parser("inspect", help="draw what trained weights do: saliency maps, first-layer filters")
+    i = sub.add_parser("inspect", help="draw what trained weights do: saliency, filters, activations, occlusion, "
+                                       "t-SNE")
     i.add_argument("file")
     i.add_argument("--weights", required=True, metavar="CKPT")
-    i.add_argument("kind", choices=("saliency", "filters"),
-                   help="saliency: |d class score / d input| for --input; filters: the first conv layer's filters")
+    i.add_argument("kind", choices=("saliency", "filters", "activations", "occlusion", "tsne"),
+                   help="saliency: |d class score / d input| for --input; filters: the first conv layer's filters; "
+                        "activations: --layer's maps for --input; occlusion: the class probability's drop under a "
+                        "patch slid over --input; tsne: t-SNE of --layer's features over --data, by class")
+    i.add_argument("--layer", metavar="NAME", help="the layer to show (activations, tsne)")
+    i.add_argument("--patch", type=int, default=2, metavar="P", help="occlusion: the square's side in pixels (2)")
+    i.add_argument("--stride", type=int, default=1, metavar="S", help="occlusion: its step in pixels (1)")
+    i.add_argument("--fill", type=float, default=0.0, metavar="V",
+                   help="occlusion: the value the square holds (0: the digits' background)")
+    i.add_argument("--data", metavar="SOURCE", help="tsne: the dataset (digits, mnist directory, .npz)")
+    i.add_argument("--limit", type=int, metavar="N", help="tsne: samples to embed (300)")
     i.add_argument("-o", "--output", required=True, metavar="OUT.png")
     i.add_argument("--input", metavar="IMG", help="the image (or .npy/.npz sample) to explain")
     i.add_argument("--class", dest="cls", type=int, metavar="K", help="the class to explain (default: the predicted)")

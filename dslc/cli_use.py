@@ -4,6 +4,9 @@
     dslc predict FILE --weights A B C INPUT...       an ensemble: class probabilities averaged
     dslc inspect FILE --weights CKPT saliency --input IMG -o out.png [--class K]
     dslc inspect FILE --weights CKPT filters -o out.png
+    dslc inspect FILE --weights CKPT activations --input IMG --layer NAME -o out.png
+    dslc inspect FILE --weights CKPT occlusion --input IMG -o out.png [--class K] [--patch 2 --stride 1]
+    dslc inspect FILE --weights CKPT tsne --data digits --layer NAME -o out.png [--limit 300]
     dslc sample FILE --weights CKPT --prime TEXT --length N --temperature T [--seed S]
     dslc plot METRICS.jsonl -o curves.png
 
@@ -22,7 +25,7 @@ import sys
 import numpy as np
 
 from .compiler import UsageError, compile_file
-from .diagnostics import CompileError
+from .diagnostics import CompileError, did_you_mean
 from .runtime.checkpoint import load_checkpoint
 from .runtime.errors import CheckpointError, DataError, RuntimeUserError
 
@@ -371,11 +374,208 @@ def _first_conv(net):
     return None
 
 
+def _layer(net, name: str | None, kind: str, usage: str):
+    """The node `name` names (a node or a tensor name), or a diagnostic with the candidates."""
+    names = [n.name for n in net.nodes() if n.op != "input" and n.type.dtype == "float32" and n.type.shape
+             and n.name != net.loss and not n.op.startswith("loss")]
+    if not name:
+        raise UsageError(f"{kind} needs a layer: --layer NAME", f"e.g. {usage}; layers of {net.name}: "
+                         + ", ".join(names))
+    node_name = net.tensors.get(name, name)
+    if node_name not in net or net.node(node_name).op == "input":
+        raise UsageError(f"{net.name} has no layer `{name}`",
+                         did_you_mean(name, names + list(net.tensors)) or f"layers: {', '.join(names)}")
+    if node_name not in names:
+        raise UsageError(f"`{name}` ({net.node(node_name).op}) holds no float features to show",
+                         f"layers that do: {', '.join(names)}")
+    return net.node(node_name)
+
+
+def layer_outputs(model, feeds: dict, layers: list[str]) -> dict:
+    """{layer: its output (host array)} for the inputs `feeds`, in eval mode. The layers are made
+    outputs of a copy of the network for this plan: an output is stored unfused and kept to the
+    end of the pass, whereas an inference plan fuses conv -> batchnorm -> relu into one call
+    (the conv's own output is never stored) and reuses dead activations' memory."""
+    import dataclasses
+
+    from .runtime.plan import Plan
+    net = dataclasses.replace(model.net, outputs=list(dict.fromkeys(list(model.net.outputs) + list(layers))))
+    feeds = model._feeds(feeds)
+    batch, symbols = model._bindings(feeds)
+    plan = Plan(net, model._dev, model.device, batch, symbols, False, None, with_loss=False)
+    plan.set_inputs(feeds)
+    model.ctx.training = False
+    plan.forward(model.ctx)
+    return {n: model.device.to_host(plan.out[n]).copy() for n in layers}
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = int(np.ceil(np.sqrt(n)))
+    return int(np.ceil(n / cols)), cols
+
+
+def _one_image_input(net, kind: str) -> str:
+    names = data_inputs(net)
+    if len(names) != 1 or net.node(names[0]).type.dtype != "float32":
+        raise UsageError(f"{kind} needs a network with one float input; {net.name} has {', '.join(names)}",
+                         "inspect an image classifier")
+    return names[0]
+
+
+def _input_sample(net, args, kind: str) -> tuple[str, dict]:
+    name = _one_image_input(net, kind)
+    if not args.input:
+        raise UsageError(f"{kind} needs an image: --input IMG", "e.g. --input digit.png")
+    feeds, _ = read_inputs(net, [args.input], args.invert)
+    return name, {k: v[:1] for k, v in feeds.items()}
+
+
+def _save(plt, fig, path):
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def activations_command(args, model, plt) -> int:
+    net = model.net
+    node = _layer(net, args.layer, "activations", "--layer conv1")
+    name, feeds = _input_sample(net, args, "activations")
+    if len(node.type.shape) != 4:
+        maps = [n.name for n in net.nodes() if len(n.type.shape) == 4 and n.op != "input"]
+        raise UsageError(f"`{node.name}` ({node.op}) gives {tuple(node.type.shape)}, no (channels, height, width) "
+                         "maps to draw as a grid",
+                         f"layers with maps: {', '.join(maps) or 'none'}; `dslc inspect ... tsne --layer "
+                         f"{node.name}` shows such features over a dataset")
+    a = layer_outputs(model, feeds, [node.name])[node.name][0]
+    rows, cols = _grid(a.shape[0] + 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9 + 0.4, rows * 0.9 + 0.5), squeeze=False)
+    flat = axes.ravel()
+    for ax in flat:
+        ax.axis("off")
+    flat[0].imshow(_as_picture(feeds[name][0]), cmap="gray")
+    flat[0].set_title("input", fontsize=6)
+    lo, hi = float(a.min()), float(a.max())
+    for c in range(a.shape[0]):     # one scale for every map: a dead channel looks dead
+        flat[c + 1].imshow(a[c], cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
+        flat[c + 1].set_title(str(c), fontsize=6)
+    fig.suptitle(f"{node.name} ({node.op}) on {os.path.basename(args.input)}", fontsize=8)
+    _save(plt, fig, args.output)
+    active = int((a.reshape(a.shape[0], -1).max(axis=1) > 0).sum())
+    strongest = int(np.argmax(a.reshape(a.shape[0], -1).mean(axis=1)))
+    print(f"wrote {args.output}: the {a.shape[0]} maps of {node.name} ({a.shape[1]}x{a.shape[2]}) for "
+          f"{args.input}, on one scale {lo:.3g} to {hi:.3g}; {active} active, strongest on average: map {strongest}")
+    return 0
+
+
+def occlusion_map(model, feeds: dict, output: str, cls: int | None, patch: int, stride: int,
+                  fill: float = 0.0) -> tuple[np.ndarray, int, float]:
+    """(map (H, W), class, its probability on the whole image): the drop in the class's
+    probability when a patch x patch square of the image is set to `fill` (Zeiler & Fergus,
+    2014), each pixel the mean over the patches covering it; cls None: the predicted class."""
+    net = model.net
+    name = data_inputs(net)[0]
+    x = feeds[name][:1]
+    if x.ndim < 3:
+        raise UsageError(f"occlusion needs an image input; `{name}` is {tuple(x.shape[1:])}",
+                         "inspect a network whose input is (channels, height, width) or (height, width)")
+    h, w = x.shape[-2:]
+    if not (1 <= patch <= min(h, w)) or stride < 1:
+        raise UsageError(f"--patch {patch} --stride {stride} for a {h}x{w} image",
+                         f"give a patch of 1 to {min(h, w)} pixels and a stride of at least 1")
+    probs = probabilities(net, model.forward(**{name: x}), output)
+    if probs is None:
+        raise UsageError(f"output `{output}` holds no class scores", "occlusion needs a classifier's (N, classes) "
+                         "output")
+    classes = probs.shape[1]
+    if cls is None:
+        cls = int(np.argmax(probs[0]))
+    elif not 0 <= cls < classes:
+        raise UsageError(f"--class {cls}: {net.name} has classes 0 to {classes - 1}", f"give 0 to {classes - 1}")
+    base = float(probs[0, cls])
+    spots = [(r, c) for r in range(0, h - patch + 1, stride) for c in range(0, w - patch + 1, stride)]
+    batch = np.repeat(x, len(spots), axis=0)
+    for k, (r, c) in enumerate(spots):
+        batch[k, ..., r:r + patch, c:c + patch] = fill
+    p = np.concatenate([probabilities(net, model.forward(**{name: batch[i:i + 256]}), output)[:, cls]
+                        for i in range(0, len(batch), 256)])
+    total, count = np.zeros((h, w)), np.zeros((h, w))
+    for k, (r, c) in enumerate(spots):
+        total[r:r + patch, c:c + patch] += base - p[k]
+        count[r:r + patch, c:c + patch] += 1
+    return total / np.maximum(count, 1), cls, base
+
+
+def occlusion_command(args, model, plt) -> int:
+    net = model.net
+    name, feeds = _input_sample(net, args, "occlusion")
+    output = args.output_name or net.tensor_name(net.outputs[0])
+    drop, cls, p = occlusion_map(model, feeds, output, args.cls, args.patch, args.stride, args.fill)
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    axes[0].imshow(_as_picture(feeds[name][0]), cmap="gray")
+    axes[0].set_title(os.path.basename(args.input))
+    lim = float(np.abs(drop).max()) or 1.0
+    im = axes[1].imshow(drop, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[1].set_title(f"probability drop, class {cls} ({p:.0%})", fontsize=8)
+    fig.colorbar(im, ax=axes[1], fraction=0.046)
+    for a in axes:
+        a.axis("off")
+    fig.tight_layout()
+    _save(plt, fig, args.output)
+    r, c = np.unravel_index(int(np.argmax(drop)), drop.shape)
+    print(f"wrote {args.output}: occlusion of {args.input} by a {args.patch}x{args.patch} patch of {args.fill:g} "
+          f"(stride {args.stride}), class {cls} at {p:.1%}; the largest drop, {float(drop[r, c]):.1%}, "
+          f"at row {r}, column {c}")
+    return 0
+
+
+def tsne_command(args, model, plt) -> int:
+    from .cli_train import _DataSpec
+    net = model.net
+    node = _layer(net, args.layer, "tsne", "--layer fc1")
+    name = _one_image_input(net, "tsne")
+    if not args.data:
+        raise UsageError("tsne needs a dataset: --data SOURCE", "e.g. --data digits")
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        raise RuntimeUserError("dslc inspect tsne needs scikit-learn, which is not installed",
+                               "pip install scikit-learn") from None
+    if args.limit is not None and args.limit < 5:
+        raise UsageError(f"--limit {args.limit}: t-SNE needs at least 5 points", "give --limit 300 or so")
+    spec = _DataSpec(net)
+    ds, _ = spec.load(args.data, val_fraction=0, seed=0, limit=args.limit or 300)
+    x = ds.arrays.get(name, ds.x)
+    labels = ds.arrays.get(spec.label) if spec.label is not None else None
+    labels = ds.y if labels is None else labels
+    feats = np.concatenate([layer_outputs(model, {name: x[i:i + 256]}, [node.name])[node.name]
+                            for i in range(0, len(x), 256)])
+    feats = feats.reshape(len(feats), -1).astype(np.float64)
+    n = len(feats)
+    perplexity = min(30.0, (n - 1) / 3)
+    emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(feats)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    colour = labels if labels is not None and labels.ndim == 1 and labels.dtype.kind in "iu" else None
+    sc = ax.scatter(emb[:, 0], emb[:, 1], c=colour, cmap="tab10" if colour is not None else None, s=8)
+    if colour is not None:
+        fig.colorbar(sc, ax=ax, ticks=sorted(set(colour.tolist()))[:20])
+    ax.set_title(f"t-SNE of {node.name} ({feats.shape[1]} features), {n} samples of {ds.name}", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    _save(plt, fig, args.output)
+    by = f", coloured by {spec.label or 'label'}" if colour is not None else ""
+    print(f"wrote {args.output}: t-SNE of {node.name}'s {feats.shape[1]} features over {n} points of {ds.name}{by} "
+          f"(perplexity {perplexity:g})")
+    return 0
+
+
 def inspect_command(args) -> int:
     _check_output_path(args.output, ".png", ([args.input] if args.input else []) + [args.file, args.weights])
     plt = _pyplot()
     model, _ = load_trained(args)
     net = model.net
+    kinds = {"activations": activations_command, "occlusion": occlusion_command, "tsne": tsne_command}
+    if args.kind in kinds:
+        return kinds[args.kind](args, model, plt)
     if args.kind == "saliency":
         if not args.input:
             raise UsageError("saliency needs an image: --input IMG", "e.g. --input digit.png")
