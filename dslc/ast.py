@@ -131,8 +131,8 @@ class Residual:
 
 
 @dataclass
-class Branches:           # concat { a | b } or sum { a | b }
-    kind: str             # "concat" | "sum"
+class Branches:           # concat { a | b }, sum { a | b } or mean { a | b }
+    kind: str             # "concat" | "sum" | "mean"
     branches: list[Chain]
     span: Span
 

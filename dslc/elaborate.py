@@ -928,6 +928,10 @@ class Elaborator:
         return self._make_node(bn, _defaults(bn), [conv], ast.Call("batchnorm", [], span, span), ss, "1")
 
     def _branches(self, term: ast.Branches, scope: _Scope, current, label):
+        if term.kind == "mean" and len(term.branches) < 2:
+            self.d.error("`mean { }` averages two or more branches, found one", term.span, label="one branch",
+                         help="separate the branches with `|`, e.g. `mean { conv(c, 3x3, pad = 1) | identity }`")
+            raise _Poison()
         bs = scope if label is None else scope.child(label, term.kind)
         outs, bad = [], False
         for chain in term.branches:
@@ -939,7 +943,7 @@ class Elaborator:
                 bad = True
         if bad:
             raise _Poison()
-        op = OPS["concat"] if term.kind == "concat" else OPS["add"]
+        op = OPS[{"concat": "concat", "sum": "add", "mean": "mean"}[term.kind]]
         return self._make_node(op, _defaults(op), outs, ast.Call(term.kind, [], term.span, term.span), bs, None)
 
     # ---- loss, outputs, train --------------------------------------------------------------

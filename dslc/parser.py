@@ -376,9 +376,9 @@ class _ToAst(Transformer):
     def _kw_call(kind):
         def f(self, meta, c):
             s = self.sp(meta)
-            return ast.Call(kind, c[0], s, Span(s.source, s.line, s.col, s.line, s.col + len(kind)))
+            return ast.Call(kind, c[0] if c else [], s, Span(s.source, s.line, s.col, s.line, s.col + len(kind)))
         return f
-    concat_call, sum_call = _kw_call("concat"), _kw_call("sum")
+    concat_call, sum_call, mean_call = _kw_call("concat"), _kw_call("sum"), _kw_call("mean")
     del _kw_call
 
     def chain(self, meta, c):
@@ -423,6 +423,9 @@ class _ToAst(Transformer):
 
     def sum_block(self, meta, c):
         return ast.Branches("sum", c[0], self.sp(meta))
+
+    def mean_block(self, meta, c):
+        return ast.Branches("mean", c[0], self.sp(meta))
 
     # statements
     def param_list(self, meta, c):

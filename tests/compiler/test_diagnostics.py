@@ -59,7 +59,7 @@ def test_missing_close_brace_at_end_of_file(dslc):
     rc, out, err = dslc(IMAGE + "block b(c) {\n  conv(c, 3x3) -> relu\ny = image -> b(4)\n")
     assert rc == 1
     lines = err.splitlines()
-    assert lines[0] == "error: expected `(`, `concat`, `if`, `residual`, `sum`, `}` or a name, found end of file"
+    assert lines[0] == "error: expected `(`, `concat`, `if`, `mean`, `residual`, `sum`, `}` or a name, found end of file"
     assert lines[1] == "  --> prog.net:4:17"
     assert lines[3] == " 4 | y = image -> b(4)"
     assert lines[5] == "   = help: a `{` is never closed"
@@ -156,7 +156,7 @@ def test_unexpected_end_of_file_after_an_arrow(dslc):
     rc, out, err = dslc(IMAGE + "y = image ->")
     assert rc == 1
     lines = err.splitlines()
-    assert lines[0] == "error: expected `(`, `concat`, `if`, `residual`, `sum` or a name, found end of file"
+    assert lines[0] == "error: expected `(`, `concat`, `if`, `mean`, `residual`, `sum` or a name, found end of file"
     assert lines[1:4] == ["  --> prog.net:2:12", "   |", " 2 | y = image ->"]
     assert lines[-1] == "1 error"
 
