@@ -7,6 +7,7 @@ resumed ends with exactly the parameters of an uninterrupted run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from .checkpoint import load_checkpoint, rng_from_arrays, rng_state_to_arrays, s
 from .compile_watch import CompileWatch
 from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's settings)
 from .data import Dataset, named_batches
+from .distributed import SampleSlice, from_comm, unwrap
 from .errors import CheckpointError, RuntimeUserError
 from .optim import make_schedule
 
@@ -96,11 +98,18 @@ def term_names(net) -> list:
 class Trainer:
     def __init__(self, model, cfg: TrainConfig, train: Dataset, val: Dataset | None, *, progress=True,
                  metrics_path=None, checkpoint_dir=None, log=None, data_info=None, early_stopping=None,
-                 extra_meta=None, resume_hint="--resume"):
+                 extra_meta=None, resume_hint="--resume", comm=None, config_digest=None):
         """`early_stopping` N: stop once N epochs in a row have not lowered the validation loss
         (needs validation data). `extra_meta`: JSON values saved in every checkpoint's metadata
         (the command line records its --set values and a text model's vocabulary there).
-        `resume_hint`: the flags that continue an interrupted run, for its message."""
+        `resume_hint`: the flags that continue an interrupted run, for its message.
+
+        `comm`: data-parallel training over several processes (an mpi4py communicator or one of
+        runtime/distributed.py; None: one process). `cfg.batch` is then the global batch: every
+        rank shuffles alike and takes its contiguous 1/K of each global batch, gradients are
+        averaged over ranks, random draws are those of the one-process run (SampleSlice), and
+        only rank 0 logs, writes metrics and checkpoints. `config_digest`: {what: digest} of the
+        command (the .net source, --set values, flags), compared across ranks at the start."""
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
         self.net = model.net
         self.x_name, self.y_name = data_roles(self.net)
@@ -151,13 +160,80 @@ class Trainer:
                                    "remove `augment` from the train section (and augment the data before training)")
         self.augment = Augment(int(a.get("crop", 0)), bool(a.get("flip", False)), float(a.get("brightness", 0.0))) \
             if a else None
+        self.comm = from_comm(comm)
+        self.ranks, self.rank = self.comm.size, self.comm.rank
+        self.local_batch, self.share_start = cfg.batch, 0
+        if self.ranks > 1:
+            self._check_split(cfg, train)
+            self.local_batch = cfg.batch // self.ranks
+            self.share_start = self.rank * self.local_batch
+            if self.rank != 0:          # rank 0 speaks and writes for the job
+                self.progress, self.log, self.metrics_path, self.checkpoint_dir = False, _silent, None, None
         self.data_rng = np.random.default_rng([cfg.seed, 1])
         self.aug_rng = np.random.default_rng([cfg.seed, 2])
-        model.ctx.rng = np.random.default_rng([cfg.seed, 3])
+        model.ctx.rng = self._sliced(np.random.default_rng([cfg.seed, 3]))
         self.epoch, self.step_in_epoch = 0, 0
         self.epoch_rng_state = None
         self.partial = self._new_partial()
         self.history = []
+        self._agreed_signal = None
+        if self.ranks > 1:
+            self._check_same_config(config_digest)
+
+    # ---- several processes -------------------------------------------------------------------
+    def _check_split(self, cfg, train):
+        k = self.ranks
+        if cfg.batch % k:
+            lower = cfg.batch - cfg.batch % k
+            raise RuntimeUserError(f"--batch {cfg.batch} is the global batch, split evenly over {k} processes, "
+                                   f"but it is not a multiple of {k}",
+                                   f"give a multiple of {k}, e.g. --batch {lower or k} or --batch {lower + k}")
+        if len(train) < cfg.batch:
+            raise RuntimeUserError(f"the training data has {len(train)} samples, fewer than one global batch of "
+                                   f"{cfg.batch} split over {k} processes",
+                                   "give more data or a smaller --batch")
+
+    def _sliced(self, rng):
+        """What draws random numbers for this rank's samples: the generator itself in one process."""
+        rng = unwrap(rng)
+        return SampleSlice(rng, self.share_start, self.local_batch, self.cfg.batch) if self.ranks > 1 else rng
+
+    def _check_same_config(self, given):
+        """Every rank must run the same command on the same data: compared by digest, refused on all ranks."""
+        def digest(value):
+            return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+        own = dict(given or {})
+        own["training settings"] = digest(asdict(self.cfg))
+        own["data"] = digest(self._data_signature())
+        own["parameters"] = digest([(k, list(np.shape(v))) for k, v in self.model.params.items()]
+                                   + sorted(self.model.frozen))
+        everyone = self.comm.allgather(own)
+        for r, theirs in enumerate(everyone):
+            for what in everyone[0]:
+                if theirs.get(what) != everyone[0][what]:
+                    raise RuntimeUserError(f"rank {r} differs from rank 0 in its {what}: every process of a "
+                                           "data-parallel job must run the same command",
+                                           "launch one command on every rank (mpiexec -n K dslc run FILE ...) "
+                                           "with the same .net file, --set values, flags and data")
+
+    def _rank_batches(self):
+        """This rank's part of each global batch, from the one shuffle every rank draws alike
+        (named_batches' permutation, so the global batches are those of a one-process run)."""
+        ds, b = self.train, self.cfg.batch
+        order = self.data_rng.permutation(len(ds))
+        for start in range(0, len(ds) - len(ds) % b, b):
+            index = order[start + self.share_start:start + self.share_start + self.local_batch]
+            yield {k: np.ascontiguousarray(v[index]) for k, v in ds.arrays.items()}
+
+    def _agree_on_stop(self, extra=()):
+        """Sum `extra` over ranks with the stop flags: every rank stops at the same step boundary
+        if any rank got a signal. Returns (summed extra, agreed signal or None)."""
+        mine = self._pending_signal
+        flags = [float(mine == signal.SIGINT), float(mine == signal.SIGTERM)]
+        out = self.comm.sum(list(extra) + flags)
+        sigint, sigterm = out[-2:]
+        agreed = signal.SIGINT if sigint else signal.SIGTERM if sigterm else None
+        return out[:-2], agreed
 
     def _new_partial(self):
         return {"loss": 0.0, "correct": 0, "count": 0, "samples": 0, "terms": [0.0] * len(self.terms)}
@@ -203,7 +279,7 @@ class Trainer:
         m = self.model
         xb = feeds.get(self.x_name)
         if self.augment is not None and xb is not None and xb.ndim == 4:
-            feeds = {**feeds, self.x_name: self.augment(xb, self.aug_rng)}
+            feeds = {**feeds, self.x_name: self.augment(xb, self._sliced(self.aug_rng))}
         out = m.forward(training=True, **feeds)
         loss = out["loss"]
         if not math.isfinite(loss):
@@ -218,6 +294,8 @@ class Trainer:
         plan = m._last
         plan.backward(m.ctx)
         grads = plan.param_grads
+        if self.ranks > 1:      # each rank's mean over its equal share: the mean of the means
+            self.comm.average_gradients(grads, 1.0 / self.ranks, m.device)
         if self.cfg.clip_grad_norm:
             m.device.clip_grad_norm(grads, self.cfg.clip_grad_norm)
         if self.cfg.clip_grad_value:
@@ -243,6 +321,8 @@ class Trainer:
         checkpoint directory) and Interrupted is raised. A second signal meanwhile stops at
         once without saving; the checkpoint on disk, written atomically, stays as it was."""
         with self._deferred_signals():
+            if self.ranks > 1:      # every rank starts from rank 0's parameters
+                self.comm.bcast_params(self.model)
             return self._fit()
 
     def _fit(self):
@@ -258,7 +338,8 @@ class Trainer:
                 self.partial = self._new_partial()
             else:   # resuming mid-epoch: replay the epoch's shuffle, then skip what was done
                 self.data_rng = rng_from_arrays(self.epoch_rng_state, "data_epoch")
-            it = named_batches(self.train, cfg.batch, shuffle=True, rng=self.data_rng, drop_last=drop_last)
+            it = named_batches(self.train, cfg.batch, shuffle=True, rng=self.data_rng, drop_last=drop_last) \
+                if self.ranks == 1 else self._rank_batches()
             for _ in range(self.step_in_epoch):
                 next(it)
             bar = self._bar(steps)
@@ -270,6 +351,11 @@ class Trainer:
                     with self.reporting_compiles(bar, "training step"):
                         loss, pred, terms = self._step(feeds, lr)
                     c, n = self._correct(pred, feeds)
+                    if self.ranks > 1:      # the global batch's sums, and whether any rank was signalled
+                        sums, self._agreed_signal = self._agree_on_stop([loss * size, c, n, *terms])
+                        size = cfg.batch
+                        loss, c, n = sums[0] / size, int(sums[1]), int(sums[2])
+                        terms = [float(v) / self.ranks for v in sums[3:]]
                     p = self.partial
                     p["loss"] += loss * size
                     p["samples"] += size
@@ -301,6 +387,10 @@ class Trainer:
             if self.terms:
                 sums = p.get("terms") or [0.0] * len(self.terms)    # a checkpoint of an older dslc has none
                 record["train_terms"] = {k: v / max(p["samples"], 1) for k, v in zip(self.term_names, sums)}
+            if self.ranks > 1:      # per-rank batchnorm statistics: rank 0's are the job's
+                buffers = [k for k, (_, spec) in self.model.specs.items() if not spec.trainable]
+                if buffers:
+                    self.comm.bcast_params(self.model, buffers)
             if self.val is not None and len(self.val):
                 with self.reporting_compiles(None, "evaluation"):
                     v = self.evaluate(self.val)
@@ -315,6 +405,8 @@ class Trainer:
                     record["val_terms"] = v["terms"]
             else:
                 record["val_loss"] = record["val_accuracy"] = None
+            if self.ranks > 1:
+                record["processes"], record["threads"] = self.ranks, _threads()
             self.history.append(record)
             self.log(_epoch_line(record, cfg.epochs))
             if self.metrics_path:
@@ -327,6 +419,8 @@ class Trainer:
                 saved = self.save()
                 if self.best_epoch() == record["epoch"]:
                     self.save(BEST_NAME)
+            if self.ranks > 1:
+                self._agreed_signal = self._agree_on_stop()[1]
             self._stop_if_asked(saved)
         return self.history
 
@@ -398,7 +492,8 @@ class Trainer:
     def _stop_if_asked(self, saved=None):
         """At a step boundary: if a stop signal came, save (unless `saved`, the checkpoint just
         written of this same state) and raise Interrupted."""
-        signum = self._pending_signal
+        # Several processes stop where they agreed to (_agree_on_stop), whoever got the signal.
+        signum = self._pending_signal if self.ranks == 1 else self._agreed_signal
         if signum is None or self.epoch >= self.cfg.epochs:     # finished: nothing left to stop
             return
         name = signal.Signals(signum).name
@@ -456,7 +551,15 @@ class Trainer:
         count = 0
         matrix = None
         term_sums = [0.0] * len(self.terms)
-        for batch in named_batches(ds, cfg.batch, shuffle=False, rng=np.random.default_rng(0)):
+        shard = self.ranks > 1 and not confusion       # each rank scores its contiguous part; sums reduced
+        if shard:
+            lo, hi = len(ds) * self.rank // self.ranks, len(ds) * (self.rank + 1) // self.ranks
+            step = max(1, cfg.batch // self.ranks)
+            source = ({k: np.ascontiguousarray(v[a:min(a + step, hi)]) for k, v in ds.arrays.items()}
+                      for a in range(lo, hi, step))
+        else:
+            source = named_batches(ds, cfg.batch, shuffle=False, rng=np.random.default_rng(0))
+        for batch in source:
             feeds = self._feeds(batch)
             size = len(next(iter(feeds.values())))
             out = m.forward(training=False, **feeds)
@@ -478,6 +581,11 @@ class Trainer:
                     keep = (truth >= 0) & (truth < k_classes)
                     cells = np.bincount(truth[keep] * k_classes + guess[keep], minlength=k_classes ** 2)
                     matrix = cells.reshape(k_classes, k_classes) + (0 if matrix is None else matrix)
+        if shard:
+            sums = self.comm.sum([total, n, count, *(correct[k] for k in topk), *term_sums])
+            total, n, count = float(sums[0]), int(sums[1]), int(sums[2])
+            correct = {k: int(v) for k, v in zip(topk, sums[3:3 + len(topk)])}
+            term_sums = [float(v) for v in sums[3 + len(topk):]]
         res = {"loss": total / max(n, 1), "accuracy": correct[topk[0]] / count if count else None}
         if self.terms:
             res["terms"] = {k: v / max(n, 1) for k, v in zip(self.term_names, term_sums)}
@@ -497,16 +605,41 @@ class Trainer:
         arrays.update({f"opt/{k}": v for k, v in self.opt.state_dict().items()})
         arrays.update(rng_state_to_arrays(self.data_rng, "data"))
         arrays.update(rng_state_to_arrays(self.aug_rng, "aug"))
-        arrays.update(rng_state_to_arrays(self.model.ctx.rng, "dropout"))
+        arrays.update(rng_state_to_arrays(unwrap(self.model.ctx.rng), "dropout"))
         if self.epoch_rng_state is not None:
             arrays.update(self.epoch_rng_state)
         meta = {**self.extra_meta, "kind": "dslc-training", "network": self.net.name, "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "partial": self.partial, "config": asdict(self.cfg),
-                "history": self.history, "data": self._data_signature()}
+                "history": self.history, "data": self._data_signature(), "ranks": self.ranks}
         save_checkpoint(path, arrays, meta)
         return path
 
     def resume(self):
+        if self.ranks == 1:
+            arrays, meta = self._read_checkpoint()
+        else:       # rank 0 reads (the other nodes need not see its disk) and sends it, or its error
+            outcome = None
+            if self.rank == 0:
+                try:
+                    outcome = ("ok", self._read_checkpoint())
+                except RuntimeUserError as e:
+                    outcome = ("error", e)
+            outcome = self.comm.bcast(outcome)
+            if outcome[0] == "error":
+                raise outcome[1]
+            arrays, meta = outcome[1]
+        self.model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param/")}, strict=True)
+        self.opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt/")})
+        self.data_rng = rng_from_arrays(arrays, "data")
+        self.aug_rng = rng_from_arrays(arrays, "aug")
+        self.model.ctx.rng = self._sliced(rng_from_arrays(arrays, "dropout"))
+        if any(k.startswith("data_epoch") for k in arrays):
+            self.epoch_rng_state = {k: v for k, v in arrays.items() if k.startswith("data_epoch")}
+        self.epoch, self.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
+        self.partial, self.history = meta["partial"], meta["history"]
+        return meta
+
+    def _read_checkpoint(self):
         path = os.path.join(self.checkpoint_dir, CHECKPOINT_NAME)
         if not os.path.exists(path):
             raise CheckpointError(f"nothing to resume: {path} does not exist",
@@ -516,16 +649,7 @@ class Trainer:
             raise CheckpointError(f"{path} is not a training checkpoint of network `{self.net.name}`",
                                   "point --checkpoint at this network's checkpoint directory")
         self._check_same_run(path, meta)
-        self.model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param/")}, strict=True)
-        self.opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt/")})
-        self.data_rng = rng_from_arrays(arrays, "data")
-        self.aug_rng = rng_from_arrays(arrays, "aug")
-        self.model.ctx.rng = rng_from_arrays(arrays, "dropout")
-        if any(k.startswith("data_epoch") for k in arrays):
-            self.epoch_rng_state = {k: v for k, v in arrays.items() if k.startswith("data_epoch")}
-        self.epoch, self.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
-        self.partial, self.history = meta["partial"], meta["history"]
-        return meta
+        return arrays, meta
 
     def _data_signature(self):
         sig = dict(self.data_info)
@@ -542,6 +666,14 @@ class Trainer:
             raise CheckpointError(f"{path} does not record its training settings",
                                   "resume only from checkpoints written by dslc's trainer")
         hint = "resume with the settings the checkpoint was made with, or start afresh with --overwrite"
+        saved_ranks = meta.get("ranks", 1)
+        if saved_ranks != self.ranks:
+            def procs(k):
+                return f"{k} process{'es' * (k != 1)}"
+            launch = f"mpiexec -n {saved_ranks} dslc run ..." if saved_ranks != 1 else "dslc run ... without mpiexec"
+            raise CheckpointError(f"{path} was saved by a run of {procs(saved_ranks)}; this run has "
+                                  f"{procs(self.ranks)} (the number of processes is part of a resumable run)",
+                                  f"resume with {launch}, or start afresh with --overwrite")
         current = asdict(self.cfg)
         for key in current:
             if key == "epochs" or key not in saved_cfg:
@@ -676,7 +808,16 @@ def _epoch_line(r, epochs):
     if r.get("val_accuracy") is not None:
         parts.append(f"val acc {r['val_accuracy']:.4f}")
     parts.append(f"{r['samples_per_s']:.0f} samples/s")
+    if r.get("processes"):
+        t = r.get("threads") or 1
+        parts.append(f"{r['processes']} processes x {t} thread{'s' * (t != 1)}")
     return "  ".join(parts)
+
+
+def _threads() -> int:
+    """Numba's threads in use (1 before Numba is loaded, e.g. on a GPU)."""
+    numba = sys.modules.get("numba")
+    return int(numba.get_num_threads()) if numba is not None else 1
 
 
 def _terms_text(terms) -> str:

@@ -1,0 +1,248 @@
+"""Data-parallel training on MPI: the communicator the trainer talks to.
+
+`world()` gives the job's communicator: `SingleProcess` (every operation a no-op) unless the
+process was started by an MPI launcher (mpiexec, srun) with more than one rank, in which case
+an `MPICommunicator` over mpi4py's COMM_WORLD. mpi4py is imported only then, so a
+single-process run never needs it; asking for several processes without it is a
+`MissingMPI` error that names the package to install.
+
+What the trainer needs from a communicator, and nothing more:
+  - `bcast_params(model)`: every rank starts from rank 0's parameters;
+  - `average_gradients(grads, share)`: each rank's gradient (the mean over its samples) times
+    its share of the global batch, summed over ranks in place: the single-process mean over the
+    global batch, up to the order of float32 sums. The gradients travel in flat, fused buckets
+    of a few MiB (Horovod's tensor fusion), each a non-blocking Iallreduce started as soon as
+    it is packed. The plan's backward pass gives no per-parameter hook, so every bucket starts
+    after backward: the buckets overlap each other's packing, not the backward pass;
+  - `sum(values)`: float64 sums (losses, counts, a stop flag) over ranks;
+  - `allgather(obj)`, `bcast(obj)`: small Python objects (configuration digests, checkpoints);
+  - `local_size()`: the ranks on this node (MPI's shared-memory split), for the thread count;
+  - `abort(code)`: end the whole job now (one rank failed; the others would wait forever).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .errors import RuntimeUserError
+
+# Bytes of float32 gradients per fused allreduce buffer (Horovod's default fusion threshold is
+# 64 MiB for GPUs; a few MiB keeps several buffers in flight for the CPU's smaller networks).
+BUCKET_BYTES = 4 << 20
+
+# Launcher variables that give the number of processes: MPICH/Hydra and Intel MPI (PMI_SIZE),
+# Open MPI, MVAPICH, and Slurm's srun (the step's task count, else the job's).
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+# Set by a PMIx launcher (Open MPI 5, srun --mpi=pmix) without a size beside it.
+_RANK_ONLY_VARS = ("PMIX_RANK",)
+
+INSTALL_HINT = "install it with `pip install 'dslc[mpi]'` (mpi4py and MPICH's wheel, which brings mpiexec), " \
+               "or run without mpiexec/srun for one process"
+
+
+class MissingMPI(RuntimeUserError):
+    """Several processes were asked for, but mpi4py is not installed (a usage error: exit 2)."""
+
+
+def launched_processes(environ=None) -> int:
+    """How many processes the launcher says this job has: 1 when not under a launcher; 0 when
+    under one that does not say (PMIx), for MPI itself to tell."""
+    env = os.environ if environ is None else environ
+    for var in _SIZE_VARS:
+        value = env.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    if "SLURM_STEP_NUM_TASKS" not in env and env.get("SLURM_NTASKS", "").strip().isdigit() \
+            and "SLURM_PROCID" in env and int(env["SLURM_NTASKS"]) > 1:
+        return int(env["SLURM_NTASKS"])
+    if any(v in env for v in _RANK_ONLY_VARS):
+        return 0
+    return 1
+
+
+def world():
+    """The job's communicator: MPI's COMM_WORLD under a launcher with several ranks, else SingleProcess."""
+    if launched_processes() == 1:
+        return SingleProcess()
+    mpi = _import_mpi(f"this process was started by an MPI launcher with {launched_processes() or 'several'} "
+                      "processes, but mpi4py is not installed")
+    comm = mpi.COMM_WORLD
+    return MPICommunicator(comm) if comm.Get_size() > 1 else SingleProcess()
+
+
+def from_comm(comm):
+    """A communicator from what Model.fit(comm=...) was given: None (one process), an mpi4py
+    communicator (e.g. MPI.COMM_WORLD), or a communicator of this module."""
+    if comm is None:
+        return SingleProcess()
+    if isinstance(comm, SingleProcess):
+        return comm
+    if hasattr(comm, "Get_size") and hasattr(comm, "Iallreduce"):
+        return MPICommunicator(comm) if comm.Get_size() > 1 else SingleProcess()
+    raise RuntimeUserError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD), got {type(comm).__name__}",
+                           "pass comm=MPI.COMM_WORLD (from mpi4py import MPI), or leave comm out for one process")
+
+
+def _import_mpi(why):
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise MissingMPI(why, INSTALL_HINT) from None
+    return MPI
+
+
+class SingleProcess:
+    """One process: rank 0 of 1; every collective operation returns its input."""
+    rank = 0
+    size = 1
+
+    def bcast(self, obj):
+        return obj
+
+    def allgather(self, obj):
+        return [obj]
+
+    def sum(self, values):
+        return np.asarray(values, dtype=np.float64)
+
+    def bcast_params(self, model, names=None):
+        pass
+
+    def average_gradients(self, grads, share, device):
+        pass
+
+    def local_size(self) -> int:
+        return 1
+
+    def abort(self, code):
+        raise SystemExit(code)
+
+    def describe(self, threads) -> str:
+        return f"1 process x {threads} thread{'s' * (threads != 1)}"
+
+
+class MPICommunicator(SingleProcess):
+    def __init__(self, comm):
+        self.MPI = _import_mpi("distributed training needs mpi4py")
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self._buckets = None
+
+    def bcast(self, obj):
+        return self.comm.bcast(obj, root=0)
+
+    def allgather(self, obj):
+        return self.comm.allgather(obj)
+
+    def sum(self, values):
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        out = np.empty_like(values)
+        self.comm.Allreduce(values, out, op=self.MPI.SUM)
+        return out
+
+    def bcast_params(self, model, names=None):
+        """Rank 0's values of the model's parameters `names` (default: all) on every rank."""
+        host = model.params
+        for name in names if names is not None else list(host):
+            buf = np.ascontiguousarray(host[name])
+            self.comm.Bcast(buf, root=0)
+            if self.rank != 0:
+                model.set_param(name, buf)
+
+    def _plan_buckets(self, grads):
+        """Consecutive parameters grouped into flat float32 buffers of about BUCKET_BYTES each."""
+        buckets, current, size = [], [], 0
+        for name, g in grads.items():
+            n = int(np.prod(g.shape))
+            if current and (size + n) * 4 > BUCKET_BYTES:
+                buckets.append((current, np.empty(size, np.float32)))
+                current, size = [], 0
+            current.append((name, size, n, tuple(g.shape)))
+            size += n
+        if current:
+            buckets.append((current, np.empty(size, np.float32)))
+        return buckets
+
+    def average_gradients(self, grads, share, device):
+        """grads[name] <- sum over ranks of share * grads[name], in place (see the module docstring)."""
+        key = tuple((k, tuple(g.shape)) for k, g in grads.items())
+        if self._buckets is None or self._buckets[0] != key:
+            self._buckets = (key, self._plan_buckets(grads))
+        requests = []
+        for members, flat in self._buckets[1]:
+            for name, at, n, _ in members:
+                np.multiply(device.to_host(grads[name]).reshape(-1), np.float32(share), out=flat[at:at + n])
+            requests.append(self.comm.Iallreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM))
+        self.MPI.Request.Waitall(requests)
+        for members, flat in self._buckets[1]:
+            for name, at, n, shape in members:
+                device.from_host(flat[at:at + n].reshape(shape), out=grads[name])
+
+    def local_size(self) -> int:
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        try:
+            return node.Get_size()
+        finally:
+            node.Free()
+
+    def abort(self, code):
+        self.comm.Abort(code)
+
+    def describe(self, threads) -> str:
+        return f"{self.size} processes x {threads} thread{'s' * (threads != 1)}"
+
+
+class SampleSlice:
+    """A stand-in for a numpy Generator that draws for the whole global batch and returns this
+    rank's samples: rank r's share of a draw of N*k numbers (N the global batch, batch-major)
+    is the k numbers per sample of samples [start, start + count). The generator advances as in
+    a single-process run, and each sample gets the numbers it gets there.
+
+    Every random draw of training (dropout masks, augmentation, noise) is batch-major over the
+    rank's batch; a draw whose size is not a multiple of the rank's batch is refused rather than
+    silently desynchronised. A draw without a size (one number) is the same on every rank."""
+
+    def __init__(self, generator, start, count, total):
+        self.generator, self.start, self.count, self.total = generator, start, count, total
+
+    def _draw(self, method, size, out, **kw):
+        fn = getattr(self.generator, method)
+        if out is None and size is None:
+            return fn(**kw)
+        shape = out.shape if out is not None else ((size,) if np.ndim(size) == 0 else tuple(size))
+        m = math.prod(shape)
+        if m % self.count:
+            raise RuntimeError(f"a random draw of {m} numbers is not per sample of a batch of {self.count}")
+        per = m // self.count
+        full = fn(size=per * self.total, **kw)
+        part = full[self.start * per:(self.start + self.count) * per].reshape(shape)
+        if out is None:
+            return part
+        out[...] = part
+        return out
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        return self._draw("random", size, out, dtype=dtype)
+
+    def standard_normal(self, size=None, dtype=np.float64, out=None):
+        return self._draw("standard_normal", size, out, dtype=dtype)
+
+    def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
+        return self._draw("integers", size, None, low=low, high=high, dtype=dtype, endpoint=endpoint)
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return self._draw("uniform", size, None, low=low, high=high)
+
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        return self._draw("normal", size, None, loc=loc, scale=scale)
+
+    @property
+    def bit_generator(self):
+        return self.generator.bit_generator
+
+
+def unwrap(rng):
+    """The numpy Generator behind a SampleSlice (or the generator itself)."""
+    return rng.generator if isinstance(rng, SampleSlice) else rng
