@@ -9,13 +9,18 @@ A source is a built-in name or a path:
   *.npz        one array per network input, named like the input (load_inputs), used as it
                is; for a network with one data input and a label, `x` and `y` may stand for them;
   MNIST idx    an images file such as train-images-idx3-ubyte (optionally .gz) with its labels
-               file next to it, or a directory holding such a pair.
-Image sources (digits, idx) are scaled to [0, 1] and resized to the network's input; .npz data
-must already have the network's shapes. Every problem a user can cause raises DataError,
+               file next to it, or a directory holding such a pair;
+  DIR/         an image folder: one subfolder of images per class, or DIR/train and DIR/val of
+               them (runtime/image_folder.py; streamed batch by batch when too large for memory);
+  *.csv        a table with a header: a label column (`label`, or label_column) and one column
+               per input value, reshaped to the network's input (used as they are, not scaled).
+Image sources (digits, idx, image folders) are scaled to [0, 1] and resized to the network's
+input; .npz data must already have the network's shapes. Every problem a user can cause raises DataError,
 naming the file and saying how to fix it.
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import importlib.util
 import math
@@ -23,12 +28,15 @@ import os
 import re
 import stat
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
+from dslc.runtime import image_folder
 from dslc.runtime.errors import DataError
+from dslc.runtime.image_folder import LazyImages, _resize_bilinear
 
 BUILTIN_DATASETS = ("digits", "synthetic", "chars")
 # scikit-learn's digits table, relative to its package directory
@@ -43,8 +51,10 @@ DTYPES = ("float32", "int64")
 MAX_DATA_BYTES = 16 << 30
 _READ_CHUNK = 1 << 24
 
-_SOURCES_HINT = ("give the path of a .npz file (arrays x and y), a .txt file, an MNIST idx images file "
-                 "or a directory holding one, or a built-in dataset: " + ", ".join(BUILTIN_DATASETS))
+_SOURCES_HINT = ("give the path of a .npz file (arrays x and y), a .csv file with a header, a .txt file, an "
+                 "image folder (one subfolder per class), an MNIST idx images file or a directory holding one, "
+                 "or a built-in dataset: " + ", ".join(BUILTIN_DATASETS))
+DEFAULT_LABEL_COLUMN = "label"
 # idx element types by the header's type code (data is big-endian).
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _IDX_NAME = re.compile(r"[.-]idx[1-4]-ubyte(\.gz)?$")
@@ -59,16 +69,29 @@ class Dataset:
     A name that is one of the network's inputs binds to that input; `x` and `y` that are not
     input names are the shorthand. classes: number of classes of integer labels (None for float
     targets). vocab: for text datasets, the characters whose ids the samples hold (id i is vocab[i]).
+    class_names: the names of the classes label i stands for (an image folder's class folders, a
+    CSV's label names), else None. notes: lines the command line shows about how the data was
+    read (skipped files, streaming). origin: for a validation set that is not a split of the
+    training data (an image folder's val/), where it comes from.
+
+    `x` may be a LazyImages (a streamed image folder): indexing it decodes images.
     """
 
     def __init__(self, x=None, y=None, name: str = "arrays", classes: int | None = None,
-                 vocab: str | None = None, *, arrays: dict | None = None):
+                 vocab: str | None = None, *, arrays: dict | None = None, class_names: list | None = None,
+                 notes: list | None = None, origin: str | None = None):
         if arrays is None:
             arrays = {k: v for k, v in (("x", x), ("y", y)) if v is not None}
         elif x is not None or y is not None:
             raise ValueError("give either x and y or arrays, not both")
         self.arrays = dict(arrays)
         self.name, self.classes, self.vocab = name, classes, vocab
+        self.class_names, self.notes, self.origin = class_names, list(notes or []), origin
+
+    @property
+    def streamed(self) -> bool:
+        """Whether some array is decoded batch by batch (LazyImages) rather than held."""
+        return any(isinstance(v, LazyImages) for v in self.arrays.values())
 
     @property
     def x(self):
@@ -101,7 +124,8 @@ class InputSpec:
 def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y_dtype: str,
                  val_fraction: float = 0.2, seed: int = 0, limit: int | None = None,
                  classes: int | None = None, x_classes: int | None = None,
-                 vocab: str | None = None) -> tuple[Dataset, Dataset]:
+                 vocab: str | None = None, class_names: list | None = None,
+                 label_column: str | None = None, stream: bool | None = None) -> tuple[Dataset, Dataset]:
     """(train, validation) from `source`, shaped for a network whose per-sample input is
     `x_shape`/`x_dtype` and whose per-sample label or target is `y_shape`/`y_dtype`.
 
@@ -114,6 +138,11 @@ def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y
     except for text, where the last windows are held out so that validation text is unseen.
     `vocab`, for text, is the characters ids stand for (another dataset's `vocab`): a validation
     text or a trained model's text must use the ids the model was trained with.
+    `class_names`, for image folders and CSV label names, is likewise the classes the labels
+    number (a trained model's). `label_column` names a CSV's label column (default `label`).
+    `stream`: for image folders, decode batch by batch (True), hold every image (False), or
+    decide by the decoded size against image_folder.memory_limit() (None).
+    An image folder with train/ and val/ gives those (val_fraction is not used).
     """
     x_shape, y_shape = tuple(x_shape), tuple(y_shape)
     for dtype in (x_dtype, y_dtype):
@@ -125,7 +154,7 @@ def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y
     if limit is not None and limit < 1:
         raise DataError(f"sample limit must be at least 1, got {limit}",
                         "give a positive number of samples, or no limit")
-    shapes = _NetworkShapes(x_shape, x_dtype, y_shape, y_dtype, classes, x_classes, vocab)
+    shapes = _NetworkShapes(x_shape, x_dtype, y_shape, y_dtype, classes, x_classes, vocab, class_names)
 
     if source == "synthetic":
         full = _synthetic(shapes, limit or SYNTHETIC_SAMPLES, seed)
@@ -134,6 +163,12 @@ def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y
         return _checked_ids(_split_ordered(_text(CORPUS_PATH, "chars", shapes), val_fraction, limit), shapes)
     if source == "digits":
         return _split_random(_digits(shapes), val_fraction, seed, limit)
+    if os.path.isdir(source) and image_folder.is_image_folder(source):
+        return _image_folder(source, shapes, val_fraction, seed, limit, stream)
+    if source.endswith(".csv") and os.path.exists(source):
+        _check_regular_file(source)
+        ds = _csv(source, shapes, label_column or DEFAULT_LABEL_COLUMN)
+        return _checked_ids(_split_random(ds, val_fraction, seed, limit), shapes)
     return _checked_ids(_from_path(source, shapes, val_fraction, seed, limit), shapes)
 
 
@@ -259,7 +294,7 @@ def _from_path(source: str, shapes: "_NetworkShapes", val_fraction: float, seed:
         return _split_random(_npz(path, name, shapes), val_fraction, seed, limit)
     if _IDX_NAME.search(name):
         return _split_random(_idx_pair(path, shapes), val_fraction, seed, limit)
-    raise DataError(f"dataset '{path}' has an unknown format: its name is not *.npz, *.txt or an "
+    raise DataError(f"dataset '{path}' has an unknown format: its name is not *.npz, *.csv, *.txt or an "
                     "MNIST idx name", _SOURCES_HINT)
 
 
@@ -268,15 +303,36 @@ def named_batches(ds: Dataset, batch: int, *, shuffle: bool, rng: np.random.Gene
     """Batches of `batch` samples covering `ds` once, each a dict of its arrays by name, in a
     random order drawn from `rng` when `shuffle` (one permutation per call, whatever the number
     of arrays). The last, smaller batch is dropped when `drop_last`. Arrays are C-contiguous;
-    without shuffling they are views of the dataset, so do not modify them."""
+    without shuffling they are views of the dataset, so do not modify them.
+
+    A streamed dataset (LazyImages) gives the same batches in the same order: its images are
+    decoded when their batch is formed, by one worker thread that decodes the next batch while
+    the caller uses the current one (Pillow and numpy release the GIL while they decode and
+    resize); at most one batch is decoded ahead."""
     if batch < 1:
         raise ValueError(f"batch size must be at least 1, got {batch}")
     n = len(ds)
     order = rng.permutation(n) if shuffle else None
     stop = n - n % batch if drop_last else n
-    for start in range(0, stop, batch):
-        index = slice(start, start + batch) if order is None else order[start:start + batch]
-        yield {k: np.ascontiguousarray(v[index]) for k, v in ds.arrays.items()}
+    indices = [slice(start, start + batch) if order is None else order[start:start + batch]
+               for start in range(0, stop, batch)]
+
+    def form(index):
+        return {k: np.ascontiguousarray(v[index]) for k, v in ds.arrays.items()}
+
+    if not ds.streamed:
+        for index in indices:
+            yield form(index)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dslc-decode")
+    try:
+        pending = pool.submit(form, indices[0]) if indices else None
+        for i in range(len(indices)):
+            current = pending.result()          # a DataError from the worker (a bad image) is raised here
+            pending = pool.submit(form, indices[i + 1]) if i + 1 < len(indices) else None
+            yield current
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def batches(ds: Dataset, batch: int, *, shuffle: bool, rng: np.random.Generator,
@@ -296,6 +352,7 @@ class _NetworkShapes:
     classes: int | None
     x_classes: int | None = None
     vocab: str | None = None
+    class_names: list | None = None
 
     def describe_x(self) -> str:
         return f"{self.x_dtype} of shape {self.x_shape}"
@@ -340,8 +397,9 @@ def _checked_ids(split: tuple[Dataset, Dataset], shapes: "_NetworkShapes") -> tu
 # Splitting
 
 def _subset(ds: Dataset, index) -> Dataset:
-    return Dataset(name=ds.name, classes=ds.classes, vocab=ds.vocab,
-                   arrays={k: np.ascontiguousarray(v[index]) for k, v in ds.arrays.items()})
+    return Dataset(name=ds.name, classes=ds.classes, vocab=ds.vocab, class_names=ds.class_names,
+                   arrays={k: v.take(index) if isinstance(v, LazyImages) else np.ascontiguousarray(v[index])
+                           for k, v in ds.arrays.items()})
 
 
 def _validation_size(ds: Dataset, n: int, val_fraction: float) -> int:
@@ -369,26 +427,6 @@ def _split_ordered(ds: Dataset, val_fraction: float, limit: int | None) -> tuple
 
 # ---------------------------------------------------------------------------------------------
 # Fitting images and labels to the network
-
-def _resize_axis(n_in: int, n_out: int):
-    """Source indices and weights of bilinear resampling along one axis, as torch's
-    interpolate(mode="bilinear", align_corners=False) computes them."""
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = (src - lo).astype(np.float32)
-    return lo, hi, frac
-
-
-def _resize_bilinear(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize (N, H, W) float32 images to (N, height, width)."""
-    if images.shape[1:] == (height, width):
-        return images
-    lo, hi, frac = _resize_axis(images.shape[1], height)
-    rows = images[:, lo, :] * (1 - frac)[:, None] + images[:, hi, :] * frac[:, None]
-    lo, hi, frac = _resize_axis(images.shape[2], width)
-    return (rows[:, :, lo] * (1 - frac) + rows[:, :, hi] * frac).astype(np.float32)
-
 
 def _fit_images(images: np.ndarray, what: str, shapes: _NetworkShapes) -> np.ndarray:
     """(N, H, W) images in [0, 1] as the network's input: (C, H', W') repeats the image over
@@ -646,8 +684,9 @@ def _images_file_in(directory: str) -> str:
     """The MNIST images file in `directory`, preferring the training set (train-*)."""
     found = sorted(f for f in os.listdir(directory) if _IDX_IMAGES_NAME.search(f))
     if not found:
-        raise DataError(f"dataset directory '{directory}' holds no MNIST idx images file",
-                        "expected files such as train-images-idx3-ubyte and train-labels-idx1-ubyte "
+        raise DataError(f"dataset directory '{directory}' holds no MNIST idx images file and no class folders "
+                        "of images", "give an image folder (one subfolder of images per class, or train/ and val/ "
+                        "of them), or MNIST files such as train-images-idx3-ubyte and train-labels-idx1-ubyte "
                         "(optionally .gz)")
     training = [f for f in found if f.startswith("train")]
     return os.path.join(directory, (training or found)[0])
@@ -725,3 +764,156 @@ def _read_idx(path: str) -> np.ndarray:
         raise corrupt(f"the header announces {'x'.join(map(str, dims))} elements ({expected} bytes), "
                       f"but {len(data) - header_size} bytes follow")
     return np.frombuffer(data, dtype=dtype, offset=header_size).reshape(dims).astype(np.dtype(dtype).newbyteorder("="))
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders and CSV tables
+
+def _image_folder(root: str, shapes: _NetworkShapes, val_fraction: float, seed: int, limit: int | None,
+                  stream: bool | None) -> tuple[Dataset, Dataset]:
+    """(train, validation) of an image folder (see runtime/image_folder.py): split as the other
+    sources are, or DIR/train and DIR/val; then decoded into memory unless streamed."""
+    what = f"image folder '{root}'"
+    if shapes.x_dtype != "float32":
+        raise DataError(f"{what} holds images, but the network input is {shapes.describe_x()}",
+                        "train an image network (float32 input) on this dataset")
+    image_folder.image_layout(shapes.x_shape, what)
+    train_dir, val_dir = image_folder.split_folders(root)
+    names, paths, labels, skipped = image_folder.scan_classes(train_dir, shapes.class_names)
+    _check_class_count(what, names, shapes)
+    y, n_classes = _fit_labels(labels, what, shapes)
+    name = os.path.basename(os.path.normpath(root))
+    full = Dataset(LazyImages(paths, shapes.x_shape), y, name, n_classes, class_names=names)
+    if val_dir is None:
+        train, val = _split_random(full, val_fraction, seed, limit)
+    else:
+        _, val_paths, val_labels, val_skipped = image_folder.scan_classes(val_dir, names)
+        skipped += val_skipped
+        val_y, _ = _fit_labels(val_labels, f"image folder '{val_dir}'", shapes)
+        train, _ = _split_random(full, 0, seed, limit)
+        val, _ = _split_random(Dataset(LazyImages(val_paths, shapes.x_shape), val_y, name, n_classes,
+                                       class_names=names), 0, seed, limit)
+        val.origin = val_dir
+    count = len(train) + len(val)
+    decoded = count * math.prod(shapes.x_shape) * 4
+    budget = image_folder.memory_limit()
+    if stream is None:
+        stream = decoded > budget
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    head = f"{what}: {count} images in {len(names)} classes ({shown})"
+    size = image_folder.describe_bytes(decoded)
+    if stream:
+        train.notes.append(f"{head}, streamed from disk (decoded they take {size}; dslc holds up to "
+                           f"{image_folder.describe_bytes(budget)} in memory: a quarter of RAM, or "
+                           "$DSLC_DATA_MEMORY): a worker thread decodes each batch while the previous one trains")
+    else:
+        train.notes.append(f"{head}, decoded into memory ({size})")
+        for ds in (train, val):
+            ds.arrays["x"] = ds.arrays["x"][:]
+    if skipped:
+        listed = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        many = len(skipped) != 1
+        train.notes.append(f"note: skipped {len(skipped)} file{'s' * many} that {'are' if many else 'is'} "
+                           f"not PNG, JPEG, BMP or GIF images (by name): {listed}")
+    return train, val
+
+
+def _check_class_count(what: str, names: list, shapes: _NetworkShapes) -> None:
+    """The data's classes must be the network's: as many as its output has."""
+    network = shapes.y_shape[0] if len(shapes.y_shape) == 1 and shapes.y_dtype == "float32" else shapes.classes
+    if network is None or network == len(names):
+        return
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    raise DataError(f"{what} has {len(names)} classes ({shown}), but the network has {network}",
+                    f"give the network {len(names)} outputs, e.g. --set classes={len(names)} (the zoo's "
+                    f"parameter for the output size), or use data with {network} classes")
+
+
+def _csv(path: str, shapes: _NetworkShapes, label_column: str) -> Dataset:
+    """A CSV table with a header: `label_column` holds each row's label (integers, numbers for a
+    float target, or class names, numbered in sorted order), the other columns the input's
+    values in order, reshaped to the network's input."""
+    if os.path.getsize(path) > MAX_DATA_BYTES:
+        raise DataError(f"dataset '{path}' holds more than {MAX_DATA_BYTES:,} bytes, more than dslc loads",
+                        "use a smaller dataset")
+    file = path
+    rows, lines = [], []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{file} is empty: a CSV dataset needs a header and one row per sample",
+                                f"write a header naming the columns (one of them `{label_column}`) and the rows")
+            header = [h.strip() for h in header]
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue                # blank lines
+                if len(row) != len(header):
+                    raise DataError(f"{file}:{reader.line_num}: {len(row)} cells, but the header has "
+                                    f"{len(header)} columns", "give every row one cell per header column")
+                rows.append(row)
+                lines.append(reader.line_num)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{file} is not UTF-8 text ({err.reason} at byte {err.start})",
+                        "save the CSV file as UTF-8") from None
+    except csv.Error as err:
+        raise DataError(f"{file}:{reader.line_num}: not valid CSV ({err})", "fix the row's quoting") from None
+    if label_column not in header:
+        shown = ", ".join(header[:8]) + (", ..." if len(header) > 8 else "")
+        raise DataError(f"{file} has no column '{label_column}' (its header: {shown})",
+                        "name the label column with --label-column NAME")
+    if not rows:
+        raise DataError(f"{file} has a header but no rows", "add one row per sample")
+    li = header.index(label_column)
+    cols = [i for i in range(len(header)) if i != li]
+    expected = math.prod(shapes.x_shape)
+    if len(cols) != expected:
+        raise DataError(f"{file} has {len(cols)} value column{'s' * (len(cols) != 1)} besides '{label_column}', "
+                        f"but the network input {shapes.x_shape} takes {expected} values per sample",
+                        f"give {expected} value columns (pixels in C, H, W order), or change the network's input shape")
+    try:
+        feats = np.array([[r[i] for i in cols] for r in rows], dtype=np.str_).astype(np.float64)
+    except ValueError:
+        feats = None
+    if feats is None or not np.isfinite(feats).all():
+        for r, line in zip(rows, lines):
+            for i in cols:
+                if not _is_number(r[i]):
+                    raise DataError(f"{file}:{line}:{i + 1}: {r[i]!r} in column '{header[i]}' is not a number",
+                                    "give a finite number in every value column (fix or remove the row)")
+    if shapes.x_dtype == "int64" and not (feats == np.round(feats)).all():
+        raise DataError(f"{file} has values that are not whole numbers, but the network input is "
+                        f"{shapes.describe_x()} (token ids)", "give whole-number ids, or a float32 input")
+    x = feats.reshape(len(rows), *shapes.x_shape).astype(shapes.x_dtype)
+    raw = [r[li].strip() for r in rows]
+    name, what = os.path.basename(path), f"dataset '{path}'"
+    if shapes.y_dtype == "float32" and shapes.y_shape == ():
+        for cell, line in zip(raw, lines):
+            if not _is_number(cell):
+                raise DataError(f"{file}:{line}:{li + 1}: {cell!r} in column '{label_column}' is not a number",
+                                "the network's target is a number: give one in every row")
+        return Dataset(x, np.array(raw, dtype=np.float64).astype(np.float32), name, None)
+    names = None
+    if all(re.fullmatch(r"[+-]?\d+", c) for c in raw) and shapes.class_names is None:
+        labels = np.array(raw, dtype=np.int64)
+    else:
+        names = shapes.class_names or sorted(set(raw))
+        index = {c: i for i, c in enumerate(names)}
+        unknown = next((c for c in raw if c not in index), None)
+        if unknown is not None:
+            line = lines[raw.index(unknown)]
+            raise DataError(f"{file}:{line}:{li + 1}: class {unknown!r} is not one the network was trained on "
+                            f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})",
+                            "use the training data's class names")
+        labels = np.array([index[c] for c in raw], dtype=np.int64)
+        _check_class_count(what, names, shapes)
+    y, n_classes = _fit_labels(labels, what, shapes)
+    return Dataset(x, y, name, n_classes, class_names=names)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        return math.isfinite(float(cell))
+    except ValueError:
+        return False

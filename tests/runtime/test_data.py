@@ -362,10 +362,10 @@ def test_missing_file_names_it_and_lists_builtins(tmp_path):
 
 
 def test_unknown_format(tmp_path):
-    path = tmp_path / "data.csv"
+    path = tmp_path / "data.xlsx"
     path.write_text("1,2,3\n")
     err = data_error(str(path), **IMAGE_NET)
-    assert "data.csv" in err.message and "unknown format" in err.message and ".npz" in err.hint
+    assert "data.xlsx" in err.message and "unknown format" in err.message and ".npz" in err.hint
 
 
 def test_too_few_samples_for_the_split():
