@@ -181,6 +181,7 @@ class InputDecl:
     shape: list | None
     span: Span
     name_span: Span
+    unbatched: Span | None = None   # `unbatched [R, 5]`: the first axis counts rows over the batch
 
 
 @dataclass

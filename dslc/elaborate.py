@@ -304,7 +304,18 @@ class Elaborator:
                              label="here")
                 return None
             dims.append(v)
-        t = TensorType(("N", *dims), "int64" if it.dtype == "int" else "float32")
+        if it.unbatched is not None:
+            # The first axis counts rows over the whole batch (boxes for roi_pool): named, never the batch.
+            if not dims or not isinstance(dims[0], str) or dims[0] == "N":
+                found = "no dimensions" if not dims else f"`{dims[0]}`"
+                self.d.error(f"an unbatched input's first dimension counts its rows and needs a name, found {found}",
+                             it.span, label="unbatched input",
+                             help=f"name the rows, e.g. `input {it.name}: unbatched [R, 5]` (N is the batch: "
+                                  "a tensor with one row per sample is not unbatched)")
+                return None
+            t = TensorType(tuple(dims), "int64" if it.dtype == "int" else "float32")
+        else:
+            t = TensorType(("N", *dims), "int64" if it.dtype == "int" else "float32")
         if not self._size_ok(t, it.span):
             return None
         self._check_node_count(it.span)
@@ -622,6 +633,25 @@ class Elaborator:
             return [f"`{expr.id}` was set on the command line: `--set {expr.id}={self.overrides[expr.id]}`"]
         return []
 
+    def _leading_axis(self, prim, in_types, inputs):
+        """Shape rules see "N" first. Where every input leads with the same other axis (R boxes
+        after roi_pool), they see it as "N" and the output leads with it again; inputs that lead
+        with different axes (samples and boxes) meet only in an op with `mixes_batches`."""
+        if prim.mixes_batches:
+            return in_types, None
+        leads = {t.shape[0] for t in in_types if t.rank}
+        if leads <= {"N"}:
+            return in_types, None
+        if len(leads) > 1:
+            rows = ", ".join(f"`{i}` leads with {t.shape[0]} {t}" for i, t in zip(inputs, in_types) if t.rank)
+            raise ShapeError(f"{prim.name} mixes tensors counted differently: {rows}",
+                             expected="inputs whose first axes count the same rows",
+                             found=", ".join(str(t) for t in in_types),
+                             help="a tensor counted by sample (N) meets one counted by box (R) only in "
+                                  "roi_pool or roi_align")
+        (lead,) = leads
+        return [TensorType(("N", *t.shape[1:]), t.dtype) if t.rank else t for t in in_types], lead
+
     def _make_node(self, op, attrs, inputs, call, scope: _Scope, label, arg_spans=None):
         arg_spans = arg_spans or {}
         try:
@@ -638,7 +668,10 @@ class Elaborator:
                 raise ShapeError(f"`{op.name}` takes {want} input tensor{'s' * (want != 1)}, found {len(inputs)}",
                                  help="tensors flow in with `->` or are passed by name, e.g. `add(x)`")
             in_types = [self._node(i).type for i in inputs]
+            in_types, lead = self._leading_axis(prim, in_types, inputs)
             out = prim.shape(attrs, in_types)
+            if lead is not None and out.shape[:1] == ("N",):
+                out = TensorType((lead, *out.shape[1:]), out.dtype)
             params = prim.params(attrs, in_types)
             macs = prim.macs(attrs, in_types, out)
         except ShapeError as e:

@@ -452,9 +452,13 @@ class _ToAst(Transformer):
     def float_input(self, meta, c):
         return ("float", c[0])
 
+    def unbatched(self, meta, c):
+        return self.sp(meta)
+
     def input_decl(self, meta, c):
-        dtype, shape = c[1]
-        return ast.InputDecl(str(c[0]), dtype, shape, self.sp(meta), self.tsp(c[0]))
+        dtype, shape = c[-1]
+        unbatched = c[1] if len(c) > 2 else None
+        return ast.InputDecl(str(c[0]), dtype, shape, self.sp(meta), self.tsp(c[0]), unbatched)
 
     def block_def(self, meta, c):
         return ast.BlockDef(str(c[0]), c[1], c[2], self.sp(meta), self.tsp(c[0]))

@@ -18,12 +18,14 @@ NaN propagation, parallel loops) stay in the family's test file and may draw row
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dslc.ops import OPS
-from tests.kernels.harness import Case
+from tests.kernels.harness import Case, Rows
 
 # Ops whose CPU checks run in their family's file, under a fixture the generic test lacks.
 LOWERING_FIXTURE_OPS = {"conv", "deconv"}
@@ -1290,6 +1292,135 @@ STOCHASTIC = [
 ]
 
 CASES = CASES + LOSS_MORE + RANDOM + STOCHASTIC
+
+
+# ---- roi (roi_pool, roi_align: torchvision.ops semantics, written out in plain torch) ----------
+
+def _c_round(v):
+    return math.floor(v + 0.5) if v >= 0 else -math.floor(-v + 0.5)
+
+
+def _roi_pool(xs, ps, a):
+    """torchvision.ops.roi_pool: the scaled box rounded to cells, floor/ceil bin edges, max per bin."""
+    x, rois = xs
+    (oh, ow), s = a["output"], a["scale"]
+    height, width = x.shape[2], x.shape[3]
+    out = []
+    for box in rois.detach().tolist():
+        b = int(box[0])
+        sw, sh, ew, eh = (_c_round(v * s) for v in box[1:])
+        bin_h, bin_w = max(eh - sh + 1, 1) / oh, max(ew - sw + 1, 1) / ow
+        bins = []
+        for ph in range(oh):
+            h0 = min(max(math.floor(ph * bin_h) + sh, 0), height)
+            h1 = min(max(math.ceil((ph + 1) * bin_h) + sh, 0), height)
+            for pw in range(ow):
+                w0 = min(max(math.floor(pw * bin_w) + sw, 0), width)
+                w1 = min(max(math.ceil((pw + 1) * bin_w) + sw, 0), width)
+                if h1 <= h0 or w1 <= w0:
+                    bins.append(x.new_zeros(x.shape[1]))
+                else:
+                    bins.append(x[b, :, h0:h1, w0:w1].amax(dim=(1, 2)))
+        out.append(torch.stack(bins, 1).reshape(x.shape[1], oh, ow))
+    return torch.stack(out)
+
+
+def _bilinear_taps(y, x, height, width):
+    """torchvision's roi_align bilinear interpolation: [(weight, row, col)], empty outside the map."""
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return []
+    y, x = max(y, 0.0), max(x, 0.0)
+    yl, xl = int(y), int(x)
+    if yl >= height - 1:
+        yl = yh = height - 1
+        y = float(yl)
+    else:
+        yh = yl + 1
+    if xl >= width - 1:
+        xl = xh = width - 1
+        x = float(xl)
+    else:
+        xh = xl + 1
+    ly, lx = y - yl, x - xl
+    return [((1 - ly) * (1 - lx), yl, xl), ((1 - ly) * lx, yl, xh), (ly * (1 - lx), yh, xl), (ly * lx, yh, xh)]
+
+
+def _roi_align(xs, ps, a):
+    """torchvision.ops.roi_align: a mean of bilinear samples on a regular grid in each bin."""
+    x, rois = xs
+    (oh, ow), s, ratio, aligned = a["output"], a["scale"], a["sampling_ratio"], a["aligned"]
+    height, width = x.shape[2], x.shape[3]
+    offset = 0.5 if aligned else 0.0
+    out = []
+    for box in rois.detach().tolist():
+        b = int(box[0])
+        sx, sy = box[1] * s - offset, box[2] * s - offset
+        bw, bh = box[3] * s - offset - sx, box[4] * s - offset - sy
+        if not aligned:
+            bw, bh = max(bw, 1.0), max(bh, 1.0)
+        bin_h, bin_w = bh / oh, bw / ow
+        gy = ratio if ratio > 0 else math.ceil(bh / oh)
+        gx = ratio if ratio > 0 else math.ceil(bw / ow)
+        count = max(gy * gx, 1)
+        bins = []
+        for ph in range(oh):
+            for pw in range(ow):
+                acc = x.new_zeros(x.shape[1])
+                for iy in range(gy):
+                    y = sy + ph * bin_h + (iy + 0.5) * bin_h / gy
+                    for ix in range(gx):
+                        xx = sx + pw * bin_w + (ix + 0.5) * bin_w / gx
+                        for w, r, c in _bilinear_taps(y, xx, height, width):
+                            acc = acc + w * x[b, :, r, c]
+                bins.append(acc / count)
+        out.append(torch.stack(bins, 1).reshape(x.shape[1], oh, ow))
+    return torch.stack(out)
+
+
+def _roi_inputs(x_shape, n_boxes, image_size, seed_offset=0):
+    """Feature maps and [R, 5] boxes (batch index, x1, y1, x2, y2) in image coordinates, some
+    reaching past the image's edge and some thinner than a cell."""
+    def make(rng):
+        x = rng.standard_normal(x_shape)
+        rng = np.random.default_rng(rng.integers(1 << 30) + seed_offset)
+        b = rng.integers(0, x_shape[0], n_boxes)
+        x1 = rng.uniform(-2, image_size * 0.7, n_boxes)
+        y1 = rng.uniform(-2, image_size * 0.7, n_boxes)
+        x2 = x1 + rng.uniform(0.3, image_size * 0.6, n_boxes)
+        y2 = y1 + rng.uniform(0.3, image_size * 0.6, n_boxes)
+        return [x.astype(np.float32), np.stack([b, x1, y1, x2, y2], 1).astype(np.float32)]
+    return make
+
+
+def _roi_case(op, attrs, x_shape, n_boxes, image_size, **kw):
+    return Case(op, attrs, [x_shape, Rows((n_boxes, 5))], _roi_pool if op == "roi_pool" else _roi_align,
+                make_inputs=_roi_inputs(x_shape, n_boxes, image_size), grad_inputs=(0,), **kw)
+
+
+def _align(output, scale=1.0, sampling_ratio=-1, aligned=False):
+    return {"output": output, "scale": scale, "sampling_ratio": sampling_ratio, "aligned": aligned}
+
+
+ROI = [
+    _roi_case("roi_pool", {"output": (2, 2), "scale": 0.5}, (2, 3, 6, 7), 4, 14),
+    _roi_case("roi_pool", {"output": (3, 2), "scale": 1.0}, (1, 2, 5, 5), 3, 5),
+    _roi_case("roi_pool", {"output": (4, 4), "scale": 0.25}, (2, 2, 4, 4), 3, 16),
+    _roi_case("roi_align", _align((2, 2), 0.5), (2, 3, 6, 7), 4, 14),
+    _roi_case("roi_align", _align((2, 3), 0.5, sampling_ratio=2), (2, 2, 6, 6), 3, 12),
+    _roi_case("roi_align", _align((2, 2), 0.5, aligned=True), (2, 3, 6, 7), 4, 14),
+    _roi_case("roi_align", _align((3, 3), 1.0, sampling_ratio=1, aligned=True), (1, 2, 5, 4), 3, 5),
+    # finite differences (float64; max and bilinear taps are piecewise linear in the maps)
+    _roi_case("roi_pool", {"output": (2, 2), "scale": 0.5}, (2, 2, 4, 4), 3, 8, fd=True, id="fd-roi_pool"),
+    _roi_case("roi_align", _align((2, 2), 0.5), (2, 2, 4, 4), 3, 8, fd=True, id="fd-roi_align"),
+    _roi_case("roi_align", _align((2, 2), 0.5, 2, True), (1, 2, 4, 4), 2, 8, fd=True, id="fd-roi_align-aligned"),
+    # CUDA against CPU
+    _roi_case("roi_pool", {"output": (2, 2), "scale": 0.5}, (2, 2, 4, 4), 3, 8, cuda=True, id="roi_pool-cuda"),
+    _roi_case("roi_align", _align((2, 2), 0.5), (2, 2, 4, 4), 3, 8, cuda=True, id="roi_align-cuda"),
+    _roi_case("roi_align", _align((2, 2), 0.5, 2, True), (1, 2, 4, 4), 2, 8, cuda=True,
+              id="roi_align-aligned-cuda"),
+]
+
+CASES = CASES + ROI
 
 def rows(*ops, family=None):
     """The table's rows for these ops, or for every op of a family (dslc.ops OpDef.family)."""

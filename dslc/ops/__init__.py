@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (registration)
     pool,
     random,  # noqa: F401,E402  (registration: sample, gaussian_like)
     recurrent,
+    roi,  # noqa: F401  (registration: roi_pool, roi_align)
     stochastic,  # noqa: F401,E402  (registration: drop_path, dropconnect_dense)
     tensor,
 )

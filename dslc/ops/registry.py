@@ -101,6 +101,8 @@ class OpDef:
     relu_like: bool = False     # an activation after which He initialisation suits the layer feeding it (else Xavier)
     init_looks_through: bool = False    # that look for a relu-like activation continues past this op
     #                                     (batchnorm, dropout, pooling, reshapes: they keep its scale's role)
+    mixes_batches: bool = False # inputs may lead with different axes (maps by sample N, boxes by box R: roi_pool);
+    #                             other ops' shape rules see the common leading axis as "N" (elaborate.py)
 
     def shape(self, a: dict, ins: list[TensorType]) -> TensorType:
         raise NotImplementedError

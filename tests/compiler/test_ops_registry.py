@@ -160,6 +160,10 @@ SHAPE_CASES = [
     ("loss-sum-one", "loss_sum", {}, [SCALAR], SCALAR),
     ("drop-path", "drop_path", dict(p=0.2), [t(16, 8, 8)], t(16, 8, 8)),
     ("dropconnect-dense-flattened", "dropconnect_dense", dict(units=10, p=0.5), [t(3, 4, 4)], t(10)),
+    ("roi-pool", "roi_pool", dict(output=7, scale=0.0625), [t(64, 14, 14), TensorType(("R", 5))],
+     TensorType(("R", 64, 7, 7))),
+    ("roi-align", "roi_align", dict(output=(2, 3), sampling_ratio=2, aligned=True), [t(8, 6, 6), TensorType(("R", 5))],
+     TensorType(("R", 8, 2, 3))),
 ]
 
 
@@ -485,6 +489,13 @@ ERROR_CASES = [
     ("drop-path-int", "drop_path", dict(p=0.2), [ids(8)], "expected a float input", None),
     ("dropconnect-p", "dropconnect_dense", dict(units=4, p=-0.1), [t(8)],
      "dropconnect_dense probability must be in [0, 1], found -0.1", "p"),
+    ("roi-batched-boxes", "roi_pool", dict(output=7), [t(8, 6, 6), t(5)], "but [N, 5] counts samples", None),
+    ("roi-box-width", "roi_pool", dict(output=7), [t(8, 6, 6), TensorType(("R", 4))], "boxes must be [R, 5]", None),
+    ("roi-maps-rank", "roi_align", dict(output=7), [t(8), TensorType(("R", 5))], "reads feature maps", None),
+    ("roi-scale", "roi_pool", dict(output=7, scale=0.0), [t(8, 6, 6), TensorType(("R", 5))],
+     "scale must be positive", "scale"),
+    ("roi-sampling", "roi_align", dict(output=7, sampling_ratio=0), [t(8, 6, 6), TensorType(("R", 5))],
+     "sampling_ratio must be positive or -1", "sampling_ratio"),
 ]
 
 

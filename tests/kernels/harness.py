@@ -53,10 +53,18 @@ class Case:
         return self.id or f"{self.op}{self.in_shapes}{self.attrs}"
 
 
+class Rows(tuple):
+    """An input shape whose first axis counts rows other than the batch (roi_pool's boxes [R, 5]):
+    `Rows((3, 5))` is seen by the shape rule as [R, 5]."""
+    lead = "R"
+
+
 def in_types(in_shapes, in_dtypes=None):
-    """The inputs as the op's shape rules see them: batch dimension "N", then the sizes."""
+    """The inputs as the op's shape rules see them: batch dimension "N" (or a Rows shape's own
+    leading axis), then the sizes."""
     dts = in_dtypes or ["float32"] * len(in_shapes)
-    return [TensorType(("N", *shape[1:]) if shape else (), dt) for shape, dt in zip(in_shapes, dts)]
+    return [TensorType((getattr(shape, "lead", "N"), *shape[1:]) if shape else (), dt)
+            for shape, dt in zip(in_shapes, dts)]
 
 
 def declared_params(op, attrs, in_shapes, in_dtypes=None):
