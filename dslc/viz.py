@@ -1,6 +1,7 @@
-"""Draw a checked network with Graphviz: `dslc viz FILE -o out.svg|png|pdf|dot [--depth N]`.
+"""Draw a checked network with Graphviz: `dslc viz FILE -o out.svg|png|pdf|dot [--depth N]
+[--rankdir TB|LR] [--dpi N] [--fit W:H]`.
 
-The drawing reads top to bottom, like the source:
+The drawing reads top to bottom, like the source (`rankdir="LR"`: left to right):
 - one box per primitive op, labelled with its layer name and its op with the key attributes
   (`conv 3x3 /2, 64`), filled by op family (conv, pool, dense, ...);
 - edges carry the per-sample shape of the tensor they move (`64×56×56`; no batch dimension);
@@ -8,13 +9,19 @@ The drawing reads top to bottom, like the source:
 - every block instance is a cluster labelled with its instance name and block kind, nested
   as the blocks nest;
 - `depth=N` keeps N levels of clusters and draws every block nested deeper as one box (its
-  instance name, block kind, output shape and parameter count), edges re-routed to it.
+  instance name, block kind, output shape and parameter count), edges re-routed to it;
+- the branches of a `concat { }` or any fan-out keep their source order (left to right, or top
+  to bottom in LR), the same in every module;
+- `fit=16/9` wraps a long chain into rows (LR) or columns (TB) so that the picture's shape
+  approaches that aspect ratio (width / height): a slide or a page instead of a long strip.
 
 Layout is left to `dot`. If that program is missing, the DOT source is written instead,
 with a message saying how to install Graphviz.
 """
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass, field
 from html import escape
@@ -29,6 +36,8 @@ from .ops import OPS
 FORMATS = ("svg", "png", "pdf", "dot")
 FONT = "Helvetica"
 PNG_DPI = 120           # Graphviz's 72 looks blurred on today's screens and in slides
+DPI_RANGE = (30, 1200)
+RANKDIRS = ("TB", "LR")
 
 # Pastel fill and a darker border of the same hue per op family: calm, and still tells the
 # families apart when printed in greyscale (the fills differ in lightness too).
@@ -45,6 +54,7 @@ FAMILY_COLOURS = {
     "elementwise": ("#fde9d9", "#c4703f"),
     "layout": ("#e3eef0", "#5f8d96"),
     "stochastic": ("#f3e5c0", "#a3833a"),
+    "roi": ("#dfe7d0", "#6f8a3f"),
 }
 # a family added without a colour still draws (a test lists the families that lack one)
 DEFAULT_COLOURS = ("#f2f2f2", "#8c8c8c")
@@ -56,15 +66,20 @@ EDGE_COLOUR = "#8a9ba5"
 LABEL_COLOUR = "#5f7380"
 
 
-def render(net: Network, output_path: str, depth: int | None = None) -> str:
-    """Draw `net` into `output_path` (format from its extension); returns what was done."""
+def render(net: Network, output_path: str, depth: int | None = None, rankdir: str = "TB",
+           dpi: int | None = None, fit: float | None = None) -> str:
+    """Draw `net` into `output_path` (format from its extension); returns what was done.
+    `dpi` sets a PNG's resolution (default 120); `fit` is a target width / height (see to_graphviz)."""
     fmt = output_format(output_path)
-    graph, count = to_graphviz(net, depth)
+    if dpi is not None and not DPI_RANGE[0] <= dpi <= DPI_RANGE[1]:
+        raise UsageError(f"--dpi {dpi} is outside {DPI_RANGE[0]}..{DPI_RANGE[1]}",
+                         help="120 suits screens, 200-300 print and large slides")
+    graph, count = to_graphviz(net, depth, rankdir=rankdir, fit=fit)
     if fmt == "dot":
         _write(output_path, graph.source.encode())
         return f"wrote {output_path} ({count} nodes)"
     if fmt == "png":
-        graph.graph_attr["dpi"] = str(PNG_DPI)
+        graph.graph_attr["dpi"] = str(dpi or PNG_DPI)
     try:
         data = graph.pipe(format=fmt)
     except graphviz.ExecutableNotFound:
@@ -77,6 +92,16 @@ def render(net: Network, output_path: str, depth: int | None = None) -> str:
                 f"`dot -T{fmt} {dot_path} -o {output_path}`")
     _write(output_path, data)
     return f"wrote {output_path} ({count} nodes)"
+
+
+def parse_fit(text: str) -> float:
+    """`16:9` (or `4:3`, `1.5`) as a width / height ratio; a usage error names the form otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:[:/x]\s*(\d+(?:\.\d+)?))?\s*", text)
+    ratio = float(m[1]) / float(m[2] or 1) if m and float(m[2] or 1) > 0 else 0.0
+    if not 0.05 <= ratio <= 20:
+        raise UsageError(f"--fit {text} is not an aspect ratio",
+                         help="give width:height, e.g. --fit 16:9 (a slide), --fit 4:3, or --fit 1:1.4 (a page)")
+    return ratio
 
 
 def output_format(output_path: str) -> str:
@@ -103,54 +128,204 @@ class _Cluster:
     children: dict = field(default_factory=dict)    # (scope name, kind) -> _Cluster
 
 
-def to_graphviz(net: Network, depth: int | None = None) -> tuple[graphviz.Digraph, int]:
-    """The Graphviz graph of `net` and the number of boxes in it."""
+def to_graphviz(net: Network, depth: int | None = None, rankdir: str = "TB",
+                fit: float | None = None) -> tuple[graphviz.Digraph, int]:
+    """The Graphviz graph of `net` and the number of boxes in it.
+
+    `fit` (width / height) wraps the drawing into rows (LR) or columns (TB): it is laid out once
+    unwrapped, cut between consecutive blocks into k pieces, with k the count whose drawing comes
+    closest to `fit`; edges between pieces stop constraining the ranks, so each piece starts anew
+    beside (TB) or below (LR) the previous one. Without `dot` to measure with, it is not wrapped."""
     if depth is not None and depth < 0:
         raise UsageError(f"--depth {depth} is negative", help="0 draws every top-level block as one box")
-    order = net.nodes()
-    # Which box stands for each op node: itself, or the block it is collapsed into.
-    box_of = {}
-    collapsed: dict[tuple, list[str]] = {}          # (scope name, kind) -> its op nodes, in order
-    root = _Cluster()
-    for node in order:
-        n, scope = node.name, node.scope
-        shown = scope if depth is None else scope[:depth]
-        if len(shown) < len(scope):
-            block = scope[len(shown)]
-            box_of[n] = _collapsed_id(block[0])
-            if block not in collapsed:
-                collapsed[block] = []
-                _cluster_at(root, shown).boxes.append(block)
-            collapsed[block].append(n)
-        else:
-            box_of[n] = n
-            _cluster_at(root, shown).boxes.append(n)
+    if rankdir not in RANKDIRS:
+        raise UsageError(f"--rankdir {rankdir} is not one of {', '.join(RANKDIRS)}",
+                         help="TB draws top to bottom, LR left to right")
+    drawing = _Drawing(net, depth)
+    dg, count = drawing.build(rankdir)
+    if fit is None:
+        return dg, count
+    try:
+        layout = json.loads(dg.pipe(format="json"))
+        best = (_aspect_error(layout, fit), dg)
+        for k in _piece_counts(layout, rankdir, fit, len(drawing.boxes)):
+            wrapped, _ = drawing.build(rankdir, drawing.pieces(layout, rankdir, k))
+            err = _aspect_error(json.loads(wrapped.pipe(format="json")), fit)
+            if err < best[0] - 1e-9:
+                best = (err, wrapped)
+    except graphviz.ExecutableNotFound:
+        return dg, count
+    return best[1], count
 
-    # (from box, to box, tensor), in source order; one edge per tensor leaving a collapsed block.
-    edges = list(dict.fromkeys((box_of[src], box_of[node.name], src) for node in order for src in node.inputs
-                               if box_of[src] != box_of[node.name]))
-    outputs = {f"output/{net.tensor_name(out)}": out for out in net.outputs}
-    for box, out in outputs.items():
-        edges.append((box_of[out], box, out))
 
-    dg = graphviz.Digraph(net.name, graph_attr={
-        "rankdir": "TB", "splines": "spline", "nodesep": "0.22", "ranksep": "0.22",
-        "fontname": FONT, "fontsize": "14", "bgcolor": "white",
-        "label": net.name, "labelloc": "t", "labeljust": "l",
-    }, node_attr={
-        "shape": "box", "style": "rounded,filled", "fontname": FONT, "fontsize": "10",
-        "height": "0.3", "margin": "0.09,0.03", "penwidth": "1",
-    }, edge_attr={
-        "color": EDGE_COLOUR, "arrowsize": "0.55", "fontname": FONT, "fontsize": "8",
-        "fontcolor": LABEL_COLOUR, "penwidth": "1",
-    })
-    count = _draw_cluster(dg, root, (), net, collapsed)
-    for box, out in outputs.items():
-        dg.node(box, _terminal_label(net.tensor_name(out), "output"), fillcolor=TERMINAL_COLOURS[0],
-                color=TERMINAL_COLOURS[1], fontcolor="white")
-    for a, b, tensor in edges:
-        dg.edge(a, b, label=_shape_text(net.node(tensor).type))
-    return dg, count + len(outputs)
+class _Drawing:
+    """What gets drawn: the boxes (op nodes, collapsed blocks, outputs), the cluster tree they
+    sit in and the edges between them, before Graphviz attributes."""
+
+    def __init__(self, net: Network, depth: int | None):
+        self.net = net
+        order = net.nodes()
+        # Which box stands for each op node: itself, or the block it is collapsed into.
+        box_of = {}
+        self.collapsed: dict[tuple, list[str]] = {}     # (scope name, kind) -> its op nodes, in order
+        self.path_of: dict[str, tuple] = {}             # box -> the clusters it is drawn in
+        self.root = _Cluster()
+        for node in order:
+            n, scope = node.name, node.scope
+            shown = scope if depth is None else scope[:depth]
+            if len(shown) < len(scope):
+                block = scope[len(shown)]
+                box_of[n] = _collapsed_id(block[0])
+                if block not in self.collapsed:
+                    self.collapsed[block] = []
+                    _cluster_at(self.root, shown).boxes.append(block)
+                    self.path_of[box_of[n]] = tuple(shown)
+                self.collapsed[block].append(n)
+            else:
+                box_of[n] = n
+                _cluster_at(self.root, shown).boxes.append(n)
+                self.path_of[n] = tuple(shown)
+
+        # (from box, to box, tensor), in source order; one edge per tensor leaving a collapsed block.
+        self.edges = list(dict.fromkeys((box_of[src], box_of[node.name], src) for node in order
+                                        for src in node.inputs if box_of[src] != box_of[node.name]))
+        self.outputs = {f"output/{net.tensor_name(out)}": out for out in net.outputs}
+        for box, out in self.outputs.items():
+            self.edges.append((box_of[out], box, out))
+            self.path_of[box] = ()
+        self.boxes = list(self.path_of)
+
+    def build(self, rankdir: str, piece_of: dict | None = None) -> tuple[graphviz.Digraph, int]:
+        net = self.net
+        dg = graphviz.Digraph(net.name, graph_attr={
+            "rankdir": rankdir, "splines": "spline", "nodesep": "0.22", "ranksep": "0.22",
+            "fontname": FONT, "fontsize": "14", "bgcolor": "white",
+            "label": net.name, "labelloc": "t", "labeljust": "l",
+            # out-edges left to right in the order they are written (source order), so the
+            # branches of every concat stand in the same order in every module
+            "ordering": "out", "remincross": "false", "newrank": "true",
+        }, node_attr={
+            "shape": "box", "style": "rounded,filled", "fontname": FONT, "fontsize": "10",
+            "height": "0.3", "margin": "0.09,0.03", "penwidth": "1",
+        }, edge_attr={
+            "color": EDGE_COLOUR, "arrowsize": "0.55", "fontname": FONT, "fontsize": "8",
+            "fontcolor": LABEL_COLOUR, "penwidth": "1",
+        })
+        if piece_of:
+            # declared piece by piece first, so Graphviz stacks the pieces in order
+            for box in sorted(self.boxes, key=lambda b: piece_of[b]):
+                dg.node(box)
+        count = _draw_cluster(dg, self.root, (), net, self.collapsed)
+        for box, out in self.outputs.items():
+            dg.node(box, _terminal_label(net.tensor_name(out), "output"), fillcolor=TERMINAL_COLOURS[0],
+                    color=TERMINAL_COLOURS[1], fontcolor="white")
+        for a, b, tensor in self.edges:
+            attrs = {"constraint": "false"} if piece_of and piece_of[a] != piece_of[b] else {}
+            dg.edge(a, b, label=_shape_text(net.node(tensor).type), **attrs)
+        for a, b in self.sibling_order():
+            if not piece_of or piece_of[a] == piece_of[b]:
+                # dot stacks a rank bottom-up in LR: the first branch goes on top when it is the head
+                dg.edge(*((b, a) if rankdir == "LR" else (a, b)), style="invis", minlen="0")
+        return dg, count + len(self.outputs)
+
+    def sibling_order(self) -> list[tuple[str, str]]:
+        """Invisible edges that hold parallel branches in source order: between the first boxes of
+        consecutive items (boxes or nested blocks) of one cluster that are fed by the same boxes.
+        They may share a rank, and dot puts an edge's tail before its head within a rank;
+        `ordering=out` alone is not kept once the branches are clusters. dot's final crossing
+        pass (`remincross`) rotates branches that cross nothing in any order, so it is off."""
+        item_of: dict[tuple, dict[str, tuple]] = {}        # cluster path -> {box: item in it}
+        for box, path in self.path_of.items():
+            for i in range(len(path) + 1):
+                item = ("box", box) if i == len(path) else ("block", path[i])
+                item_of.setdefault(path[:i], {})[box] = item
+        order = []
+        for members in item_of.values():
+            entry: dict[tuple, list] = {}                  # item -> its boxes, in order
+            feeds: dict[tuple, set] = {}
+            for box, item in members.items():
+                entry.setdefault(item, []).append(box)
+            for a, b, _ in self.edges:
+                item = members.get(b)
+                if item is not None and members.get(a) != item:
+                    feeds.setdefault(item, set()).add(a)
+            groups: dict[frozenset, list] = {}
+            for item in entry:
+                if feeds.get(item):
+                    groups.setdefault(frozenset(feeds[item]), []).append(entry[item])
+            for branches in groups.values():
+                order += [(a[0], b[0]) for a, b in zip(branches, branches[1:])]
+        return order
+
+    def pieces(self, layout: dict, rankdir: str, k: int) -> dict:
+        """Box -> piece (0..k-1): the unwrapped drawing cut across its long axis near k-1 equally
+        spaced places, each cut where the fewest edges cross it (a single tensor, ideally), and
+        each block kept whole unless it alone is longer than about one piece."""
+        pos = _positions(layout, rankdir)
+        lo = min(a for a, _ in pos.values())
+        stretch = (max(b for _, b in pos.values()) - lo) / k
+        extent: dict[tuple, list] = {}
+        for box, path in self.path_of.items():
+            for i in range(1, len(path) + 1):
+                e = extent.setdefault(path[:i], [math.inf, -math.inf])
+                e[0], e[1] = min(e[0], pos[box][0]), max(e[1], pos[box][1])
+        # the outermost block short enough to stay in one piece, or the box on its own
+        centre_of = {}
+        for box, path in self.path_of.items():
+            span = next((extent[path[:i]] for i in range(1, len(path) + 1)
+                         if extent[path[:i]][1] - extent[path[:i]][0] <= 0.8 * stretch), pos[box])
+            centre_of[box] = (span[0] + span[1]) / 2 - lo
+        centres = sorted(set(centre_of.values()))
+        # a cut between consecutive centres; its cost: the edges crossing it, and a crossing's
+        # worth of penalty for each half piece it lies away from where it was aimed
+        gaps = [((c0 + c1) / 2, c1) for c0, c1 in zip(centres, centres[1:])]
+        cuts = []
+        for i in range(1, k):
+            aim = i * stretch
+            near = [g for g in gaps if abs(g[0] - aim) <= 0.4 * stretch and (not cuts or g[1] > cuts[-1])]
+            if not near:
+                continue
+            cuts.append(min(near, key=lambda g: sum(centre_of[a] < g[0] < centre_of[b] or
+                                                       centre_of[b] < g[0] < centre_of[a]
+                                                       for a, b, _ in self.edges)
+                                                   + 2 * abs(g[0] - aim) / stretch)[1])
+        return {box: sum(c >= cut for cut in cuts) for box, c in centre_of.items()}
+
+
+def _positions(layout: dict, rankdir: str) -> dict:
+    """Box -> (start, end) along the drawing's long axis (down for TB, right for LR), in points."""
+    out = {}
+    for obj in layout.get("objects", []):
+        if "pos" not in obj or "nodes" in obj:
+            continue
+        x, y = (float(v) for v in obj["pos"].split(","))
+        half = 36 * float(obj["width" if rankdir == "LR" else "height"])    # inches -> points, halved
+        c = x if rankdir == "LR" else -y
+        out[obj["name"]] = (c - half, c + half)
+    return out
+
+
+def _size(layout: dict) -> tuple[float, float]:
+    x0, y0, x1, y1 = (float(v) for v in layout["bb"].split(","))
+    return x1 - x0, y1 - y0
+
+
+def _aspect_error(layout: dict, fit: float) -> float:
+    w, h = _size(layout)
+    return abs(math.log((w / h) / fit))
+
+
+def _piece_counts(layout: dict, rankdir: str, fit: float, boxes: int) -> list[int]:
+    """The piece counts worth trying: around the k at which k pieces of the long axis laid side
+    by side give the aspect `fit` (k strips of length L/k and breadth B: aspect L/(k^2 B) for LR
+    rows, k^2 B/L for TB columns)."""
+    w, h = _size(layout)
+    if rankdir == "LR":
+        k = math.sqrt(w / (h * fit))
+    else:
+        k = math.sqrt(fit * h / w)
+    k = max(1, round(k))
+    return [n for n in (k - 1, k, k + 1, k + 2) if 2 <= n <= boxes]
 
 
 def _cluster_at(root: _Cluster, path: tuple) -> _Cluster:
@@ -200,7 +375,7 @@ def _cluster_label(name: str, kind: str, parent_path: tuple) -> str:
 
 def _draw_op(dg, node: Node):
     n, op = node.name, node.op
-    last = n.rsplit(".", 1)[-1]
+    last = _own_name(n)
     if node.is_input:
         dg.node(n, _terminal_label(n, "input"), fillcolor=TERMINAL_COLOURS[0], color=TERMINAL_COLOURS[1],
                 fontcolor="white")
@@ -215,6 +390,16 @@ def _draw_op(dg, node: Node):
     else:
         label = f"<<B>{escape(last)}</B>  {escape(op_line)}>"
     dg.node(n, label, fillcolor=fill, color=border)
+
+
+def _own_name(name: str) -> str:
+    """The last part of a dotted name, or from its nearest part that is not a bare index: a
+    repeat's `features.0`, not `0`, so a slide shows which layer it is without its cluster."""
+    parts = name.split(".")
+    i = len(parts) - 1
+    while i > 0 and parts[i].isdigit():
+        i -= 1
+    return ".".join(parts[i:])
 
 
 def _draw_collapsed(dg, block: tuple, members: list[str], net: Network):
