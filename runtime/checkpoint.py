@@ -212,8 +212,8 @@ def _not_a_checkpoint(path: str) -> CheckpointError | None:
     if torch_file:
         return CheckpointError(
             f"'{path}' is a PyTorch file (torch.save); dslc reads its own checkpoints, which hold no pickles",
-            "give a checkpoint written by `dslc run --checkpoint DIR` or Model.save; to bring PyTorch weights in, "
-            "copy them into model.params in Python (e.g. model.params[name][...] = tensor.numpy())")
+            "give a checkpoint written by `dslc run --checkpoint DIR` or Model.save; a PyTorch state_dict is read "
+            "from a file named .pt or .pth (or converted to .safetensors): see README, Weights from PyTorch")
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import OrderedDict
 
 import networkx as nx
@@ -30,16 +31,24 @@ from .errors import CheckpointError, RuntimeUserError
 from .kernel_api import Context
 from .plan import Plan
 from .train import TrainConfig, Trainer
+from .weights import network_params
 
 
 class LoadReport:
     """What a partial parameter load matched; printed for transfer learning."""
 
-    def __init__(self, loaded, missing, unexpected, mismatched):
+    def __init__(self, loaded, missing, unexpected, mismatched, name_map=None, ignored=(), source=None):
         self.loaded, self.missing, self.unexpected, self.mismatched = loaded, missing, unexpected, mismatched
+        self.name_map = name_map            # the torchvision NameMap the file's names went through, or None
+        self.ignored = list(ignored)        # torch's batchnorm update counts: no place in dslc
+        self.source = source
 
     def __str__(self):
-        lines = [f"loaded {len(self.loaded)} tensors"]
+        lines = [f"loaded {len(self.loaded)} tensors" + (f" from {self.source}" if self.source else "")]
+        if self.name_map is not None:
+            lines.append(f"names: {self.name_map.description}")
+        if self.ignored:
+            lines.append(f"ignored {len(self.ignored)} batchnorm update counts (num_batches_tracked)")
         if self.mismatched:
             lines.append("skipped (shape differs): " + ", ".join(f"{n} {a}->{b}" for n, a, b in self.mismatched))
         if self.missing:
@@ -138,10 +147,11 @@ class Model:
         self._plans.clear()
 
     def load_params(self, source, strict: bool = False) -> LoadReport:
-        """Load from a dict of arrays or a checkpoint path; unmatched names and shapes are reported, not fatal."""
-        if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
-            arrays, _ = load_checkpoint(source)
-            source = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")} or arrays
+        """Load from a dict of arrays or a weights file (a dslc checkpoint, .safetensors, .npz, or .pt/.pth with
+        torch installed); torchvision's names are mapped to the zoo's (runtime/torchvision_names.py).
+        Unmatched names and shapes are reported, not fatal."""
+        where = os.fsdecode(source) if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__") else None
+        source, name_map, ignored, _ = network_params(source, self)
         loaded, missing, mismatched = [], [], []
         for k in self.specs:
             if k not in source:
@@ -154,7 +164,7 @@ class Model:
             self.set_param(k, v)
             loaded.append(k)
         unexpected = [k for k in source if k not in self.specs]
-        report = LoadReport(loaded, missing, unexpected, mismatched)
+        report = LoadReport(loaded, missing, unexpected, mismatched, name_map, ignored, where)
         if strict and (missing or unexpected or mismatched):
             raise RuntimeUserError("parameters do not match this network:\n" + str(report),
                                    "load with strict=False for a partial (transfer-learning) load")
@@ -348,14 +358,21 @@ class Model:
     # ---- training ---------------------------------------------------------------------------
     def fit(self, x=None, y=None, epochs: int = 1, batch: int | None = None, lr: float | None = None,
             optimizer: str | None = None, val=None, seed: int = 0, progress: bool = True,
-            data: dict | None = None, **kw):
+            data: dict | None = None, comm=None, sync_batchnorm: bool = False, **kw):
         """Train on arrays; returns the per-epoch metrics (a list of dicts).
 
         The data: `fit(x, y)` for a network with one data input and a label (`fit(x)` where the
         loss compares with the input itself), or one array per input, by name:
         `fit(data={"image": x, "box": b, "label": y})` or `fit(image=x, box=b, label=y)`.
         `val` likewise: an (x, y) pair or a dict by input name. Other keywords are training
-        settings (TrainConfig)."""
+        settings (TrainConfig).
+
+        `comm`: train data-parallel over the processes of an MPI communicator (e.g.
+        `from mpi4py import MPI; net.fit(x, y, comm=MPI.COMM_WORLD)`, the script started with
+        `mpiexec -n K`): every process passes the same data and settings; `batch` is the global
+        batch, split evenly; the result equals one process's up to float32 rounding (dropout and
+        augmentation draw as one process does); batchnorm uses each process's own statistics
+        unless `sync_batchnorm=True`."""
         named = {k: kw.pop(k) for k in list(kw) if k in self.net.inputs}
         if data is not None or named:
             if x is not None or y is not None:
@@ -377,7 +394,8 @@ class Model:
             valid = None
         cfg = TrainConfig.from_network(self.net, epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, seed=seed,
                                        **kw)
-        return Trainer(self, cfg, train, valid, progress=progress).fit()
+        trainer = Trainer(self, cfg, train, valid, progress=progress, comm=comm, sync_batchnorm=sync_batchnorm)
+        return trainer.fit()
 
     def save(self, path, extra_meta: dict | None = None):
 
