@@ -246,3 +246,88 @@ class SampleSlice:
 def unwrap(rng):
     """The numpy Generator behind a SampleSlice (or the generator itself)."""
     return rng.generator if isinstance(rng, SampleSlice) else rng
+
+
+# ---- synchronised batchnorm ------------------------------------------------------------------
+class _SyncBatchNorm:
+    """A training plan's batchnorm call with the batch statistics of the global batch.
+
+    Forward: the per-channel sums, then the squared deviations from the global mean, summed
+    over ranks (the CPU kernel's two-pass variance); the running statistics move as the kernel
+    moves them, with the global count. Backward: each rank's weight and bias gradients are its
+    own samples' sums (averaged later with every gradient); the input gradient needs the
+    global sums of g and g * xhat. Rank r's upstream gradient is K times the global loss's on
+    its samples (its loss is the mean over its 1/K), so its input gradient is K times the
+    global one, which the 1/K of the gradient average undoes. Eval mode is the kernel's own."""
+
+    def __init__(self, kernel, comm):
+        self.kernel, self.comm = kernel, comm
+        self.forward0, self.backward0 = kernel.forward, kernel.backward
+        self.count = None
+
+    def _view(self, a):
+        shape = self.kernel.spec.in_shapes[0]
+        return a.reshape(shape[0], shape[1], -1)
+
+    def forward(self, ctx, xs, params, out, ws):
+        if not ctx.training:
+            return self.forward0(ctx, xs, params, out, ws)
+        attrs = self.kernel.spec.attrs
+        eps, momentum = float(attrs.get("eps", 1e-5)), float(attrs.get("momentum", 0.1))
+        x = self._view(xs[0])
+        local = np.concatenate([x.sum(axis=(0, 2), dtype=np.float64), [x.shape[0] * x.shape[2]]])
+        total = self.comm.sum(local)
+        count = self.count = float(total[-1])
+        mean = total[:-1] / count
+        squares = self.comm.sum(np.square(x - mean[None, :, None]).sum(axis=(0, 2)))
+        ws["mean"][...] = mean
+        ws["invstd"][...] = 1.0 / np.sqrt(squares / count + eps)
+        params["running_mean"][...] = (1 - momentum) * params["running_mean"] + momentum * mean
+        params["running_var"][...] = (1 - momentum) * params["running_var"] + momentum * squares / (count - 1)
+        scale = params["weight"] * ws["invstd"]
+        y = self._view(out)
+        np.multiply(x - ws["mean"][None, :, None], scale[None, :, None], out=y)
+        y += params["bias"][None, :, None]
+        if self.kernel.relu:
+            np.maximum(y, 0, out=y)
+
+    def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
+        if not ctx.training:
+            return self.backward0(ctx, xs, params, out, gout, gxs, gparams, ws)
+        gx = gxs[0]
+        if gx is None and not gparams:
+            return
+        x, g = self._view(xs[0]), self._view(gout)
+        if self.kernel.relu:
+            g = np.where(self._view(out) > 0, g, np.float32(0))
+        mean, invstd = ws["mean"].astype(np.float64), ws["invstd"].astype(np.float64)
+        xhat = (x - mean[None, :, None]) * invstd[None, :, None]
+        sum_g = g.sum(axis=(0, 2), dtype=np.float64)
+        sum_gx = (g * xhat).sum(axis=(0, 2))
+        gparams.get("weight", ws["grad_weight"])[...] = sum_gx
+        gparams.get("bias", ws["grad_bias"])[...] = sum_g
+        if gx is not None:
+            total = self.comm.sum(np.concatenate([sum_g, sum_gx]))
+            c = len(sum_g)
+            mean_g, mean_gx = total[:c] / self.count, total[c:] / self.count
+            factor = params["weight"].astype(np.float64) * invstd
+            self._view(gx)[...] = factor[None, :, None] * (g - mean_g[None, :, None] - xhat * mean_gx[None, :, None])
+
+
+def sync_batchnorm(plan, comm) -> None:
+    """Make a CPU training plan's batchnorm calls use the global batch's statistics (once per plan)."""
+    if getattr(plan, "_sync_batchnorm", False):
+        return
+    from .cpu.norm import BatchNorm
+    for s in plan.steps:
+        if not isinstance(s.kernel, BatchNorm) or not s.runs:
+            continue
+        if s.followers:
+            raise RuntimeUserError(f"--sync-batchnorm: `{s.node}` shares its parameters with another batchnorm, "
+                                   "which synchronised statistics do not support",
+                                   "train without --sync-batchnorm (each process's own statistics)")
+        sync = _SyncBatchNorm(s.kernel, comm)
+        plan._forward_calls = [((sync.forward if f == s.kernel.forward else f), a) for f, a in plan._forward_calls]
+        plan._backward_calls = [((sync.backward if b == s.kernel.backward else b), a, acc)
+                                for b, a, acc in plan._backward_calls]
+    plan._sync_batchnorm = True

@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint, rng_from_arrays, rng_state_to_arrays, s
 from .compile_watch import CompileWatch
 from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's settings)
 from .data import Dataset, named_batches
-from .distributed import SampleSlice, from_comm, unwrap
+from .distributed import SampleSlice, from_comm, sync_batchnorm, unwrap
 from .errors import CheckpointError, RuntimeUserError
 from .optim import make_schedule
 
@@ -98,7 +98,7 @@ def term_names(net) -> list:
 class Trainer:
     def __init__(self, model, cfg: TrainConfig, train: Dataset, val: Dataset | None, *, progress=True,
                  metrics_path=None, checkpoint_dir=None, log=None, data_info=None, early_stopping=None,
-                 extra_meta=None, resume_hint="--resume", comm=None, config_digest=None):
+                 extra_meta=None, resume_hint="--resume", comm=None, config_digest=None, sync_batchnorm=False):
         """`early_stopping` N: stop once N epochs in a row have not lowered the validation loss
         (needs validation data). `extra_meta`: JSON values saved in every checkpoint's metadata
         (the command line records its --set values and a text model's vocabulary there).
@@ -109,7 +109,9 @@ class Trainer:
         rank shuffles alike and takes its contiguous 1/K of each global batch, gradients are
         averaged over ranks, random draws are those of the one-process run (SampleSlice), and
         only rank 0 logs, writes metrics and checkpoints. `config_digest`: {what: digest} of the
-        command (the .net source, --set values, flags), compared across ranks at the start."""
+        command (the .net source, --set values, flags), compared across ranks at the start.
+        `sync_batchnorm`: batchnorm's batch statistics over the global batch (one process's
+        numbers) instead of each rank's own (runtime/distributed.py, _SyncBatchNorm)."""
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
         self.net = model.net
         self.x_name, self.y_name = data_roles(self.net)
@@ -163,6 +165,10 @@ class Trainer:
         self.comm = from_comm(comm)
         self.ranks, self.rank = self.comm.size, self.comm.rank
         self.local_batch, self.share_start = cfg.batch, 0
+        self.sync_batchnorm = bool(sync_batchnorm) and self.ranks > 1
+        if self.sync_batchnorm and model.device.name != "cpu":
+            raise RuntimeUserError(f"synchronised batchnorm runs on the CPU only; this run uses {model.device.name}",
+                                   "drop --sync-batchnorm (each process's own statistics), or train on the CPU")
         if self.ranks > 1:
             self._check_split(cfg, train)
             self.local_batch = cfg.batch // self.ranks
@@ -277,6 +283,9 @@ class Trainer:
     # ---- one step ----------------------------------------------------------------------------
     def _step(self, feeds, lr):
         m = self.model
+        if self.sync_batchnorm:     # the training plan's batchnorm calls, before its first forward
+            batch, symbols = m._bindings(m._feeds(feeds))
+            sync_batchnorm(m.plan(batch, symbols, True, True), self.comm)
         xb = feeds.get(self.x_name)
         if self.augment is not None and xb is not None and xb.ndim == 4:
             feeds = {**feeds, self.x_name: self.augment(xb, self._sliced(self.aug_rng))}
@@ -387,7 +396,7 @@ class Trainer:
             if self.terms:
                 sums = p.get("terms") or [0.0] * len(self.terms)    # a checkpoint of an older dslc has none
                 record["train_terms"] = {k: v / max(p["samples"], 1) for k, v in zip(self.term_names, sums)}
-            if self.ranks > 1:      # per-rank batchnorm statistics: rank 0's are the job's
+            if self.ranks > 1 and not self.sync_batchnorm:     # per-rank batchnorm statistics: rank 0's are the job's
                 buffers = [k for k, (_, spec) in self.model.specs.items() if not spec.trainable]
                 if buffers:
                     self.comm.bcast_params(self.model, buffers)
@@ -610,7 +619,8 @@ class Trainer:
             arrays.update(self.epoch_rng_state)
         meta = {**self.extra_meta, "kind": "dslc-training", "network": self.net.name, "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "partial": self.partial, "config": asdict(self.cfg),
-                "history": self.history, "data": self._data_signature(), "ranks": self.ranks}
+                "history": self.history, "data": self._data_signature(), "ranks": self.ranks,
+                "sync_batchnorm": self.sync_batchnorm}
         save_checkpoint(path, arrays, meta)
         return path
 
@@ -674,6 +684,10 @@ class Trainer:
             raise CheckpointError(f"{path} was saved by a run of {procs(saved_ranks)}; this run has "
                                   f"{procs(self.ranks)} (the number of processes is part of a resumable run)",
                                   f"resume with {launch}, or start afresh with --overwrite")
+        if self.ranks > 1 and bool(meta.get("sync_batchnorm", False)) != self.sync_batchnorm:
+            was = "with" if meta.get("sync_batchnorm") else "without"
+            raise CheckpointError(f"{path} was saved by a run {was} --sync-batchnorm; this run differs",
+                                  f"resume {was} --sync-batchnorm, or start afresh with --overwrite")
         current = asdict(self.cfg)
         for key in current:
             if key == "epochs" or key not in saved_cfg:
