@@ -20,11 +20,17 @@ from .compiler import UsageError, compile_file, parse_override
 from .diagnostics import CompileError, did_you_mean
 from .elaborate import op_signature
 from .ops import OPS
-from .viz import render
+from .train_section import DEFAULT_OPTIMIZER, OPTIMIZERS
+from .viz import RANKDIRS, parse_fit, render
 
 # The training, prediction and inspection commands import the runtime (and so Numba, ~0.3 s
 # even with warm caches) inside the functions that run them, so `dslc compile`, `dslc viz` and
 # `dslc ops` never pay for it (tests/test_structure.py checks that they do not).
+
+
+FILE_HELP = "the .net file"
+SET_HELP = "override a network parameter, e.g. --set classes=10 (repeatable)"
+DEVICE_HELP = "cpu (default), cuda (an NVIDIA GPU via numba-cuda), or auto (cuda when one is usable)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,7 +89,8 @@ def _refuse_to_overwrite_an_input(output: str, inputs: list[str]):
 def cmd_viz(args) -> int:
     net, warnings = compile_file(args.file, _overrides(args.set))
     _print_warnings(warnings)
-    msg = render(net, args.output, depth=args.depth)
+    fit = parse_fit(args.fit) if args.fit else None
+    msg = render(net, args.output, depth=args.depth, rankdir=args.rankdir, dpi=args.dpi, fit=fit)
     print(msg, file=sys.stderr)
     return 0
 
@@ -128,55 +135,87 @@ def cmd_sample(args) -> int:
     return sample_command(args)
 
 
+def cmd_export(args) -> int:
+    from .cli_export import export_command
+    return export_command(args)
+
+
+def _add_export_command(sub):
+    """`dslc export` (dslc/cli_export.py): a format is a FORMATS entry there and a --format choice here."""
+    x = sub.add_parser("export", help="write trained weights for other tools: an ONNX model (onnxruntime, Netron)")
+    x.add_argument("file", help="the .net file the weights were trained with")
+    x.add_argument("--weights", required=True, metavar="CKPT",
+                   help="last.ckpt / best.ckpt of a run, a file net.save() wrote, or PyTorch weights "
+                        "(.safetensors, .npz, .pt/.pth)")
+    x.add_argument("-o", "--output", required=True, metavar="OUT", help="the file to write, e.g. model.onnx")
+    x.add_argument("--format", choices=("onnx", "safetensors"), default="onnx",
+                   help="what to write (default onnx; safetensors: the weights, torch-named)")
+    x.add_argument("--opset", type=int, metavar="N", help="the ONNX opset the model states (default 17)")
+    x.add_argument("--set", action="append", metavar="K=V",
+                   help="override a network parameter (repeatable; the checkpoint's recorded values apply)")
+    x.set_defaults(func=cmd_export)
+
+
 def _add_use_commands(sub):
     """`dslc predict` and `dslc inspect` (dslc/cli_use.py)."""
     pr = sub.add_parser("predict", help="run trained weights on images or arrays: top-k classes, or outputs to .npz")
-    pr.add_argument("file")
+    pr.add_argument("file", help=FILE_HELP)
     pr.add_argument("--weights", required=True, nargs="+", action="extend", metavar="CKPT",
-                    help="last.ckpt / best.ckpt of a run, or net.save(); several: an ensemble, whose class "
+                    help="last.ckpt / best.ckpt of a run, net.save(), or PyTorch weights (.safetensors, .npz, "
+                         ".pt/.pth); several: an ensemble, whose class "
                          "probabilities are averaged")
     pr.add_argument("inputs", nargs="*", metavar="INPUT", help="images (PNG, JPEG, ...), .npy or .npz files")
     pr.add_argument("--top", type=int, metavar="K", help="classes to list per sample (default 5, or fewer classes)")
     pr.add_argument("-o", "--output", metavar="OUT.npz", help="write every output here instead of printing")
     pr.add_argument("--invert", action="store_true", help="invert images (dark ink on white -> light on dark)")
-    pr.add_argument("--set", action="append", metavar="K=V")
-    pr.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    pr.add_argument("--set", action="append", metavar="K=V", help=SET_HELP)
+    pr.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help=DEVICE_HELP)
     pr.set_defaults(func=cmd_predict)
 
     i = sub.add_parser("inspect", help="draw what trained weights do: saliency, filters, activations, occlusion, "
-                                       "t-SNE")
-    i.add_argument("file")
-    i.add_argument("--weights", required=True, metavar="CKPT")
-    i.add_argument("kind", choices=("saliency", "filters", "activations", "occlusion", "tsne"),
+                                       "t-SNE, top patches, class models, DeepDream")
+    i.add_argument("file", help=FILE_HELP)
+    i.add_argument("--weights", required=True, metavar="CKPT", help="last.ckpt / best.ckpt of a run, or net.save()")
+    i.add_argument("kind", choices=("saliency", "filters", "activations", "occlusion", "tsne", "patches", "class",
+                                    "dream"),
                    help="saliency: |d class score / d input| for --input; filters: the first conv layer's filters; "
                         "activations: --layer's maps for --input; occlusion: the class probability's drop under a "
-                        "patch slid over --input; tsne: t-SNE of --layer's features over --data, by class")
-    i.add_argument("--layer", metavar="NAME", help="the layer to show (activations, tsne)")
+                        "patch slid over --input; tsne: t-SNE of --layer's features over --data, by class; "
+                        "patches: the --data patches that most activate --layer's channels; class: the input "
+                        "maximising --class's score (L2-regularised gradient ascent); dream: --input changed to "
+                        "raise the norm of --layer's activations (DeepDream)")
+    i.add_argument("--layer", metavar="NAME", help="the layer to show (activations, tsne, patches, dream)")
+    i.add_argument("--channel", type=int, metavar="C", help="patches: one channel of --layer (default: the first 8)")
+    i.add_argument("--top", type=int, metavar="K", help="patches: samples per channel (9)")
+    i.add_argument("--steps", type=int, metavar="N", help="class, dream: gradient-ascent steps (200, 20)")
+    i.add_argument("--lr", type=float, metavar="R", help="class: the ascent's rate (0.1); dream: the mean change "
+                                                         "per pixel per step (0.02)")
+    i.add_argument("--l2", type=float, metavar="L", help="class: the weight of the ||input||^2 penalty (0.01)")
     i.add_argument("--patch", type=int, default=2, metavar="P", help="occlusion: the square's side in pixels (2)")
     i.add_argument("--stride", type=int, default=1, metavar="S", help="occlusion: its step in pixels (1)")
     i.add_argument("--fill", type=float, default=0.0, metavar="V",
                    help="occlusion: the value the square holds (0: the digits' background)")
-    i.add_argument("--data", metavar="SOURCE", help="tsne: the dataset (digits, mnist directory, .npz)")
-    i.add_argument("--limit", type=int, metavar="N", help="tsne: samples to embed (300)")
-    i.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    i.add_argument("--data", metavar="SOURCE", help="tsne, patches: the dataset (digits, mnist directory, .npz)")
+    i.add_argument("--limit", type=int, metavar="N", help="tsne: samples to embed (300); patches: to search (1000)")
+    i.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the picture to write")
     i.add_argument("--input", metavar="IMG", help="the image (or .npy/.npz sample) to explain")
     i.add_argument("--class", dest="cls", type=int, metavar="K", help="the class to explain (default: the predicted)")
     i.add_argument("--output-name", metavar="NAME", help="the network output holding the class scores")
     i.add_argument("--invert", action="store_true", help="invert images (dark ink on white -> light on dark)")
-    i.add_argument("--set", action="append", metavar="K=V")
-    i.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    i.add_argument("--set", action="append", metavar="K=V", help=SET_HELP)
+    i.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help=DEVICE_HELP)
     i.set_defaults(func=cmd_inspect)
 
     pl = sub.add_parser("plot", help="draw training curves from a --metrics file: loss and accuracy per epoch")
     pl.add_argument("metrics", metavar="METRICS.jsonl", help="the file `dslc run --metrics` wrote")
-    pl.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    pl.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the picture to write")
     pl.set_defaults(func=cmd_plot)
 
     sa = sub.add_parser("sample", help="generate text from a trained character model",
                         description="Print --prime and then --length characters drawn one at a time. Each "
                                     "character re-runs the model over a sliding window of the last --window "
                                     "characters (not an incremental step with the recurrent state carried).")
-    sa.add_argument("file")
+    sa.add_argument("file", help=FILE_HELP)
     sa.add_argument("--weights", required=True, metavar="CKPT", help="last.ckpt / best.ckpt of a text run")
     sa.add_argument("--prime", metavar="TEXT", help="the text to continue (default: a newline)")
     sa.add_argument("--length", type=int, default=200, metavar="N", help="characters to generate (default 200)")
@@ -186,45 +225,70 @@ def _add_use_commands(sub):
     sa.add_argument("--seed", type=int, default=0, help="the random draws' seed (default 0)")
     sa.add_argument("--window", type=int, metavar="W",
                     help="characters of context per step (default: the sequence length T it was trained with)")
-    sa.add_argument("--set", action="append", metavar="K=V")
-    sa.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    sa.add_argument("--set", action="append", metavar="K=V", help=SET_HELP)
+    sa.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help=DEVICE_HELP)
     sa.set_defaults(func=cmd_sample)
+
+
+def _version() -> str:
+    """The installed distribution's version; the package's own where dslc runs from a source tree."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("dslc")
+    except PackageNotFoundError:
+        from . import __version__
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dslc", description="Compile, check, draw and train neural networks written in the dslc language.")
+    p.add_argument("--version", action="version", version=f"dslc {_version()}", help="print dslc's version and exit")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     c = sub.add_parser("compile", help="check a .net file and print its summary")
-    c.add_argument("file")
+    c.add_argument("file", help=FILE_HELP)
     c.add_argument("--set", action="append", metavar="K=V", help="override a network parameter (repeatable)")
-    c.add_argument("--format", choices=("text", "json"), default="text")
+    c.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text: the layer table and totals (default); json: one object")
     c.add_argument("-o", "--output", metavar="OUT", help="write the compiled network (JSON) here")
     c.set_defaults(func=cmd_compile)
 
     v = sub.add_parser("viz", help="draw a .net file with Graphviz")
-    v.add_argument("file")
+    v.add_argument("file", help=FILE_HELP)
     v.add_argument("-o", "--output", required=True, metavar="OUT", help="out.svg, out.png, out.pdf or out.dot")
     v.add_argument("--depth", type=int, default=None, metavar="N", help="collapse blocks nested deeper than N")
-    v.add_argument("--set", action="append", metavar="K=V")
+    v.add_argument("--rankdir", choices=RANKDIRS, default="TB", type=str.upper,
+                   help="TB: top to bottom, like the source (default); LR: left to right, for wide slides")
+    v.add_argument("--dpi", type=int, metavar="N", help="a PNG's resolution (default 120; 200-300 for print)")
+    v.add_argument("--fit", metavar="W:H",
+                   help="wrap a long chain into rows (LR) or columns (TB) so the picture's shape approaches "
+                        "W:H, e.g. 16:9 for a slide")
+    v.add_argument("--set", action="append", metavar="K=V", help="override a network parameter (repeatable)")
     v.set_defaults(func=cmd_viz)
 
     o = sub.add_parser("ops", help="list the built-in ops and their arguments")
-    o.add_argument("name", nargs="?")
+    o.add_argument("name", nargs="?", help="one op to describe (default: every op)")
     o.set_defaults(func=cmd_ops)
 
     r = sub.add_parser("run", help="train a network")
-    r.add_argument("file")
-    r.add_argument("--data", default="digits", help="digits, synthetic, chars, or a path (.npz, idx, .txt)")
+    r.add_argument("file", help=FILE_HELP)
+    r.add_argument("--data", default="digits",
+                   help="digits, synthetic, chars, or a path: .npz (x, y), .csv (a header, a label column), "
+                        ".txt, MNIST idx, or an image folder DIR/ (a subfolder per class, or DIR/train and "
+                        "DIR/val of them; streamed from disk when it is larger than a quarter of RAM)")
+    r.add_argument("--label-column", metavar="NAME",
+                   help="the label column of a --data .csv file (default: label)")
     r.add_argument("--val", metavar="PATH",
                    help="a separate validation set, in --data's formats (default: a split of --data, or the "
                         "MNIST t10k pair beside a train pair in a --data directory)")
-    r.add_argument("--epochs", type=int)
-    r.add_argument("--batch", type=int)
-    r.add_argument("--lr", type=float)
-    r.add_argument("--optimizer")
-    r.add_argument("--seed", type=int)
-    r.add_argument("--set", action="append", metavar="K=V")
+    r.add_argument("--epochs", type=int, metavar="N",
+                   help="passes over the training data (default: train { }, else 10)")
+    r.add_argument("--batch", type=int, metavar="B", help="samples per step (default: train { }, else 32)")
+    r.add_argument("--lr", type=float, help="learning rate (default: train { }, else the optimizer's)")
+    r.add_argument("--optimizer", choices=tuple(OPTIMIZERS), metavar="NAME",
+                   help=f"{', '.join(OPTIMIZERS)} (default: train {{ }}, else {DEFAULT_OPTIMIZER})")
+    r.add_argument("--seed", type=int, help="seeds initialisation, shuffling, dropout and augmentation (default 0)")
+    r.add_argument("--set", action="append", metavar="K=V", help=SET_HELP)
     r.add_argument("--checkpoint", metavar="DIR",
                    help="save last.ckpt (every epoch) and best.ckpt (lowest validation loss) here; "
                         "default: a new numbered directory runs/NETWORK/N")
@@ -235,24 +299,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start afresh even though --checkpoint DIR holds a checkpoint (it is replaced)")
     r.add_argument("--metrics", metavar="FILE.jsonl", help="append one JSON object per epoch")
     r.add_argument("--limit", type=int, help="use only the first N samples of the data")
-    r.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    r.add_argument("--weights", metavar="CKPT", help="start from these parameters (transfer learning)")
+    r.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help=DEVICE_HELP)
+    r.add_argument("--weights", metavar="CKPT",
+                   help="start from these parameters (transfer learning): a checkpoint, or PyTorch weights in "
+                        ".safetensors, .npz or .pt/.pth (torchvision's names mapped to the zoo's)")
     r.add_argument("--freeze", action="append", metavar="PREFIX", help="freeze parameters under this name")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--threads", type=int, metavar="N",
+                   help="Numba threads of this process (default: every core; under mpiexec, the node's cores "
+                        "divided among its ranks)")
+    r.add_argument("--sync-batchnorm", action="store_true",
+                   help="under mpiexec: batchnorm statistics over the global batch, as in one process "
+                        "(default: each process's own)")
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("eval", help="evaluate trained weights")
-    e.add_argument("file")
-    e.add_argument("--weights", required=True, metavar="CKPT")
+    e.add_argument("file", help=FILE_HELP)
+    e.add_argument("--weights", required=True, metavar="CKPT",
+                   help="last.ckpt / best.ckpt of a run, or PyTorch weights (.safetensors, .npz, .pt/.pth)")
     e.add_argument("--data", help="a file or directory (scored whole), or a built-in dataset (its validation "
                                   "split); default: the data the checkpoint was validated on")
-    e.add_argument("--format", choices=("text", "json"), default="text")
-    e.add_argument("--batch", type=int)
-    e.add_argument("--set", action="append", metavar="K=V")
-    e.add_argument("--limit", type=int)
-    e.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    e.add_argument("--label-column", metavar="NAME",
+                   help="the label column of a --data .csv file (default: the one the run used, or label)")
+    e.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text: a summary line and, for classifiers, the confusion matrix (default); json: one object")
+    e.add_argument("--batch", type=int, metavar="B", help="samples per forward pass (memory, not results)")
+    e.add_argument("--set", action="append", metavar="K=V", help=SET_HELP)
+    e.add_argument("--limit", type=int, metavar="N", help="score only the first N samples")
+    e.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help=DEVICE_HELP)
     e.set_defaults(func=cmd_eval)
     _add_use_commands(sub)
+    _add_export_command(sub)
     return p
 
 

@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # repository folder -> the package it installs as (pyproject's package-dir)
 SOURCES = {"dslc": "dslc", "runtime": "dslc.runtime"}
-CLI = {"dslc", "dslc.__main__", "dslc.cli", "dslc.cli_train", "dslc.cli_use"}
+CLI = {"dslc", "dslc.__main__", "dslc.cli", "dslc.cli_train", "dslc.cli_use", "dslc.cli_export"}
 
 
 def _module_name(path: Path) -> str:
