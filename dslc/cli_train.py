@@ -16,6 +16,7 @@ and under `data` the --data, --limit and --val of the run. `dslc eval` applies t
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -23,10 +24,12 @@ import time
 import zipfile
 from dataclasses import replace
 
-from .compiler import UsageError, compile_file, parse_override
+from .compiler import CompileError, UsageError, compile_file, parse_override
 from .ops import OPS
 from .runtime.checkpoint import load_checkpoint
+from .runtime.box_batches import row_groups
 from .runtime.data import BUILTIN_DATASETS, InputSpec, load_dataset, load_inputs, mnist_test_set
+from .runtime.distributed import MissingMPI, world
 from .runtime.errors import CheckpointError, RuntimeUserError
 from .runtime.model import Model
 from .runtime.plan import concrete
@@ -42,6 +45,7 @@ from .runtime.train import (
     data_roles,
     loss_terms,
 )
+from .runtime.weights import is_foreign
 from .summary import totals
 
 DEFAULT_SEQUENCE_LENGTH = 64
@@ -60,13 +64,15 @@ class _DataSpec:
     MNIST, text, x/y .npz), where the network has one data input (`x`) and at most one label
     (`y`); else None. `classes`: the class count of the label, when a loss classifies it."""
 
-    def __init__(self, net, log=lambda s: None):
+    def __init__(self, net, log=lambda s: None, label_column=None):
         self.x, self.y = data_roles(net)
         self._log = log
+        self.label_column = label_column
         symbols = dict(net.symbols)
         # A sequence length nobody set: generated data and text windows need a number (said when
         # used); arrays named by input bring their own.
-        self.unset = [k for k, v in symbols.items() if v is None]
+        self.rows = row_groups(net)       # unbatched inputs: their row counts come with the data
+        self.unset = [k for k, v in symbols.items() if v is None and k not in {g.axis for g in self.rows}]
         for k in self.unset:
             symbols[k] = DEFAULT_SEQUENCE_LENGTH
         # An integer input holds class labels (a classifying loss's target: below its class count)
@@ -97,15 +103,16 @@ class _DataSpec:
                                                             zip(net.node(name).type.shape[1:], spec.shape)))
                             for name, spec in self.inputs.items()}
         self.classic = None
-        if self.x is not None:
+        if self.x is not None and not self.rows:
             xs = self.inputs[self.x]
             # without a label input (an autoencoder) the source's labels are read and not used
             ys = self.inputs[self.y] if self.y is not None else InputSpec((), "int64")
             self.classic = dict(x_shape=xs.shape, x_dtype=xs.dtype, y_shape=ys.shape, y_dtype=ys.dtype,
                                 classes=self.classes, x_classes=xs.classes)
 
-    def load(self, source, *, val_fraction, seed, limit, vocab=None):
-        """(train, validation) from `source`, as load_dataset / load_inputs split it."""
+    def load(self, source, *, val_fraction, seed, limit, vocab=None, class_names=None):
+        """(train, validation) from `source`, as load_dataset / load_inputs split it. `class_names`:
+        the classes a trained model's labels number (an image folder's or a CSV's)."""
         classic = self.classic is not None and not self._named_npz(source)
         if classic or source == "synthetic":
             for k in self.unset:
@@ -113,10 +120,10 @@ class _DataSpec:
             self.unset = []         # said once
         if classic:
             return load_dataset(source, val_fraction=val_fraction, seed=seed, limit=limit, vocab=vocab,
-                                **self.classic)
+                                class_names=class_names, label_column=self.label_column, **self.classic)
         inputs = self.inputs if source == "synthetic" else self.free_inputs
         return load_inputs(source, inputs, val_fraction=val_fraction, seed=seed, limit=limit,
-                           shorthand=(self.x, self.y), classes_of=self.label)
+                           shorthand=(self.x, self.y), classes_of=self.label, rows=self.rows)
 
     def _named_npz(self, source) -> bool:
         """Whether `source` is an .npz whose arrays are named like the network's inputs (or, for
@@ -138,13 +145,13 @@ def _check_vocab(train, spec):
                                f"compile with --set vocab={train.classes}")
 
 
-def _datasets(net, source, cfg, limit, log=lambda s: None, val_source=None):
+def _datasets(net, source, cfg, limit, log=lambda s: None, val_source=None, label_column=None):
     """(train, validation, where the validation data comes from, the validation source or None).
 
     With `val_source` the whole of `source` trains and the whole of `val_source` validates; a
     --data directory holding MNIST's train and t10k pairs validates on t10k; otherwise
-    cfg.val_fraction of `source` is held out."""
-    spec = _DataSpec(net, log)
+    cfg.val_fraction of `source` is held out; an image folder with train/ and val/ gives those."""
+    spec = _DataSpec(net, log, label_column)
     auto = None
     if val_source is None:
         auto = val_source = mnist_test_set(source)
@@ -153,13 +160,20 @@ def _datasets(net, source, cfg, limit, log=lambda s: None, val_source=None):
     if val_source is None:
         train, val = spec.load(source, val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit)
         _check_vocab(train, spec)
+        for note in train.notes:
+            log(note)
+        if val.origin is not None:
+            return train, val, f"{val.origin}, the val folder beside train", None
         if not len(val):
             return train, val, "no validation", None
         how = "the end" if train.vocab is not None else "random"
         return train, val, f"{cfg.val_fraction:.0%} of {train.name} held out, {how}", None
     train, _ = spec.load(source, val_fraction=0, seed=cfg.seed, limit=limit)
     _check_vocab(train, spec)
-    val, _ = spec.load(val_source, val_fraction=0, seed=cfg.seed, limit=limit, vocab=train.vocab)
+    val, _ = spec.load(val_source, val_fraction=0, seed=cfg.seed, limit=limit, vocab=train.vocab,
+                       class_names=train.class_names)
+    for note in train.notes + val.notes:
+        log(note)
     where = f"{val.name}, the test set beside the training set" if auto else val_source
     return train, val, where, val_source
 
@@ -210,6 +224,74 @@ def _remove_if_unused(path: str) -> None:
 
 
 def run_command(args, overrides) -> int:
+    """Train. Under an MPI launcher (mpiexec -n K, srun) every rank runs this; rank 0 alone
+    claims the checkpoint directory, logs and writes. A failure on any rank ends the whole job
+    (MPI abort) with `rank R: <message>`, so the other ranks do not wait for it forever."""
+    try:
+        comm = world()
+    except MissingMPI as e:
+        raise UsageError(e.message, help=e.hint) from None
+    if comm.size == 1:
+        return _run_command(args, overrides, comm)
+    try:
+        return _run_command(args, overrides, comm)
+    except Exception as e:  # noqa: BLE001 - any rank's failure ends the job, said with its rank
+        _abort_job(comm, e)
+        raise
+
+
+def _abort_job(comm, e) -> None:
+    if isinstance(e, CompileError):
+        text, code = "\n".join(d.render() for d in e.diagnostics), 1
+    elif isinstance(e, UsageError):
+        text, code = f"error: {e.message}" + (f"\n  = help: {e.help}" if e.help else ""), 2
+    elif isinstance(e, RuntimeUserError):
+        text, code = f"error: {e}", 1
+    else:
+        text, code = (f"internal error: {type(e).__name__}: {e}\n  = help: this is a bug in dslc; rerun with "
+                      "DSLC_DEBUG=1 for the traceback and report it"), 3
+        if os.environ.get("DSLC_DEBUG"):
+            import traceback
+            traceback.print_exc()
+    sys.stderr.write(f"rank {comm.rank}: {text}\n")     # one write: the ranks share the terminal
+    sys.stderr.flush()
+    comm.abort(code)
+    os._exit(code)      # MPICH's abort may return to the caller once the launcher has been told
+
+
+def _command_digest(args) -> dict:
+    """{what: digest} of the command this rank runs, compared across ranks by the trainer."""
+    def digest(value):
+        return hashlib.sha256(value if isinstance(value, bytes) else
+                              json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+    try:
+        with open(args.file, "rb") as f:
+            source = f.read()
+    except OSError:
+        source = b""
+    local = {"func", "quiet", "threads", "set", "metrics"}     # may differ per rank, or only rank 0 uses them
+    return {".net source": digest(source), "--set values": digest(sorted(_given_sets(args.set).items())),
+            "flags": digest({k: v for k, v in vars(args).items() if k not in local})}
+
+
+def _set_threads(args, comm) -> int:
+    """Numba's threads for this process: --threads, else NUMBA_NUM_THREADS, else (several
+    processes) the node's cores divided among the ranks on the node. Returns the count."""
+    import numba
+    most = numba.config.NUMBA_NUM_THREADS
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads {args.threads}: give a number of threads >= 1", help="e.g. --threads 2")
+        if args.threads > most:
+            raise UsageError(f"--threads {args.threads} is more than the {most} threads Numba started with",
+                             help=f"also set NUMBA_NUM_THREADS={args.threads} in the environment")
+        numba.set_num_threads(args.threads)
+    elif comm.size > 1 and not os.environ.get("NUMBA_NUM_THREADS", "").strip():
+        numba.set_num_threads(max(1, min(most, (os.cpu_count() or 1) // comm.local_size())))
+    return numba.get_num_threads()
+
+
+def _run_command(args, overrides, comm) -> int:
     if args.resume and not args.checkpoint:
         raise UsageError("--resume needs --checkpoint DIR (where the checkpoint is)",
                          help=f"e.g. --checkpoint {os.path.join(RUNS_DIR, 'NETWORK', '1')} for a run that saved "
@@ -222,56 +304,76 @@ def run_command(args, overrides) -> int:
         raise UsageError(f"--early-stopping {args.early_stopping}: give a number of epochs >= 1",
                          help="e.g. --early-stopping 3")
     net, warnings = compile_file(args.file, overrides)
-    for w in warnings:
+    lead = comm.rank == 0       # the rank that speaks and writes for the job
+    for w in warnings if lead else ():
         print(w.render(), file=sys.stderr)
     cfg = TrainConfig.from_network(net, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
-                                   seed=args.seed)
+                                   seed=args.seed, ema=args.ema)
+    threads = _set_threads(args, comm)
     # Output paths first: a path that cannot be written fails now, not after an epoch of training.
-    default_dir = None if args.checkpoint else default_run_dir(net.name)
-    directory = args.checkpoint or default_dir
+    default_dir = None if args.checkpoint or not lead else default_run_dir(net.name)
+    directory = comm.bcast(args.checkpoint or default_dir)
     try:
-        claim = CheckpointDir(directory, resume=args.resume, overwrite=args.overwrite)
+        claim = CheckpointDir(directory, resume=args.resume, overwrite=args.overwrite) if lead else None
         try:
-            if args.metrics:
+            if args.metrics and lead:
                 check_output_file(args.metrics, "--metrics")
-            return _train(args, net, cfg, directory)
+            return _train(args, net, cfg, directory, comm, threads)
         finally:
-            claim.release()
+            if claim is not None:
+                claim.release()
     finally:
         if default_dir is not None:
             _remove_if_unused(default_dir)
 
 
-def _train(args, net, cfg, directory) -> int:
+def _train(args, net, cfg, directory, comm, threads) -> int:
     t0 = time.perf_counter()
+    lead = comm.rank == 0
+    log = _log if lead else (lambda line: None)
     model = Model(net, device=args.device, seed=cfg.seed)
     if args.weights:
-        print(model.load_params(args.weights), file=sys.stderr)
+        report = model.load_params(args.weights)
+        if lead:
+            print(report, file=sys.stderr)
     if args.freeze:
         model.freeze(*args.freeze)
-    train, val, val_where, val_source = _datasets(net, args.data, cfg, args.limit, _log, args.val)
+    train, val, val_where, val_source = _datasets(net, args.data, cfg, args.limit, log, args.val,
+                                                  args.label_column)
     if args.early_stopping and not len(val):
         raise UsageError("--early-stopping watches the validation loss, but this run has no validation data",
                          help="give a validation set with --val PATH, or keep a validation split (val_fraction > 0)")
     extra = {"set": _given_sets(args.set)}
     if train.vocab is not None:
         extra["vocab"] = train.vocab
+    if train.class_names is not None:
+        extra["class_names"] = list(train.class_names)
+    if args.label_column is not None:
+        extra["label_column"] = args.label_column
     trainer = Trainer(model, cfg, train, val, progress=not args.quiet, metrics_path=args.metrics,
                       checkpoint_dir=directory, log=_log,
                       data_info={"data": args.data, "limit": args.limit, "val": val_source},
                       early_stopping=args.early_stopping, extra_meta=extra,
-                      resume_hint="--resume" if args.checkpoint else f"--checkpoint {directory} --resume")
+                      resume_hint="--resume" if args.checkpoint else f"--checkpoint {directory} --resume",
+                      comm=comm, config_digest=_command_digest(args) if comm.size > 1 else None,
+                      sync_batchnorm=args.sync_batchnorm)
     if args.resume:
         meta = trainer.resume()
-        _log(f"resuming {net.name} at epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}")
+        log(f"resuming {net.name} at epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}")
     n_params = totals(net, frozen=model.frozen)["trainable_parameters"]
     stopping = f", early stopping after {args.early_stopping} epochs without improvement" if args.early_stopping else ""
-    _log(f"training {net.name} ({n_params:,} trainable parameters) on {train.name}: {len(train)} train / "
-         f"{len(val)} validation samples ({val_where}), {cfg.describe()}{stopping}, device {model.device.name}")
+    procs = f", {comm.describe(threads)} (--batch {cfg.batch} split {cfg.batch // comm.size} per process)" \
+        if comm.size > 1 else ""
+    log(f"training {net.name} ({n_params:,} trainable parameters) on {train.name}: {len(train)} train / "
+        f"{len(val)} validation samples ({val_where}), {cfg.describe()}{stopping}, device {model.device.name}{procs}")
     try:
         history = trainer.fit()
     except Interrupted as e:    # the trainer has said what it saved
+        if comm.size > 1 and trainer._agreed_signal is None:   # a second signal on this rank alone
+            comm.abort(e.exit_code)
         return e.exit_code
+    if not lead:
+        return 0
     dt = time.perf_counter() - t0
     last = history[-1] if history else None
     if last:
@@ -312,6 +414,24 @@ def recorded_overrides(meta: dict, given_pairs, weights: str) -> tuple[dict, lis
     return overrides, applied
 
 
+def averaged_params(arrays: dict, weights: str, log) -> dict | None:
+    """A checkpoint's parameters with its exponential-moving-average weights (`--ema`) in place
+    of the trained ones, said in a line; None when it holds none."""
+    from .runtime.ema import averaged_params as averaged
+    params = averaged(arrays)
+    if params is not None:
+        log(f"using the exponential-moving-average (--ema) weights {weights} holds, not the last step's")
+    return params
+
+
+def recorded_class_names(meta: dict) -> list[str] | None:
+    """The class names a checkpoint records (an image folder's or a CSV's classes), or None."""
+    names = meta.get("class_names")
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return names
+    return None
+
+
 def _eval_data(args, meta, net, cfg, weights):
     """(dataset to score, its source, what part of it): a file or directory given is scored
     whole (an MNIST directory: its t10k test pair); a built-in dataset by its validation split.
@@ -333,8 +453,10 @@ def _eval_data(args, meta, net, cfg, weights):
         _log(f"scoring the validation split of {source} that {weights} was trained with (give --data for another)")
     else:
         source, whole = "digits", False
-    spec = _DataSpec(net)
+    column = meta.get("label_column") if isinstance(meta.get("label_column"), str) else None
+    spec = _DataSpec(net, label_column=getattr(args, "label_column", None) or column)
     vocab = meta.get("vocab") if isinstance(meta.get("vocab"), str) else None
+    names = recorded_class_names(meta)
     limit = args.limit
     if limit is None and args.data is None:     # the samples the run drew (--limit) decide what it validated on
         limit = recorded.get("limit")
@@ -342,19 +464,23 @@ def _eval_data(args, meta, net, cfg, weights):
         _log(f"note: {weights} was trained on {args.data}: scoring all of it includes its training samples "
              "(leave --data out to score the validation split the run held out)")
     if whole:
-        ds, _ = spec.load(source, val_fraction=0, seed=cfg.seed, limit=limit, vocab=vocab)
+        ds, separate = spec.load(source, val_fraction=0, seed=cfg.seed, limit=limit, vocab=vocab, class_names=names)
+        if separate.origin is not None:         # an image folder's val/: what it holds out for scoring
+            ds, source = separate, separate.origin
         what = f"all {len(ds)} samples" if limit is None else f"{len(ds)} samples, --limit {limit}"
         return ds, source, what
     # The split the run held out, when the checkpoint was trained on this source: the same seed
     # and fraction (from its settings) and the same --limit, which decides which samples were drawn.
     if args.limit is None and recorded.get("data") == source:
         limit = recorded.get("limit")
-    _, ds = spec.load(source, val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, vocab=vocab)
+    _, ds = spec.load(source, val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, vocab=vocab,
+                      class_names=names)
     return ds, source, f"validation split, {len(ds)} samples"
 
 
 def eval_command(args, overrides) -> int:
-    arrays, meta = load_checkpoint(args.weights)
+    foreign = is_foreign(args.weights)      # PyTorch's formats: no training record, names mapped on load
+    arrays, meta = ({}, {}) if foreign else load_checkpoint(args.weights)
     if not isinstance(meta, dict):
         meta = {}
     overrides, applied = recorded_overrides(meta, args.set, args.weights)
@@ -365,8 +491,13 @@ def eval_command(args, overrides) -> int:
     split = {k: saved_cfg[k] for k in ("seed", "val_fraction") if k in saved_cfg}
     cfg = TrainConfig.from_network(net, batch=args.batch, **split)
     model = Model(net, device=args.device)
-    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")} or arrays
-    report = model.load_params(params)
+    if foreign:
+        report = model.load_params(args.weights)
+        _log(str(report))
+    else:
+        params = averaged_params(arrays, args.weights, _log) \
+            or {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")} or arrays
+        report = model.load_params(params)
     if report.missing or report.mismatched:
         raise CheckpointError(f"{args.weights} does not hold this network's parameters:\n{report}",
                               "evaluate with the .net file and --set values the weights were trained with")
