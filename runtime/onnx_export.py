@@ -341,6 +341,29 @@ class _Builder:
     def op_embed(self, n, x, out):
         self.add("Gather", [self.param(n, "weight"), x[0]], out, n.name, axis=0)
 
+    # ---- regions of interest: boxes [R, 5] = (batch index, x1, y1, x2, y2), torchvision's --------
+    def op_roi_pool(self, n, x, out):
+        oh, ow = n.attrs["output"]
+        self.add("MaxRoiPool", x[:2], out, n.name, pooled_shape=[int(oh), int(ow)],
+                 spatial_scale=float(n.attrs["scale"]))
+
+    def op_roi_align(self, n, x, out):
+        a = n.attrs
+        if self.opset < 16 and a.get("aligned"):
+            raise _unsupported(n, f"aligned = true needs RoiAlign's coordinate_transformation_mode, opset 16 "
+                                  f"or later, not {self.opset}")
+        boxes = self.add("Slice", [x[1], self.ints([1], "starts"), self.ints([5], "ends"), self.ints([1], "axes")],
+                         name=n.name)
+        index = self.add("Cast", [self.add("Gather", [x[1], self.const(self.fresh("column"),
+                                                                        np.asarray(0, np.int64))],
+                                           name=n.name, axis=1)], name=n.name, to=self.onnx.TensorProto.INT64)
+        oh, ow = a["output"]
+        attrs = dict(mode="avg", output_height=int(oh), output_width=int(ow), spatial_scale=float(a["scale"]),
+                     sampling_ratio=max(int(a.get("sampling_ratio", -1)), 0))     # ONNX's 0 is adaptive
+        if self.opset >= 16:
+            attrs["coordinate_transformation_mode"] = "half_pixel" if a.get("aligned") else "output_half_pixel"
+        self.add("RoiAlign", [x[0], boxes, index], out, n.name, **attrs)
+
     # ---- recurrent layers ----------------------------------------------------------------
     def op_rnn(self, n, x, out):
         self._recurrent(n, x, out, "RNN", 1, None)

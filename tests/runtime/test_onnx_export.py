@@ -66,6 +66,15 @@ OP_NETS = {
         d = b -> lstm(hidden = 4, bidirectional = true) -> gru(hidden = 3, reverse = true, sequence = false)
         output a, b, c, d
         """,
+    "roi": """\
+        input image: [3, 16, 16]
+        input rois: unbatched [R, 5]
+        feat = image -> conv(4, 3x3, pad = 1) -> relu                   # [N, 4, 16, 16]
+        p = roi_pool(feat, rois, output = 3x3, scale = 0.5) -> flatten -> dense(5)
+        a = roi_align(feat, rois, output = 2x3, scale = 0.5, sampling_ratio = 2)
+        b = roi_align(feat, rois, output = 3x3, scale = 0.5, aligned = true)
+        output p, a, b
+        """,
 }
 
 
@@ -89,8 +98,13 @@ def _feeds(net, session, batch: int) -> dict:
         t = net.node(i.name).type
         shape = [batch if d == "N" else net.symbols.get(d) or SEQUENCE_LENGTH if isinstance(d, str) else d
                  for d in t.shape]
-        feeds[i.name] = rng.integers(0, vocab, shape) if t.dtype == "int64" else \
-            rng.standard_normal(shape).astype(np.float32)
+        if t.shape[0] != "N" and t.shape[1:] == (5,):      # boxes: batch index, x1, y1, x2, y2 inside 32x32
+            corner = rng.uniform(0, 20, (shape[0], 2))
+            feeds[i.name] = np.concatenate([rng.integers(0, batch, (shape[0], 1)), corner,
+                                            corner + rng.uniform(1, 12, (shape[0], 2))], axis=1).astype(np.float32)
+        else:
+            feeds[i.name] = rng.integers(0, vocab, shape) if t.dtype == "int64" else \
+                rng.standard_normal(shape).astype(np.float32)
     return feeds
 
 
