@@ -139,8 +139,9 @@ class _Builder:
                                        outputs, self.inits)
         model = self.helper.make_model(graph, opset_imports=[self.helper.make_opsetid("", self.opset)],
                                        producer_name="dslc", doc_string=f"{net.name} from {net.source_path}")
-        # onnxruntime reads IR versions up to what it was built for; the opset fixes the IR it needs.
-        model.ir_version = min(model.ir_version, 8 if self.opset <= 17 else 9 if self.opset <= 20 else 10)
+        # The oldest IR version the opset allows: runtimes read IR versions only up to the one they were
+        # built for, and onnx's newest would shut out older onnxruntimes for no gain.
+        model.ir_version = self.helper.find_min_ir_version_for(list(model.opset_import))
         self.onnx.checker.check_model(model, full_check=True)
         return model
 

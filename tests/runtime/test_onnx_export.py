@@ -108,12 +108,12 @@ def _feeds(net, session, batch: int) -> dict:
     return feeds
 
 
-def _round_trip(net, batch: int):
+def _round_trip(net, batch: int, opset: int = DEFAULT_OPSET):
     """Export, check, and compare onnxruntime's outputs with dslc's inference outputs."""
     model = _model(net)
-    exported = to_onnx(net, model.params)
+    exported = to_onnx(net, model.params, opset)
     onnx.checker.check_model(exported, full_check=True)
-    assert exported.opset_import[0].version == DEFAULT_OPSET
+    assert exported.opset_import[0].version == opset
     session = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = _feeds(net, session, batch)
     expected = model.forward(**feeds)
@@ -154,6 +154,23 @@ def _compile_text(tmp_path, text, name="net"):
 def test_ops_outside_the_zoo_round_trip(name, tmp_path):
     net, _ = _compile_text(tmp_path, OP_NETS[name], name)
     _round_trip(net, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("opset", [13, 18, 21])
+def test_other_opsets_round_trip(opset, tmp_path):
+    """The reductions take their axes as an input from opset 18; RoiAlign's aligned mode needs 16."""
+    net, _ = _compile_text(tmp_path, OP_NETS["conv_pool_layout"])
+    _round_trip(net, 2, opset)
+    if opset >= 16:
+        net, _ = _compile_text(tmp_path, OP_NETS["roi"], "roi")
+        _round_trip(net, 2, opset)
+
+
+def test_aligned_roi_align_needs_opset_16(tmp_path):
+    net, _ = _compile_text(tmp_path, OP_NETS["roi"], "roi")
+    with pytest.raises(RuntimeUserError, match="opset 16"):
+        to_onnx(net, Model(net).params, 15)
 
 
 def test_names_are_the_networks_and_losses_are_left_out(tmp_path):
