@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint", metavar="DIR",
                    help="save last.ckpt (every epoch) and best.ckpt (lowest validation loss) here; "
                         "default: a new numbered directory runs/NETWORK/N")
+    r.add_argument("--ema", type=float, metavar="DECAY",
+                   help="also keep exponential-moving-average weights (e.g. 0.999): validated each epoch and saved "
+                        "in the checkpoint, where eval and predict use them")
     r.add_argument("--early-stopping", type=int, metavar="N",
                    help="stop after N epochs without a lower validation loss")
     r.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint")

@@ -7,6 +7,9 @@
     dslc inspect FILE --weights CKPT activations --input IMG --layer NAME -o out.png
     dslc inspect FILE --weights CKPT occlusion --input IMG -o out.png [--class K] [--patch 2 --stride 1]
     dslc inspect FILE --weights CKPT tsne --data digits --layer NAME -o out.png [--limit 300]
+    dslc inspect FILE --weights CKPT patches --data digits --layer NAME -o out.png [--channel C --top 9]
+    dslc inspect FILE --weights CKPT class --class K -o out.png [--steps 200 --lr 0.1 --l2 0.01]
+    dslc inspect FILE --weights CKPT dream --input IMG --layer NAME -o out.png [--steps 20 --lr 0.02]
     dslc sample FILE --weights CKPT --prime TEXT --length N --temperature T [--seed S]
     dslc plot METRICS.jsonl -o curves.png
 
@@ -44,8 +47,10 @@ def load_trained(args, weights: str | None = None, adjust=None):
     instead, given the network compiled with them."""
     from .cli_train import recorded_overrides
     from .runtime.model import Model
+    from .runtime.weights import is_foreign
     weights = weights or _weights_list(args)[0]
-    arrays, meta = load_checkpoint(weights)
+    foreign = is_foreign(weights)           # PyTorch's formats: no training record, names mapped on load
+    arrays, meta = ({}, {"kind": "dslc-model"}) if foreign else load_checkpoint(weights)
     if meta.get("kind") not in ("dslc-training", "dslc-model"):
         raise CheckpointError(f"{weights} is not a dslc checkpoint (no training or model record in it)",
                               "give last.ckpt or best.ckpt from a `dslc run` directory, or a file net.save() wrote")
@@ -58,8 +63,13 @@ def load_trained(args, weights: str | None = None, adjust=None):
         if changed != overrides:
             net, _ = compile_file(args.file, changed)
     model = Model(net, device=args.device)
-    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
-    report = model.load_params(params)
+    if foreign:
+        report = model.load_params(weights)
+        _log(str(report))
+    else:
+        from .cli_train import averaged_params
+        report = model.load_params(averaged_params(arrays, weights, _log)
+                                   or {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
     if report.missing or report.mismatched:
         raise CheckpointError(f"{weights} does not hold {net.name}'s parameters:\n{report}",
                               f"give the weights trained with {args.file} (and the same --set values)")
@@ -78,20 +88,12 @@ def data_inputs(net) -> list[str]:
 
 
 # ---- reading inputs ----------------------------------------------------------------------------
-def _pillow():
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise RuntimeUserError("reading images needs Pillow, which is not installed",
-                               "pip install 'Pillow>=10' (a dependency of dslc: reinstall it)") from None
-    return Image, UnidentifiedImageError
-
-
 def read_image(path: str, shape: tuple, invert: bool = False) -> np.ndarray:
     """One sample for a float input of per-sample `shape` ((C, H, W), (H, W) or (F,) with F a
-    square) from an image file: grayscale or RGB by C, scaled to [0, 1], resized to H x W."""
+    square) from an image file: grayscale or RGB by C, scaled to [0, 1], resized to H x W, decoded
+    as `--data` decodes an image folder (runtime/image_folder.py)."""
     from .runtime.data import _resize_bilinear
-    Image, UnidentifiedImageError = _pillow()
+    from .runtime.image_folder import decode_image
     channels = shape[0] if len(shape) == 3 else 1
     if channels not in (1, 3):
         raise DataError(f"{path} is an image, but the network input has {channels} channels {shape}",
@@ -104,15 +106,7 @@ def read_image(path: str, shape: tuple, invert: bool = False) -> np.ndarray:
         size = (side, side)
     else:
         size = tuple(shape[-2:])
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            pixels = np.asarray(img, dtype=np.float32) / 255.0
-    except UnidentifiedImageError:
-        raise DataError(f"{path} is not an image Pillow can read", IMAGE_HINT) from None
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path} could not be read as an image ({err})", IMAGE_HINT) from None
-    planes = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    planes = decode_image(path, channels, IMAGE_HINT)
     if invert:
         planes = 1.0 - planes
     elif channels == 1 and float(planes.mean()) > 0.5:
@@ -262,6 +256,7 @@ def _split_weights_and_inputs(args):
 
 
 def predict_command(args) -> int:
+    from .cli_train import recorded_class_names
     _split_weights_and_inputs(args)
     if args.output:
         _check_output_path(args.output, ".npz", list(args.inputs) + [args.file, *args.weights])
@@ -307,6 +302,8 @@ def predict_command(args) -> int:
         classes = probs.shape[1]
         top = min(args.top or 5, classes)
         vocab = meta.get("vocab") if isinstance(meta.get("vocab"), str) else None
+        names = recorded_class_names(meta)      # an image folder's or a CSV's classes, beside each number
+        vocab = vocab or (names if names is not None and len(names) == classes else None)
         for label, p in zip(labels, probs):
             order = np.argsort(-p, kind="stable")[:top]
             head = f"{label}: class {order[0]}" + (f" {vocab[order[0]]!r}" if vocab else "")
@@ -568,12 +565,231 @@ def tsne_command(args, model, plt) -> int:
     return 0
 
 
+# ---- patches, class, dream ----------------------------------------------------------------------
+def exposing(model, layers: list[str]):
+    """The model with `layers` made outputs too, sharing its parameters (on the device) and its
+    random state: forward() then returns them, and backward(output=layer, ...) differentiates them."""
+    import copy
+    import dataclasses
+    m = copy.copy(model)
+    m.net = dataclasses.replace(model.net, outputs=list(dict.fromkeys(list(model.net.outputs) + list(layers))))
+    m._plans, m._last = {}, None
+    return m
+
+
+def receptive_fields(net, input_name: str) -> dict:
+    """{node: (start, size, jump) per spatial axis (rows, columns)}: the input pixels position p of
+    the node's output sees are start + p * jump ... start + p * jump + size - 1 (before clipping
+    to the image), for the nodes reached from `input_name` through convolutions, pools and
+    shape-keeping ops. A node behind an op that resizes otherwise (upsampling, global pooling,
+    flatten) gets no entry: its units see the whole image."""
+    rf = {input_name: ((0, 1, 1), (0, 1, 1))}
+    for node in net.nodes():
+        if node.name in rf or not node.inputs:
+            continue
+        known = [rf[i] for i in node.inputs if i in rf]
+        if not known or len(node.type.shape) < 3:
+            continue
+        if len(known) != len([i for i in node.inputs if len(net.node(i).type.shape) >= 3]):
+            continue
+        src = max(known, key=lambda f: f[0][1])
+        if "kernel" in node.attrs and "stride" in node.attrs:
+            k, s = node.attrs["kernel"], node.attrs["stride"]
+            p = node.attrs.get("pad", (0, 0))
+            d = node.attrs.get("dilation", (1, 1))
+            rf[node.name] = tuple((st - p[a] * jp, size + d[a] * (k[a] - 1) * jp, jp * s[a])
+                                  for a, (st, size, jp) in enumerate(src))
+        elif all(tuple(net.node(i).type.shape[-2:]) == tuple(node.type.shape[-2:]) for i in node.inputs
+                 if len(net.node(i).type.shape) >= 3) and tuple(node.type.shape[-2:]) != ():
+            rf[node.name] = src
+    rf.pop(input_name)
+    return rf
+
+
+def top_patches(model, x: np.ndarray, layer: str, channel: int, k: int) -> list[tuple]:
+    """The k samples of `x` whose strongest unit of `layer`'s map `channel` is strongest (one per
+    sample, as Zeiler & Fergus show them): [(sample, row, column, activation, patch)], best first;
+    the patch is the input region the unit sees (its receptive field, clipped to the image; the
+    whole image for a layer behind a resizing op)."""
+    net = model.net
+    name = data_inputs(net)[0]
+    acts = np.concatenate([layer_outputs(model, {name: x[i:i + 256]}, [layer])[layer][:, channel]
+                           for i in range(0, len(x), 256)])
+    flat = acts.reshape(len(acts), -1)
+    best = flat.argmax(axis=1)
+    order = np.argsort(-flat[np.arange(len(flat)), best], kind="stable")[:k]
+    field = receptive_fields(net, name).get(layer)
+    h, w = x.shape[-2:]
+    out = []
+    for s in order:
+        r, c = np.unravel_index(int(best[s]), acts.shape[1:])
+        if field is None:
+            patch = x[s]
+        else:
+            (r0, rs, rj), (c0, cs, cj) = field
+            top, left = r0 + r * rj, c0 + c * cj
+            patch = x[s][..., max(top, 0):min(top + rs, h), max(left, 0):min(left + cs, w)]
+        out.append((int(s), int(r), int(c), float(acts[s, r, c]), patch))
+    return out
+
+
+def patches_command(args, model, plt) -> int:
+    from .cli_train import _DataSpec
+    net = model.net
+    node = _layer(net, args.layer, "patches", "--layer conv2")
+    name = _one_image_input(net, "patches")
+    if len(node.type.shape) != 4:
+        maps = [n.name for n in net.nodes() if len(n.type.shape) == 4 and n.op != "input"]
+        raise UsageError(f"`{node.name}` ({node.op}) gives {tuple(node.type.shape)}, no (channels, height, width) "
+                         "maps whose units see patches", f"layers with maps: {', '.join(maps) or 'none'}")
+    if not args.data:
+        raise UsageError("patches needs a dataset to search: --data SOURCE", "e.g. --data digits")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: give 1 or more samples", "e.g. --limit 500")
+    k = 9 if args.top is None else args.top
+    if k < 1:
+        raise UsageError(f"--top {k}: give 1 or more patches", "e.g. --top 9")
+    channels = node.type.shape[1]
+    if args.channel is not None and not 0 <= args.channel < channels:
+        raise UsageError(f"--channel {args.channel}: {node.name} has channels 0 to {channels - 1}",
+                         f"give 0 to {channels - 1}")
+    spec = _DataSpec(net)
+    ds, _ = spec.load(args.data, val_fraction=0, seed=0, limit=args.limit or 1000)
+    x = ds.arrays.get(name, ds.x)
+    shown = [args.channel] if args.channel is not None else list(range(min(channels, 8)))
+    rows = [(c, top_patches(model, x, node.name, c, k)) for c in shown]
+    fig, axes = plt.subplots(len(rows), k, figsize=(k * 0.8 + 0.6, len(rows) * 0.85 + 0.5), squeeze=False)
+    for (c, found), line in zip(rows, axes):
+        for a in line:
+            a.axis("off")
+        for a, (_, _, _, v, patch) in zip(line, found):
+            a.imshow(_as_picture(patch), cmap="gray", vmin=0, vmax=max(1.0, float(x.max())), interpolation="nearest")
+            a.set_title(f"{v:.2g}", fontsize=5)
+        line[0].text(-0.3, 0.5, str(c), transform=line[0].transAxes, fontsize=7, ha="right", va="center")
+    field = receptive_fields(net, name).get(node.name)
+    seen = f"{field[0][1]}x{field[1][1]}-pixel receptive fields" if field else "whole images"
+    fig.suptitle(f"{node.name}: the top {k} of {len(x)} {ds.name} samples per channel ({seen})", fontsize=8)
+    _save(plt, fig, args.output)
+    c, found = rows[0]
+    s, r, col, v, _ = found[0]
+    print(f"wrote {args.output}: the {k} {ds.name} samples (of {len(x)}) that most activate "
+          + (f"channel {c}" if len(rows) == 1 else f"channels {shown[0]} to {shown[-1]}")
+          + f" of {node.name}, each cut to the {seen.replace('fields', 'field')} of its strongest unit; "
+          f"channel {c}'s strongest: sample {s} at row {r}, column {col} ({v:.4g})")
+    return 0
+
+
+def class_model(model, output: str, cls: int, steps: int, lr: float, l2: float) -> tuple[np.ndarray, list]:
+    """The image I maximising score_cls(I) - l2 * ||I||^2 by gradient ascent from zero (Simonyan,
+    Vedaldi & Zisserman, 2014: class-model visualisation), and the objective before each step
+    and after the last. The score is `output`'s (unnormalised: pass the logits)."""
+    net = model.net
+    name = data_inputs(net)[0]
+    x = np.zeros((1, *net.node(name).type.shape[1:]), np.float32)
+    history = []
+    for step in range(steps + 1):
+        score = float(model.forward(**{name: x})[output][0, cls])
+        history.append(score - l2 * float((x.astype(np.float64) ** 2).sum()))
+        if step == steps:
+            break
+        g = model.backward(wrt=[name], output=output, index=cls)[name]
+        x = (x + lr * (g - 2 * l2 * x)).astype(np.float32)
+    return x[0], history
+
+
+def class_command(args, model, plt) -> int:
+    net = model.net
+    name = _one_image_input(net, "class")
+    if not all(isinstance(d, int) for d in net.node(name).type.shape[1:]):
+        raise UsageError(f"class needs an input of fixed shape; `{name}` is {net.node(name).type}",
+                         "compile with --set values fixing it")
+    output = args.output_name or net.tensor_name(net.outputs[0])
+    out = model.forward(**{name: np.zeros((1, *net.node(name).type.shape[1:]), np.float32)})
+    if output not in out or out[output].ndim != 2:
+        raise UsageError(f"output `{output}` holds no class scores", "class needs a classifier's (N, classes) "
+                         "output: name it with --output-name")
+    classes = out[output].shape[1]
+    cls = 0 if args.cls is None else args.cls
+    if not 0 <= cls < classes:
+        raise UsageError(f"--class {cls}: {net.name} has classes 0 to {classes - 1}", f"give 0 to {classes - 1}")
+    steps, lr = _ascent_settings(args, 200, 0.1)
+    l2 = 0.01 if args.l2 is None else args.l2
+    if not l2 >= 0:
+        raise UsageError(f"--l2 {l2}: give 0 or more", "e.g. --l2 0.01")
+    if net.node(net.tensors.get(output, output)).op == "softmax":
+        _log(f"note: `{output}` is a softmax; the class-model objective is meant for unnormalised scores")
+    img, history = class_model(model, output, cls, steps, lr, l2)
+    probs = probabilities(net, model.forward(**{name: img[None]}), output)
+    fig, ax = plt.subplots(figsize=(3, 3.2))
+    ax.imshow(_as_picture(img) if img.ndim != 3 or img.shape[0] != 3 else
+              (img.transpose(1, 2, 0) - img.min()) / (np.ptp(img) + 1e-12), cmap="gray")
+    ax.set_title(f"class {cls} ({probs[0, cls]:.0%})", fontsize=8)
+    ax.axis("off")
+    _save(plt, fig, args.output)
+    print(f"wrote {args.output}: the input maximising {output}[{cls}] - {l2:g} ||input||^2, {steps} steps of "
+          f"gradient ascent at rate {lr:g} from zero; objective {history[0]:.4g} -> {history[-1]:.4g}, "
+          f"class {cls}'s probability {probs[0, cls]:.1%}")
+    return 0
+
+
+def _ascent_settings(args, steps: int, lr: float) -> tuple[int, float]:
+    steps = steps if args.steps is None else args.steps
+    lr = lr if args.lr is None else args.lr
+    if steps < 1:
+        raise UsageError(f"--steps {steps}: give 1 or more", f"e.g. --steps {steps}")
+    if not (lr > 0 and np.isfinite(lr)):
+        raise UsageError(f"--lr {lr}: give a rate above 0", "e.g. --lr 0.1")
+    return steps, lr
+
+
+def dream(model, x: np.ndarray, layer: str, steps: int, lr: float) -> tuple[np.ndarray, list]:
+    """DeepDream (Mordvintsev, Olah & Tyka, 2015): from the image x (1, ...), ascend
+    0.5 * ||layer's activations||^2, whose gradient with respect to the layer is the activations
+    themselves; each step moves by lr / mean |gradient| (so lr is about the change per pixel)
+    and keeps the image in the data's [0, 1]. Returns the image and the norm before each step
+    and after the last."""
+    name = data_inputs(model.net)[0]
+    m = exposing(model, [layer])
+    norms = []
+    for step in range(steps + 1):
+        a = m.forward(**{name: x})[layer]
+        norms.append(float(np.sqrt((a.astype(np.float64) ** 2).sum())))
+        if step == steps:
+            break
+        g = m.backward(wrt=[name], output=layer, grad=a)[name]
+        x = np.clip(x + lr * g / (np.abs(g).mean() + 1e-12), 0.0, 1.0).astype(np.float32)
+    return x, norms
+
+
+def dream_command(args, model, plt) -> int:
+    net = model.net
+    node = _layer(net, args.layer, "dream", "--layer conv2")
+    name, feeds = _input_sample(net, args, "dream")
+    steps, lr = _ascent_settings(args, 20, 0.02)
+    x0 = feeds[name]
+    x, norms = dream(model, x0, node.name, steps, lr)
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    axes[0].imshow(_as_picture(x0[0]), cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title(os.path.basename(args.input), fontsize=8)
+    axes[1].imshow(_as_picture(x[0]), cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title(f"dreamt by {node.name}", fontsize=8)
+    for a in axes:
+        a.axis("off")
+    fig.tight_layout()
+    _save(plt, fig, args.output)
+    print(f"wrote {args.output}: {args.input} changed by {steps} steps of gradient ascent on ||{node.name}|| "
+          f"(rate {lr:g} per pixel, kept in [0, 1]); the norm {norms[0]:.4g} -> {norms[-1]:.4g}, "
+          f"the image moved {float(np.abs(x - x0).mean()):.3g} per pixel on average")
+    return 0
+
+
 def inspect_command(args) -> int:
     _check_output_path(args.output, ".png", ([args.input] if args.input else []) + [args.file, args.weights])
     plt = _pyplot()
     model, _ = load_trained(args)
     net = model.net
-    kinds = {"activations": activations_command, "occlusion": occlusion_command, "tsne": tsne_command}
+    kinds = {"activations": activations_command, "occlusion": occlusion_command, "tsne": tsne_command,
+             "patches": patches_command, "class": class_command, "dream": dream_command}
     if args.kind in kinds:
         return kinds[args.kind](args, model, plt)
     if args.kind == "saliency":

@@ -84,6 +84,7 @@ INITS = ("he", "xavier")
 SCALAR_SETTINGS: dict[str, Kind] = {
     "lr": POSITIVE, "epochs": COUNT, "batch": COUNT, "weight_decay": NON_NEGATIVE, "momentum": FRACTION,
     "clip_grad_norm": POSITIVE, "clip_grad_value": POSITIVE, "seed": WHOLE, "val_fraction": FRACTION,
+    "ema": OPEN_FRACTION,
 }
 OPTIMIZER_SHORTHANDS = ("lr", "weight_decay", "momentum")
 # Settings written as a name or a call: the names allowed and each one's keyword arguments.
@@ -105,7 +106,7 @@ EXAMPLES = {
     "init": "`init he` or `init xavier`",
     "lr": "`lr 1e-3`", "epochs": "`epochs 10`", "batch": "`batch 32`", "weight_decay": "`weight_decay 5e-4`",
     "momentum": "`momentum 0.9`", "clip_grad_norm": "`clip_grad_norm 5`", "clip_grad_value": "`clip_grad_value 1`",
-    "seed": "`seed 0`", "val_fraction": "`val_fraction 0.2`",
+    "seed": "`seed 0`", "val_fraction": "`val_fraction 0.2`", "ema": "`ema 0.999`",
     "lr_mult": "`lr_mult(conv1 = 0.1, fc = 2)`",
 }
 TRAIN_KEYS = sorted(SCALAR_SETTINGS) + sorted(CALL_SETTINGS)

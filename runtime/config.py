@@ -39,6 +39,8 @@ class TrainConfig:
     augment: dict = field(default_factory=dict)
     seed: int = 0
     val_fraction: float = 0.2
+    # Exponential-moving-average weights' decay (runtime/ema.py), None: none kept.
+    ema: float | None = None
     # Optimizer arguments of the train section that an optimizer chosen by flag does not take
     # ("momentum 0.9" when `--optimizer adam` replaces `sgd(momentum = 0.9)`), for describe().
     dropped: list = field(default_factory=list)
@@ -123,6 +125,9 @@ class TrainConfig:
             self.optimizer_args["lr_mult"] = dict(lr_mult)
         if not isinstance(self.seed, int) or self.seed < 0:
             bad(f"seed must be a whole number >= 0, got {self.seed}", "e.g. --seed 1")
+        if self.ema is not None:
+            from .ema import check_decay
+            self.ema = check_decay(self.ema)
         unknown = set(self.augment) - {"crop", "flip", "brightness"}
         if unknown:
             bad(f"augment takes crop, flip and brightness, not {', '.join(sorted(unknown))}",
@@ -140,6 +145,8 @@ class TrainConfig:
         parts.append(" ".join(["schedule", self.schedule] + [f"{k} {_show(v)}" for k, v in self.schedule_args.items()]))
         clips = [f"{k} {_show(getattr(self, k))}" for k in ("clip_grad_norm", "clip_grad_value") if getattr(self, k)]
         parts.append(", ".join(clips) or "no clipping")
+        if self.ema is not None:
+            parts.append(f"ema {_show(self.ema)}")
         if self.augment:
             parts.append(" ".join(["augment"] + [f"{k} {_show(v)}" for k, v in self.augment.items()]))
         parts.append(f"batch {self.batch}, {self.epochs} epoch{'' if self.epochs == 1 else 's'}, seed {self.seed}")

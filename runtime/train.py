@@ -26,8 +26,10 @@ from .augment import Augment
 from .checkpoint import load_checkpoint, rng_from_arrays, rng_state_to_arrays, save_checkpoint
 from .compile_watch import CompileWatch
 from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's settings)
+from . import box_batches
 from .data import Dataset, named_batches
 from .distributed import SampleSlice, from_comm, sync_batchnorm, unwrap
+from .ema import EMA
 from .errors import CheckpointError, RuntimeUserError
 from .optim import make_schedule
 
@@ -115,6 +117,7 @@ class Trainer:
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
         self.net = model.net
         self.x_name, self.y_name = data_roles(self.net)
+        self.row_groups = box_batches.row_groups(self.net)
         self._check_data(train, "training")
         if val is not None:
             self._check_data(val, "validation")
@@ -183,6 +186,7 @@ class Trainer:
         self.partial = self._new_partial()
         self.history = []
         self._agreed_signal = None
+        self.ema = EMA(model, cfg.ema) if cfg.ema else None      # runtime/ema.py
         if self.ranks > 1:
             self._check_same_config(config_digest)
 
@@ -273,7 +277,8 @@ class Trainer:
                                    "give every array one entry per sample, in the same order")
 
     def _feeds(self, batch):
-        return {i: batch[k] for i, k in self._binding(batch).items()}
+        # unbatched inputs (boxes) arrive per sample: box_batches joins and renumbers them
+        return box_batches.gather({i: batch[k] for i, k in self._binding(batch).items()}, self.row_groups)
 
     def _term_values(self):
         """The loss terms' values of the last forward pass (read before backward)."""
@@ -310,6 +315,8 @@ class Trainer:
         if self.cfg.clip_grad_value:
             m.device.clip_grad_value(grads, self.cfg.clip_grad_value)
         self.opt.step(grads, lr)
+        if self.ema is not None:
+            self.ema.update()
         return loss, out.get(self.net.tensor_name(self.pred_node)), terms
 
     def _correct(self, pred, feeds):
@@ -418,6 +425,8 @@ class Trainer:
                 record["processes"], record["threads"] = self.ranks, _threads()
             self.history.append(record)
             self.log(_epoch_line(record, cfg.epochs))
+            if self.ema is not None:
+                self.ema.end_epoch(self, record)
             if self.metrics_path:
                 with open(self.metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -617,6 +626,8 @@ class Trainer:
         arrays.update(rng_state_to_arrays(unwrap(self.model.ctx.rng), "dropout"))
         if self.epoch_rng_state is not None:
             arrays.update(self.epoch_rng_state)
+        if self.ema is not None:
+            arrays.update(self.ema.arrays())
         meta = {**self.extra_meta, "kind": "dslc-training", "network": self.net.name, "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "partial": self.partial, "config": asdict(self.cfg),
                 "history": self.history, "data": self._data_signature(), "ranks": self.ranks,
@@ -640,6 +651,8 @@ class Trainer:
             arrays, meta = outcome[1]
         self.model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param/")}, strict=True)
         self.opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt/")})
+        if self.ema is not None:
+            self.ema.load(arrays)
         self.data_rng = rng_from_arrays(arrays, "data")
         self.aug_rng = rng_from_arrays(arrays, "aug")
         self.model.ctx.rng = self._sliced(rng_from_arrays(arrays, "dropout"))
