@@ -1,4 +1,5 @@
-"""The results as markdown: the machine, the command, and one row per network."""
+"""The results as markdown: the machine, the command, one row per network (against eager
+PyTorch, then against torch.compile and onnxruntime), and the scaling series."""
 from __future__ import annotations
 
 import datetime
@@ -17,6 +18,14 @@ COLUMNS = ("model", "batch", "parameters",
            "dslc peak RSS (MiB)", "torch peak RSS (MiB)", "dslc cold start (s)", "dslc warm start (s)",
            "dslc warm start, step excluded (s)")
 WORKLOAD_COLUMNS = ("model", "MACs/sample", "dslc train GFLOP/s", "torch train GFLOP/s")
+COMPILED = "torch.compile"
+ONNX = "onnxruntime"
+FAST_PATH_COLUMNS = ("model", "batch",
+                     "torch.compile train (samples/s)", "train dslc/compiled", "torch.compile train compile (s)",
+                     "torch.compile infer (samples/s)", "infer dslc/compiled", "torch.compile infer compile (s)",
+                     "onnxruntime infer (samples/s)", "infer dslc/onnxruntime")
+SCALING_COLUMNS = ("network", "batch", "T", "dslc train (samples/s)", "torch train (samples/s)", "train dslc/torch",
+                   "dslc peak RSS (MiB)", "torch peak RSS (MiB)")
 
 
 @dataclass
@@ -32,12 +41,16 @@ class ModelResult:
     cold_start_s: float | None = None
     warm_start_s: float | None = None
     warm_step_s: float | None = None                 # one training step's own time in the warm process
+    compile_s: dict = field(default_factory=dict)    # "train"/"infer" -> torch.compile's one-off cost
+    unavailable: dict = field(default_factory=dict)  # framework -> why its column could not be measured
+    warmup_steps: dict = field(default_factory=dict)  # (kind, framework) -> untimed steps taken
+    onnx_max_difference: float | None = None         # onnxruntime's outputs against dslc's, same batch
     errors: list = field(default_factory=list)
 
-    def ratio(self, figures: dict) -> float | None:
-        if figures.get("dslc") is None or not figures.get("torch"):
+    def ratio(self, figures: dict, other: str = "torch") -> float | None:
+        if figures.get("dslc") is None or not figures.get(other):
             return None
-        return figures["dslc"] / figures["torch"]
+        return figures["dslc"] / figures[other]
 
     def train_gflops(self, framework: str) -> float | None:
         """Training FLOP rate, counting a step as 3 x the forward's 2 x MACs (forward, input and weight gradients)."""
@@ -71,6 +84,62 @@ def results_table(results: list[ModelResult]) -> str:
                      _fmt(r.cold_start_s, ".1f"), _fmt(r.warm_start_s, ".1f"),
                      _fmt(r.warm_start_before_step(), ".1f")))
     return _markdown(COLUMNS, rows)
+
+
+def _rate_or_reason(r: ModelResult, figures: dict, framework: str) -> str:
+    if framework in r.unavailable:
+        return f"unavailable: {r.unavailable[framework]}"
+    return _fmt(figures.get(framework), ",.1f")
+
+
+def fast_path_table(results: list[ModelResult]) -> str:
+    rows = []
+    for r in results:
+        rows.append((r.name, str(r.batch),
+                     _rate_or_reason(r, r.train, COMPILED), _ratio(r.ratio(r.train, COMPILED)),
+                     _fmt(r.compile_s.get("train"), ".1f"),
+                     _rate_or_reason(r, r.infer, COMPILED), _ratio(r.ratio(r.infer, COMPILED)),
+                     _fmt(r.compile_s.get("infer"), ".1f"),
+                     _rate_or_reason(r, r.infer, ONNX), _ratio(r.ratio(r.infer, ONNX))))
+    return _markdown(FAST_PATH_COLUMNS, rows)
+
+
+@dataclass
+class ScalingResult:
+    """One point of a scaling series: a network at one batch size and sequence length."""
+    series: str
+    model: str
+    batch: int
+    length: int | None = None                        # T, for a sequence network
+    train: dict = field(default_factory=dict)        # framework -> samples/s
+    peak_rss_mib: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} batch {self.batch}" + ("" if self.length is None else f" T {self.length}")
+
+    def ratio(self) -> float | None:
+        if self.train.get("dslc") is None or not self.train.get("torch"):
+            return None
+        return self.train["dslc"] / self.train["torch"]
+
+
+def scaling_table(points: list[ScalingResult]) -> str:
+    rows = [(p.model, str(p.batch), _fmt(p.length, "d"), _fmt(p.train.get("dslc"), ",.1f"),
+             _fmt(p.train.get("torch"), ",.1f"), _ratio(p.ratio()),
+             _fmt(p.peak_rss_mib.get("dslc"), ",.0f"), _fmt(p.peak_rss_mib.get("torch"), ",.0f")) for p in points]
+    return _markdown(SCALING_COLUMNS, rows)
+
+
+def warmup_lines(results: list[ModelResult]) -> list[str]:
+    """One line per network: the untimed steps each framework took before each measurement."""
+    lines = []
+    for r in results:
+        if r.warmup_steps:
+            taken = ", ".join(f"{kind} {fw} {n}" for (kind, fw), n in r.warmup_steps.items())
+            lines.append(f"- {r.name}: {taken}")
+    return lines
 
 
 def workload_table(results: list[ModelResult]) -> str:
@@ -134,8 +203,10 @@ def machine_lines(thread_pools: list[str], load_before: tuple, load_after: tuple
     ]
 
 
-def render(results: list[ModelResult], machine: list[str], settings: str) -> str:
+def render(results: list[ModelResult], machine: list[str], settings: str,
+           scaling: list[ScalingResult] = (), warmup_rule: str = "") -> str:
     errors = [f"- {r.name}: {e}" for r in results for e in r.errors]
+    errors += [f"- {p.name}: {e}" for p in scaling for e in p.errors]
     parts = [
         "# dslc vs PyTorch on the CPU",
         "",
@@ -147,24 +218,56 @@ def render(results: list[ModelResult], machine: list[str], settings: str) -> str
         "",
         *machine,
         f"- settings: {settings}",
-        "",
-        results_table(results),
+        *([f"- {warmup_rule}"] if warmup_rule else []),
+    ]
+    if results:
+        parts += ["", results_table(results)]
+    parts += [
         "",
         "How each figure is taken:",
         "- train: samples/s of one training step (forward, backward, SGD with momentum 0.9), the median over "
         "the timed steps; infer: the same for a forward pass in evaluation mode (torch under inference_mode). "
-        "Both frameworks run in one process on the same batch, alternating in rounds, after untimed warm-up steps.",
+        "All frameworks run in one process on the same batch, alternating in rounds, after untimed warm-up steps "
+        "(the rule above).",
         "- peak RSS: the peak resident memory (VmHWM) of a fresh process per framework that builds the "
         "network and trains a few steps; imports included.",
         "- cold start: a fresh process with an empty Numba cache (NUMBA_CACHE_DIR), from launch to the end of the "
         "first training step (imports, parsing, kernel compilation, the step); warm start: the same with the cache "
         "the cold run filled; step excluded: the warm start less the median time of that process's later steps, "
         "i.e. the start-up before a step's own work (kernels load from the cache during the first step).",
-        "",
-        "Work per sample (training counted as 3 x the forward's 2 x MACs):",
-        "",
-        workload_table(results),
     ]
+    if results:
+        parts += [
+            "",
+            "Against PyTorch's compiled path and onnxruntime (ratios are dslc's samples/s over theirs):",
+            "",
+            fast_path_table(results),
+            "",
+            "- torch.compile: the torch.nn model wrapped in torch.compile (inductor, default mode), the same "
+            "training step and inference under inference_mode; compile: the one-off cost of its warm-up (the warm-up "
+            "steps' time less as many timed steps), with an empty inductor cache, excluded from samples/s.",
+            "- onnxruntime: the dslc network exported by dslc.runtime.onnx_export with dslc's weights, run by "
+            "onnxruntime's CPU provider with 2 intra-op threads and 1 inter-op thread.",
+            "",
+            "Work per sample (training counted as 3 x the forward's 2 x MACs):",
+            "",
+            workload_table(results),
+        ]
+        warmups = warmup_lines(results)
+        if warmups:
+            parts += ["", "Warm-up steps taken (untimed):", "", *warmups]
+        diffs = [f"- {r.name}: {r.onnx_max_difference:.2g}" for r in results if r.onnx_max_difference is not None]
+        if diffs:
+            parts += ["", "onnxruntime's outputs against dslc's on the same batch (largest absolute difference):",
+                      "", *diffs]
+    if scaling:
+        parts += [
+            "",
+            "Scaling: training samples/s and peak memory as the work grows (fresh processes for memory, "
+            "both frameworks alternating in one process for samples/s):",
+            "",
+            scaling_table(list(scaling)),
+        ]
     if errors:
         parts += ["", "Errors:", *errors]
     return "\n".join(parts) + "\n"

@@ -1,4 +1,6 @@
-"""The six benchmark networks in torch.nn, layer for layer the architectures of bench/models/*.net.
+"""The benchmark networks in torch.nn, layer for layer the architectures of bench/models/*.net
+and, for the ImageNet rows, of the zoo's models/resnet50.net and models/densenet121.net
+(torchvision's resnet50 and densenet121, which cannot be installed beside torch+cpu here).
 
 Each class mirrors its .net file (same layers, same order, same bias choices), so the two
 have the same parameter count (tests/test_bench.py checks it). Initialisation is torch's
@@ -147,6 +149,71 @@ class LstmLM(nn.Module):
         return self.decoder(out)          # [N, T, vocab]: a prediction per step
 
 
+class BottleneckV15(nn.Module):
+    """ResNet-50's bottleneck (v1.5: the stride on the 3x3 conv); a 1x1 conv + batchnorm shortcut where the
+    shape changes."""
+
+    def __init__(self, c_in: int, width: int, stride: int = 1):
+        super().__init__()
+        c_out = 4 * width
+        self.conv1 = nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, c_out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU()
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+
+class ResNet50(nn.Module):
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        layers, c_in = [], 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(blocks):
+                layers.append(BottleneckV15(c_in, width, stride if i == 0 else 1))
+                c_in = 4 * width
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in, classes)
+
+    def forward(self, x):
+        return self.fc(self.layers(self.stem(x)).mean(dim=(2, 3)))
+
+
+class DenseNet121(nn.Module):
+    """DenseNet-BC-121: growth 32, blocks of 6, 12, 24, 16 layers (Bottleneck above), halving transitions."""
+
+    def __init__(self, classes: int = 1000, growth: int = 32):
+        super().__init__()
+        c = 64
+        blocks = [nn.Conv2d(3, c, 7, 2, 3, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+        for i, layers in enumerate((6, 12, 24, 16)):
+            for _ in range(layers):
+                blocks.append(Bottleneck(c, growth))
+                c += growth
+            if i < 3:
+                blocks += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2)]
+                c //= 2
+        blocks += [nn.BatchNorm2d(c), nn.ReLU()]
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(c, classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
 TORCH_MODELS = {
     "lenet5_relu": LeNet5Relu,
     "resnet18_cifar": ResNet18Cifar,
@@ -154,6 +221,8 @@ TORCH_MODELS = {
     "googlenet_cifar": GoogLeNetCifar,
     "densenet_cifar": DenseNetCifar,
     "lstm_lm": LstmLM,
+    "resnet50_224": ResNet50,
+    "densenet121_224": DenseNet121,
 }
 
 

@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--steps", type=int, required=True, help="training steps in all, the first included")
+    parser.add_argument("--length", type=int, help="sequence length T of a sequence network (default: its own)")
     args = parser.parse_args(argv)
 
     from .suite import MODELS
@@ -57,7 +58,10 @@ def main(argv=None) -> int:
     else:
         from .torch_runner import TorchRunner as Runner
     limit_after_import(with_torch=args.framework == "torch")
-    runner = Runner(MODELS[args.model], args.batch)
+    spec = MODELS[args.model]
+    if args.length is not None:
+        spec = spec.with_length(args.length)
+    runner = Runner(spec, args.batch)
     runner.train_step()
     first_step_end = time.time()
     later = []
