@@ -41,6 +41,11 @@ NOT_RUN = {
     "./setup.sh && .venv/bin/dslc run models/digits_cnn.net --data digits",   # installs
     '.venv/bin/python -m pytest -q -m "not slow"',                             # the suite itself
     ".venv/bin/python -m bench",                                               # the full benchmark
+    "pip install '.[mpi]'",                                    # installs; tests/runtime/test_mpi.py runs mpiexec
+    "mpiexec -f hosts.txt -n 8 .venv/bin/dslc run models/resnet_cifar.net --data cifar/ --batch 256 "
+    "--checkpoint runs/r",                                                     # needs a cluster
+    "import safetensors.torch, torchvision",                                   # torchvision: not a dependency
+    "$ dslc predict models/resnet18.net --weights resnet18-torchvision.safetensors x.npy",   # that file
 }
 
 
