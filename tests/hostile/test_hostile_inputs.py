@@ -256,9 +256,12 @@ def _npy(arr):
 def test_a_pytorch_file_as_weights(capsys, tmp_path):
     torch = pytest.importorskip("torch")
     path = tmp_path / "model.pt"
-    torch.save({"w": torch.ones(3)}, path)
-    refused(capsys, ["eval", MODELS / "digits_cnn.net", "--weights", path], "a PyTorch file",
-            "dslc reads its own checkpoints")
+    torch.save({"w": torch.ones(3)}, path)     # read (weights_only), but nothing in it fits the network
+    refused(capsys, ["eval", MODELS / "digits_cnn.net", "--weights", path], "does not hold this network's",
+            "not in this network (1): w")
+    ckpt = tmp_path / "model.ckpt"             # a torch.save file under a checkpoint's name
+    torch.save({"w": torch.ones(3)}, ckpt)
+    refused(capsys, ["eval", MODELS / "digits_cnn.net", "--weights", ckpt], "a PyTorch file")
 
 
 def test_missing_weights(capsys, tmp_path):

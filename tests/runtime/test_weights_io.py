@@ -308,7 +308,7 @@ def test_resnet18_from_each_format(tmp_path, suffix):
     _params_equal(net, ref)
 
 
-@pytest.mark.parametrize("network", ["squeezenet", "mobilenet_v2", "densenet121", "resnet50"])
+@pytest.mark.parametrize("network", ["squeezenet", "mobilenet_v2", "densenet121", "resnet34", "resnet50"])
 def test_renamed_networks_load_whole(tmp_path, network):
     ref = reference(network)
     path = save_state_dict(ref, tmp_path / f"{network}.safetensors")
@@ -454,3 +454,54 @@ def test_alexnet_logits_equal_torch(tmp_path):
 @pytest.mark.parametrize("network", ["vgg16", "squeezenet", "mobilenet_v2", "resnet50", "densenet121"])
 def test_more_zoo_logits_equal_torch(tmp_path, network):
     _same_logits(network, tmp_path, ".npz")
+
+
+@pytest.mark.slow
+def test_cli_predict_with_safetensors_and_export_back(tmp_path, capsys):
+    ref = reference("resnet18", seed=5)
+    weights = save_state_dict(ref, tmp_path / "resnet18-torchvision.safetensors")
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = main(["predict", str(MODELS / "resnet18.net"), "--weights", str(weights), str(tmp_path / "x.npy"),
+                 "-o", str(tmp_path / "out.npz")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "names: torchvision resnet18" in err and "loaded 102 tensors" in err
+    with torch.no_grad():
+        want = ref.double()(torch.from_numpy(x).double()).numpy()
+    got = np.load(tmp_path / "out.npz")["logits"]
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.slow
+def test_cli_export_safetensors_converts_torch_weights_back(tmp_path, capsys):
+    ref = reference("densenet121", seed=2)
+    src = save_state_dict(ref, tmp_path / "in.pt")
+    out = tmp_path / "out.safetensors"
+    code = main(["export", str(MODELS / "densenet121.net"), "--weights", str(src), "--format", "safetensors",
+                 "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "names: torchvision densenet121" in captured.err
+    assert f"wrote {out}: {len(ref.state_dict())} tensors under torchvision densenet121's names" in captured.out
+    fresh = REFERENCES["densenet121"]()
+    fresh.load_state_dict(safetensors_torch.load_file(str(out)), strict=True)
+    for k, v in ref.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_cli_run_starts_from_safetensors_with_freeze(tmp_path, capsys):
+    start = zoo("digits_cnn")
+    save_torch_safetensors(start, tmp_path / "start.safetensors")
+    code = main(["run", str(MODELS / "digits_cnn.net"), "--data", "digits", "--epochs", "1", "--limit", "128",
+                 "--weights", str(tmp_path / "start.safetensors"), "--freeze", "conv1", "--quiet",
+                 "--checkpoint", str(tmp_path / "ck")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"loaded {len(start.specs)} tensors from {tmp_path / 'start.safetensors'}" in err
+    trained, _, kind = read_weights(tmp_path / "ck" / "last.ckpt")
+    assert kind == "checkpoint"
+    np.testing.assert_array_equal(trained["conv1.weight"], start.params["conv1.weight"])     # frozen
+    assert not np.array_equal(trained["fc2.weight"], start.params["fc2.weight"])             # trained
