@@ -292,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint", metavar="DIR",
                    help="save last.ckpt (every epoch) and best.ckpt (lowest validation loss) here; "
                         "default: a new numbered directory runs/NETWORK/N")
+    r.add_argument("--lr-find", nargs="?", const=True, default=None, metavar="PLOT.png",
+                   help="instead of training, run the learning-rate range test (rate rising exponentially from "
+                        "1e-7 to 10): print loss against rate and the suggested rate, draw them to PLOT.png if "
+                        "given; saves nothing")
+    r.add_argument("--lr-find-steps", type=int, default=100, metavar="N", help="--lr-find's batches (100)")
     r.add_argument("--ema", type=float, metavar="DECAY",
                    help="also keep exponential-moving-average weights (e.g. 0.999): validated each epoch and saved "
                         "in the checkpoint, where eval and predict use them")

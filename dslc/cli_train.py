@@ -310,6 +310,11 @@ def _run_command(args, overrides, comm) -> int:
     cfg = TrainConfig.from_network(net, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
                                    seed=args.seed, ema=args.ema)
     threads = _set_threads(args, comm)
+    if args.lr_find:        # the range test trains nothing to keep: no checkpoint directory
+        if comm.size > 1:
+            raise UsageError("--lr-find runs in one process", "run it without mpiexec")
+        from .cli_use import lr_find_command
+        return lr_find_command(args, net, cfg)
     # Output paths first: a path that cannot be written fails now, not after an epoch of training.
     default_dir = None if args.checkpoint or not lead else default_run_dir(net.name)
     directory = comm.bcast(args.checkpoint or default_dir)

@@ -88,10 +88,11 @@ def data_inputs(net) -> list[str]:
 
 
 # ---- reading inputs ----------------------------------------------------------------------------
-def read_image(path: str, shape: tuple, invert: bool = False) -> np.ndarray:
+def read_image(path: str, shape: tuple, invert: bool = False, light_note: bool = True) -> np.ndarray:
     """One sample for a float input of per-sample `shape` ((C, H, W), (H, W) or (F,) with F a
     square) from an image file: grayscale or RGB by C, scaled to [0, 1], resized to H x W, decoded
-    as `--data` decodes an image folder (runtime/image_folder.py)."""
+    as `--data` decodes an image folder (runtime/image_folder.py). `light_note`: say when a
+    greyscale image is mostly light (not for a model trained on an image folder's own pictures)."""
     from .runtime.data import _resize_bilinear
     from .runtime.image_folder import decode_image
     channels = shape[0] if len(shape) == 3 else 1
@@ -109,7 +110,7 @@ def read_image(path: str, shape: tuple, invert: bool = False) -> np.ndarray:
     planes = decode_image(path, channels, IMAGE_HINT)
     if invert:
         planes = 1.0 - planes
-    elif channels == 1 and float(planes.mean()) > 0.5:
+    elif light_note and channels == 1 and float(planes.mean()) > 0.5:
         _log(f"note: {path} is mostly light; the built-in datasets are light strokes on a dark background "
              "(pass --invert for dark ink on white)")
     if planes.shape[1:] != size:
@@ -137,7 +138,7 @@ def _checked_samples(arr: np.ndarray, where: str, name: str, node) -> np.ndarray
     return np.ascontiguousarray(arr, dtype=np.float32 if node.type.dtype == "float32" else np.int64)
 
 
-def read_inputs(net, paths: list[str], invert: bool = False) -> tuple[dict, list[str]]:
+def read_inputs(net, paths: list[str], invert: bool = False, light_note: bool = True) -> tuple[dict, list[str]]:
     """(feeds: input name -> batch, one label per sample: "FILE" or "FILE[i]") from the files."""
     names = data_inputs(net)
     batches = {n: [] for n in names}
@@ -161,7 +162,7 @@ def read_inputs(net, paths: list[str], invert: bool = False) -> tuple[dict, list
             if not all(isinstance(d, int) for d in node.type.shape[1:]):
                 raise DataError(f"input `{names[0]}` has a symbolic shape {node.type}: an image cannot fill it",
                                 "give a .npy or .npz array")
-            arrays = {names[0]: read_image(path, tuple(node.type.shape[1:]), invert)}
+            arrays = {names[0]: read_image(path, tuple(node.type.shape[1:]), invert, light_note)}
         counts = set()
         for n in names:
             a = _checked_samples(np.asarray(arrays[n]), path, n, net.node(n))
@@ -265,7 +266,7 @@ def predict_command(args) -> int:
     models = [load_trained(args, w) for w in dict.fromkeys(args.weights)]
     model, meta = models[0]
     net = model.net
-    feeds, labels = read_inputs(net, args.inputs, args.invert)
+    feeds, labels = read_inputs(net, args.inputs, args.invert, light_note=recorded_class_names(meta) is None)
     outs = []
     for m, _ in models:
         outs.append(m.forward(**feeds))
@@ -1027,4 +1028,58 @@ def sample_command(args) -> int:
          f"temperature {args.temperature:g}, seed {args.seed}, window {window} (the model re-run over the last "
          f"{window} characters per character)")
     sys.stdout.write(prime + "".join(out_chars) + "\n")
+    return 0
+
+
+# ---- run --lr-find ------------------------------------------------------------------------------
+def lr_find_command(args, net, cfg) -> int:
+    """`dslc run FILE --lr-find [PLOT.png]`: the learning-rate range test (runtime/lr_find.py) on
+    the run's data and optimizer; prints loss against rate and the suggested rate, draws them
+    with a path, and writes no checkpoint."""
+    from .cli_train import _datasets
+    from .runtime.lr_find import lr_range_test
+    from .runtime.model import Model
+    plot = args.lr_find if isinstance(args.lr_find, str) else None
+    if plot:
+        _check_output_path(plot, ".png", [args.file])
+    for flag, given in (("--resume", args.resume), ("--checkpoint", args.checkpoint), ("--metrics", args.metrics),
+                        ("--early-stopping", args.early_stopping), ("--overwrite", args.overwrite)):
+        if given:
+            raise UsageError(f"--lr-find trains nothing to keep: {flag} does not go with it",
+                             f"drop {flag}, or drop --lr-find to train")
+    steps = args.lr_find_steps
+    if steps < 5:
+        raise UsageError(f"--lr-find-steps {steps}: give 5 or more", "e.g. --lr-find-steps 100")
+    model = Model(net, device=args.device, seed=cfg.seed)
+    if args.weights:
+        _log(str(model.load_params(args.weights)))
+    if args.freeze:
+        model.freeze(*args.freeze)
+    train, _, _, _ = _datasets(net, args.data, cfg, args.limit, _log, args.val, getattr(args, "label_column", None))
+    _log(f"learning-rate range test: {net.name} on {train.name} ({len(train)} samples), {cfg.optimizer} "
+         f"with the rate rising from 1e-07 to 10 over {steps} batches of {cfg.batch}; nothing is saved")
+    r = lr_range_test(model, cfg, train, 1e-7, 10.0, steps)
+    print(f"{'lr':>10}  {'loss':>8}  {'smoothed':>8}")
+    every = max(1, len(r["lr"]) // 20)
+    for i in range(0, len(r["lr"]), every):
+        print(f"{r['lr'][i]:10.3g}  {r['loss'][i]:8.4f}  {r['smoothed'][i]:8.4f}")
+    if r["stopped"]:
+        print(f"stopped after {len(r['lr'])} steps: {r['stopped']}")
+    print(f"suggested lr {r['suggested']:.3g} (steepest fall of the smoothed loss); lowest loss at "
+          f"{r['lowest']:.3g} (a tenth of it: {r['lowest'] / 10:.3g})")
+    if plot:
+        plt = _pyplot("run --lr-find")
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.plot(r["lr"], r["loss"], alpha=0.3, label="loss")
+        ax.plot(r["lr"], r["smoothed"], label="smoothed")
+        ax.axvline(r["suggested"], color="red", linestyle="--", linewidth=1, label=f"suggested {r['suggested']:.2g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"{net.name}: learning-rate range test", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        _save(plt, fig, plot)
+        print(f"wrote {plot}")
     return 0
