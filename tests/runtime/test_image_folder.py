@@ -252,10 +252,12 @@ def test_run_records_class_names_and_predict_shows_them(folder, tmp_path, capsys
     assert "36 images in 3 classes (circle, square, triangle), decoded into memory" in err
     _, meta = load_checkpoint(str(ck / "last.ckpt"))
     assert meta["class_names"] == list(CLASSES)
+    Image.new("L", (8, 8), 230).save(tmp_path / "light.png")
     code, out, err = dslc(capsys, "predict", "models/digits_cnn.net", "--weights", ck / "last.ckpt",
-                          folder / "square" / "square01.jpg", "--top", 3)
+                          folder / "square" / "square01.jpg", tmp_path / "light.png", "--top", 3)
     assert code == 0, err
     assert {"'circle'", "'square'", "'triangle'"} <= set(out.split())
+    assert "mostly light" not in err        # that note is about the built-in datasets' light strokes
     code, out, err = dslc(capsys, "eval", "models/digits_cnn.net", "--weights", ck / "last.ckpt")
     assert code == 0 and "validation split, 7 samples" in out
 
