@@ -74,10 +74,10 @@ def render(net: Network, output_path: str, depth: int | None = None, rankdir: st
     if dpi is not None and not DPI_RANGE[0] <= dpi <= DPI_RANGE[1]:
         raise UsageError(f"--dpi {dpi} is outside {DPI_RANGE[0]}..{DPI_RANGE[1]}",
                          help="120 suits screens, 200-300 print and large slides")
-    graph, count = to_graphviz(net, depth, rankdir=rankdir, fit=fit)
+    graph, count, note = _laid_out(net, depth, rankdir, fit)
     if fmt == "dot":
         _write(output_path, graph.source.encode())
-        return f"wrote {output_path} ({count} nodes)"
+        return f"wrote {output_path} ({count} nodes{note})"
     if fmt == "png":
         graph.graph_attr["dpi"] = str(dpi or PNG_DPI)
     try:
@@ -91,7 +91,7 @@ def render(net: Network, output_path: str, depth: int | None = None, rankdir: st
                 f"https://graphviz.org/download/), then rerun this command or run "
                 f"`dot -T{fmt} {dot_path} -o {output_path}`")
     _write(output_path, data)
-    return f"wrote {output_path} ({count} nodes)"
+    return f"wrote {output_path} ({count} nodes{note})"
 
 
 def parse_fit(text: str) -> float:
@@ -130,7 +130,14 @@ class _Cluster:
 
 def to_graphviz(net: Network, depth: int | None = None, rankdir: str = "TB",
                 fit: float | None = None) -> tuple[graphviz.Digraph, int]:
-    """The Graphviz graph of `net` and the number of boxes in it.
+    """The Graphviz graph of `net` and the number of boxes in it (see _laid_out)."""
+    graph, count, _ = _laid_out(net, depth, rankdir, fit)
+    return graph, count
+
+
+def _laid_out(net: Network, depth: int | None, rankdir: str,
+              fit: float | None) -> tuple[graphviz.Digraph, int, str]:
+    """The Graphviz graph of `net`, the number of boxes in it, and a note when `fit` was not met.
 
     `fit` (width / height) wraps the drawing into rows (LR) or columns (TB): it is laid out once
     unwrapped, cut between consecutive blocks into k pieces, with k the count whose drawing comes
@@ -144,18 +151,42 @@ def to_graphviz(net: Network, depth: int | None = None, rankdir: str = "TB",
     drawing = _Drawing(net, depth)
     dg, count = drawing.build(rankdir)
     if fit is None:
-        return dg, count
+        return dg, count, ""
     try:
         layout = json.loads(dg.pipe(format="json"))
-        best = (_aspect_error(layout, fit), dg)
-        for k in _piece_counts(layout, rankdir, fit, len(drawing.boxes)):
-            wrapped, _ = drawing.build(rankdir, drawing.pieces(layout, rankdir, k))
-            err = _aspect_error(json.loads(wrapped.pipe(format="json")), fit)
-            if err < best[0] - 1e-9:
-                best = (err, wrapped)
+        best = (_aspect_error(layout, fit), dg, 1, _aspect(layout))
+        ordered = False
+        # more pieces, starting a little below the estimate, until the aspect has passed `fit`
+        # (each drawing shows where the cuts really fell, which the estimate cannot know)
+        start = _piece_estimate(layout, rankdir, fit)
+        for k in range(max(2, start - 1), min(len(drawing.boxes), 3 * start + 2, 24) + 1):
+            piece_of = drawing.pieces(layout, rankdir, k)
+            # dot usually stacks the pieces in the order they are declared; where it does not,
+            # edges between the pieces' first boxes often put them in order; a drawing whose
+            # pieces are still out of order is not used
+            for tie in (False, True):
+                wrapped, _ = drawing.build(rankdir, piece_of, tie_pieces=tie)
+                wrapped_layout = json.loads(wrapped.pipe(format="json"))
+                if _in_order(wrapped_layout, rankdir, piece_of):
+                    ordered = True
+                    err = _aspect_error(wrapped_layout, fit)
+                    if err < best[0] - 1e-9:
+                        best = (err, wrapped, max(piece_of.values()) + 1, _aspect(wrapped_layout))
+                    break
+            else:
+                continue
+            w, h = _size(wrapped_layout)
+            if (w / h < fit) == (rankdir == "LR"):
+                break
     except graphviz.ExecutableNotFound:
-        return dg, count
-    return best[1], count
+        return dg, count, ""
+    _, graph, pieces, aspect = best
+    if pieces == 1 and not ordered:
+        return graph, count, (f"; not wrapped (width/height {aspect}): dot kept no wrapping's pieces in order; "
+                              f"--depth 1 draws fewer boxes")
+    if pieces == 1:
+        return graph, count, f"; not wrapped: its width/height {aspect} is nearest {fit:.2f}"
+    return graph, count, f"; {pieces} {'rows' if rankdir == 'LR' else 'columns'}, width/height {aspect}"
 
 
 class _Drawing:
@@ -195,7 +226,8 @@ class _Drawing:
             self.path_of[box] = ()
         self.boxes = list(self.path_of)
 
-    def build(self, rankdir: str, piece_of: dict | None = None) -> tuple[graphviz.Digraph, int]:
+    def build(self, rankdir: str, piece_of: dict | None = None,
+              tie_pieces: bool = False) -> tuple[graphviz.Digraph, int]:
         net = self.net
         dg = graphviz.Digraph(net.name, graph_attr={
             "rankdir": rankdir, "splines": "spline", "nodesep": "0.22", "ranksep": "0.22",
@@ -212,7 +244,7 @@ class _Drawing:
             "fontcolor": LABEL_COLOUR, "penwidth": "1",
         })
         if piece_of:
-            # declared piece by piece first, so Graphviz stacks the pieces in order
+            # declared piece by piece first, so Graphviz starts from the pieces in order
             for box in sorted(self.boxes, key=lambda b: piece_of[b]):
                 dg.node(box)
         count = _draw_cluster(dg, self.root, (), net, self.collapsed)
@@ -222,10 +254,14 @@ class _Drawing:
         for a, b, tensor in self.edges:
             attrs = {"constraint": "false"} if piece_of and piece_of[a] != piece_of[b] else {}
             dg.edge(a, b, label=_shape_text(net.node(tensor).type), **attrs)
-        for a, b in self.sibling_order():
-            if not piece_of or piece_of[a] == piece_of[b]:
-                # dot stacks a rank bottom-up in LR: the first branch goes on top when it is the head
-                dg.edge(*((b, a) if rankdir == "LR" else (a, b)), style="invis", minlen="0")
+        pairs = [(a, b) for a, b in self.sibling_order() if not piece_of or piece_of[a] == piece_of[b]]
+        if piece_of and tie_pieces:
+            # the first box of each piece beside the next piece's first box: the pieces in order
+            firsts = list({p: box for box, p in reversed(piece_of.items())}.items())
+            pairs += [(a, b) for (_, a), (_, b) in zip(sorted(firsts), sorted(firsts)[1:])]
+        for a, b in pairs:
+            # dot stacks a rank bottom-up in LR: the first branch goes on top when it is the head
+            dg.edge(*((b, a) if rankdir == "LR" else (a, b)), style="invis", minlen="0")
         return dg, count + len(self.outputs)
 
     def sibling_order(self) -> list[tuple[str, str]]:
@@ -276,20 +312,29 @@ class _Drawing:
                          if extent[path[:i]][1] - extent[path[:i]][0] <= 0.8 * stretch), pos[box])
             centre_of[box] = (span[0] + span[1]) / 2 - lo
         centres = sorted(set(centre_of.values()))
-        # a cut between consecutive centres; its cost: the edges crossing it, and a crossing's
-        # worth of penalty for each half piece it lies away from where it was aimed
+        blocks: dict[tuple, list] = {}                 # block -> the range of its boxes' centres
+        for box, path in self.path_of.items():
+            for i in range(1, len(path) + 1):
+                r = blocks.setdefault(path[:i], [math.inf, -math.inf])
+                r[0], r[1] = min(r[0], centre_of[box]), max(r[1], centre_of[box])
+
+        def cost(cut: float, aim: float) -> float:
+            # edges crossing the cut, blocks it splits, and one more for each half piece it
+            # lies away from where it was aimed
+            crossing = sum(min(centre_of[a], centre_of[b]) < cut < max(centre_of[a], centre_of[b])
+                           for a, b, _ in self.edges)
+            split = sum(lo_ < cut < hi for lo_, hi in blocks.values())
+            return crossing + split + 2 * abs(cut - aim) / stretch
+
+        # a cut between consecutive centres, near each of the k-1 places aimed at
         gaps = [((c0 + c1) / 2, c1) for c0, c1 in zip(centres, centres[1:])]
         cuts = []
         for i in range(1, k):
             aim = i * stretch
             near = [g for g in gaps if abs(g[0] - aim) <= 0.4 * stretch and (not cuts or g[1] > cuts[-1])]
-            if not near:
-                continue
-            cuts.append(min(near, key=lambda g: sum(centre_of[a] < g[0] < centre_of[b] or
-                                                       centre_of[b] < g[0] < centre_of[a]
-                                                       for a, b, _ in self.edges)
-                                                   + 2 * abs(g[0] - aim) / stretch)[1])
-        return {box: sum(c >= cut for cut in cuts) for box, c in centre_of.items()}
+            if near:
+                cuts.append(min(near, key=lambda g: cost(g[0], aim))[1])
+        return {box: sum(c >= cut for cut in cuts) for box, c in sorted(centre_of.items(), key=lambda bc: bc[1])}
 
 
 def _positions(layout: dict, rankdir: str) -> dict:
@@ -305,9 +350,26 @@ def _positions(layout: dict, rankdir: str) -> dict:
     return out
 
 
+def _in_order(layout: dict, rankdir: str, piece_of: dict) -> bool:
+    """Whether the pieces follow one another across the long axis, each below the one before (LR)
+    or to its right (TB), judged by where their boxes lie on average."""
+    where: dict[int, list] = {}
+    for obj in layout.get("objects", []):
+        if obj.get("name") in piece_of and "pos" in obj:
+            x, y = (float(v) for v in obj["pos"].split(","))
+            where.setdefault(piece_of[obj["name"]], []).append(-y if rankdir == "LR" else x)
+    means = [sum(where[p]) / len(where[p]) for p in sorted(where)]
+    return all(a < b for a, b in zip(means, means[1:]))
+
+
 def _size(layout: dict) -> tuple[float, float]:
     x0, y0, x1, y1 = (float(v) for v in layout["bb"].split(","))
     return x1 - x0, y1 - y0
+
+
+def _aspect(layout: dict) -> str:
+    w, h = _size(layout)
+    return f"{w / h:.2f}"
 
 
 def _aspect_error(layout: dict, fit: float) -> float:
@@ -315,17 +377,11 @@ def _aspect_error(layout: dict, fit: float) -> float:
     return abs(math.log((w / h) / fit))
 
 
-def _piece_counts(layout: dict, rankdir: str, fit: float, boxes: int) -> list[int]:
-    """The piece counts worth trying: around the k at which k pieces of the long axis laid side
-    by side give the aspect `fit` (k strips of length L/k and breadth B: aspect L/(k^2 B) for LR
-    rows, k^2 B/L for TB columns)."""
+def _piece_estimate(layout: dict, rankdir: str, fit: float) -> int:
+    """The piece count at which k pieces of the long axis laid side by side give the aspect `fit`
+    (k strips of length L/k and breadth B: aspect L/(k^2 B) for LR rows, k^2 B/L for TB columns)."""
     w, h = _size(layout)
-    if rankdir == "LR":
-        k = math.sqrt(w / (h * fit))
-    else:
-        k = math.sqrt(fit * h / w)
-    k = max(1, round(k))
-    return [n for n in (k - 1, k, k + 1, k + 2) if 2 <= n <= boxes]
+    return max(1, round(math.sqrt(w / (h * fit)) if rankdir == "LR" else math.sqrt(fit * h / w)))
 
 
 def _cluster_at(root: _Cluster, path: tuple) -> _Cluster:
