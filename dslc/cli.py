@@ -323,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate trained weights")
     e.add_argument("file", help=FILE_HELP)
-    e.add_argument("--weights", required=True, metavar="CKPT",
-                   help="last.ckpt / best.ckpt of a run, or PyTorch weights (.safetensors, .npz, .pt/.pth)")
+    e.add_argument("--weights", required=True, metavar="CKPT", nargs="+", action="extend",
+                   help="last.ckpt / best.ckpt of a run, or PyTorch weights (.safetensors, .npz, .pt/.pth); "
+                        "several: an ensemble, scored on its averaged class probabilities")
     e.add_argument("--data", help="a file or directory (scored whole), or a built-in dataset (its validation "
                                   "split); default: the data the checkpoint was validated on")
     e.add_argument("--label-column", metavar="NAME",

@@ -26,8 +26,8 @@ from dataclasses import replace
 
 from .compiler import CompileError, UsageError, compile_file, parse_override
 from .ops import OPS
-from .runtime.checkpoint import load_checkpoint
 from .runtime.box_batches import row_groups
+from .runtime.checkpoint import load_checkpoint
 from .runtime.data import BUILTIN_DATASETS, InputSpec, load_dataset, load_inputs, mnist_test_set
 from .runtime.distributed import MissingMPI, world
 from .runtime.errors import CheckpointError, RuntimeUserError
@@ -484,6 +484,11 @@ def _eval_data(args, meta, net, cfg, weights):
 
 
 def eval_command(args, overrides) -> int:
+    if isinstance(args.weights, list):      # --weights A B C: an ensemble (dslc/cli_use.py)
+        if len(dict.fromkeys(args.weights)) > 1:
+            from .cli_use import eval_ensemble_command
+            return eval_ensemble_command(args)
+        args.weights = args.weights[0]
     foreign = is_foreign(args.weights)      # PyTorch's formats: no training record, names mapped on load
     arrays, meta = ({}, {}) if foreign else load_checkpoint(args.weights)
     if not isinstance(meta, dict):
