@@ -34,7 +34,7 @@ from typing import Iterator
 
 import numpy as np
 
-from dslc.runtime import image_folder
+from dslc.runtime import box_batches, image_folder
 from dslc.runtime.errors import DataError
 from dslc.runtime.image_folder import LazyImages, _resize_bilinear
 
@@ -174,14 +174,15 @@ def load_dataset(source: str, *, x_shape: tuple, x_dtype: str, y_shape: tuple, y
 
 def load_inputs(source: str, inputs: dict, *, val_fraction: float = 0.2, seed: int = 0,
                 limit: int | None = None, shorthand: tuple = (None, None),
-                classes_of: str | None = None) -> tuple[Dataset, Dataset]:
+                classes_of: str | None = None, rows: tuple = ()) -> tuple[Dataset, Dataset]:
     """(train, validation) for a network with any inputs: `inputs` maps each input's name to
     its InputSpec. `source` is "synthetic" (random data for every input: floats ~ N(0, 1),
     float targets uniform in [0, 1), integer inputs uniform below their class count) or an .npz
     file holding one array per input, named like the input; `shorthand` (data input, label
     input), where the network has them, lets arrays `x` and `y` stand for those two.
     `classes_of`: the label input whose class count the datasets report. Splitting and `limit`
-    are load_dataset's."""
+    are load_dataset's. `rows`: the network's row groups (box_batches.row_groups): their
+    unbatched inputs are held per sample, as box_batches describes."""
     if not 0 <= val_fraction < 1:
         raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}",
                         "give a fraction such as 0.2, or 0 to train on every sample")
@@ -194,6 +195,8 @@ def load_inputs(source: str, inputs: dict, *, val_fraction: float = 0.2, seed: i
         n = limit or SYNTHETIC_SAMPLES
         arrays = {}
         for name, spec in inputs.items():
+            if name in box_batches.unbatched_names(rows):
+                continue
             shape = (n, *spec.shape)
             if spec.dtype == "int64":
                 arrays[name] = rng.integers(0, spec.classes or SYNTHETIC_CLASSES, size=shape, dtype=np.int64)
@@ -201,7 +204,11 @@ def load_inputs(source: str, inputs: dict, *, val_fraction: float = 0.2, seed: i
                 arrays[name] = rng.random(shape, dtype=np.float32)
             else:
                 arrays[name] = rng.standard_normal(shape, dtype=np.float32)
-        ds = Dataset(name="synthetic", arrays=arrays, classes=_classes(inputs, classes_of, arrays))
+        classes = _classes(inputs, classes_of, arrays) if classes_of in arrays else None
+        if rows:
+            arrays.update(box_batches.synthetic_rows(rows, inputs, n, rng, SYNTHETIC_CLASSES))
+            classes = inputs[classes_of].classes if classes_of in inputs else None
+        ds = Dataset(name="synthetic", arrays=arrays, classes=classes)
         return _split_random(ds, val_fraction, seed, None)
     if not source.endswith(".npz") or source in BUILTIN_DATASETS:
         raise DataError(f"dataset '{source}' gives one input and its labels (x and y), but this network has the "
@@ -211,9 +218,26 @@ def load_inputs(source: str, inputs: dict, *, val_fraction: float = 0.2, seed: i
     if not os.path.exists(source):
         raise DataError(f"dataset '{source}' not found: there is no such file or directory", _SOURCES_HINT)
     _check_regular_file(source)
+    if rows:
+        return _split_random(_npz_with_rows(source, inputs, shorthand, classes_of, rows), val_fraction, seed, limit)
     arrays = _npz_inputs(source, inputs, shorthand)
     ds = Dataset(name=os.path.basename(source), arrays=arrays, classes=_classes(inputs, classes_of, arrays))
     return _split_random(ds, val_fraction, seed, limit)
+
+
+def _npz_with_rows(path: str, inputs: dict, shorthand: tuple, classes_of: str | None, rows: tuple) -> Dataset:
+    """An .npz for a network with unbatched inputs: per-sample arrays, then each row group's
+    arrays (one row each, in step) split by sample (box_batches)."""
+    box_batches.check_supported(rows)
+    unbatched = box_batches.unbatched_names(rows)
+    arrays = _npz_inputs(path, {k: v for k, v in inputs.items() if k not in unbatched}, shorthand)
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    for g in rows:
+        row_arrays = _npz_inputs(path, {m: inputs[m] for m in g.members}, (None, None))
+        classes = _classes(inputs, classes_of, {**arrays, **row_arrays})
+        arrays.update(box_batches.group_rows((g,), row_arrays, n, os.path.basename(path)))
+    return Dataset(name=os.path.basename(path), arrays=arrays,
+                   classes=classes if classes_of in unbatched else _classes(inputs, classes_of, arrays))
 
 
 def _classes(inputs: dict, classes_of: str | None, arrays: dict) -> int | None:

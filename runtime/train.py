@@ -22,11 +22,11 @@ import numpy as np
 
 from dslc.ops import OPS
 
+from . import box_batches
 from .augment import Augment
 from .checkpoint import load_checkpoint, rng_from_arrays, rng_state_to_arrays, save_checkpoint
 from .compile_watch import CompileWatch
 from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's settings)
-from . import box_batches
 from .data import Dataset, named_batches
 from .distributed import SampleSlice, from_comm, sync_batchnorm, unwrap
 from .ema import EMA

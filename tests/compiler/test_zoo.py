@@ -245,3 +245,36 @@ def test_small_models_fit_their_datasets():
     assert cifar.node("layer1.1.conv2").type.shape == ("N", 64, 32, 32)   # no stem max-pool
     assert cifar.node("layer4.1.conv2").type.shape == ("N", 512, 4, 4)
     assert cifar.train["augment"] == ("call", "augment", (), {"crop": 4, "flip": True})
+
+
+def _fast_rcnn_head_torch(classes: int) -> nn.Module:
+    """models/fast_rcnn_head.net's layers in torch (RoI pooling has no parameters)."""
+    return nn.ModuleList([nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1),
+                          nn.Linear(32 * 4 * 4, 128), nn.Linear(128, 128),
+                          nn.Linear(128, classes), nn.Linear(128, 4)])
+
+
+def _yolo_v1_tiny_torch(s: int, b: int, classes: int) -> nn.Module:
+    """models/yolo_v1_tiny.net's layers in torch: six convs (4x4 maps of a 64x64 image whatever
+    S is), then fc to S x S x (B*5 + C)."""
+    return nn.ModuleList([nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 3), nn.Conv2d(32, 64, 3),
+                          nn.Conv2d(64, 128, 3), nn.Conv2d(128, 64, 1), nn.Conv2d(64, 128, 3),
+                          nn.Linear(128 * 4 * 4, 256), nn.Linear(256, s * s * (b * 5 + classes))])
+
+
+@pytest.mark.parametrize("classes", [5, 21])
+def test_fast_rcnn_head_count_matches_torch(classes):
+    assert trainable("fast_rcnn_head", classes=classes) == torch_count(_fast_rcnn_head_torch(classes))
+    assert trainable("fast_rcnn_head") == 88_425
+    net, _ = compile_file(str(MODELS / "fast_rcnn_head.net"))
+    assert net.node("cls_score").type.shape == ("R", 5)     # one row per box, not per image
+    assert net.node("bbox_pred").type.shape == ("R", 4)
+
+
+@pytest.mark.parametrize("s, b, classes", [(4, 2, 3), (7, 2, 20)])
+def test_yolo_v1_tiny_count_and_grid_match_torch(s, b, classes):
+    assert trainable("yolo_v1_tiny", S=s, B=b, classes=classes) == torch_count(_yolo_v1_tiny_torch(s, b, classes))
+    net, _ = compile_file(str(MODELS / "yolo_v1_tiny.net"), {"S": s, "B": b, "classes": classes})
+    assert net.node("reshape1").type.shape == ("N", s, s, b * 5 + classes)
+    assert [net.node(t).op for t in net.node("loss").inputs] == ["mse"] * 5
+    assert trainable("yolo_v1_tiny") == 757_552

@@ -32,6 +32,8 @@ TRAINED = {
     "char_bilstm": "chars",
     "captioning": "synthetic",
     "unet": "synthetic",
+    "fast_rcnn_head": "synthetic",
+    "yolo_v1_tiny": "synthetic",
 }
 COMPILED_ONLY = ["alexnet", "densenet121", "googlenet", "mobilenet_v2", "nin", "resnet18", "resnet34",
                  "resnet50", "squeezenet", "vgg16"]
