@@ -167,6 +167,8 @@ def _add_use_commands(sub):
     pr.add_argument("inputs", nargs="*", metavar="INPUT", help="images (PNG, JPEG, ...), .npy or .npz files")
     pr.add_argument("--top", type=int, metavar="K", help="classes to list per sample (default 5, or fewer classes)")
     pr.add_argument("-o", "--output", metavar="OUT.npz", help="write every output here instead of printing")
+    pr.add_argument("--masks", metavar="DIR", help="a per-pixel classifier (segmentation, e.g. unet.net): write a "
+                                                   "palette PNG of each input's classes into DIR")
     pr.add_argument("--invert", action="store_true", help="invert images (dark ink on white -> light on dark)")
     pr.add_argument("--set", action="append", metavar="K=V", help=SET_HELP)
     pr.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help=DEVICE_HELP)
@@ -311,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", metavar="CKPT",
                    help="start from these parameters (transfer learning): a checkpoint, or PyTorch weights in "
                         ".safetensors, .npz or .pt/.pth (torchvision's names mapped to the zoo's)")
-    r.add_argument("--freeze", action="append", metavar="PREFIX", help="freeze parameters under this name")
+    r.add_argument("--freeze", action="append", metavar="PREFIX",
+                   help="freeze parameters under this name, e.g. layer1 (repeatable)")
+    r.add_argument("--freeze-all-but", action="append", metavar="PREFIX",
+                   help="freeze every parameter not under this name, e.g. fc: train only a new head (repeatable)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--threads", type=int, metavar="N",
                    help="Numba threads of this process (default: every core; under mpiexec, the node's cores "
