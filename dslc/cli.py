@@ -106,11 +106,18 @@ def cmd_ops(args) -> int:
 
 
 def cmd_run(args) -> int:
+    if args.lr_find:        # the range test trains nothing to keep (dslc/cli_use.py)
+        from .cli_use import lr_find_command
+        return lr_find_command(args, _overrides(args.set))
     from .cli_train import run_command
     return run_command(args, _overrides(args.set))
 
 
 def cmd_eval(args) -> int:
+    if len(dict.fromkeys(args.weights)) > 1:      # an ensemble (dslc/cli_use.py)
+        from .cli_use import eval_ensemble_command
+        return eval_ensemble_command(args)
+    args.weights = args.weights[0]
     from .cli_train import eval_command
     return eval_command(args, _overrides(args.set))
 

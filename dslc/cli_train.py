@@ -25,6 +25,7 @@ import zipfile
 from dataclasses import replace
 
 from .compiler import CompileError, UsageError, compile_file, parse_override
+from .diagnostics import did_you_mean
 from .ops import OPS
 from .runtime.box_batches import row_groups
 from .runtime.checkpoint import load_checkpoint
@@ -307,14 +308,13 @@ def _run_command(args, overrides, comm) -> int:
     lead = comm.rank == 0       # the rank that speaks and writes for the job
     for w in warnings if lead else ():
         print(w.render(), file=sys.stderr)
+    if args.freeze_all_but:     # as --freeze flags, so every path that freezes (training, --lr-find) sees them
+        args.freeze = [*(args.freeze or []), *_all_but(net, args.freeze_all_but)]
+        if lead:
+            _log(f"--freeze-all-but {' '.join(args.freeze_all_but)}: freezing {', '.join(args.freeze)}")
     cfg = TrainConfig.from_network(net, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
                                    seed=args.seed, ema=args.ema)
     threads = _set_threads(args, comm)
-    if args.lr_find:        # the range test trains nothing to keep: no checkpoint directory
-        if comm.size > 1:
-            raise UsageError("--lr-find runs in one process", "run it without mpiexec")
-        from .cli_use import lr_find_command
-        return lr_find_command(args, net, cfg)
     # Output paths first: a path that cannot be written fails now, not after an epoch of training.
     default_dir = None if args.checkpoint or not lead else default_run_dir(net.name)
     directory = comm.bcast(args.checkpoint or default_dir)
@@ -330,6 +330,30 @@ def _run_command(args, overrides, comm) -> int:
     finally:
         if default_dir is not None:
             _remove_if_unused(default_dir)
+
+
+def _all_but(net, keep: list[str]) -> list[str]:
+    """The --freeze prefixes that leave only the parameters under `keep` trained: the shortest
+    names (layers, blocks) whose parameters are all outside `keep`, in the network's order."""
+    names = [f"{n.name}.{k}" for n in net.nodes() if not n.shares for k, p in n.params.items() if p.trainable]
+
+    def under(name, prefix):
+        return name == prefix or name.startswith(prefix + ".")
+    for k in keep:
+        if not any(under(name, k) for name in names):
+            layers = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in names))
+            raise UsageError(f"--freeze-all-but {k}: the network has no trained parameters under `{k}`",
+                             help=did_you_mean(k, layers) or "names look like " + ", ".join(layers[-4:]))
+    prefixes: list[str] = []
+    for name in names:
+        if any(under(name, k) for k in keep) or any(under(name, p) for p in prefixes):
+            continue
+        parts = name.split(".")
+        # the first prefix of the name that holds no kept parameter
+        prefix = next(".".join(parts[:i]) for i in range(1, len(parts) + 1)
+                      if not any(under(k, ".".join(parts[:i])) for k in keep))
+        prefixes.append(prefix)
+    return prefixes
 
 
 def _train(args, net, cfg, directory, comm, threads) -> int:
@@ -484,11 +508,6 @@ def _eval_data(args, meta, net, cfg, weights):
 
 
 def eval_command(args, overrides) -> int:
-    if isinstance(args.weights, list):      # --weights A B C: an ensemble (dslc/cli_use.py)
-        if len(dict.fromkeys(args.weights)) > 1:
-            from .cli_use import eval_ensemble_command
-            return eval_ensemble_command(args)
-        args.weights = args.weights[0]
     foreign = is_foreign(args.weights)      # PyTorch's formats: no training record, names mapped on load
     arrays, meta = ({}, {}) if foreign else load_checkpoint(args.weights)
     if not isinstance(meta, dict):
@@ -521,12 +540,14 @@ def eval_command(args, overrides) -> int:
     topk = (1, 5) if classes and isinstance(classes, int) and classes > 5 else (1,)
     with trainer.reporting_compiles(None, "evaluation"):
         res = trainer.evaluate(ds, topk=topk, confusion=True)
+    names = recorded_class_names(meta) or ds.class_names     # the checkpoint's, else a folder's or CSV's given
     if args.format == "json":
         print(json.dumps({"network": net.name, "weights": args.weights, "data": source,
                           "split": "validation" if what.startswith("validation") else "all",
                           "samples": len(ds), "loss": res["loss"], "accuracy": res["accuracy"],
                           "top5": res.get("top5"), "terms": res.get("terms"), "per_class": res.get("per_class"),
-                          "confusion": res.get("confusion")}))
+                          "confusion": res.get("confusion"),
+                          "class_names": names}))
         return 0
     line = f"{net.name} on {source} ({what}): loss {res['loss']:.4f}"
     if res.get("terms"):
@@ -537,24 +558,30 @@ def eval_command(args, overrides) -> int:
         line += f", top-5 accuracy {res['top5']:.4f}"
     print(line)
     if res.get("confusion") is not None:
-        print(_confusion_text(res["confusion"], res["per_class"]))
+        print(_confusion_text(res["confusion"], res["per_class"], names))
     return 0
 
 
-def _confusion_text(confusion, per_class) -> str:
+def _confusion_text(confusion, per_class, names=None) -> str:
     """Per-class accuracy beside the confusion matrix (rows: true class, columns: predicted),
-    or, for many classes, the classes predicted worst."""
+    or, for many classes, the classes predicted worst. `names`: the class names (an image
+    folder's or a CSV's) shown beside each row's number; the columns keep the numbers."""
     k = len(confusion)
     counts = [sum(row) for row in confusion]
+    label = [f"{c} {names[c]}" if names is not None and len(names) == k else str(c) for c in range(k)]
     if k > MAX_PRINTED_CLASSES:
         seen = sorted((acc, c) for c, acc in enumerate(per_class) if acc is not None)[:5]
-        worst = ", ".join(f"{c} {acc:.3f} ({counts[c]})" for acc, c in seen)
+        worst = ", ".join(f"{label[c]} {acc:.3f} ({counts[c]})" for acc, c in seen)
         return (f"lowest per-class accuracy (class, accuracy, samples): {worst}; "
                 f"the {k}x{k} confusion matrix: --format json")
     width = max(3, len(str(max(max(row) for row in confusion))), len(str(k - 1)))
-    head = f"{'class':>5} {'n':>5} {'acc':>5}   predicted " + " ".join(f"{c:>{width}}" for c in range(k))
+    named = max(len(s) for s in label) > 5
+    cw = max(5, *(len(s) for s in label))
+    head = (f"{'class':<{cw}}" if named else f"{'class':>5}") + f" {'n':>5} {'acc':>5}   predicted " \
+        + " ".join(f"{c:>{width}}" for c in range(k))
     lines = [head]
     for c, row in enumerate(confusion):
         acc = f"{per_class[c]:.3f}" if per_class[c] is not None else "-"
-        lines.append(f"{c:>5} {counts[c]:>5} {acc:>5}             " + " ".join(f"{v:>{width}}" for v in row))
+        lines.append((f"{label[c]:<{cw}}" if named else f"{label[c]:>5}") + f" {counts[c]:>5} {acc:>5}             "
+                     + " ".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)

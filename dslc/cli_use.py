@@ -1110,13 +1110,19 @@ def sample_command(args) -> int:
 
 
 # ---- run --lr-find ------------------------------------------------------------------------------
-def lr_find_command(args, net, cfg) -> int:
+def lr_find_command(args, overrides) -> int:
     """`dslc run FILE --lr-find [PLOT.png]`: the learning-rate range test (runtime/lr_find.py) on
     the run's data and optimizer; prints loss against rate and the suggested rate, draws them
     with a path, and writes no checkpoint."""
     from .cli_train import _datasets
     from .runtime.lr_find import lr_range_test
     from .runtime.model import Model
+    from .runtime.train import TrainConfig
+    net, warnings = compile_file(args.file, overrides)
+    for w in warnings:
+        print(w.render(), file=sys.stderr)
+    cfg = TrainConfig.from_network(net, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
+                                   seed=args.seed, ema=args.ema)
     plot = args.lr_find if isinstance(args.lr_find, str) else None
     if plot:
         _check_output_path(plot, ".png", [args.file])
@@ -1131,8 +1137,12 @@ def lr_find_command(args, net, cfg) -> int:
     model = Model(net, device=args.device, seed=cfg.seed)
     if args.weights:
         _log(str(model.load_params(args.weights)))
-    if args.freeze:
-        model.freeze(*args.freeze)
+    freeze = list(args.freeze or [])
+    if getattr(args, "freeze_all_but", None):
+        from .cli_train import _all_but
+        freeze += _all_but(net, args.freeze_all_but)
+    if freeze:
+        model.freeze(*freeze)
     train, _, _, _ = _datasets(net, args.data, cfg, args.limit, _log, args.val, getattr(args, "label_column", None))
     _log(f"learning-rate range test: {net.name} on {train.name} ({len(train)} samples), {cfg.optimizer} "
          f"with the rate rising from 1e-07 to 10 over {steps} batches of {cfg.batch}; nothing is saved")

@@ -52,6 +52,7 @@ CASES = {
     "augment": ({"augment": "augment(flip = true)"}, {}),
     "lr_mult": ({"lr_mult": "lr_mult(dense1 = 0.1)"}, {}),
     "init": ({"init": "xavier"}, {"init": "he"}),
+    "ema": ({"ema": "0.9"}, {}),        # changes what is kept beside the weights (compared below)
 }
 OPTIMIZER_VALUES = {"lr": "0.02", "momentum": "0.5", "nesterov": "true", "weight_decay": "0.5", "eps": "0.5",
                     "alpha": "0.5", "beta1": "0.3", "beta2": "0.5"}
@@ -88,8 +89,13 @@ def _trained(settings: dict) -> dict:
     model = Model(net, seed=0)
     train, val = load_dataset("digits", x_shape=(1, 4, 4), x_dtype="float32", y_shape=(), y_dtype="int64",
                               val_fraction=cfg.val_fraction, seed=cfg.seed, limit=40, classes=10)
-    Trainer(model, cfg, train, val, progress=False, log=lambda s: None).fit()
-    return {k: v.copy() for k, v in model.params.items()}
+    trainer = Trainer(model, cfg, train, val, progress=False, log=lambda s: None)
+    trainer.fit()
+    params = {k: v.copy() for k, v in model.params.items()}
+    # The averaged weights `ema` keeps: for a run without them, the trained weights they would equal.
+    params.update({f"ema/{k}": v.copy() for k, v in (trainer.ema.avg if trainer.ema else
+                                                      {k: params[k] for k in model.trainable_names()}).items()})
+    return params
 
 
 def _assert_changes(with_it, without_it):
