@@ -308,7 +308,7 @@ def _run_command(args, overrides, comm) -> int:
     lead = comm.rank == 0       # the rank that speaks and writes for the job
     for w in warnings if lead else ():
         print(w.render(), file=sys.stderr)
-    if args.freeze_all_but:     # as --freeze flags, so every path that freezes (training, --lr-find) sees them
+    if args.freeze_all_but:     # as --freeze flags: the model freezes prefixes, and the line names them
         args.freeze = [*(args.freeze or []), *_all_but(net, args.freeze_all_but)]
         if lead:
             _log(f"--freeze-all-but {' '.join(args.freeze_all_but)}: freezing {', '.join(args.freeze)}")
@@ -504,6 +504,8 @@ def _eval_data(args, meta, net, cfg, weights):
         limit = recorded.get("limit")
     _, ds = spec.load(source, val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit, vocab=vocab,
                       class_names=names)
+    if getattr(ds, "origin", None) is not None:     # an image folder's val/, not a split of its images
+        return ds, ds.origin, f"validation folder, {len(ds)} samples"
     return ds, source, f"validation split, {len(ds)} samples"
 
 

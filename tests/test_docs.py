@@ -46,6 +46,9 @@ NOT_RUN = {
     "--checkpoint runs/r",                                                     # needs a cluster
     "import safetensors.torch, torchvision",                                   # torchvision: not a dependency
     "$ dslc predict models/resnet18.net --weights resnet18-torchvision.safetensors x.npy",   # that file
+    # tests/test_transfer_recipe.py runs it on an image folder and weights file it generates
+    "$ dslc run models/resnet18.net --data my_images/ --set classes=3 --weights resnet18-torchvision.safetensors "
+    "--freeze-all-but fc --lr 0.01 --epochs 1 --batch 4 --checkpoint runs/transfer --quiet",
 }
 
 
