@@ -1026,15 +1026,26 @@ def _text_model(net, vocab: str, weights: str) -> tuple[str, str]:
                      "sample from a character model trained with `dslc run --data chars` or a .txt file")
 
 
+def _draw(scores: np.ndarray, temperature: float, rng) -> int:
+    """A character id from the softmax of scores / temperature (0: the likeliest)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if temperature == 0:
+        return int(np.argmax(scores))
+    z = scores / temperature
+    p = np.exp(z - z.max())
+    return int(rng.choice(len(p), p=p / p.sum()))
+
+
 def sample_command(args) -> int:
     """Characters from a trained character model, one at a time: each is drawn from the softmax
     of the scores for the last position (divided by the temperature) and appended to the text.
 
-    Each step re-runs the model over a window of the last --window characters (default: the T the
-    model was trained on) from the zero state the training windows started from, rather than
-    carrying the recurrent state from step to step: the kernels take no initial state to carry.
-    That is correct for the length the model learned, and costs a window's worth of steps per
-    character."""
+    A model that is a chain of embed, recurrent, dense and elementwise layers is stepped one
+    character at a time with its recurrent state carried (runtime/stepper.py): the prime, then
+    each new character, moves the state on by one step, so the text continues from all of it.
+    Other models (bidirectional layers, attention, ...), or any with --window W given, re-run the
+    model over the last W characters (default: the T it was trained on) from the zero state per
+    character: the compiled kernels take a whole sequence and give no final state back."""
     if args.length < 0:
         raise UsageError(f"--length {args.length}: give 0 or more characters", "e.g. --length 200")
     if not args.temperature >= 0 or not np.isfinite(args.temperature):
@@ -1088,23 +1099,32 @@ def sample_command(args) -> int:
     ids = [index[c] for c in prime]
     rng = np.random.default_rng(args.seed)
     out_chars = []
+    from .runtime.stepper import Stepper, unsupported
+    why = "--window was given" if args.window is not None else unsupported(net, name, output)
+    stepper = Stepper(model, name, output) if why is None else None
+    scores = None
+    if stepper is not None:
+        for i in ids:
+            scores = stepper.step(i)
     for _ in range(args.length):
+        if stepper is not None:
+            nxt = _draw(scores[:len(vocab)], args.temperature, rng)
+            ids.append(nxt)
+            out_chars.append(vocab[nxt])
+            scores = stepper.step(nxt)
+            continue
         if fixed and len(ids) < window:
             raise UsageError(f"{net.name} takes exactly {window} characters at a time, and --prime has {len(ids)}",
                              f"give a --prime of at least {window} characters")
         context = np.array(ids[-window:], dtype=np.int64)[None]
         scores = model.forward(**{name: context})[output][0, -1, :len(vocab)].astype(np.float64)
-        if args.temperature == 0:
-            nxt = int(np.argmax(scores))
-        else:
-            z = scores / args.temperature
-            p = np.exp(z - z.max())
-            nxt = int(rng.choice(len(p), p=p / p.sum()))
+        nxt = _draw(scores, args.temperature, rng)
         ids.append(nxt)
         out_chars.append(vocab[nxt])
+    how = "the recurrent state carried from character to character" if stepper is not None else \
+        f"window {window} (the model re-run over the last {window} characters per character: {why})"
     _log(f"sampled {args.length} character{'s' * (args.length != 1)} after a {len(prime)}-character prime, "
-         f"temperature {args.temperature:g}, seed {args.seed}, window {window} (the model re-run over the last "
-         f"{window} characters per character)")
+         f"temperature {args.temperature:g}, seed {args.seed}, {how}")
     sys.stdout.write(prime + "".join(out_chars) + "\n")
     return 0
 

@@ -116,7 +116,7 @@ def test_sample_prints_the_prime_then_length_characters_deterministically(char_c
     text = first.stdout[:-1]                    # the text, then a newline
     assert text.startswith("The ") and len(text) == 4 + 30
     assert set(text) <= set(vocab)
-    assert "window 16" in first.stderr          # the trained T, recorded in the checkpoint
+    assert "the recurrent state carried from character to character" in first.stderr
     again = _sample(char_ckpt, "--prime", "The ", "--length", "30", "--temperature", "0.8", "--seed", "3")
     assert again.stdout == first.stdout
     other = _sample(char_ckpt, "--prime", "The ", "--length", "30", "--temperature", "0.8", "--seed", "4")
@@ -125,7 +125,8 @@ def test_sample_prints_the_prime_then_length_characters_deterministically(char_c
 
 @pytest.mark.slow
 def test_sample_at_temperature_zero_follows_the_model(char_ckpt, capsys):
-    """Greedy sampling is the argmax of the model's scores for the last position over a sliding window."""
+    """With --window, greedy sampling is the argmax of the model's scores for the last position over a
+    sliding window."""
     from dslc.runtime.checkpoint import load_checkpoint
     from dslc.runtime.model import Model
     arrays, meta = load_checkpoint(char_ckpt)
@@ -137,8 +138,11 @@ def test_sample_at_temperature_zero_follows_the_model(char_ckpt, capsys):
         scores = model.forward(text=np.array([ids[-16:]]))["logits"][0, -1]
         ids.append(int(np.argmax(scores)))
     assert main(["sample", CHARNET, "--weights", char_ckpt, "--prime", "Once upon a time, ", "--length", "12",
-                 "--temperature", "0"]) == 0
-    assert capsys.readouterr().out == "".join(vocab[i] for i in ids) + "\n"
+                 "--temperature", "0", "--window", "16"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "".join(vocab[i] for i in ids) + "\n"
+    assert "window 16 (the model re-run over the last 16 characters per character: --window was given)" \
+        in captured.err
 
 
 @pytest.mark.slow
