@@ -221,9 +221,10 @@ def _add_use_commands(sub):
     pl.set_defaults(func=cmd_plot)
 
     sa = sub.add_parser("sample", help="generate text from a trained character model",
-                        description="Print --prime and then --length characters drawn one at a time. Each "
-                                    "character re-runs the model over a sliding window of the last --window "
-                                    "characters (not an incremental step with the recurrent state carried).")
+                        description="Print --prime and then --length characters drawn one at a time. A chain of "
+                                    "embed, recurrent, dense and elementwise layers is stepped one character at a "
+                                    "time with its recurrent state carried; other models, or --window W, re-run "
+                                    "the model over a sliding window of the last W characters per character.")
     sa.add_argument("file", help=FILE_HELP)
     sa.add_argument("--weights", required=True, metavar="CKPT", help="last.ckpt / best.ckpt of a text run")
     sa.add_argument("--prime", metavar="TEXT", help="the text to continue (default: a newline)")
@@ -233,7 +234,8 @@ def _add_use_commands(sub):
                          "0 always the likeliest (default 1)")
     sa.add_argument("--seed", type=int, default=0, help="the random draws' seed (default 0)")
     sa.add_argument("--window", type=int, metavar="W",
-                    help="characters of context per step (default: the sequence length T it was trained with)")
+                    help="re-run the model over the last W characters per step instead of carrying the state "
+                         "(default for models that cannot be stepped: the sequence length T it was trained with)")
     sa.add_argument("--set", action="append", metavar="K=V", help=SET_HELP)
     sa.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help=DEVICE_HELP)
     sa.set_defaults(func=cmd_sample)
