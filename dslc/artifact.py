@@ -20,7 +20,7 @@ import networkx as nx
 
 from .diagnostics import Source, Span
 from .elaborate import MAX_NODES, MAX_PARAMS, MAX_TENSOR_BYTES
-from .graph import Network, Node, add_node
+from .graph import Network, Node, Objective, add_node
 from .ops import OPS, ParamSpec, ShapeError, TensorType
 
 FORMAT = "dslc-network"
@@ -78,7 +78,9 @@ def to_dict(net: Network) -> dict:
         })
     return {"format": FORMAT, "version": VERSION, "network": net.name, "source": net.source_path,
             "params": net.params, "inputs": net.inputs, "outputs": net.outputs, "loss": net.loss,
-            "train": _train_json(net.train), "symbols": net.symbols, "tensors": net.tensors, "nodes": nodes}
+            "train": _train_json(net.train), "symbols": net.symbols, "tensors": net.tensors, "nodes": nodes,
+            **({"objectives": [{"name": o.name, "loss": o.loss, "trains": list(o.trains), "params": list(o.params)}
+                               for o in net.objectives], "alternate": list(net.alternate)} if net.objectives else {})}
 
 
 def _train_json(train):
@@ -181,8 +183,18 @@ def _load(d: dict) -> Network:
     if any(not (isinstance(k, str) and k.isidentifier()) or not (v is None or (_whole(v) and v >= 1))
            for k, v in d["symbols"].items()):
         raise ArtifactError("a damaged compiled network (`symbols` holds a name or a size that is not one)")
+    try:
+        objectives = tuple(Objective(str(o["name"]), str(o["loss"]), tuple(map(str, o["trains"])),
+                                     tuple(map(str, o["params"]))) for o in d.get("objectives", []))
+        alternate = tuple(str(a) for a in d.get("alternate", []))
+    except (TypeError, KeyError):
+        raise ArtifactError("a damaged compiled network (its objectives are not name, loss, trains, params)") \
+            from None
+    if any(o.loss not in g for o in objectives) or any(a not in {o.name for o in objectives} for a in alternate):
+        raise ArtifactError("a damaged compiled network (an objective names a node or objective it does not hold)")
     return Network(str(d["network"]), g, d["params"], list(d["inputs"]), list(d["outputs"]), d["loss"],
-                   _train_load(d["train"]), d["symbols"], str(d.get("source", "")), [], tensors)
+                   _train_load(d["train"]), d["symbols"], str(d.get("source", "")), [], tensors, [],
+                   objectives, alternate)
 
 
 def _whole(x) -> bool:

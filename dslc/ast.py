@@ -210,6 +210,9 @@ class LossTerm:
 class LossDecl:
     terms: list[LossTerm]
     span: Span
+    name: str | None = None            # `loss d: ...`: a named objective
+    name_span: Span | None = None
+    trains: list = field(default_factory=list)      # (label, span) of `trains a, b`
 
 
 @dataclass

@@ -17,7 +17,7 @@ import networkx as nx
 
 from . import ast
 from .diagnostics import CompileError, Diagnostics, Span, did_you_mean
-from .graph import Network, Node, add_node
+from .graph import Network, Node, Objective, add_node
 from .ops import OPS, ShapeError, TensorType
 from .parser import parse, read_source
 from .train_section import check_section
@@ -136,20 +136,39 @@ class Elaborator:
             self._assign(a, top)
         loss = None
         loss_decls = [it for it in items if isinstance(it, ast.LossDecl)]
-        for extra in loss_decls[1:]:
-            self.d.error("a network has one `loss` statement", extra.span, label="second `loss` here",
-                         help="add terms to one loss: `loss a(...) + 0.5 * b(...)`")
+        sections = [it for it in items if isinstance(it, ast.TrainSection)]
+        alternates = [i for sec in sections for i in sec.items if i.key == "alternate"]
+        objectives, alternate = (), ()
         loss_inputs = []
-        if loss_decls:
-            loss, loss_inputs = self._loss(loss_decls[0], top)
+        if any(decl.name for decl in loss_decls):
+            loss, loss_inputs, objectives = self._objectives(loss_decls, top)
+            alternate = self._alternate(alternates, objectives)
+        else:
+            for extra in loss_decls[1:]:
+                self.d.error("a network has one `loss` statement", extra.span, label="second `loss` here",
+                             help="add terms to one loss: `loss a(...) + 0.5 * b(...)`, or name each "
+                                  "objective: `loss d: ... trains disc`")
+            for decl in loss_decls:
+                if decl.trains:
+                    self.d.error("`trains` belongs to a named objective", decl.trains[0][1], label="here",
+                                 notes=["an unnamed `loss` trains every parameter"],
+                                 help=f"name it, e.g. `loss main: ... trains {decl.trains[0][0]}`, or drop `trains`")
+            for it in alternates:
+                self.d.error("`alternate` steps named objectives, but this network has none", it.span,
+                             label="nothing to alternate",
+                             help="declare them, e.g. `loss d: ... trains disc` and `loss g: ... trains gen`, "
+                                  "or remove `alternate`")
+            if loss_decls:
+                loss, loss_inputs = self._loss(loss_decls[0], top)
         outputs = self._outputs(items, top, loss_inputs, assigns)
-        train = self._train([it for it in items if isinstance(it, ast.TrainSection)], top)
+        kept = [ast.TrainSection([i for i in sec.items if i.key != "alternate"], sec.span) for sec in sections]
+        train = self._train(kept, top)
         warnings = self._unused(assigns, top, outputs)
         warnings += self._nothing_to_run(decls[0] if decls else None, name, items, top, outputs, loss)
         self._check_overrides_used(params)
         net = Network(name, self.g, params, inputs, outputs, loss, train, self.symbols,
                       self.program.source.path, warnings,
-                      {t: n for t, n in top.tensors.items() if n is not None}, self.files)
+                      {t: n for t, n in top.tensors.items() if n is not None}, self.files, objectives, alternate)
         return net
 
     def _nothing_to_run(self, decl, name, items, top, outputs, loss):
@@ -980,8 +999,9 @@ class Elaborator:
         return self._make_node(op, _defaults(op), outs, ast.Call(term.kind, [], term.span, term.span), bs, None)
 
     # ---- loss, outputs, train --------------------------------------------------------------
-    def _loss(self, decl: ast.LossDecl, top: _Scope):
-        scope = top.child("loss", "loss")
+    def _loss(self, decl: ast.LossDecl, top: _Scope, scope: _Scope | None = None, label: str = "loss"):
+        """The terms in `scope` (default `loss.`) and their weighted total, labelled `label` in `top`."""
+        scope = scope or top.child("loss", "loss")
         nodes, weights, loss_inputs = [], [], []
         for t in decl.terms:
             op = OPS.get(t.call.name)
@@ -1002,8 +1022,125 @@ class Elaborator:
         if not nodes or len(nodes) != len(decl.terms):
             return None, loss_inputs
         call = ast.Call("loss_sum", [], decl.span, decl.span)
-        total = self._make_node(OPS["loss_sum"], {"weights": tuple(weights)}, nodes, call, top, "loss")
+        total = self._make_node(OPS["loss_sum"], {"weights": tuple(weights)}, nodes, call, top, label)
         return total, loss_inputs
+
+    def _objectives(self, decls, top):
+        """Named objectives (`loss d: ... trains disc`): each a total of its own terms, named
+        `loss.NAME`, checked against the parameters it says it trains; the network's loss is
+        their sum (what `dslc eval` reports beside each one)."""
+        totals, loss_inputs, objectives, seen, owner = [], [], [], {}, {}
+        params = self._param_names()
+        for decl in decls:
+            if decl.name is None:
+                self.d.error("an unnamed `loss` beside named objectives", decl.span, label="no name",
+                             notes=["an unnamed loss trains every parameter; named ones train their own groups"],
+                             help="name it and say what it trains, e.g. `loss extra: ... trains LABEL`")
+                continue
+            if decl.name in seen:
+                self.d.error(f"objective `{decl.name}` is declared twice", decl.name_span, label="again here",
+                             notes=[f"first declared at {seen[decl.name].where}"],
+                             help="give each objective its own name, or add the terms to one")
+                continue
+            seen[decl.name] = decl.name_span
+            if not decl.trains:
+                self.d.error(f"objective `{decl.name}` does not say what it trains", decl.name_span,
+                             label="no `trains`",
+                             notes=["each named objective moves only the parameters of the labels it names"],
+                             help=f"add `trains LABEL` after its terms, e.g. `loss {decl.name}: ... trains disc`")
+                continue
+            scope = top.child("loss", "loss")
+            total, inputs = self._loss(decl, scope, scope.child(decl.name, "loss"), decl.name)
+            loss_inputs += inputs
+            trained = []
+            for label, span in decl.trains:
+                mine = [p for p in params if p == label or p.startswith(label + ".")]
+                if not mine:
+                    labelled = sorted({p.split(".")[0] for p in params})
+                    what = "has no parameters" if self.g.has_node(label) or any(
+                        n.startswith(label + ".") for n in self.g.nodes) else "is not a label in this network"
+                    self.d.error(f"objective `{decl.name}` trains `{label}`, which {what}", span, label="here",
+                                 notes=["top-level labels with parameters: "
+                                        + (", ".join(f"`{x}`" for x in labelled) or "none")],
+                                 help=did_you_mean(label, labelled) or "name a labelled layer or block instance, "
+                                                                        "e.g. `disc: discriminator(64)`")
+                    continue
+                shared = [p for p in mine if owner.get(p, decl.name) != decl.name]
+                if shared:
+                    self.d.warn(f"objectives `{owner[shared[0]]}` and `{decl.name}` both train `{label}` "
+                                f"({len(shared)} parameter{'s' * (len(shared) > 1)}, e.g. `{shared[0]}`)", span,
+                                label="here", help="each objective's steps move them; name disjoint groups "
+                                                   "unless that is meant")
+                for p in mine:
+                    owner.setdefault(p, decl.name)
+                trained += [p for p in mine if p not in trained]
+            if total is None or len(trained) == 0:
+                continue
+            if not self._reaches(total, set(trained)):
+                self.d.error(f"objective `{decl.name}` trains nothing: its loss does not depend on the "
+                             f"parameters of {', '.join(f'`{x}`' for x, _ in decl.trains)}", decl.name_span,
+                             label="trains nothing",
+                             notes=["a `detach`/`stop_gradient` on the way, or no path at all, cuts the gradient"],
+                             help="train the labels the loss reads through, or remove the `detach` between them")
+                continue
+            totals.append(total)
+            objectives.append(Objective(decl.name, total, tuple(x for x, _ in decl.trains), tuple(trained)))
+        if len(objectives) != len(decls):
+            return None, loss_inputs, ()
+        call = ast.Call("loss_sum", [], decls[0].span, decls[0].span)
+        loss = self._make_node(OPS["loss_sum"], {"weights": tuple(1.0 for _ in totals)}, totals, call, top, "loss")
+        return loss, loss_inputs, tuple(objectives)
+
+    def _param_names(self) -> list:
+        """Every trainable parameter's full name (`disc.conv1.weight`), the owners' only."""
+        out = []
+        for n in self.g.nodes:
+            node = self._node(n)
+            if not node.shares:
+                out += [f"{n}.{k}" for k, p in node.params.items() if p.trainable]
+        return out
+
+    def _reaches(self, total, trained: set) -> bool:
+        """Whether a gradient from `total` reaches a parameter in `trained`: back along edges that
+        pass gradients (stop_gradient's do not)."""
+        todo, seen = [total], {total}
+        while todo:
+            node = self._node(todo.pop())
+            if any(node.param_name(k) in trained for k, p in node.params.items() if p.trainable):
+                return True
+            if node.op == "input" or not OPS[node.op].grad_inputs(node.attrs, [self._node(i).type
+                                                                               for i in node.inputs]):
+                continue
+            for i in node.inputs:
+                if i not in seen:
+                    seen.add(i)
+                    todo.append(i)
+        return False
+
+    def _alternate(self, items, objectives):
+        """`alternate a, b`: the order objectives are stepped in per batch (default: as declared)."""
+        names = [o.name for o in objectives]
+        if not items:
+            return tuple(names)
+        for extra in items[1:]:
+            self.d.error("`alternate` is given twice", extra.span, label="again here",
+                         notes=[f"first given at {items[0].span.where}"], help="keep one")
+        order = []
+        for name, span in items[0].value:
+            if name not in names:
+                if objectives or not self.d.items:
+                    self.d.error(f"`alternate` names `{name}`, which is not an objective", span, label="unknown",
+                                 notes=["objectives: " + (", ".join(f"`{n}`" for n in names) or "none")],
+                                 help=did_you_mean(name, names) or "name objectives declared with `loss NAME: ...`")
+                continue
+            order.append(name)
+        left = [n for n in names if n not in order]
+        if left and len(order) == len(items[0].value):
+            self.d.error(f"`alternate` leaves out objective{'s' * (len(left) > 1)} "
+                         f"{', '.join(f'`{n}`' for n in left)}", items[0].span, label="never stepped",
+                         notes=["an objective that is never stepped trains nothing"],
+                         help=f"add it, e.g. `alternate {', '.join(names)}`")
+        return tuple(order)
 
     def _outputs(self, items, top, loss_inputs, assigns):
         outs = []

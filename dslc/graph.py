@@ -71,6 +71,15 @@ def add_node(g: nx.DiGraph, node: Node):
         g.add_edge(i, node.name)
 
 
+@dataclass(frozen=True)
+class Objective:
+    """One named objective: its total's node, the labels it trains and their parameters' full names."""
+    name: str
+    loss: str
+    trains: tuple[str, ...]
+    params: tuple[str, ...]
+
+
 @dataclass
 class Network:
     """What elaboration produces: the graph and the facts around it."""
@@ -86,6 +95,10 @@ class Network:
     warnings: list = field(default_factory=list)
     tensors: dict = field(default_factory=dict)   # top-level tensor name -> node name
     source_files: list[str] = field(default_factory=list)   # every file read: the program, then its imports
+    # Named objectives (`loss d: ... trains disc`), in declaration order; `loss` is then their sum,
+    # and `alternate` the order the trainer steps them in per batch (docs/LANGUAGE.md).
+    objectives: tuple = ()
+    alternate: tuple = ()
 
     def node(self, name: str) -> Node:
         """The node called `name` (KeyError if there is none)."""

@@ -481,13 +481,28 @@ class _ToAst(Transformer):
     def loss_decl(self, meta, c):
         """Terms with the sign before each folded into its weight (`- 0.1 * c` weighs c by -0.1)."""
         terms, sign = [], 1.0
+        name = name_span = None
+        trains = []
         for child in c:
             if isinstance(child, float):
                 sign = child
+            elif isinstance(child, tuple) and child[0] == "objective":
+                name, name_span = child[1], child[2]
+            elif isinstance(child, tuple) and child[0] == "trains":
+                trains = child[1]
             else:
                 terms.append(ast.LossTerm(sign * child.weight, child.call, child.span))
                 sign = 1.0
-        return ast.LossDecl(terms, self.sp(meta))
+        return ast.LossDecl(terms, self.sp(meta), name, name_span, trains)
+
+    def objective_name(self, meta, c):
+        return ("objective", str(c[0]), self.tsp(c[0]))
+
+    def trains_clause(self, meta, c):
+        return ("trains", [(str(t), self.tsp(t)) for t in c])
+
+    def train_alternate(self, meta, c):
+        return ast.TrainItem("alternate", [(str(t), self.tsp(t)) for t in c], self.sp(meta))
 
     def train_item(self, meta, c):
         return ast.TrainItem(str(c[0]), c[1], self.sp(meta))

@@ -31,6 +31,7 @@ from .data import Dataset, named_batches
 from .distributed import SampleSlice, from_comm, sync_batchnorm, unwrap
 from .ema import EMA
 from .errors import CheckpointError, RuntimeUserError
+from .objectives import Objectives
 from .optim import make_schedule
 
 CHECKPOINT_NAME = "last.ckpt"
@@ -89,6 +90,8 @@ def data_roles(net):
 def term_names(net) -> list:
     """A name for each loss term, for metrics: its op (cross_entropy, smooth_l1, ...), numbered
     from the second of the same op on (mse, mse_2)."""
+    if getattr(net, "objectives", ()):      # named objectives: the loss sums them (runtime/objectives.py)
+        return [o.name for o in net.objectives]
     names, seen = [], {}
     for t in loss_terms(net):
         op = net.node(t).op
@@ -158,6 +161,7 @@ class Trainer:
             self.schedule = make_schedule(cfg.schedule, cfg.lr, epochs=cfg.epochs, **cfg.schedule_args)
         except (ValueError, TypeError) as e:
             raise RuntimeUserError(f"training setting: {e}", "see docs/LANGUAGE.md, section train") from None
+        self.objectives = None
         a = cfg.augment
         if a and self.x_name is None:
             raise RuntimeUserError(f"`augment` transforms a network's one image input, but `{self.net.name}` has "
@@ -187,6 +191,9 @@ class Trainer:
         self.history = []
         self._agreed_signal = None
         self.ema = EMA(model, cfg.ema) if cfg.ema else None      # runtime/ema.py
+        if self.net.objectives:     # several objectives, each its own optimizer: runtime/objectives.py
+            self.objectives = Objectives(self)
+            self.opt = self.objectives.opt
         if self.ranks > 1:
             self._check_same_config(config_digest)
 
@@ -287,6 +294,8 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------
     def _step(self, feeds, lr):
+        if self.objectives is not None:
+            return self.objectives.step(feeds, lr)
         m = self.model
         if self.sync_batchnorm:     # the training plan's batchnorm calls, before its first forward
             batch, symbols = m._bindings(m._feeds(feeds))

@@ -278,3 +278,21 @@ def test_yolo_v1_tiny_count_and_grid_match_torch(s, b, classes):
     assert net.node("reshape1").type.shape == ("N", s, s, b * 5 + classes)
     assert [net.node(t).op for t in net.node("loss").inputs] == ["mse"] * 5
     assert trainable("yolo_v1_tiny") == 757_552
+
+
+def _dcgan_torch(nz: int, ngf: int, ndf: int) -> nn.Module:
+    """models/dcgan.net's generator and (once: it is shared) discriminator in torch."""
+    gen = nn.Sequential(nn.ConvTranspose2d(nz, ngf * 2, 2, 2), nn.BatchNorm2d(ngf * 2), nn.ReLU(),
+                        nn.ConvTranspose2d(ngf * 2, ngf, 2, 2), nn.BatchNorm2d(ngf), nn.ReLU(),
+                        nn.ConvTranspose2d(ngf, 1, 2, 2), nn.Sigmoid())
+    disc = nn.Sequential(nn.Conv2d(1, ndf, 3, 2, 1), nn.LeakyReLU(0.2),
+                         nn.Conv2d(ndf, ndf * 2, 3, 2, 1), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2),
+                         nn.Flatten(), nn.Linear(ndf * 2 * 2 * 2, 1))
+    return nn.ModuleDict({"gen": gen, "disc": disc})
+
+
+def test_dcgan_counts_the_shared_discriminator_once_and_matches_torch():
+    assert trainable("dcgan") == torch_count(_dcgan_torch(16, 32, 32)) == 31_906
+    net, _ = compile_file(str(MODELS / "dcgan.net"))
+    assert net.node("gen.sigmoid1").type.shape == ("N", 1, 8, 8)
+    assert [o.name for o in net.objectives] == ["d", "g"] and net.alternate == ("d", "g")
