@@ -20,7 +20,7 @@ import networkx as nx
 
 from .diagnostics import Source, Span
 from .elaborate import MAX_NODES, MAX_PARAMS, MAX_TENSOR_BYTES
-from .graph import Network, Node, Objective, add_node
+from .graph import Network, Node, Objective, add_node, leading_axis_as_batch
 from .ops import OPS, ParamSpec, ShapeError, TensorType
 
 FORMAT = "dslc-network"
@@ -202,8 +202,10 @@ def _whole(x) -> bool:
 
 
 def _input_type_ok(t: TensorType) -> bool:
+    # the first axis is the batch `N`, or an unbatched input's own named row axis (roi boxes: `R`)
     dims = t.shape[1:]
-    return (t.shape[:1] == ("N",) and t.dtype in ("float32", "int64")
+    return (len(t.shape) >= 1 and isinstance(t.shape[0], str) and t.shape[0].isidentifier()
+            and t.dtype in ("float32", "int64")
             and all((_whole(x) and x >= 1) or (isinstance(x, str) and x.isidentifier()) for x in dims)
             and math.prod(x for x in dims if _whole(x)) * 4 <= MAX_TENSOR_BYTES)
 
@@ -220,7 +222,10 @@ def _checked(name, op, attrs, inputs, stored, params, macs, span, scope, g) -> N
         raise ArtifactError(f"a damaged compiled network (node `{name}` ({op}) has {n_in} inputs)")
     a = dict(attrs)
     try:
+        in_types, lead = leading_axis_as_batch(prim, in_types, inputs)
         out = prim.shape(a, in_types)
+        if lead is not None and out.shape[:1] == ("N",):
+            out = TensorType((lead, *out.shape[1:]), out.dtype)
         want_params = prim.params(a, in_types)
         want_macs = prim.macs(a, in_types, out)
     except ShapeError as e:

@@ -17,7 +17,7 @@ import networkx as nx
 
 from . import ast
 from .diagnostics import CompileError, Diagnostics, Span, did_you_mean
-from .graph import Network, Node, Objective, add_node
+from .graph import Network, Node, Objective, add_node, leading_axis_as_batch
 from .ops import OPS, ShapeError, TensorType
 from .parser import parse, read_source
 from .train_section import check_section
@@ -652,25 +652,6 @@ class Elaborator:
             return [f"`{expr.id}` was set on the command line: `--set {expr.id}={self.overrides[expr.id]}`"]
         return []
 
-    def _leading_axis(self, prim, in_types, inputs):
-        """Shape rules see "N" first. Where every input leads with the same other axis (R boxes
-        after roi_pool), they see it as "N" and the output leads with it again; inputs that lead
-        with different axes (samples and boxes) meet only in an op with `mixes_batches`."""
-        if prim.mixes_batches:
-            return in_types, None
-        leads = {t.shape[0] for t in in_types if t.rank}
-        if leads <= {"N"}:
-            return in_types, None
-        if len(leads) > 1:
-            rows = ", ".join(f"`{i}` leads with {t.shape[0]} {t}" for i, t in zip(inputs, in_types) if t.rank)
-            raise ShapeError(f"{prim.name} mixes tensors counted differently: {rows}",
-                             expected="inputs whose first axes count the same rows",
-                             found=", ".join(str(t) for t in in_types),
-                             help="a tensor counted by sample (N) meets one counted by box (R) only in "
-                                  "roi_pool or roi_align")
-        (lead,) = leads
-        return [TensorType(("N", *t.shape[1:]), t.dtype) if t.rank else t for t in in_types], lead
-
     def _make_node(self, op, attrs, inputs, call, scope: _Scope, label, arg_spans=None):
         arg_spans = arg_spans or {}
         try:
@@ -687,7 +668,7 @@ class Elaborator:
                 raise ShapeError(f"`{op.name}` takes {want} input tensor{'s' * (want != 1)}, found {len(inputs)}",
                                  help="tensors flow in with `->` or are passed by name, e.g. `add(x)`")
             in_types = [self._node(i).type for i in inputs]
-            in_types, lead = self._leading_axis(prim, in_types, inputs)
+            in_types, lead = leading_axis_as_batch(prim, in_types, inputs)
             out = prim.shape(attrs, in_types)
             if lead is not None and out.shape[:1] == ("N",):
                 out = TensorType((lead, *out.shape[1:]), out.dtype)

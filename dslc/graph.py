@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from .diagnostics import Span
-from .ops import ParamSpec, TensorType
+from .ops import ParamSpec, ShapeError, TensorType
 
 __all__ = ["Network", "Node", "ParamSpec", "TensorType", "add_node"]
 
@@ -127,3 +127,25 @@ class Network:
             if n == node:
                 return t
         return node
+
+
+def leading_axis_as_batch(prim, in_types, inputs):
+    """(input types as the shape rule sees them, the leading axis to give back or None).
+
+    Shape rules see "N" first. Where every input leads with the same other axis (R boxes
+    after roi_pool), they see it as "N" and the output leads with it again; inputs that lead
+    with different axes (samples and boxes) meet only in an op with `mixes_batches`."""
+    if prim.mixes_batches:
+        return in_types, None
+    leads = {t.shape[0] for t in in_types if t.rank}
+    if leads <= {"N"}:
+        return in_types, None
+    if len(leads) > 1:
+        rows = ", ".join(f"`{i}` leads with {t.shape[0]} {t}" for i, t in zip(inputs, in_types) if t.rank)
+        raise ShapeError(f"{prim.name} mixes tensors counted differently: {rows}",
+                         expected="inputs whose first axes count the same rows",
+                         found=", ".join(str(t) for t in in_types),
+                         help="a tensor counted by sample (N) meets one counted by box (R) only in "
+                              "roi_pool or roi_align")
+    (lead,) = leads
+    return [TensorType(("N", *t.shape[1:]), t.dtype) if t.rank else t for t in in_types], lead
