@@ -24,3 +24,13 @@ class DataError(RuntimeUserError):
 
 class CheckpointError(RuntimeUserError):
     """A checkpoint could not be read, or failed its integrity check."""
+
+
+def divergence(epoch: int, step: int, what: str, plan, net) -> RuntimeUserError:
+    """The error for a non-finite loss at (epoch, step), naming the first layer whose output went
+    non-finite: one wording for the one-loss trainer and for each objective of several."""
+    bad = plan.first_nonfinite()
+    where = f"; first non-finite output: `{bad}` ({net.node(bad).op})" if bad else ""
+    return RuntimeUserError(f"training diverged at epoch {epoch + 1}, step {step + 1}: {what}{where}",
+                            "lower the learning rate (--lr), add `clip_grad_norm` to the train section, "
+                            "or check the data for NaN values")

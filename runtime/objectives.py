@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .errors import RuntimeUserError
+from .errors import RuntimeUserError, divergence
 from .plan import Plan
 
 
@@ -81,12 +81,7 @@ class Objectives:
         plan.forward(m.ctx)
         value = plan.loss_value()
         if not math.isfinite(value):
-            bad = plan.first_nonfinite()
-            where = f"; first non-finite output: `{bad}` ({t.net.node(bad).op})" if bad else ""
-            raise RuntimeUserError(f"training diverged at epoch {t.epoch + 1}, step {t.step_in_epoch + 1}: "
-                                   f"objective `{name}` is {value}{where}",
-                                   "lower the learning rate (--lr), add `clip_grad_norm` to the train section, "
-                                   "or check the data for NaN values")
+            raise divergence(t.epoch, t.step_in_epoch, f"objective `{name}` is {value}", plan, t.net)
         plan.backward(m.ctx)
         grads = plan.param_grads
         if t.ranks > 1:

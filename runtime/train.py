@@ -30,7 +30,7 @@ from .config import TrainConfig  # noqa: F401  (re-exported: the trainer's setti
 from .data import Dataset, named_batches
 from .distributed import SampleSlice, from_comm, sync_batchnorm, unwrap
 from .ema import EMA
-from .errors import CheckpointError, RuntimeUserError
+from .errors import CheckpointError, RuntimeUserError, divergence
 from .objectives import Objectives
 from .optim import make_schedule
 
@@ -306,13 +306,7 @@ class Trainer:
         out = m.forward(training=True, **feeds)
         loss = out["loss"]
         if not math.isfinite(loss):
-            plan = m._last
-            bad = plan.first_nonfinite()
-            where = f"first non-finite output: `{bad}` ({self.net.node(bad).op})" if bad else ""
-            raise RuntimeUserError(f"training diverged at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}: "
-                                   f"the loss is {loss}; {where}",
-                                   "lower the learning rate (--lr), add `clip_grad_norm` to the train section, "
-                                   "or check the data for NaN values")
+            raise divergence(self.epoch, self.step_in_epoch, f"the loss is {loss}", m._last, self.net)
         terms = self._term_values()
         plan = m._last
         plan.backward(m.ctx)
