@@ -253,8 +253,8 @@ def bench_scaling(series, args, bar) -> list[ScalingResult]:
 
 
 def _scaling_point(series, value, args, bar) -> ScalingResult:
-    """Peak memory in fresh processes, then training samples/s of dslc and eager PyTorch
-    alternating in this process."""
+    """Training samples/s of dslc and eager PyTorch alternating in this process, then each one's
+    peak memory in a fresh process."""
     from .dslc_runner import DslcRunner
     from .torch_runner import TorchRunner
 
@@ -268,13 +268,6 @@ def _scaling_point(series, value, args, bar) -> ScalingResult:
     if bar.disable:
         write(f"scaling {point.name} ...")
     bar.set_description(f"scaling {point.name}")
-    for framework in ("dslc", "torch"):
-        # the dslc worker reads and fills this process's kernel cache: the series measures steps, not compiles
-        cache = args.kernel_cache if framework == "dslc" else None
-        report = record(f"{framework} memory", lambda framework=framework, cache=cache: run_worker(
-            framework, spec.name, batch, args.memory_steps, cache, length))
-        if report:
-            point.peak_rss_mib[framework] = report["max_rss_mib"]
     runners = record("build", lambda: [DslcRunner(spec, batch), TorchRunner(spec, batch)])
     if runners:
         def measure():
@@ -284,8 +277,16 @@ def _scaling_point(series, value, args, bar) -> ScalingResult:
         times = record("train", measure)
         if times:
             point.train.update({fw: samples_per_s(batch, t) for fw, t in times.items()})
-    runners = None            # the buffers go before the next point is built
+    runners = None            # the buffers go before the workers run and the next point is built
     gc.collect()
+    for framework in ("dslc", "torch"):
+        # After the timing, which compiled this point's kernels into this process's kernel cache: the dslc
+        # worker loads them from there, so that its peak is the training's, not the LLVM compiler's.
+        cache = args.kernel_cache if framework == "dslc" else None
+        report = record(f"{framework} memory", lambda framework=framework, cache=cache: run_worker(
+            framework, spec.name, batch, args.memory_steps, cache, length))
+        if report:
+            point.peak_rss_mib[framework] = report["max_rss_mib"]
     write(f"scaling {point.name}: train " + ", ".join(f"{fw} {v:,.1f}" for fw, v in point.train.items())
           + " samples/s; peak RSS " + ", ".join(f"{fw} {v:,.0f}" for fw, v in point.peak_rss_mib.items()) + " MiB")
     return point

@@ -263,8 +263,8 @@ def render(results: list[ModelResult], machine: list[str], settings: str,
     if scaling:
         parts += [
             "",
-            "Scaling: training samples/s and peak memory as the work grows (fresh processes for memory, "
-            "both frameworks alternating in one process for samples/s):",
+            "Scaling: training samples/s and peak memory as the work grows (both frameworks alternating in one "
+            "process for samples/s; peak RSS of a fresh process per framework, dslc's kernels from the cache):",
             "",
             scaling_table(list(scaling)),
         ]
