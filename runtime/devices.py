@@ -25,6 +25,8 @@ class Device:
     """What the plan, the model and the trainer may ask of a device. `name` is the key its
     kernels are registered under (runtime/kernel_api.py) and what messages call it."""
     name: str = ""
+    # synchronised batchnorm swaps in host-side batchnorm kernels that reduce statistics over MPI
+    supports_sync_batchnorm: bool = False
 
     # ---- storage ------------------------------------------------------------------------------
     def empty(self, shape, dtype):
@@ -99,6 +101,7 @@ class Device:
 
 class CPU(Device):
     name = "cpu"
+    supports_sync_batchnorm = True
 
     def empty(self, shape, dtype):
         return np.empty(shape, dtype=dtype)

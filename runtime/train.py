@@ -173,7 +173,7 @@ class Trainer:
         self.ranks, self.rank = self.comm.size, self.comm.rank
         self.local_batch, self.share_start = cfg.batch, 0
         self.sync_batchnorm = bool(sync_batchnorm) and self.ranks > 1
-        if self.sync_batchnorm and model.device.name != "cpu":
+        if self.sync_batchnorm and not model.device.supports_sync_batchnorm:
             raise RuntimeUserError(f"synchronised batchnorm runs on the CPU only; this run uses {model.device.name}",
                                    "drop --sync-batchnorm (each process's own statistics), or train on the CPU")
         if self.ranks > 1:
