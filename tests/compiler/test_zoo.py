@@ -296,3 +296,10 @@ def test_dcgan_counts_the_shared_discriminator_once_and_matches_torch():
     net, _ = compile_file(str(MODELS / "dcgan.net"))
     assert net.node("gen.sigmoid1").type.shape == ("N", 1, 8, 8)
     assert [o.name for o in net.objectives] == ["d", "g"] and net.alternate == ("d", "g")
+
+
+def test_conv_vae_counts_match_torch():
+    enc = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.Conv2d(16, 32, 3, 2, 1))
+    heads = nn.Sequential(nn.Linear(128, 8), nn.Linear(128, 8))
+    dec = nn.Sequential(nn.Linear(8, 128), nn.ConvTranspose2d(32, 16, 2, 2), nn.ConvTranspose2d(16, 1, 2, 2))
+    assert trainable("conv_vae") == torch_count(nn.ModuleList([enc, heads, dec])) == 10_145

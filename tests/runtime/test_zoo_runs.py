@@ -28,6 +28,7 @@ TRAINED = {
     "resnet_stochastic_depth": "digits",
     "fractalnet": "digits",
     "vae": "digits",
+    "conv_vae": "digits",
     "dcgan": "digits",
     "cls_loc": "synthetic",
     "char_bilstm": "chars",
