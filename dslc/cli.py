@@ -105,6 +105,11 @@ def cmd_ops(args) -> int:
     return 0
 
 
+def cmd_lr_find(args) -> int:
+    args.lr_find = args.lr_find or True
+    return cmd_run(args)
+
+
 def cmd_run(args) -> int:
     if args.lr_find:        # the range test trains nothing to keep (dslc/cli_use.py)
         from .cli_use import lr_find_command
@@ -281,59 +286,67 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("name", nargs="?", help="one op to describe (default: every op)")
     o.set_defaults(func=cmd_ops)
 
-    r = sub.add_parser("run", help="train a network")
-    r.add_argument("file", help=FILE_HELP)
-    r.add_argument("--data", default="digits",
-                   help="digits, synthetic, chars, or a path: .npz (x, y), .csv (a header, a label column), "
-                        ".txt, MNIST idx, or an image folder DIR/ (a subfolder per class, or DIR/train and "
-                        "DIR/val of them; streamed from disk when it is larger than a quarter of RAM)")
-    r.add_argument("--label-column", metavar="NAME",
-                   help="the label column of a --data .csv file (default: label)")
-    r.add_argument("--val", metavar="PATH",
-                   help="a separate validation set, in --data's formats (default: a split of --data, or the "
-                        "MNIST t10k pair beside a train pair in a --data directory)")
-    r.add_argument("--epochs", type=int, metavar="N",
-                   help="passes over the training data (default: train { }, else 10)")
-    r.add_argument("--batch", type=int, metavar="B", help="samples per step (default: train { }, else 32)")
-    r.add_argument("--lr", type=float, help="learning rate (default: train { }, else the optimizer's)")
-    r.add_argument("--optimizer", choices=tuple(OPTIMIZERS), metavar="NAME",
-                   help=f"{', '.join(OPTIMIZERS)} (default: train {{ }}, else {DEFAULT_OPTIMIZER})")
-    r.add_argument("--seed", type=int, help="seeds initialisation, shuffling, dropout and augmentation (default 0)")
-    r.add_argument("--set", action="append", metavar="K=V", help=SET_HELP)
-    r.add_argument("--checkpoint", metavar="DIR",
-                   help="save last.ckpt (every epoch) and best.ckpt (lowest validation loss) here; "
-                        "default: a new numbered directory runs/NETWORK/N")
-    r.add_argument("--lr-find", nargs="?", const=True, default=None, metavar="PLOT.png",
+    # `dslc lr-find FILE ...` is `dslc run FILE --lr-find ...`: one set of flags for both
+    run = sub.add_parser("run", help="train a network")
+    lr_find = sub.add_parser("lr-find", help="the learning-rate range test (Smith 2017): loss against a rate rising "
+                             "from 1e-7 to 10, and the suggested rate; trains nothing to keep (dslc run --lr-find)")
+    for r in (run, lr_find):
+        r.add_argument("file", help=FILE_HELP)
+        r.add_argument("--data", default="digits",
+                       help="digits, synthetic, chars, or a path: .npz (x, y), .csv (a header, a label column), "
+                            ".txt, MNIST idx, or an image folder DIR/ (a subfolder per class, or DIR/train and "
+                            "DIR/val of them; streamed from disk when it is larger than a quarter of RAM)")
+        r.add_argument("--label-column", metavar="NAME",
+                       help="the label column of a --data .csv file (default: label)")
+        r.add_argument("--val", metavar="PATH",
+                       help="a separate validation set, in --data's formats (default: a split of --data, or the "
+                            "MNIST t10k pair beside a train pair in a --data directory)")
+        r.add_argument("--epochs", type=int, metavar="N",
+                       help="passes over the training data (default: train { }, else 10)")
+        r.add_argument("--batch", type=int, metavar="B", help="samples per step (default: train { }, else 32)")
+        r.add_argument("--lr", type=float, help="learning rate (default: train { }, else the optimizer's)")
+        r.add_argument("--optimizer", choices=tuple(OPTIMIZERS), metavar="NAME",
+                       help=f"{', '.join(OPTIMIZERS)} (default: train {{ }}, else {DEFAULT_OPTIMIZER})")
+        r.add_argument("--seed", type=int, help="seeds initialisation, shuffling, dropout and augmentation (default 0)")
+        r.add_argument("--set", action="append", metavar="K=V", help=SET_HELP)
+        r.add_argument("--checkpoint", metavar="DIR",
+                       help="save last.ckpt (every epoch) and best.ckpt (lowest validation loss) here; "
+                            "default: a new numbered directory runs/NETWORK/N")
+        r.add_argument("--ema", type=float, metavar="DECAY",
+                       help="also keep exponential-moving-average weights (e.g. 0.999): validated each epoch and saved "
+                            "in the checkpoint, where eval and predict use them")
+        r.add_argument("--early-stopping", type=int, metavar="N",
+                       help="stop after N epochs without a lower validation loss")
+        r.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint")
+        r.add_argument("--overwrite", action="store_true",
+                       help="start afresh even though --checkpoint DIR holds a checkpoint (it is replaced)")
+        r.add_argument("--metrics", metavar="FILE.jsonl", help="append one JSON object per epoch")
+        r.add_argument("--limit", type=int, help="use only the first N samples of the data")
+        r.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help=DEVICE_HELP)
+        r.add_argument("--weights", metavar="CKPT",
+                       help="start from these parameters (transfer learning): a checkpoint, or PyTorch weights in "
+                            ".safetensors, .npz or .pt/.pth (torchvision's names mapped to the zoo's)")
+        r.add_argument("--freeze", action="append", metavar="PREFIX",
+                       help="freeze parameters under this name, e.g. layer1 (repeatable)")
+        r.add_argument("--freeze-all-but", action="append", metavar="PREFIX",
+                       help="freeze every parameter not under this name, e.g. fc: train only a new head (repeatable)")
+        r.add_argument("--quiet", action="store_true", help="no progress bar")
+        r.add_argument("--threads", type=int, metavar="N",
+                       help="Numba threads of this process (default: every core; under mpiexec, the node's cores "
+                            "divided among its ranks)")
+        r.add_argument("--sync-batchnorm", action="store_true",
+                       help="under mpiexec: batchnorm statistics over the global batch, as in one process "
+                            "(default: each process's own)")
+    run.set_defaults(func=cmd_run)
+    run.add_argument("--lr-find", nargs="?", const=True, default=None, metavar="PLOT.png",
                    help="instead of training, run the learning-rate range test (rate rising exponentially from "
                         "1e-7 to 10): print loss against rate and the suggested rate, draw them to PLOT.png if "
                         "given; saves nothing")
-    r.add_argument("--lr-find-steps", type=int, default=100, metavar="N", help="--lr-find's batches (100)")
-    r.add_argument("--ema", type=float, metavar="DECAY",
-                   help="also keep exponential-moving-average weights (e.g. 0.999): validated each epoch and saved "
-                        "in the checkpoint, where eval and predict use them")
-    r.add_argument("--early-stopping", type=int, metavar="N",
-                   help="stop after N epochs without a lower validation loss")
-    r.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint")
-    r.add_argument("--overwrite", action="store_true",
-                   help="start afresh even though --checkpoint DIR holds a checkpoint (it is replaced)")
-    r.add_argument("--metrics", metavar="FILE.jsonl", help="append one JSON object per epoch")
-    r.add_argument("--limit", type=int, help="use only the first N samples of the data")
-    r.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help=DEVICE_HELP)
-    r.add_argument("--weights", metavar="CKPT",
-                   help="start from these parameters (transfer learning): a checkpoint, or PyTorch weights in "
-                        ".safetensors, .npz or .pt/.pth (torchvision's names mapped to the zoo's)")
-    r.add_argument("--freeze", action="append", metavar="PREFIX",
-                   help="freeze parameters under this name, e.g. layer1 (repeatable)")
-    r.add_argument("--freeze-all-but", action="append", metavar="PREFIX",
-                   help="freeze every parameter not under this name, e.g. fc: train only a new head (repeatable)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--threads", type=int, metavar="N",
-                   help="Numba threads of this process (default: every core; under mpiexec, the node's cores "
-                        "divided among its ranks)")
-    r.add_argument("--sync-batchnorm", action="store_true",
-                   help="under mpiexec: batchnorm statistics over the global batch, as in one process "
-                        "(default: each process's own)")
-    r.set_defaults(func=cmd_run)
+    run.add_argument("--lr-find-steps", type=int, default=100, metavar="N", help="--lr-find's batches (100)")
+    lr_find.add_argument("-o", dest="lr_find", metavar="PLOT.png", help="draw loss against rate to this picture")
+    lr_find.add_argument("--steps", dest="lr_find_steps", type=int, default=100, metavar="N",
+                         help="batches of the test, each at a higher rate (100)")
+    lr_find.set_defaults(func=cmd_lr_find)
 
     e = sub.add_parser("eval", help="evaluate trained weights")
     e.add_argument("file", help=FILE_HELP)

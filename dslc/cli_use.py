@@ -1153,7 +1153,8 @@ def lr_find_command(args, overrides) -> int:
                              f"drop {flag}, or drop --lr-find to train")
     steps = args.lr_find_steps
     if steps < 5:
-        raise UsageError(f"--lr-find-steps {steps}: give 5 or more", "e.g. --lr-find-steps 100")
+        flag = "--steps" if args.command == "lr-find" else "--lr-find-steps"
+        raise UsageError(f"{flag} {steps}: give 5 or more", f"e.g. {flag} 100")
     model = Model(net, device=args.device, seed=cfg.seed)
     if args.weights:
         _log(str(model.load_params(args.weights)))

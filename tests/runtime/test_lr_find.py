@@ -86,3 +86,21 @@ def test_flags_that_do_not_fit_are_refused(tmp_path, capsys, monkeypatch, extra,
     assert main(["run", "tiny.net", "--data", "synthetic", "--lr-find", *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_the_lr_find_command_is_run_with_lr_find(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.net").write_text(TINY)
+    assert main(["lr-find", "tiny.net", "--data", "synthetic", "--limit", "200", "-o", "lr.png",
+                 "--steps", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "suggested lr " in out and "wrote lr.png" in out
+    assert sorted(os.listdir(tmp_path)) == ["lr.png", "tiny.net"]
+
+
+def test_the_lr_find_command_names_its_own_flags(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.net").write_text(TINY)
+    assert main(["lr-find", "tiny.net", "--data", "synthetic", "--steps", "2"]) == 2
+    assert "--steps 2: give 5 or more" in capsys.readouterr().err
