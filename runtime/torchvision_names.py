@@ -16,9 +16,20 @@ from __future__ import annotations
 
 import re
 
+
+def _inception_rules(letter: str) -> list[tuple[str, str]]:
+    """torchvision googlenet's inception{s}{letter}: its branches are BasicConv2d modules (branch1) or
+    Sequentials counting them from 0 (branch4.0 is the max-pool); the zoo's are basic_conv blocks
+    counted from 1."""
+    m = f"inception{{s}}{letter}"
+    return [(f"{m}.branch1", f"{m}.branch1.basic_conv1"),
+            (f"{m}.branch4.1", f"{m}.branch4.basic_conv1"),
+            (f"{m}.branch{{b}}.{{j}}", f"{m}.branch{{b}}.basic_conv{{j+1}}")]
+
+
 # network -> rules. The maps with no rules are the networks whose zoo file uses torchvision's names.
-# GoogLeNet is not here: the zoo's googlenet.net is the paper's network (biased convolutions, LRN, no
-# batchnorm), torchvision's is a batchnorm variant, so its weights have no places in the zoo file.
+# googlenet_bn.net is torchvision's googlenet (batchnorm, no auxiliary heads); googlenet.net, the paper's
+# network (biased convolutions, LRN, no batchnorm), has no torchvision weights to load, so no map.
 TORCHVISION_MAPS: dict[str, list[tuple[str, str]]] = {
     "resnet18": [],
     "resnet34": [],
@@ -48,6 +59,7 @@ TORCHVISION_MAPS: dict[str, list[tuple[str, str]]] = {
         ("features.{i}.0", "features.{i}.conv1"),
         ("features.{i}.1", "features.{i}.batchnorm1"),
     ],
+    "googlenet_bn": [rule for letter in "abcde" for rule in _inception_rules(letter)],
 }
 
 # torchvision's batchnorm counts its updates; dslc's momentum is fixed, so the count has no place.

@@ -32,6 +32,7 @@ PUBLISHED = {
     "densenet121": 7_978_856,
     "squeezenet": 1_248_424,
     "mobilenet_v2": 3_504_872,
+    "googlenet_bn": 6_624_904,           # torchvision's googlenet without its auxiliary heads
     "lenet5": 61_706,
     "resnet_cifar": 11_173_962,
     "vgg11_cifar": 9_231_114,

@@ -27,8 +27,8 @@ NETS = sorted((REPO / "models").glob("*.net")) + sorted((REPO / "bench" / "model
 # Networks that cannot be exported, with the reason; every other one must round-trip.
 UNEXPORTABLE: dict[str, str] = {}
 # ImageNet-sized inputs: run at batch 1 to keep the CPU time down.
-IMAGENET = {"alexnet", "densenet121", "googlenet", "mobilenet_v2", "nin", "resnet18", "resnet34", "resnet50",
-            "squeezenet", "vgg16"}
+IMAGENET = {"alexnet", "densenet121", "googlenet", "googlenet_bn", "mobilenet_v2", "nin", "resnet18", "resnet34",
+            "resnet50", "squeezenet", "vgg16"}
 SEQUENCE_LENGTH = 7       # for a symbolic T left unbound
 
 # Ops the zoo does not use (or uses in one form only), each in a small network.

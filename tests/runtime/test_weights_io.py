@@ -243,6 +243,60 @@ class DenseNet121(nn.Module):
         return self.classifier(torch.relu(self.features(x)).mean((2, 3)))
 
 
+class BasicConv2d(nn.Module):
+    def __init__(self, cin, cout, **kw):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, bias=False, **kw)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class Inception(nn.Module):
+    def __init__(self, cin, c1, c3r, c3, c5r, c5, pool_proj):
+        super().__init__()
+        self.branch1 = BasicConv2d(cin, c1, kernel_size=1)
+        self.branch2 = nn.Sequential(BasicConv2d(cin, c3r, kernel_size=1), BasicConv2d(c3r, c3, kernel_size=3, padding=1))
+        # torchvision's 3x3 where the paper has 5x5
+        self.branch3 = nn.Sequential(BasicConv2d(cin, c5r, kernel_size=1), BasicConv2d(c5r, c5, kernel_size=3, padding=1))
+        self.branch4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), BasicConv2d(cin, pool_proj, kernel_size=1))
+
+    def forward(self, x):
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+class GoogLeNet(nn.Module):                   # aux_logits=False, transform_input=False
+    def __init__(self, classes=1000):
+        super().__init__()
+        self.conv1 = BasicConv2d(3, 64, kernel_size=7, stride=2, padding=3)
+        self.maxpool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = BasicConv2d(64, 64, kernel_size=1)
+        self.conv3 = BasicConv2d(64, 192, kernel_size=3, padding=1)
+        self.maxpool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32)
+        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64)
+        self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64)
+        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64)
+        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64)
+        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64)
+        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128)
+        self.maxpool4 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128)
+        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128)
+        self.dropout = nn.Dropout(0.2)
+        self.fc = nn.Linear(1024, classes)
+
+    def forward(self, x):
+        x = self.maxpool2(self.conv3(self.conv2(self.maxpool1(self.conv1(x)))))
+        x = self.maxpool3(self.inception3b(self.inception3a(x)))
+        for name in ("4a", "4b", "4c", "4d", "4e"):
+            x = getattr(self, f"inception{name}")(x)
+        x = self.inception5b(self.inception5a(self.maxpool4(x)))
+        return self.fc(self.dropout(x.mean((2, 3))))
+
+
 REFERENCES = {
     "resnet18": lambda: ResNet(BasicBlock, [2, 2, 2, 2]),
     "resnet34": lambda: ResNet(BasicBlock, [3, 4, 6, 3]),
@@ -252,6 +306,7 @@ REFERENCES = {
     "squeezenet": SqueezeNet,
     "mobilenet_v2": MobileNetV2,
     "densenet121": DenseNet121,
+    "googlenet_bn": GoogLeNet,
 }
 
 
@@ -308,7 +363,8 @@ def test_resnet18_from_each_format(tmp_path, suffix):
     _params_equal(net, ref)
 
 
-@pytest.mark.parametrize("network", ["squeezenet", "mobilenet_v2", "densenet121", "resnet34", "resnet50"])
+@pytest.mark.parametrize("network", ["squeezenet", "mobilenet_v2", "densenet121", "resnet34", "resnet50",
+                                     "googlenet_bn"])
 def test_renamed_networks_load_whole(tmp_path, network):
     ref = reference(network)
     path = save_state_dict(ref, tmp_path / f"{network}.safetensors")
@@ -454,6 +510,15 @@ def test_alexnet_logits_equal_torch(tmp_path):
 @pytest.mark.parametrize("network", ["vgg16", "squeezenet", "mobilenet_v2", "resnet50", "densenet121"])
 def test_more_zoo_logits_equal_torch(tmp_path, network):
     _same_logits(network, tmp_path, ".npz")
+
+
+@pytest.mark.slow
+def test_googlenet_bn_logits_equal_torchvisions_googlenet(tmp_path):
+    _same_logits("googlenet_bn", tmp_path)
+
+
+def test_googlenet_bn_count_is_torchvisions():
+    assert sum(p.numel() for p in GoogLeNet().parameters()) == 6_624_904
 
 
 @pytest.mark.slow

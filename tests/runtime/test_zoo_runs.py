@@ -37,8 +37,8 @@ TRAINED = {
     "fast_rcnn_head": "synthetic",
     "yolo_v1_tiny": "synthetic",
 }
-COMPILED_ONLY = ["alexnet", "densenet121", "googlenet", "mobilenet_v2", "nin", "resnet18", "resnet34",
-                 "resnet50", "squeezenet", "vgg16"]
+COMPILED_ONLY = ["alexnet", "densenet121", "googlenet", "googlenet_bn", "mobilenet_v2", "nin", "resnet18",
+                 "resnet34", "resnet50", "squeezenet", "vgg16"]
 
 
 def first_comment(path: Path) -> str:
