@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 import pytest
 
@@ -119,9 +120,16 @@ def _round_trip(net, batch: int, opset: int = DEFAULT_OPSET):
     expected = model.forward(**feeds)
     got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     assert set(got) == {net.tensor_name(o) for o in net.outputs}
-    for name, value in got.items():
-        ref = expected[name]
+    # An output drawn from noise in inference too (gaussian_like: ONNX's RandomNormalLike, dcgan's
+    # generator) has its own generator's numbers in onnxruntime: its shape is compared, not its values.
+    noisy = {d for n in net.nodes() if n.op == "gaussian_like" for d in (n.name, *nx.descendants(net.graph, n.name))}
+    for o in net.outputs:
+        name = net.tensor_name(o)
+        ref, value = expected[name], got[name]
         assert value.shape == ref.shape, name
+        if o in noisy:
+            assert np.isfinite(value).all(), name
+            continue
         scale = float(np.max(np.abs(ref))) or 1.0
         assert np.max(np.abs(value - ref)) <= 1e-4 * scale, f"{net.name}: output {name} differs"
 
