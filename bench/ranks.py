@@ -7,9 +7,10 @@ On one machine the cores are the same either way, so the ratio of samples/s is t
 splitting the batch (smaller per-rank kernels) plus the gradient allreduce. Each network's
 training step is the trainer's (Trainer._step, with the gradient average of
 runtime/distributed.py), on the bench's synthetic batch (bench/suite.py) at its global batch.
-Printed per network: samples/s of both, their ratio, the allreduce's time per step (exposed:
-it runs after the backward pass), the gradient bytes per step; and the measured allreduce
-bandwidth on a 64 MiB buffer. Then a projection to N nodes with ring allreduce:
+Printed per network: samples/s of both, their ratio, the allreduce's exposed time per step
+(the wait after the backward pass for the buckets it started as their gradients became
+final), the gradient bytes per step, the peak resident memory of one process and of the
+largest rank; and the measured allreduce bandwidth on a 64 MiB buffer. Then a projection to N nodes with ring allreduce:
     t_allreduce(N) = 2 (N - 1) / N * bytes / bandwidth + 2 (N - 1) * latency
     efficiency(N)  = t_step / (t_step + t_allreduce(N))
 with t_step the measured one-process step time (each node keeps the per-node batch: weak
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -52,24 +54,18 @@ def worker(name: str, steps: int, warmup: int) -> None:
     part = slice(trainer.share_start, trainer.share_start + trainer.local_batch)
     feeds = trainer._feeds({"x": x[part], "y": y[part]})
     comm.bcast_params(model)
-    spent = [0.0]
-    average = comm.average_gradients
-
-    def timed(*args):
-        t = time.perf_counter()
-        average(*args)
-        spent[0] += time.perf_counter() - t
-
-    comm.average_gradients = timed
     for _ in range(warmup):             # compiles, first-touch of buffers
         trainer._step(feeds, LEARNING_RATE)
     comm.sum([0.0])                     # a barrier
-    spent[0] = 0.0
+    comm.exposed_s = 0.0
     t0 = time.perf_counter()
     for _ in range(steps):
         trainer._step(feeds, LEARNING_RATE)
     comm.sum([0.0])
     elapsed = time.perf_counter() - t0
+    # peak resident memory of the training (Linux: KiB), the largest over the ranks: before the
+    # bandwidth test's 64 MiB buffers
+    peak = max(comm.allgather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
     grad_bytes = 4 * sum(int(np.prod(model._dev[k].shape)) for k in model.trainable_names())
     bandwidth = None
     if comm.size > 1:
@@ -80,8 +76,10 @@ def worker(name: str, steps: int, warmup: int) -> None:
             comm.comm.Allreduce(comm.MPI.IN_PLACE, buf)
         bandwidth = buf.nbytes / ((time.perf_counter() - t) / 3)
     if comm.rank == 0:
-        print(json.dumps({"network": name, "ranks": comm.size, "samples_per_s": spec.batch * steps / elapsed,
-                          "step_s": elapsed / steps, "allreduce_s": spent[0] / steps, "grad_bytes": grad_bytes,
+        print(json.dumps({"network": name, "ranks": comm.size, "peak_rss": peak,
+                          "samples_per_s": spec.batch * steps / elapsed,
+                          "step_s": elapsed / steps, "allreduce_s": getattr(comm, "exposed_s", 0.0) / steps,
+                          "grad_bytes": grad_bytes,
                           "allreduce_bytes_per_s": bandwidth}), flush=True)
 
 
@@ -118,12 +116,13 @@ def main(argv=None) -> int:
         rows.append((name, one, many))
     t1 = f"1 x {cores} threads"
     tk = f"{k} x {max(1, cores // k)} thread{'s' * (cores // k != 1)}"
-    print(f"| network | gradient MiB | {t1} samples/s | {tk} samples/s | ratio | allreduce ms/step (exposed) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| network | gradient MiB | {t1} samples/s | {tk} samples/s | ratio | allreduce ms/step (exposed) "
+          f"| peak RSS MiB: 1 process / largest rank |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, one, many in rows:
         print(f"| {name} | {one['grad_bytes'] / 2**20:.1f} | {one['samples_per_s']:.0f} | "
               f"{many['samples_per_s']:.0f} | {many['samples_per_s'] / one['samples_per_s']:.2f} | "
-              f"{many['allreduce_s'] * 1e3:.1f} |")
+              f"{many['allreduce_s'] * 1e3:.1f} | {one['peak_rss'] / 2**20:.0f} / {many['peak_rss'] / 2**20:.0f} |")
     bw = [m["allreduce_bytes_per_s"] for _, _, m in rows if m.get("allreduce_bytes_per_s")]
     if bw:
         print(f"\nallreduce of 64 MiB across {k} local processes: {max(bw) / 2**30:.2f} GiB/s (best of the runs)")

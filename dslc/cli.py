@@ -105,6 +105,17 @@ def cmd_ops(args) -> int:
     return 0
 
 
+def _one_process(command: str) -> None:
+    """Only `dslc run` and `dslc eval` share their work among the processes of an MPI launcher;
+    any other command would be done again, whole, by every rank (and write the same files)."""
+    from .runtime.distributed import launched_processes
+    k = launched_processes()
+    if k > 1:
+        raise UsageError(f"`dslc {command}` runs in one process, but it was started by an MPI launcher with "
+                         f"{k} processes", help=f"run `dslc {command}` without mpiexec/srun; `dslc run` and "
+                         "`dslc eval` (one set of weights) are the commands that use several processes")
+
+
 def cmd_lr_find(args) -> int:
     args.lr_find = args.lr_find or True
     return cmd_run(args)
@@ -112,6 +123,7 @@ def cmd_lr_find(args) -> int:
 
 def cmd_run(args) -> int:
     if args.lr_find:        # the range test trains nothing to keep (dslc/cli_use.py)
+        _one_process("lr-find")
         from .cli_use import lr_find_command
         return lr_find_command(args, _overrides(args.set))
     from .cli_train import run_command
@@ -120,6 +132,7 @@ def cmd_run(args) -> int:
 
 def cmd_eval(args) -> int:
     if len(dict.fromkeys(args.weights)) > 1:      # an ensemble (dslc/cli_use.py)
+        _one_process("eval (an ensemble)")
         from .cli_use import eval_ensemble_command
         return eval_ensemble_command(args)
     args.weights = args.weights[0]
@@ -128,26 +141,31 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    _one_process("predict")
     from .cli_use import predict_command
     return predict_command(args)
 
 
 def cmd_inspect(args) -> int:
+    _one_process("inspect")
     from .cli_use import inspect_command
     return inspect_command(args)
 
 
 def cmd_plot(args) -> int:
+    _one_process("plot")
     from .cli_use import plot_command
     return plot_command(args)
 
 
 def cmd_sample(args) -> int:
+    _one_process("sample")
     from .cli_use import sample_command
     return sample_command(args)
 
 
 def cmd_export(args) -> int:
+    _one_process("export")
     from .cli_export import export_command
     return export_command(args)
 

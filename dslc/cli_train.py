@@ -510,13 +510,31 @@ def _eval_data(args, meta, net, cfg, weights):
 
 
 def eval_command(args, overrides) -> int:
+    """Evaluate. Under an MPI launcher every rank scores its contiguous part of the data and
+    the sums are reduced (the trainer's sharded evaluation); rank 0 alone prints."""
+    try:
+        comm = world()
+    except MissingMPI as e:
+        raise UsageError(e.message, help=e.hint) from None
+    if comm.size == 1:
+        return _eval_command(args, overrides, comm)
+    try:
+        return _eval_command(args, overrides, comm)
+    except Exception as e:  # noqa: BLE001 - any rank's failure ends the job, said with its rank
+        _abort_job(comm, e)
+        raise
+
+
+def _eval_command(args, overrides, comm) -> int:
+    lead = comm.rank == 0
+    log = _log if lead else (lambda s: None)
     foreign = is_foreign(args.weights)      # PyTorch's formats: no training record, names mapped on load
     arrays, meta = ({}, {}) if foreign else load_checkpoint(args.weights)
     if not isinstance(meta, dict):
         meta = {}
     overrides, applied = recorded_overrides(meta, args.set, args.weights)
     if applied:
-        _log(f"using the --set values recorded in {args.weights}: {' '.join(applied)}")
+        log(f"using the --set values recorded in {args.weights}: {' '.join(applied)}")
     net, _ = compile_file(args.file, overrides)
     saved_cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     split = {k: saved_cfg[k] for k in ("seed", "val_fraction") if k in saved_cfg}
@@ -524,9 +542,9 @@ def eval_command(args, overrides) -> int:
     model = Model(net, device=args.device)
     if foreign:
         report = model.load_params(args.weights)
-        _log(str(report))
+        log(str(report))
     else:
-        params = averaged_params(arrays, args.weights, _log) \
+        params = averaged_params(arrays, args.weights, log) \
             or {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")} or arrays
         report = model.load_params(params)
     if report.missing or report.mismatched:
@@ -535,13 +553,26 @@ def eval_command(args, overrides) -> int:
     ds, source, what = _eval_data(args, meta, net, cfg, args.weights)
     if not len(ds):
         raise RuntimeUserError(f"{source} gives no samples to evaluate on", "give --data a larger dataset")
-    trainer = Trainer(model, cfg, ds, ds, log=_log)
+    if comm.size > 1:
+        if cfg.batch % comm.size:
+            k = comm.size
+            raise UsageError(f"--batch {cfg.batch} is the global batch, split evenly over {k} processes, "
+                             f"but it is not a multiple of {k}",
+                             help=f"give a multiple of {k}, e.g. --batch {cfg.batch - cfg.batch % k or k}")
+        if len(ds) < cfg.batch:     # the batch only sizes the work: it changes no figure
+            cfg = replace(cfg, batch=max(comm.size, len(ds) - len(ds) % comm.size))
+        if len(ds) < comm.size:
+            raise RuntimeUserError(f"{source} gives {len(ds)} samples to evaluate, fewer than the {comm.size} "
+                                   "processes", "evaluate in one process (without mpiexec)")
+    trainer = Trainer(model, cfg, ds, ds, log=log, comm=comm)
     classes = None
     if trainer.classify:
         classes = net.node(trainer.pred_node).type.shape[trainer.class_axis]
     topk = (1, 5) if classes and isinstance(classes, int) and classes > 5 else (1,)
     with trainer.reporting_compiles(None, "evaluation"):
         res = trainer.evaluate(ds, topk=topk, confusion=True)
+    if not lead:
+        return 0
     names = recorded_class_names(meta) or ds.class_names     # the checkpoint's, else a folder's or CSV's given
     if args.format == "json":
         print(json.dumps({"network": net.name, "weights": args.weights, "data": source,

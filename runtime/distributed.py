@@ -8,12 +8,14 @@ single-process run never needs it; asking for several processes without it is a
 
 What the trainer needs from a communicator, and nothing more:
   - `bcast_params(model)`: every rank starts from rank 0's parameters;
-  - `average_gradients(grads, share)`: each rank's gradient (the mean over its samples) times
-    its share of the global batch, summed over ranks in place: the single-process mean over the
-    global batch, up to the order of float32 sums. The gradients travel in flat, fused buckets
-    of a few MiB (Horovod's tensor fusion), each a non-blocking Iallreduce started as soon as
-    it is packed. The plan's backward pass gives no per-parameter hook, so every bucket starts
-    after backward: the buckets overlap each other's packing, not the backward pass;
+  - `begin_gradient_average(grads, share, device, order)`: each rank's gradient (the mean over
+    its samples) times its share of the global batch, summed over ranks in place: the
+    single-process mean over the global batch, up to the order of float32 sums. The gradients
+    travel in flat, fused buckets of a few MiB (Horovod's tensor fusion), filled in the order
+    the backward pass makes gradients final; the object returned is the plan's
+    GradientObserver, which starts each bucket's non-blocking Iallreduce as soon as its last
+    gradient is final, so communication overlaps the rest of the backward pass, and whose
+    finish() waits for the rest (`average_gradients` does it all after a backward pass);
   - `sum(values)`: float64 sums (losses, counts, a stop flag) over ranks;
   - `allgather(obj)`, `bcast(obj)`: small Python objects (configuration digests, checkpoints);
   - `local_size()`: the ranks on this node (MPI's shared-memory split), for the thread count;
@@ -23,10 +25,12 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import numpy as np
 
 from .errors import RuntimeUserError
+from .plan import GradientObserver
 
 # Bytes of float32 gradients per fused allreduce buffer (Horovod's default fusion threshold is
 # 64 MiB for GPUs; a few MiB keeps several buffers in flight for the CPU's smaller networks).
@@ -110,6 +114,9 @@ class SingleProcess:
     def bcast_params(self, model, names=None):
         pass
 
+    def begin_gradient_average(self, grads, share, device, order=None):
+        return None
+
     def average_gradients(self, grads, share, device):
         pass
 
@@ -129,6 +136,7 @@ class MPICommunicator(SingleProcess):
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self._buckets = None
+        self.exposed_s = 0.0    # seconds spent waiting for gradient averages after backward
 
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)
@@ -151,10 +159,12 @@ class MPICommunicator(SingleProcess):
             if self.rank != 0:
                 model.set_param(name, buf)
 
-    def _plan_buckets(self, grads):
-        """Consecutive parameters grouped into flat float32 buffers of about BUCKET_BYTES each."""
+    def _plan_buckets(self, grads, order):
+        """Parameters grouped, in the order their gradients become final, into flat float32
+        buffers of about BUCKET_BYTES each: (members [(name, offset, size, shape)], buffer)."""
         buckets, current, size = [], [], 0
-        for name, g in grads.items():
+        for name in order:
+            g = grads[name]
             n = int(np.prod(g.shape))
             if current and (size + n) * 4 > BUCKET_BYTES:
                 buckets.append((current, np.empty(size, np.float32)))
@@ -165,20 +175,25 @@ class MPICommunicator(SingleProcess):
             buckets.append((current, np.empty(size, np.float32)))
         return buckets
 
-    def average_gradients(self, grads, share, device):
-        """grads[name] <- sum over ranks of share * grads[name], in place (see the module docstring)."""
-        key = tuple((k, tuple(g.shape)) for k, g in grads.items())
+    def _buckets_for(self, grads, order):
+        key = tuple((k, tuple(grads[k].shape)) for k in order)
         if self._buckets is None or self._buckets[0] != key:
-            self._buckets = (key, self._plan_buckets(grads))
-        requests = []
-        for members, flat in self._buckets[1]:
-            for name, at, n, _ in members:
-                np.multiply(device.to_host(grads[name]).reshape(-1), np.float32(share), out=flat[at:at + n])
-            requests.append(self.comm.Iallreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM))
-        self.MPI.Request.Waitall(requests)
-        for members, flat in self._buckets[1]:
-            for name, at, n, shape in members:
-                device.from_host(flat[at:at + n].reshape(shape), out=grads[name])
+            self._buckets = (key, self._plan_buckets(grads, order))
+        return self._buckets[1]
+
+    def begin_gradient_average(self, grads, share, device, order=None):
+        """A GradientObserver for Plan.backward that starts each bucket's Iallreduce as soon as
+        its gradients are final, overlapping the rest of the backward pass; its finish() waits
+        for them and writes the averages back. order: the names in the order they become final
+        (the plan's gradient_order; default: grads' own order)."""
+        return _OverlappedAverage(self, grads, share, device, list(order if order is not None else grads))
+
+    def average_gradients(self, grads, share, device):
+        """grads[name] <- sum over ranks of share * grads[name], in place, all at once (after a
+        backward pass that was not observed)."""
+        average = self.begin_gradient_average(grads, share, device)
+        average.after_call(list(grads))
+        average.finish()
 
     def local_size(self) -> int:
         node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
@@ -192,6 +207,52 @@ class MPICommunicator(SingleProcess):
 
     def describe(self, threads) -> str:
         return f"{self.size} processes x {threads} thread{'s' * (threads != 1)}"
+
+
+class _OverlappedAverage(GradientObserver):
+    """One step's gradient average, bucket by bucket as the backward pass makes them final.
+
+    MPICH and Open MPI move a non-blocking collective forward only inside MPI calls (no progress
+    thread by default, and a thread would take a core from the kernels), so every backward
+    kernel call ends with a cheap MPI_Testall on the buckets in flight."""
+
+    def __init__(self, comm, grads, share, device, order):
+        self.comm, self.grads, self.share, self.device = comm, grads, np.float32(share), device
+        self.buckets = comm._buckets_for(grads, order)
+        self.waiting = [len(members) for members, _ in self.buckets]
+        self.bucket_of = {name: b for b, (members, _) in enumerate(self.buckets) for name, *_ in members}
+        self.requests, self.started = [], 0
+
+    def _start(self, b):
+        members, flat = self.buckets[b]
+        for name, at, n, _ in members:
+            np.multiply(self.device.to_host(self.grads[name]).reshape(-1), self.share, out=flat[at:at + n])
+        MPI = self.comm.MPI
+        self.requests.append(self.comm.comm.Iallreduce(MPI.IN_PLACE, flat, op=MPI.SUM))
+
+    def after_call(self, final):
+        for name in final:
+            b = self.bucket_of[name]
+            self.waiting[b] -= 1
+        # buckets start in order, so every rank issues the same collectives in the same order
+        while self.started < len(self.buckets) and self.waiting[self.started] == 0:
+            self._start(self.started)
+            self.started += 1
+        if self.requests:
+            self.comm.MPI.Request.Testall(self.requests)
+
+    def finish(self):
+        """Start what the backward pass did not finalise, wait for every bucket, write the sums
+        back into the gradients. The time spent here is the communication left exposed."""
+        t = time.perf_counter()
+        while self.started < len(self.buckets):
+            self._start(self.started)
+            self.started += 1
+        self.comm.MPI.Request.Waitall(self.requests)
+        for members, flat in self.buckets:
+            for name, at, n, shape in members:
+                self.device.from_host(flat[at:at + n].reshape(shape), out=self.grads[name])
+        self.comm.exposed_s += time.perf_counter() - t
 
 
 class SampleSlice:

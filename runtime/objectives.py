@@ -82,10 +82,11 @@ class Objectives:
         value = plan.loss_value()
         if not math.isfinite(value):
             raise divergence(t.epoch, t.step_in_epoch, f"objective `{name}` is {value}", plan, t.net)
-        plan.backward(m.ctx)
         grads = plan.param_grads
-        if t.ranks > 1:
-            t.comm.average_gradients(grads, 1.0 / t.ranks, m.device)
+        average = t.comm.begin_gradient_average(grads, 1.0 / t.ranks, m.device, plan.gradient_order)
+        plan.backward(m.ctx, average)
+        if average is not None:
+            average.finish()
         if t.cfg.clip_grad_norm:
             m.device.clip_grad_norm(grads, t.cfg.clip_grad_norm)
         if t.cfg.clip_grad_value:

@@ -153,6 +153,15 @@ def _reads_input(kernel, position: int) -> bool:
     return reads if isinstance(reads, bool) else position in reads
 
 
+class GradientObserver:
+    """What Plan.backward tells as it goes (a data-parallel gradient average starts each
+    bucket's allreduce as soon as its gradients are final)."""
+
+    def after_call(self, final: list) -> None:
+        """Called after each backward kernel call with the names of the parameter gradients
+        that call made final (often none); the gradients' arrays may be read from now on."""
+
+
 class Plan:
     def __init__(self, net, params: dict, device, batch: int, symbols: dict, training: bool,
                  trainable: set[str] | None = None, with_loss: bool = True, reuse_memory: bool = True,
@@ -563,6 +572,27 @@ class Plan:
         self._forward_calls = [(s.kernel.forward, s.args) for s in self.steps if s.runs]
         self._backward_calls = [(s.kernel.backward, s.backward_args, s.accumulations) for s in self.backward_steps
                                 if s.leader is None]
+        self._plan_final_gradients()
+
+    def _plan_final_gradients(self):
+        """After which backward call each parameter gradient is final: its last write, direct or
+        accumulated (a shared parameter's gradient is summed over several calls). A data-parallel
+        run starts a gradient's allreduce then, while the rest of the backward pass runs."""
+        name_of = {id(a): name for name, a in self.param_grads.items()}
+        last = {}
+        callers = [s for s in self.backward_steps if s.leader is None]
+        for i, s in enumerate(callers):
+            written = list(s.backward_args[5].values()) + [g for g, _ in s.accumulations]
+            written += [a for f in s.followers if f.backward_args for a in f.backward_args[5].values()]
+            for a in written:
+                if id(a) in name_of:
+                    last[name_of[id(a)]] = i
+        self.final_after = [[] for _ in callers]
+        for name, i in last.items():
+            self.final_after[i].append(name)
+        # in the order they become final; gradients no call writes (no path to the loss) last
+        self.gradient_order = [n for names in self.final_after for n in names] + \
+            [n for n in self.param_grads if n not in last]
 
     # ---- execution -----------------------------------------------------------------------------
     def set_inputs(self, feeds: dict):
@@ -577,14 +607,22 @@ class Plan:
         if not self.training:
             self._stop_compile_helper()
 
-    def backward(self, ctx: Context):
+    def backward(self, ctx: Context, observer: GradientObserver | None = None):
         """Gradients of the target (the loss, or a seeded output) w.r.t. every trainable parameter,
-        into self.param_grads, and w.r.t. the `wrt` inputs, into self.grad[name]."""
+        into self.param_grads, and w.r.t. the `wrt` inputs, into self.grad[name]. observer: told
+        after every kernel call which parameter gradients that call made final."""
         accumulate = self.device.accumulate
-        for backward, args, accumulations in self._backward_calls:
-            backward(ctx, *args)
-            for gradient, aside in accumulations:
-                accumulate(gradient, aside)
+        if observer is None:
+            for backward, args, accumulations in self._backward_calls:
+                backward(ctx, *args)
+                for gradient, aside in accumulations:
+                    accumulate(gradient, aside)
+        else:
+            for (backward, args, accumulations), final in zip(self._backward_calls, self.final_after):
+                backward(ctx, *args)
+                for gradient, aside in accumulations:
+                    accumulate(gradient, aside)
+                observer.after_call(final)
         self._stop_compile_helper()
 
     def _stop_compile_helper(self):

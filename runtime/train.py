@@ -309,10 +309,13 @@ class Trainer:
             raise divergence(self.epoch, self.step_in_epoch, f"the loss is {loss}", m._last, self.net)
         terms = self._term_values()
         plan = m._last
-        plan.backward(m.ctx)
         grads = plan.param_grads
-        if self.ranks > 1:      # each rank's mean over its equal share: the mean of the means
-            self.comm.average_gradients(grads, 1.0 / self.ranks, m.device)
+        # each rank's mean over its equal share: the mean of the means, bucket by bucket as
+        # the backward pass finishes them (None in one process)
+        average = self.comm.begin_gradient_average(grads, 1.0 / self.ranks, m.device, plan.gradient_order)
+        plan.backward(m.ctx, average)
+        if average is not None:
+            average.finish()
         if self.cfg.clip_grad_norm:
             m.device.clip_grad_norm(grads, self.cfg.clip_grad_norm)
         if self.cfg.clip_grad_value:
@@ -572,7 +575,7 @@ class Trainer:
         count = 0
         matrix = None
         term_sums = [0.0] * len(self.terms)
-        shard = self.ranks > 1 and not confusion       # each rank scores its contiguous part; sums reduced
+        shard = self.ranks > 1          # each rank scores its contiguous part; sums reduced
         if shard:
             lo, hi = len(ds) * self.rank // self.ranks, len(ds) * (self.rank + 1) // self.ranks
             step = max(1, cfg.batch // self.ranks)
@@ -607,6 +610,9 @@ class Trainer:
             total, n, count = float(sums[0]), int(sums[1]), int(sums[2])
             correct = {k: int(v) for k, v in zip(topk, sums[3:3 + len(topk)])}
             term_sums = [float(v) for v in sums[3 + len(topk):]]
+            if confusion:       # counts: exact in any order of summation
+                parts = [p for p in self.comm.allgather(matrix) if p is not None]
+                matrix = sum(parts[1:], parts[0]) if parts else None
         res = {"loss": total / max(n, 1), "accuracy": correct[topk[0]] / count if count else None}
         if self.terms:
             res["terms"] = {k: v / max(n, 1) for k, v in zip(self.term_names, term_sums)}

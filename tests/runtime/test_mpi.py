@@ -6,6 +6,7 @@ averaged gradient equal to the global mean. A resume with the same process count
 a resume with another count, a rank whose command differs, and a rank that fails or dies are
 refused or end the job with a message that names the rank.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -227,4 +228,74 @@ def test_missing_mpi4py_is_a_usage_error(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     assert "pip install 'dslc[mpi]'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@needs_mpi
+def test_buckets_start_during_the_backward_pass(monkeypatch):
+    """The gradient average is started bucket by bucket as the backward pass makes gradients
+    final, not after it: with small buckets the first allreduce begins while kernels are still
+    to run, and the sums (over MPI's one-process COMM_SELF) are the gradients times the share."""
+    from mpi4py import MPI
+
+    from dslc.runtime import distributed
+    from dslc.runtime.kernel_api import Context
+    from dslc.runtime.model import Model
+    from dslc.runtime.plan import Plan
+
+    from . import test_plan
+
+    monkeypatch.setattr(distributed, "BUCKET_BYTES", 2048)
+    comm = distributed.MPICommunicator(MPI.COMM_SELF)
+    model = Model(test_plan._compiled(), seed=0)
+    plan = Plan(model.net, model._dev, model.device, 4, {}, True, set(model.trainable_names()))
+    plan.set_inputs(test_plan._feeds())
+    plan.forward(Context(training=True))
+    average = comm.begin_gradient_average(plan.param_grads, 0.5, model.device, plan.gradient_order)
+    started_at = []
+    after_call = average.after_call
+
+    def counting(final):
+        after_call(final)
+        started_at.extend([counting.calls] * (average.started - len(started_at)))
+        counting.calls += 1
+    counting.calls = 0
+    average.after_call = counting
+    plan.backward(Context(training=True), average)
+    expected = {k: model.device.to_host(v).copy() * np.float32(0.5) for k, v in plan.param_grads.items()}
+    average.finish()
+    assert len(average.buckets) >= 3
+    assert len(started_at) == len(average.buckets)
+    assert started_at[0] < counting.calls - 1 and started_at == sorted(started_at)
+    for k, v in expected.items():
+        np.testing.assert_array_equal(model.device.to_host(plan.param_grads[k]), v, err_msg=k)
+
+
+@needs_mpi
+def test_eval_on_two_ranks_equals_one_process(tmp_path):
+    """`mpiexec -n 2 dslc eval`: each rank scores half the data; the reduced loss, accuracy and
+    confusion matrix are the one-process figures, printed once."""
+    trained = _train(tmp_path, 1, "w", "--epochs", "1")
+    assert trained.returncode == 0, trained.stderr
+    cmd = [DSLC, "eval", str(tmp_path / "drop.net"), "--weights", str(tmp_path / "w" / "last.ckpt"),
+           "--data", "digits", "--format", "json"]
+    one = _run(cmd, tmp_path)
+    two = _run([MPIEXEC, "-n", "2", *cmd, "--batch", "30"], tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert len(two.stdout.strip().splitlines()) == 1
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert b["samples"] == a["samples"] and b["accuracy"] == a["accuracy"] and b["confusion"] == a["confusion"]
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("command", [["predict", "m.net", "--weights", "w.ckpt", "x.npz"],
+                                     ["export", "m.net", "--weights", "w.ckpt", "-o", "m.onnx"],
+                                     ["run", "m.net", "--lr-find"]])
+def test_one_process_commands_refuse_a_launcher(tmp_path, command):
+    """Every rank would redo a predict, an export or a range test whole: refused, exit 2."""
+    env = {**_env(), "PMI_SIZE": "2"}
+    r = subprocess.run([DSLC, *command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "runs in one process" in r.stderr and "without mpiexec/srun" in r.stderr
     assert "Traceback" not in r.stderr
