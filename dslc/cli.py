@@ -122,18 +122,18 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_run(args) -> int:
-    if args.lr_find:        # the range test trains nothing to keep (dslc/cli_use.py)
+    if args.lr_find:        # the range test trains nothing to keep (dslc/cli_lr_find.py)
         _one_process("lr-find")
-        from .cli_use import lr_find_command
+        from .cli_lr_find import lr_find_command
         return lr_find_command(args, _overrides(args.set))
     from .cli_train import run_command
     return run_command(args, _overrides(args.set))
 
 
 def cmd_eval(args) -> int:
-    if len(dict.fromkeys(args.weights)) > 1:      # an ensemble (dslc/cli_use.py)
+    if len(dict.fromkeys(args.weights)) > 1:      # an ensemble (dslc/cli_ensemble.py)
         _one_process("eval (an ensemble)")
-        from .cli_use import eval_ensemble_command
+        from .cli_ensemble import eval_ensemble_command
         return eval_ensemble_command(args)
     args.weights = args.weights[0]
     from .cli_train import eval_command
@@ -142,25 +142,25 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     _one_process("predict")
-    from .cli_use import predict_command
+    from .cli_predict import predict_command
     return predict_command(args)
 
 
 def cmd_inspect(args) -> int:
     _one_process("inspect")
-    from .cli_use import inspect_command
+    from .cli_inspect import inspect_command
     return inspect_command(args)
 
 
 def cmd_plot(args) -> int:
     _one_process("plot")
-    from .cli_use import plot_command
+    from .cli_plot import plot_command
     return plot_command(args)
 
 
 def cmd_sample(args) -> int:
     _one_process("sample")
-    from .cli_use import sample_command
+    from .cli_sample import sample_command
     return sample_command(args)
 
 
@@ -187,7 +187,7 @@ def _add_export_command(sub):
 
 
 def _add_use_commands(sub):
-    """`dslc predict` and `dslc inspect` (dslc/cli_use.py)."""
+    """`dslc predict` and `dslc inspect` (dslc/cli_predict.py, dslc/cli_inspect.py)."""
     pr = sub.add_parser("predict", help="run trained weights on images or arrays: top-k classes, or outputs to .npz")
     pr.add_argument("file", help=FILE_HELP)
     pr.add_argument("--weights", required=True, nargs="+", action="extend", metavar="CKPT",

@@ -2,13 +2,13 @@
 
     dslc export FILE --weights CKPT -o model.onnx [--set k=v ...] [--opset N]
 
-The network is compiled and its weights loaded as `dslc predict` does (cli_use.load_trained:
+The network is compiled and its weights loaded as `dslc predict` does (cli_inputs.load_trained:
 the --set values the checkpoint records apply). Each format is one entry of FORMATS: the file
 suffix it writes and the function that writes it from the loaded model and the arguments.
 """
 from __future__ import annotations
 
-from .cli_use import _check_output_path, load_trained
+from .cli_inputs import _check_output_path, load_trained
 from .compiler import UsageError
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from dslc.cli import main
-from dslc.cli_use import layer_outputs, occlusion_map
+from dslc.cli_inspect import layer_outputs, occlusion_map
 from dslc.runtime.data import _resize_bilinear
 from dslc.runtime.model import Model
 

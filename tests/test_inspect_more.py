@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from dslc.cli import main
-from dslc.cli_use import class_model, dream, exposing, layer_outputs, receptive_fields, top_patches
+from dslc.cli_inspect import class_model, dream, exposing, layer_outputs, receptive_fields, top_patches
 from dslc.runtime.data import _resize_bilinear
 from dslc.runtime.model import Model
 

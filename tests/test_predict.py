@@ -105,7 +105,7 @@ def test_inspect_saliency_writes_a_png_that_depends_on_the_image(trained, tmp_pa
 
 @pytest.mark.slow
 def test_inspect_saliency_map_is_the_input_gradient(trained):
-    from dslc.cli_use import saliency_map
+    from dslc.cli_inspect import saliency_map
     _, model, images, _ = trained
     x = _as_trained(images[:1])
     grad, cls, p = saliency_map(model, {"image": x}, "logits", 4)

@@ -21,7 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # repository folder -> the package it installs as (pyproject's package-dir)
 SOURCES = {"dslc": "dslc", "runtime": "dslc.runtime"}
-CLI = {"dslc", "dslc.__main__", "dslc.cli", "dslc.cli_train", "dslc.cli_use", "dslc.cli_export"}
+CLI = {"dslc", "dslc.__main__", "dslc.cli", "dslc.cli_train", "dslc.cli_inputs", "dslc.cli_predict",
+       "dslc.cli_inspect", "dslc.cli_plot", "dslc.cli_sample", "dslc.cli_lr_find", "dslc.cli_ensemble",
+       "dslc.cli_export"}
 
 
 def _module_name(path: Path) -> str:

@@ -106,7 +106,7 @@ def test_an_image_is_converted_to_the_inputs_channels_and_resized_bilinearly(tmp
 
 
 def test_predict_reads_an_image_as_the_folder_does(folder):
-    from dslc.cli_use import read_image
+    from dslc.cli_inputs import read_image
     lazy, _ = load_dataset(str(folder), val_fraction=0, stream=True, **RGB)
     path = str(folder / "square" / "square01.jpg")
     i = list(lazy.x.paths).index(path)
