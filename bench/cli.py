@@ -26,7 +26,7 @@ import tempfile
 import traceback
 
 from .measure import BenchError, WarmupRule, one_off_cost, run_worker, samples_per_s, time_alternating, warm_up
-from .report import COMPILED, ONNX, ModelResult, ScalingResult, git_commit, machine_lines, render
+from .report import COMPILED, ONNX, ModelResult, ScalingResult, git_commit, kept_sections, machine_lines, render
 from .suite import CIFAR_MODELS, IMAGENET_MODELS, MODELS, SCALING
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
@@ -347,6 +347,7 @@ def _run(args) -> int:
     ticks = ticks_per_model * len(args.models) + sum(len(SCALING[s].values) * args.steps for s in args.scaling)
     settings = settings_line(args)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    kept = kept_sections(args.out)      # python -m bench.ranks's section stays
     results, scaling = [], []
     planned = len(args.models) + len(args.scaling)
 
@@ -357,7 +358,7 @@ def _run(args) -> int:
         text = render(results, machine_lines(pools, load_before, os.getloadavg(), commit), settings + partial,
                       scaling, args.warmup.describe())
         with open(args.out, "w") as f:
-            f.write(text)
+            f.write(text + ("\n" + kept if kept else ""))
         return text
 
     with tqdm(total=ticks, unit="step", file=sys.stderr, dynamic_ncols=True,

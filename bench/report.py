@@ -203,6 +203,21 @@ def machine_lines(thread_pools: list[str], load_before: tuple, load_after: tuple
     ]
 
 
+# Sections of RESULTS.md that other commands write (python -m bench.ranks): a rewrite keeps them.
+KEPT_SECTIONS = ("## Data-parallel overhead on MPI",)
+
+
+def kept_sections(path: str) -> str:
+    """The part of `path` (if it exists) from the first kept section's heading to the end."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    starts = [text.find("\n" + h) for h in KEPT_SECTIONS if text.find("\n" + h) >= 0]
+    return text[min(starts):].rstrip() + "\n" if starts else ""
+
+
 def render(results: list[ModelResult], machine: list[str], settings: str,
            scaling: list[ScalingResult] = (), warmup_rule: str = "") -> str:
     errors = [f"- {r.name}: {e}" for r in results for e in r.errors]

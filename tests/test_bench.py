@@ -225,3 +225,15 @@ def test_a_runner_that_cannot_be_built_marks_its_column_unavailable():
     assert cli._optional_runner(r, "torch.compile", build) is None
     assert r.unavailable == {"torch.compile": "RuntimeError: inductor: C++ compile error"}
     assert not r.errors
+
+
+def test_a_rewrite_keeps_the_data_parallel_section(tmp_path):
+    """python -m bench rewrites RESULTS.md whole, but the section python -m bench.ranks's
+    figures were put in stays, from its heading to the end."""
+    from bench.report import kept_sections
+    out = tmp_path / "RESULTS.md"
+    assert kept_sections(str(out)) == ""
+    out.write_text("# dslc vs PyTorch\n\nold table\n\n## Data-parallel overhead on MPI\n\n| ranks |\n")
+    assert kept_sections(str(out)) == "\n## Data-parallel overhead on MPI\n\n| ranks |\n"
+    out.write_text("# dslc vs PyTorch\n\nno such section\n")
+    assert kept_sections(str(out)) == ""
