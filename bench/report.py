@@ -262,7 +262,9 @@ def render(results: list[ModelResult], machine: list[str], settings: str,
             "training step and inference under inference_mode; compile: the one-off cost of its warm-up (the warm-up "
             "steps' time less as many timed steps), with an empty inductor cache, excluded from samples/s.",
             "- onnxruntime: the dslc network exported by dslc.runtime.onnx_export with dslc's weights, run by "
-            "onnxruntime's CPU provider with 2 intra-op threads and 1 inter-op thread.",
+            "onnxruntime's CPU provider with 2 intra-op threads and 1 inter-op thread, its threads not spinning "
+            "between runs (session.intra_op.allow_spinning 0: spinning threads would take the cores from the "
+            "framework timed next in the process).",
             "",
             "Work per sample (training counted as 3 x the forward's 2 x MACs):",
             "",
