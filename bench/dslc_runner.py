@@ -58,7 +58,7 @@ class DslcRunner:
         """Whether a compile-ahead helper may still be running: one not yet asked to stop (that
         happens after a plan's first complete step), or a forked child of this process (its
         command line is this process's) still ending. The warm-up goes on until none is."""
-        if getattr(compile_ahead, "_stop_pipes", None):
+        if compile_ahead.helpers_unstopped():
             return True
         return bool(forked_children())
 

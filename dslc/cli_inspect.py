@@ -83,21 +83,8 @@ def _layer(net, name: str | None, kind: str, usage: str):
 
 
 def layer_outputs(model, feeds: dict, layers: list[str]) -> dict:
-    """{layer: its output (host array)} for the inputs `feeds`, in eval mode. The layers are made
-    outputs of a copy of the network for this plan: an output is stored unfused and kept to the
-    end of the pass, whereas an inference plan fuses conv -> batchnorm -> relu into one call
-    (the conv's own output is never stored) and reuses dead activations' memory."""
-    import dataclasses
-
-    from .runtime.plan import Plan
-    net = dataclasses.replace(model.net, outputs=list(dict.fromkeys(list(model.net.outputs) + list(layers))))
-    feeds = model._feeds(feeds)
-    batch, symbols = model._bindings(feeds)
-    plan = Plan(net, model._dev, model.device, batch, symbols, False, None, with_loss=False)
-    plan.set_inputs(feeds)
-    model.ctx.training = False
-    plan.forward(model.ctx)
-    return {n: model.device.to_host(plan.out[n]).copy() for n in layers}
+    """{layer: its output (host array)} for the inputs `feeds`, in eval mode (Model.layer_outputs)."""
+    return model.layer_outputs(layers, **feeds)
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -256,14 +243,8 @@ def tsne_command(args, model, plt) -> int:
 
 # ---- patches, class, dream ----------------------------------------------------------------------
 def exposing(model, layers: list[str]):
-    """The model with `layers` made outputs too, sharing its parameters (on the device) and its
-    random state: forward() then returns them, and backward(output=layer, ...) differentiates them."""
-    import copy
-    import dataclasses
-    m = copy.copy(model)
-    m.net = dataclasses.replace(model.net, outputs=list(dict.fromkeys(list(model.net.outputs) + list(layers))))
-    m._plans, m._last = {}, None
-    return m
+    """The model with `layers` made outputs too (Model.with_outputs)."""
+    return model.with_outputs(layers)
 
 
 def receptive_fields(net, input_name: str) -> dict:

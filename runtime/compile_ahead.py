@@ -62,6 +62,12 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _stop_pipes: set[int] = set()
 
 
+def helpers_unstopped() -> bool:
+    """Whether a helper this process started has not yet been asked to stop (the first complete
+    step of its plan asks it). A helper asked to stop may still be ending: a forked child."""
+    return bool(_stop_pipes)
+
+
 def enabled() -> bool:
     """Whether plans start a compile-ahead helper: on Linux, unless DSLC_COMPILE_AHEAD=0."""
     return sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get("DSLC_COMPILE_AHEAD", "1") != "0"

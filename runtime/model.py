@@ -245,6 +245,32 @@ class Model:
             out["loss"] = plan.loss_value()
         return out
 
+    def with_outputs(self, layers) -> Model:
+        """This model with `layers` (node names) made outputs too, sharing its parameters (on the
+        device) and its random state: forward() then returns them too, and
+        backward(output=layer, ...) differentiates them (dslc inspect's picture kinds)."""
+        import copy
+        import dataclasses
+        m = copy.copy(self)
+        m.net = dataclasses.replace(self.net, outputs=list(dict.fromkeys(list(self.net.outputs) + list(layers))))
+        m._plans, m._last = {}, None
+        return m
+
+    def layer_outputs(self, layers, **inputs) -> dict:
+        """{layer: its output (host array)} for the named inputs, in eval mode. The layers are made
+        outputs of a copy of the network for this plan: an output is stored unfused and kept to the
+        end of the pass, whereas an inference plan fuses conv -> batchnorm -> relu into one call
+        (the conv's own output is never stored) and reuses dead activations' memory."""
+        import dataclasses
+        net = dataclasses.replace(self.net, outputs=list(dict.fromkeys(list(self.net.outputs) + list(layers))))
+        feeds = self._feeds(inputs)
+        batch, symbols = self._bindings(feeds)
+        plan = Plan(net, self._dev, self.device, batch, symbols, False, None, with_loss=False)
+        plan.set_inputs(feeds)
+        self.ctx.training = False
+        plan.forward(self.ctx)
+        return {n: self.device.to_host(plan.out[n]).copy() for n in layers}
+
     def _needed(self, input_name, with_loss):
         if with_loss:
             return True
