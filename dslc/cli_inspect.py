@@ -23,6 +23,16 @@ from .diagnostics import did_you_mean
 from .runtime.errors import RuntimeUserError
 
 
+def _chosen_class(net, probs: np.ndarray, cls: int | None) -> int:
+    """--class, checked against the output's classes; by default the first sample's top class."""
+    classes = probs.shape[1]
+    if cls is None:
+        return int(np.argmax(probs[0]))
+    if not 0 <= cls < classes:
+        raise UsageError(f"--class {cls}: {net.name} has classes 0 to {classes - 1}", f"give 0 to {classes - 1}")
+    return cls
+
+
 def saliency_map(model, feeds: dict, output: str, cls: int | None) -> tuple[np.ndarray, int, float]:
     """(map (H, W), class, its probability): |d score_cls / d input|, the maximum over channels
     (Simonyan, Vedaldi & Zisserman, 2014), for the first sample; cls None: the predicted class."""
@@ -33,11 +43,7 @@ def saliency_map(model, feeds: dict, output: str, cls: int | None) -> tuple[np.n
     if probs is None:
         raise UsageError(f"output `{output}` of shape {out[output].shape} holds no class scores",
                          "saliency needs a classifier's (N, classes) output")
-    classes = probs.shape[1]
-    if cls is None:
-        cls = int(np.argmax(probs[0]))
-    elif not 0 <= cls < classes:
-        raise UsageError(f"--class {cls}: {net.name} has classes 0 to {classes - 1}", f"give 0 to {classes - 1}")
+    cls = _chosen_class(net, probs, cls)
     grad = model.backward(wrt=[name], output=output, index=cls)[name][0]
     grad = np.abs(grad)
     if grad.ndim == 3:
@@ -158,11 +164,7 @@ def occlusion_map(model, feeds: dict, output: str, cls: int | None, patch: int, 
     if probs is None:
         raise UsageError(f"output `{output}` holds no class scores", "occlusion needs a classifier's (N, classes) "
                          "output")
-    classes = probs.shape[1]
-    if cls is None:
-        cls = int(np.argmax(probs[0]))
-    elif not 0 <= cls < classes:
-        raise UsageError(f"--class {cls}: {net.name} has classes 0 to {classes - 1}", f"give 0 to {classes - 1}")
+    cls = _chosen_class(net, probs, cls)
     base = float(probs[0, cls])
     spots = [(r, c) for r in range(0, h - patch + 1, stride) for c in range(0, w - patch + 1, stride)]
     batch = np.repeat(x, len(spots), axis=0)

@@ -226,16 +226,22 @@ def _remove_if_unused(path: str) -> None:
 
 def run_command(args, overrides) -> int:
     """Train. Under an MPI launcher (mpiexec -n K, srun) every rank runs this; rank 0 alone
-    claims the checkpoint directory, logs and writes. A failure on any rank ends the whole job
-    (MPI abort) with `rank R: <message>`, so the other ranks do not wait for it forever."""
+    claims the checkpoint directory, logs and writes."""
+    return _on_every_rank(_run_command, args, overrides)
+
+
+def _on_every_rank(command, args, overrides) -> int:
+    """command(args, overrides, comm) in this process, one rank of the job. A failure on any rank
+    ends the whole job (MPI abort) with `rank R: <message>`, so the other ranks do not wait for
+    it forever."""
     try:
         comm = world()
     except MissingMPI as e:
         raise UsageError(e.message, help=e.hint) from None
     if comm.size == 1:
-        return _run_command(args, overrides, comm)
+        return command(args, overrides, comm)
     try:
-        return _run_command(args, overrides, comm)
+        return command(args, overrides, comm)
     except Exception as e:  # noqa: BLE001 - any rank's failure ends the job, said with its rank
         _abort_job(comm, e)
         raise
@@ -512,17 +518,7 @@ def _eval_data(args, meta, net, cfg, weights):
 def eval_command(args, overrides) -> int:
     """Evaluate. Under an MPI launcher every rank scores its contiguous part of the data and
     the sums are reduced (the trainer's sharded evaluation); rank 0 alone prints."""
-    try:
-        comm = world()
-    except MissingMPI as e:
-        raise UsageError(e.message, help=e.hint) from None
-    if comm.size == 1:
-        return _eval_command(args, overrides, comm)
-    try:
-        return _eval_command(args, overrides, comm)
-    except Exception as e:  # noqa: BLE001 - any rank's failure ends the job, said with its rank
-        _abort_job(comm, e)
-        raise
+    return _on_every_rank(_eval_command, args, overrides)
 
 
 def _eval_command(args, overrides, comm) -> int:
