@@ -15,7 +15,7 @@ What the trainer needs from a communicator, and nothing more:
     the backward pass makes gradients final; the object returned is the plan's
     GradientObserver, which starts each bucket's non-blocking Iallreduce as soon as its last
     gradient is final, so communication overlaps the rest of the backward pass, and whose
-    finish() waits for the rest (`average_gradients` does it all after a backward pass);
+    finish() waits for the rest;
   - `sum(values)`: float64 sums (losses, counts, a stop flag) over ranks;
   - `allgather(obj)`, `bcast(obj)`: small Python objects (configuration digests, checkpoints);
   - `local_size()`: the ranks on this node (MPI's shared-memory split), for the thread count;
@@ -101,6 +101,7 @@ class SingleProcess:
     """One process: rank 0 of 1; every collective operation returns its input."""
     rank = 0
     size = 1
+    exposed_s = 0.0     # seconds spent waiting for gradient averages after backward (none here)
 
     def bcast(self, obj):
         return obj
@@ -116,9 +117,6 @@ class SingleProcess:
 
     def begin_gradient_average(self, grads, share, device, order=None):
         return None
-
-    def average_gradients(self, grads, share, device):
-        pass
 
     def local_size(self) -> int:
         return 1
@@ -187,13 +185,6 @@ class MPICommunicator(SingleProcess):
         for them and writes the averages back. order: the names in the order they become final
         (the plan's gradient_order; default: grads' own order)."""
         return _OverlappedAverage(self, grads, share, device, list(order if order is not None else grads))
-
-    def average_gradients(self, grads, share, device):
-        """grads[name] <- sum over ranks of share * grads[name], in place, all at once (after a
-        backward pass that was not observed)."""
-        average = self.begin_gradient_average(grads, share, device)
-        average.after_call(list(grads))
-        average.finish()
 
     def local_size(self) -> int:
         node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
