@@ -12,7 +12,9 @@ the opposite order from the one its first step takes (the first step meets the f
 first to last, then the backward steps last to first; the helper starts from the first step's
 backward) and compiles each jitted function those calls reach without running it, saving it
 to the cache. The parent, when it reaches a function the helper has saved, loads it instead
-of compiling it. The two meet about half way, and the helper stops when the parent asks
+of compiling it; and when it reaches the one the helper is compiling at that moment, it waits
+for it (the helper says on a pipe which kernel it starts and ends, `HelperProgress`)
+rather than compile it a second time. The two meet about half way, and the helper stops when the parent asks
 (after the plan's first complete step, see Plan.forward/backward) or when it reaches the end.
 Measured from launch to the end of the first training step with an empty cache (bench/'s
 cold start, one run each): GoogLeNet-style 53.5 s -> 36.6 s, ResNet-18 41.6 s -> 26.0 s.
@@ -38,6 +40,7 @@ tests of this module, since its processes compile every kernel in one place anyw
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import select
 import signal
@@ -45,6 +48,8 @@ import sys
 import threading
 import time
 import warnings
+
+from . import jit
 
 # Seconds after which the helper ends, whatever it is doing: a safety net for a child that
 # could not make progress (it compiles for well under a minute in the largest benchmark).
@@ -54,12 +59,34 @@ HELPER_TIME_LIMIT = 600
 # before its watchdog ends the process outright.
 ORPHAN_GRACE = 2.0
 
+# Seconds the parent waits at most for the helper to finish a kernel it reached too (a safety
+# net: the helper ends every compile it starts, or dies and closes the pipe).
+WAIT_LIMIT = 300
+
 # The signals that end the helper (by its own handlers, see _run_helper).
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 # The write ends of the running helpers' stop pipes, which a later helper must close: a pipe
 # reads as closed only when every copy of its write end is.
 _stop_pipes: set[int] = set()
+
+# The progress pipes of the helpers running now, which a compile in this process first asks
+# (_before_compile).
+_listening: list[HelperProgress] = []
+
+
+def progress_digest(dispatcher, signature) -> str:
+    """How the helper names a kernel on its progress pipe: a digest of jit.compile_key, so a
+    line is short and a whole run's lines fit the pipe's buffer (the helper never blocks on it)."""
+    return hashlib.sha1(jit.compile_key(dispatcher, signature).encode()).hexdigest()[:16]
+
+
+def _before_compile(dispatcher, signature):
+    """jit.before_compile: wait while a helper compiles this very kernel."""
+    if _listening:
+        digest = progress_digest(dispatcher, signature)
+        for progress in list(_listening):
+            progress.wait_while_compiling(digest)
 
 
 def helpers_unstopped() -> bool:
@@ -73,12 +100,69 @@ def enabled() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get("DSLC_COMPILE_AHEAD", "1") != "0"
 
 
+class HelperProgress:
+    """The parent's end of the pipe on which a helper says which kernel it starts ("s DIGEST")
+    and ends ("e DIGEST") compiling. Read without blocking, except in wait_while_compiling."""
+
+    def __init__(self, fd: int):
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.compiling = None       # the digest of the kernel the helper compiles now
+        self._unread = b""
+        _listening.append(self)
+        jit.before_compile = _before_compile
+
+    def read(self) -> None:
+        """Take in what the helper has said so far; at its end (the pipe closed) it compiles
+        nothing."""
+        while self.fd is not None:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.close()
+                break
+            self._unread += chunk
+        *lines, self._unread = self._unread.split(b"\n")
+        for line in lines:
+            kind, _, digest = line.decode(errors="replace").partition(" ")
+            if kind == "s":
+                self.compiling = digest
+            elif digest == self.compiling:
+                self.compiling = None
+
+    def wait_while_compiling(self, digest: str, limit: float = WAIT_LIMIT) -> None:
+        """Return once the helper is not compiling the kernel `digest` names, or after `limit`
+        s: the caller then loads what the helper saved from the cache, or compiles it itself
+        where the helper gave up."""
+        self.read()
+        deadline = time.monotonic() + limit
+        while self.compiling == digest and self.fd is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            select.select([self.fd], [], [], min(remaining, 1.0))
+            self.read()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.compiling = None
+        if self in _listening:
+            _listening.remove(self)
+
+
 class Helper:
     """The parent's handle on a running helper process."""
 
-    def __init__(self, pid: int, stop_pipe: int):
+    def __init__(self, pid: int, stop_pipe: int, progress: HelperProgress | None = None):
         self.pid = pid
         self._stop_pipe = stop_pipe
+        self.progress = progress
         self._reaper = threading.Thread(target=self._reap, name="dslc-compile-ahead-reaper", daemon=True)
         self._reaper.start()
 
@@ -91,6 +175,8 @@ class Helper:
     def stop(self):
         """End the helper now: what it is compiling, the parent has compiled already or will
         not need."""
+        if self.progress is not None:
+            self.progress.close()
         if self._stop_pipe is None:
             return
         _stop_pipes.discard(self._stop_pipe)
@@ -125,6 +211,10 @@ def start(plan) -> Helper | None:
         read_end, write_end = os.pipe()
     except OSError:         # out of file descriptors: compile in this process alone
         return None
+    try:
+        progress_read, progress_write = os.pipe()
+    except OSError:         # the helper still helps; the parent just cannot wait for it
+        progress_read = progress_write = None
     # Ctrl-C or SIGTERM arriving between the fork and the child's own handlers would raise in
     # the child's copy of the caller's code (a KeyboardInterrupt that a trainer catches to save
     # a checkpoint). Blocked across the fork, they wait in the child until _run_helper has its
@@ -142,22 +232,30 @@ def start(plan) -> Helper | None:
             pid = os.fork()
         if pid == 0:
             try:
-                for pipe in _stop_pipes | {write_end}:
-                    os.close(pipe)
+                for pipe in _stop_pipes | {write_end} | {p.fd for p in _listening} | {progress_read}:
+                    if pipe is not None:
+                        os.close(pipe)
+                for progress in _listening:     # an earlier plan's helper: the parent's to wait for
+                    progress.fd = None
+                _listening.clear()
+                jit.before_compile = None
                 _die_with(parent)
-                _run_helper(plan, read_end, mask)
+                _run_helper(plan, read_end, mask, progress_write)
             finally:
                 os._exit(0)
     except OSError:         # no process to spare (a limit, a sandbox): this one compiles alone
-        os.close(read_end)
-        os.close(write_end)
+        for pipe in (read_end, write_end, progress_read, progress_write):
+            if pipe is not None:
+                os.close(pipe)
         return None
     finally:
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(read_end)
+    if progress_write is not None:
+        os.close(progress_write)
     _stop_pipes.add(write_end)
-    return Helper(pid, write_end)
+    return Helper(pid, write_end, None if progress_read is None else HelperProgress(progress_read))
 
 
 def _die_with(parent: int) -> None:
@@ -184,10 +282,11 @@ def _die_with(parent: int) -> None:
     threading.Thread(target=watch, name="dslc-compile-ahead-orphan-watch", daemon=True).start()
 
 
-def _run_helper(plan, stop_pipe, mask):
+def _run_helper(plan, stop_pipe, mask, progress_pipe):
     """The child: compile what the plan's calls reach, in the reverse of the first step's order.
     SIGINT and SIGTERM arrive blocked (start); `mask` is the signal mask to restore once this
-    process handles them."""
+    process handles them. It says on `progress_pipe` (None: nowhere) which kernel it starts
+    and ends compiling."""
     signal.alarm(HELPER_TIME_LIMIT)     # its default action ends the process
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
@@ -238,8 +337,20 @@ def _run_helper(plan, stop_pipe, mask):
         if signature not in dispatcher.overloads and not _in_disk_cache(dispatcher, signature):
             if stopping:
                 raise Stop
-            dispatcher.compile(signature)
+            digest = progress_digest(dispatcher, signature)
+            tell(f"s {digest}\n")
+            try:
+                dispatcher.compile(signature)
+            finally:
+                tell(f"e {digest}\n")
         return None
+
+    def tell(line):
+        if progress_pipe is not None:
+            try:
+                os.write(progress_pipe, line.encode())
+            except OSError:     # the parent stopped listening (it stopped this helper)
+                pass
 
     CPUDispatcher.__call__ = compile_only
     # The kernels' Python code checks some inputs (labels and token ids must be valid indices):

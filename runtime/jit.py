@@ -32,7 +32,8 @@ import hashlib
 from pathlib import Path
 
 import numba
-from numba.core import caching
+from numba.core import caching, types
+from numba.core.registry import CPUDispatcher
 
 _RUNTIME = Path(__file__).resolve().parent
 KERNEL_SOURCES = (Path(__file__).resolve(), _RUNTIME / "cpu")
@@ -85,16 +86,57 @@ class KernelCache(caching.FunctionCache):
     _impl_class = _KernelCacheImpl
 
 
-def _cached(decorator):
+def _as_argument(arg_type):
+    """The type a kernel-to-kernel call compiles its callee for: a literal int or bool as the
+    plain int64 or bool a call from Python passes, an unsigned int (a prange index is one) as
+    int64. Numba types a constant argument as a literal of its value and compiles the callee
+    for it, so `gemm(..., 0, ...)` beside `gemm(..., offset, ...)`, or `_moments(x, c)` from a
+    prange loop beside a range loop, compiled a second copy of the callee each (0.3-2.8 s
+    apiece; 13 of the README's digits run's callees were such copies, docs/CPU-BACKEND.md)."""
+    if isinstance(arg_type, types.Literal) and isinstance(arg_type, (types.Integer, types.Boolean)):
+        arg_type = types.unliteral(arg_type)
+    if isinstance(arg_type, types.Integer) and not arg_type.signed:
+        return types.int64
+    return arg_type
+
+
+def compile_key(dispatcher, signature: tuple) -> str:
+    """A name for one compile of one kernel, the same in every process: its function and
+    argument types."""
+    return f"{dispatcher.py_func.__module__}.{dispatcher.py_func.__qualname__}{signature}"
+
+
+# Called as before_compile(dispatcher, signature) ahead of each compile this process is about
+# to start (a signature not compiled here yet), so that runtime/compile_ahead.py can wait for
+# its helper process to finish that very kernel rather than compile it a second time.
+before_compile = None
+
+
+class KernelDispatcher(CPUDispatcher):
+    """Numba's CPU dispatcher, except that a call from another jitted function compiles the
+    callee for plain argument types (_as_argument); the call site casts its arguments to them.
+    And `before_compile` hears of each compile before it starts."""
+
+    def get_call_template(self, args, kws):
+        return super().get_call_template(tuple(_as_argument(a) for a in args),
+                                         {k: _as_argument(v) for k, v in kws.items()})
+
+    def compile(self, sig):
+        if before_compile is not None and isinstance(sig, tuple) and sig not in self.overloads:
+            before_compile(self, sig)
+        return super().compile(sig)
+
+
+def _kernel_decorator(**options):
     def jit(func):
-        dispatcher = decorator(func)
+        dispatcher = KernelDispatcher(py_func=func, locals={}, targetoptions={"nopython": True, **options})
         dispatcher._cache = KernelCache(dispatcher.py_func)   # what cache=True would set, keyed by content
         return dispatcher
     return jit
 
 
-njit = _cached(numba.njit(nogil=True))
-pnjit = _cached(numba.njit(nogil=True, parallel=True))
+njit = _kernel_decorator(nogil=True)
+pnjit = _kernel_decorator(nogil=True, parallel=True)
 prange = numba.prange
 
 # Elementwise loops stream memory: one thread nearly saturates what two cores can draw until

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,46 @@ def test_no_helper_where_fork_fails(monkeypatch):
 
     monkeypatch.setattr(os, "fork", refuse)
     assert compile_ahead.start(object()) is None
+
+
+def test_the_parent_waits_while_the_helper_compiles_that_kernel():
+    """HelperProgress: asked about the kernel the helper has started and not ended, the parent
+    waits until its end line; about any other kernel, or once the pipe is closed, not at all."""
+    read_end, write_end = os.pipe()
+    progress = compile_ahead.HelperProgress(read_end)
+    try:
+        os.write(write_end, b"s aaaa\ne aaaa\ns bbbb\n")
+        progress.wait_while_compiling("cccc")           # another kernel: at once
+        assert progress.compiling == "bbbb"
+        ended = []
+
+        def helper_ends_it():
+            ended.append(True)
+            os.write(write_end, b"e bb")                # a line may arrive in pieces
+            os.write(write_end, b"bb\ns cccc\n")
+
+        threading.Timer(0.2, helper_ends_it).start()
+        progress.wait_while_compiling("bbbb")
+        assert ended and progress.compiling == "cccc"
+        os.close(write_end)                             # the helper exits
+        write_end = None
+        progress.wait_while_compiling("cccc")
+        assert progress.fd is None and progress.compiling is None
+        assert progress not in compile_ahead._listening
+    finally:
+        progress.close()
+        if write_end is not None:
+            os.close(write_end)
+
+
+def test_waiting_has_a_limit():
+    """A helper that never says it ended (stuck) holds the parent for `limit` seconds at most."""
+    read_end, write_end = os.pipe()
+    progress = compile_ahead.HelperProgress(read_end)
+    try:
+        os.write(write_end, b"s aaaa\n")
+        progress.wait_while_compiling("aaaa", limit=0.1)
+        assert progress.compiling == "aaaa"
+    finally:
+        progress.close()
+        os.close(write_end)
