@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from dslc.runtime.jit import njit, pnjit, prange
+from dslc.runtime.jit import njit, parallel_elementwise, pnjit, prange
 from dslc.runtime.kernel_api import FusesRelu, Kernel, register
 
 
@@ -328,19 +328,34 @@ class LocalResponseNorm(Kernel):
 
 # --- dropout ---------------------------------------------------------------------------------
 
+@njit
+def _keep_or_drop(x, mask, out, p, keep_scale, i):
+    mask[i] = keep_scale if mask[i] >= p else 0
+    out[i] = x[i] * mask[i]
+
+
 @pnjit
-def _dropout_forward(x, mask, out, p, keep_scale):
+def _dropout_forward(x, mask, out, p, keep_scale, parallel):
     # On entry mask holds uniform draws in [0, 1); it leaves holding each element's factor.
-    for i in prange(x.size):
-        mask[i] = keep_scale if mask[i] >= p else 0
-        out[i] = x[i] * mask[i]
+    # Parallel only above runtime/jit.py's size: on a busy machine a parallel region over a
+    # dense layer's few thousand activations waited ~1 ms for the other worker.
+    if parallel:
+        for i in prange(x.size):
+            _keep_or_drop(x, mask, out, p, keep_scale, i)
+    else:
+        for i in range(x.size):
+            _keep_or_drop(x, mask, out, p, keep_scale, i)
     return
 
 
 @pnjit
-def _scale_by_mask(g, mask, gx):
-    for i in prange(g.size):
-        gx[i] = g[i] * mask[i]
+def _scale_by_mask(g, mask, gx, parallel):
+    if parallel:
+        for i in prange(g.size):
+            gx[i] = g[i] * mask[i]
+    else:
+        for i in range(g.size):
+            gx[i] = g[i] * mask[i]
     return
 
 
@@ -362,13 +377,13 @@ class Dropout(Kernel):
         p = float(self.spec.attrs["p"])
         mask = ws["mask"].reshape(-1)
         ctx.rng.random(dtype=mask.dtype, out=mask)
-        _dropout_forward(x, mask, flat_out, p, 1.0 / (1.0 - p) if p < 1 else 0.0)
+        _dropout_forward(x, mask, flat_out, p, 1.0 / (1.0 - p) if p < 1 else 0.0, parallel_elementwise(x.size))
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         if gxs[0] is None:
             return
         g, gx = gout.reshape(-1), gxs[0].reshape(-1)
         if ctx.training:
-            _scale_by_mask(g, ws["mask"].reshape(-1), gx)
+            _scale_by_mask(g, ws["mask"].reshape(-1), gx, parallel_elementwise(g.size))
         else:
             gx[...] = g

@@ -170,17 +170,34 @@ def _window_argmax(src, image_h, image_w, kh, kw, sh, sw, ph, pw, out_h, out_w, 
 
 @njit
 def _tile_rows_argmax(src, first, last, out_h, argmax, maxima):
+    """_pick's result over each 2x2 tile (the first maximum, or the last NaN), computed so that
+    the loop over ow vectorises: the winning value by a tournament of selects, then its place
+    from comparisons with it (the first element equal to it, or the last NaN), rather than
+    carrying the place through every select. 2.2-2.6x faster than the _pick chain on LeNet's
+    and the digits net's pools (docs/CPU-BACKEND.md)."""
     out_w = argmax.shape[1]
-    image_w = src.shape[2]
+    image_w = np.int32(src.shape[2])
+    below, below_right = image_w, np.int32(image_w + 1)     # offsets of the tile's lower row
     for r in range(first, last):
-        top_left = (r % out_h) * 2 * image_w
+        top_left = np.int32((r % out_h) * 2 * image_w)
+        upper, lower, places, maxima_row = src[r, 0], src[r, 1], argmax[r], maxima[r]
         for ow in range(out_w):
-            best, at = src[r, 0, 2 * ow], top_left + 2 * ow
-            best, at = _pick(src[r, 0, 2 * ow + 1], top_left + 2 * ow + 1, best, at)
-            best, at = _pick(src[r, 1, 2 * ow], top_left + image_w + 2 * ow, best, at)
-            best, at = _pick(src[r, 1, 2 * ow + 1], top_left + image_w + 2 * ow + 1, best, at)
-            maxima[r, ow] = best
-            argmax[r, ow] = at
+            a, b = upper[2 * ow], upper[2 * ow + 1]
+            c, d = lower[2 * ow], lower[2 * ow + 1]
+            best = a
+            best = b if (b > best) | (b != b) else best
+            best = c if (c > best) | (c != c) else best
+            best = d if (d > best) | (d != d) else best
+            first_max = below_right
+            first_max = below if c == best else first_max
+            first_max = np.int32(1) if b == best else first_max
+            first_max = np.int32(0) if a == best else first_max
+            last_nan = np.int32(0)
+            last_nan = np.int32(1) if b != b else last_nan
+            last_nan = below if c != c else last_nan
+            last_nan = below_right if d != d else last_nan
+            maxima_row[ow] = best
+            places[ow] = top_left + np.int32(2 * ow) + (last_nan if best != best else first_max)
 
 
 @pnjit

@@ -28,6 +28,24 @@ def test_maxpool_picks_first_maximum_of_ties():
     np.testing.assert_array_equal(gxs[0], [[[[1, 0, 2, 0], [0, 0, 0, 0]]]])
 
 
+
+def test_maxpool_tiles_pick_as_torch_with_nans_and_ties():
+    """2x2 tiles (the vectorised _tile_rows_argmax): the first maximum of a tie, a NaN wherever
+    one is, the last of several NaNs: the gradient lands where torch's indices say."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, (2, 3, 6, 8)).astype(np.float32)     # many ties
+    x[0, 0, 0, 1] = np.nan                                      # one NaN in a tile
+    x[0, 1, 2, 2] = x[0, 1, 3, 3] = np.nan                      # two in one tile
+    x[1, 2, 5, 6] = np.nan                                      # the tile's last place
+    case = maxpool_case(x.shape, window((2, 2), (2, 2)))
+    values, indices = torch.nn.functional.max_pool2d(torch.from_numpy(x), 2, return_indices=True)
+    gout = rng.standard_normal(values.shape).astype(np.float32)
+    out, gxs, _, _ = run_kernel(case, [x], {}, gout.shape, gout, np.float32)
+    np.testing.assert_array_equal(out, values.numpy())         # NaN where torch has NaN
+    expected = torch.zeros(x.shape).flatten(2).scatter_add_(2, indices.flatten(2), torch.from_numpy(gout).flatten(2))
+    np.testing.assert_array_equal(gxs[0], expected.reshape(x.shape).numpy())
+
+
 # One case per plane function, each with both of its loops: the serial one and the `prange` one
 # that kernels choose from PARALLEL_MIN_ELEMENTS up (the cases above are all below it).
 PARALLEL_CASES = [
