@@ -816,7 +816,7 @@ class Conv(FusesRelu, _ConvBase):
         # path chosen above.
         channels = self.x_shape[2]
         self.winograd = (groups == 1 and (kh, kw) == (3, 3) and (sh, sw) == (1, 1) and (dh, dw) == (1, 1)
-                         and max(ph, pw) <= 2 and winograd_pays(channels, rows))
+                         and max(ph, pw) <= 2 and winograd_pays(channels, rows, n_batch * grid_h * grid_w))
         # An input grid no bigger than the kernel window: unrolled weights (conv_unrolled.py), in
         # place of any of the above.
         self.unrolled = unrolled_pays(image_h * image_w, kh * kw, groups,

@@ -95,17 +95,27 @@ F4_MIN_GRID = 8
 WINOGRAD_MIN_HARMONIC = 32
 
 
-def winograd_pays(channels: int, rows: int) -> bool:
-    """Whether a 3x3 stride-1 layer with `channels` inputs and `rows` outputs per group runs
-    faster by Winograd than on conv.py's other paths. Its transforms cost in proportion to
-    channels + rows per tile, its GEMMs (which it makes 2.25x or 4x smaller) to channels * rows,
-    so it pays where channels * rows / (channels + rows) is large.
+def winograd_pays(channels: int, rows: int, positions: int) -> bool:
+    """Whether a 3x3 stride-1 layer with `channels` inputs and `rows` outputs per group, and
+    `positions` outputs per feature in a step (batch x grid), runs faster by Winograd than on
+    conv.py's other paths. Its transforms cost in proportion to channels + rows per tile, its
+    GEMMs (which it makes 2.25x or 4x smaller) to channels * rows, so it pays where
+    channels * rows / (channels + rows) is large; and the transform of the weights, which costs
+    the same whatever the batch, must be spread over enough positions: at least the larger of
+    channels and rows. Measured per layer (ms, Winograd vs the other path, positions in
+    brackets), ResNet-18's inference at batch 1, 4 and 16: 512->512 at 4x4 9.4 vs 2.5 (16), 11.8
+    vs 3.9 (64), 18.7 vs 14.2 (256); 256->256 at 8x8 5.5 vs 2.8 (64), 7.5 vs 4.8 (256), 11.5 vs
+    18.0 (1,024); 128->128 at 16x16 1.8 vs 1.8 (256), 2.7 vs 3.5 (1,024); 64->64 at 32x32 1.3 vs
+    1.7 (1,024). Training, whose input gradient reuses the transformed weights, tips earlier:
+    ResNet-18 at batch 16, 512->512 at 4x4 41 vs 31 (256), but ResNet-50 at 224 and batch 16,
+    512->512 at 7x7 81 vs 124 (784). Twice the larger count would have suited inference
+    better (the 256-position case at 256 channels) and lost that ResNet-50 layer.
     Measured on one core (thread time), forward + backward, batch 64 unless said (ms, Winograd
     vs the best other path): 64->64 at 32x32 165 vs 192; 96->128 at 32x32 (batch 32) 171 vs
     274; 128->192 at 32x32 (batch 32) 285 vs 548; 128->128 at 16x16 105 vs 193; 32->32 at 16x16
     15.0 vs 12.7; 48->12 at 32x32 61 vs 27; 512->512 at 4x4 (F(2x2)) 127 vs 206. With F(2x2)
     alone, wide grids needed twice the threshold; F(4x4) (grids of 8 and more) removed that."""
-    return channels * rows / (channels + rows) >= WINOGRAD_MIN_HARMONIC
+    return channels * rows / (channels + rows) >= WINOGRAD_MIN_HARMONIC and positions >= max(channels, rows)
 
 
 # ---- the primitive: a small constant matrix times a stack of rows ----------------------------

@@ -45,7 +45,7 @@ def workers(request, monkeypatch):
     if request.param == "shifted-all-workers":
         monkeypatch.setattr(dslc.runtime.cpu.conv, "shifted_pays", lambda columns, channels, features: True)
     if request.param == "winograd-all-workers":
-        monkeypatch.setattr(dslc.runtime.cpu.conv, "winograd_pays", lambda channels, rows: True)
+        monkeypatch.setattr(dslc.runtime.cpu.conv, "winograd_pays", lambda channels, rows, positions: True)
     monkeypatch.setattr(dslc.runtime.cpu.conv, "unrolled_pays",
                         lambda positions, taps, groups, elements: request.param == "unrolled-all-workers"
                         and groups == 1)
@@ -76,6 +76,9 @@ def test_fused_relu_keeps_nan(case, request):
 @pytest.mark.parametrize("x_shape,channels,kernel,pad,path", [
     ((64, 128, 16, 16), 128, (3, 3), (1, 1), "winograd"),   # many channels: Winograd
     ((64, 512, 4, 4), 512, (3, 3), (1, 1), "winograd"),
+    ((16, 512, 4, 4), 512, (3, 3), (1, 1), "im2col"),       # ... too few positions for its weight transform
+    ((1, 128, 16, 16), 128, (3, 3), (1, 1), "winograd"),    # batch 1: only on grids wide enough
+    ((1, 256, 8, 8), 256, (3, 3), (1, 1), "shifted"),
     ((64, 64, 32, 32), 64, (3, 3), (1, 1), "winograd"),     # ... on wide grids too (4x4 tiles)
     ((64, 32, 16, 16), 32, (3, 3), (1, 1), "shifted"),      # too few channels for Winograd
     ((64, 48, 32, 32), 12, (3, 3), (1, 1), "shifted"),      # few channels, wide grid: shifted windows
