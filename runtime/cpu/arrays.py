@@ -38,6 +38,13 @@ def row_sum(src):
 
 
 @njit
+def part_bounds(total, parts, part):
+    """[lo, hi) of part `part` of `total` items cut into `parts` near-equal runs: one worker's
+    share of rows, channels or features."""
+    return total * part // parts, total * (part + 1) // parts
+
+
+@njit
 def add_into(dst, src):
     """dst[i] += src[i] for two 1-d slices of one length."""
     for i in range(dst.shape[0]):

@@ -29,6 +29,12 @@ buffers, and the weight gradient is summed per worker, then across workers, so n
 ever write the same element. GEMMs go through runtime/cpu/blas.py, which takes leading
 dimensions, so one (rows, chunk columns) buffer per worker also serves a short last chunk.
 
+A batch with fewer samples than threads (latency, batch 1) would leave cores idle that way:
+there the forward pass shares each sample instead (_conv_forward_split, _shifted_forward_split,
+conv_winograd.winograd_conv_split), the columns or padded image by input channels, the GEMMs
+and epilogue by output features, with a parallel region per phase. The backward passes keep
+whole samples per worker.
+
 A 1x1 kernel with stride 1 and no padding makes a sample's column matrix equal to its
 image, so such "pointwise" layers GEMM straight from the input when a chunk is one sample.
 
@@ -47,11 +53,17 @@ import numpy as np
 from numba import uint64 as _u
 
 from dslc.runtime.cpu.activation import relu_backward, relu_grad
-from dslc.runtime.cpu.arrays import add_into, copy_into, copy_rows, fill, row_sum, scale_shift
+from dslc.runtime.cpu.arrays import add_into, copy_into, copy_rows, fill, part_bounds, row_sum, scale_shift
 from dslc.runtime.cpu.blas import gemm
 from dslc.runtime.cpu.conv_geometry import window_offsets
 from dslc.runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
-from dslc.runtime.cpu.conv_winograd import WinogradPlan, winograd_conv, winograd_pays, winograd_weight_grad
+from dslc.runtime.cpu.conv_winograd import (
+    WinogradPlan,
+    winograd_conv,
+    winograd_conv_split,
+    winograd_pays,
+    winograd_weight_grad,
+)
 from dslc.runtime.jit import njit, parallel_elementwise, parallel_gemm, pnjit, prange
 from dslc.runtime.kernel_api import FusesRelu, Kernel, register
 
@@ -184,15 +196,15 @@ def _absent(dtype):
 
 
 @njit
-def _epilogue(scale, shift, g, relu, out):
-    """out (F, P) = out * scale[g] (F) + shift[g] (F) along rows, then relu where `relu`; scale
-    and shift, (G, F) each, may be empty (left out: see Conv._epilogue_operands). One (sample,
-    group g) block, right after its GEMM wrote it, while it is still in cache: a bias, a
-    batchnorm folded in (inference, see Conv.fuse_batchnorm) and a fused relu cost no pass of
-    their own."""
+def _epilogue(scale, shift, g, relu, out, lo, hi):
+    """Rows [lo, hi) of out (F, P) = out * scale[g] (F) + shift[g] (F) along rows, then relu
+    where `relu`; scale and shift, (G, F) each, may be empty (left out: see
+    Conv._epilogue_operands). One (sample, group g) block, or a worker's rows of it, right
+    after its GEMM wrote them, while they are still in cache: a bias, a batchnorm folded in
+    (inference, see Conv.fuse_batchnorm) and a fused relu cost no pass of their own."""
     if scale.size == 0 and shift.size == 0 and not relu:
         return
-    for f in range(out.shape[0]):
+    for f in range(lo, hi):
         scale_shift(out[f], out[f], scale[g, f] if scale.size else np.float32(1),
                     shift[g, f] if shift.size else np.float32(0), relu)
 
@@ -236,7 +248,7 @@ def _conv_forward(x, weight, scale, shift, relu, out, geometry, offsets, pointwi
                         _to_columns(x[first, g], geometry, offsets, chunk_cols, 0)
                         gemm(False, False, rows, positions, depth, weight[g], 0, depth,
                              chunk_cols, 0, stride, 0.0, out[first, g], 0, positions)
-                    _epilogue(scale, shift, g, relu, out[first, g])
+                    _epilogue(scale, shift, g, relu, out[first, g], 0, rows)
                     continue
                 for s in range(count):
                     _to_columns(x[first + s, g], geometry, offsets, chunk_cols, s * positions)
@@ -245,7 +257,34 @@ def _conv_forward(x, weight, scale, shift, relu, out, geometry, offsets, pointwi
                      0.0, result, 0, stride)
                 for s in range(count):
                     copy_rows(out[first + s, g], result[:, s * positions:(s + 1) * positions])
-                    _epilogue(scale, shift, g, relu, out[first + s, g])
+                    _epilogue(scale, shift, g, relu, out[first + s, g], 0, rows)
+
+
+@pnjit
+def _conv_forward_split(x, weight, scale, shift, relu, out, geometry, offsets, pointwise, cols, workers):
+    """_conv_forward for a batch smaller than the workers (latency, batch 1): the workers share
+    each sample instead of taking whole samples, the column matrix by input channels, then
+    its GEMM and epilogue by output features, so no core idles. cols: as _conv_forward's at
+    one sample a chunk; all `workers` share the first worker's buffer. Every worker's GEMM
+    reads every worker's columns: a second parallel region per (sample, group) orders the
+    two, at ~6 us."""
+    n_batch, groups, rows, positions = out.shape
+    channels = x.shape[2]
+    depth = weight.shape[2]
+    taps = depth // channels
+    columns = cols[0]
+    for n in range(n_batch):
+        for g in range(groups):
+            if not pointwise:
+                for worker in prange(workers):
+                    lo, hi = part_bounds(channels, workers, worker)
+                    _to_columns(x[n, g, lo:hi], geometry, offsets, columns[lo * taps:hi * taps], 0)
+            for worker in prange(workers):
+                lo, hi = part_bounds(rows, workers, worker)
+                source = x[n, g] if pointwise else columns
+                gemm(False, False, hi - lo, positions, depth, weight[g], lo * depth, depth,
+                     source, 0, positions, 0.0, out[n, g], lo * positions, positions)
+                _epilogue(scale, shift, g, relu, out[n, g], lo, hi)
 
 
 @pnjit
@@ -332,22 +371,24 @@ SIBLING_COLUMNS = 256
 def _siblings_forward(x, weight, scale, shift, relu, outs, rows, workers, staging):
     """outs[i][n] (F_i, P) = the epilogue of rows [rows[i], rows[i+1]) of weight (F, C) @ x[n]
     (C, P), row r's epilogue being * scale[r] + shift[r], then relu where relu[r]; staging:
-    (workers, F, SIBLING_COLUMNS)."""
+    (workers, F, SIBLING_COLUMNS). The workers take blocks of a sample's columns in turn, so
+    a batch of one still keeps them all busy."""
     n_batch, channels, positions = x.shape
     features = weight.shape[0]
     width = staging.shape[2]
+    blocks = (positions + width - 1) // width
     for worker in prange(workers):
         result = staging[worker]
-        for n in range(worker, n_batch, workers):
-            for first in range(0, positions, width):
-                cols = min(width, positions - first)
-                gemm(False, False, features, cols, channels, weight, 0, channels, x[n], first, positions,
-                     0.0, result, 0, width)
-                for i in range(len(outs)):
-                    target = outs[i][n]
-                    for r in range(rows[i], rows[i + 1]):
-                        scale_shift(target[r - rows[i], first:first + cols], result[r, :cols], scale[r], shift[r],
-                                    relu[r] != 0)
+        for block in range(worker, n_batch * blocks, workers):
+            n, first = block // blocks, (block % blocks) * width
+            cols = min(width, positions - first)
+            gemm(False, False, features, cols, channels, weight, 0, channels, x[n], first, positions,
+                 0.0, result, 0, width)
+            for i in range(len(outs)):
+                target = outs[i][n]
+                for r in range(rows[i], rows[i + 1]):
+                    scale_shift(target[r - rows[i], first:first + cols], result[r, :cols], scale[r], shift[r],
+                                relu[r] != 0)
 
 
 @pnjit
@@ -450,14 +491,19 @@ def _pad_image(image, geometry, padded):
 
 
 @njit
-def _weight_taps(weight, taps):
-    """taps[g, t, f, c] = weight[g, f, c*kk + t], kk = kh*kw taps per channel."""
+def _weight_taps(weight, taps, lo, hi):
+    """taps[g, t, f, c] = weight[g, f, c*kk + t] for features f in [lo, hi), kk = kh*kw taps
+    per channel. Each tap's row is written in one run, reading the feature's weight row (in
+    L1) with stride kk: 3.6x faster than writing kk rows a value at a time (256 -> 256 3x3:
+    0.26 against 0.96 ms, one core), which an inference plan pays on every call."""
     groups, kk, rows, channels = taps.shape
     for g in range(groups):
-        for f in range(rows):
-            for c in range(channels):
-                for t in range(kk):
-                    taps[g, t, f, c] = weight[g, f, c * kk + t]
+        for f in range(lo, hi):
+            source = weight[g, f]
+            for t in range(kk):
+                row = taps[g, t, f]
+                for c in range(channels):
+                    row[_u(c)] = source[_u(c) * _u(kk) + _u(t)]
 
 
 @njit
@@ -476,7 +522,7 @@ def _shifted_forward(x, weight, scale, shift, relu, out, geometry, taps, padded,
     channels = x.shape[2]
     _, _, kh, kw, _, _, _, _, dh, dw, grid_h, grid_w = geometry
     row_width, padded_length, wide_width = _shifted_geometry(geometry)
-    _weight_taps(weight, taps)
+    _weight_taps(weight, taps, 0, rows)
     workers = padded.shape[0]
     for worker in prange(workers):
         image = padded[worker]
@@ -494,7 +540,42 @@ def _shifted_forward(x, weight, scale, shift, relu, out, geometry, taps, padded,
                     for oh in range(grid_h):
                         copy_into(out[n, g, f, oh * grid_w:(oh + 1) * grid_w],
                                   result[f, oh * row_width:oh * row_width + grid_w])
-                _epilogue(scale, shift, g, relu, out[n, g])
+                _epilogue(scale, shift, g, relu, out[n, g], 0, rows)
+
+
+@pnjit
+def _shifted_forward_split(x, weight, scale, shift, relu, out, geometry, taps, padded, wide, workers):
+    """_shifted_forward for a batch smaller than the workers (latency, batch 1), shared as in
+    _conv_forward_split: the weights' taps and each tap's GEMM by output features, the padded
+    image by input channels. padded, wide: as for _shifted_forward; all `workers` share the
+    first worker's."""
+    n_batch, groups, rows, positions = out.shape
+    channels = x.shape[2]
+    _, _, kh, kw, _, _, _, _, dh, dw, grid_h, grid_w = geometry
+    row_width, padded_length, wide_width = _shifted_geometry(geometry)
+    image = padded[0]
+    result = wide[0]
+    for worker in prange(workers):
+        lo, hi = part_bounds(rows, workers, worker)
+        _weight_taps(weight, taps, lo, hi)
+    for n in range(n_batch):
+        for g in range(groups):
+            for worker in prange(workers):
+                lo, hi = part_bounds(channels, workers, worker)
+                _pad_image(x[n, g, lo:hi], geometry, image[lo:hi])
+            for worker in prange(workers):
+                lo, hi = part_bounds(rows, workers, worker)
+                for i in range(kh):
+                    for j in range(kw):
+                        t = i * kw + j
+                        gemm(False, False, hi - lo, wide_width, channels, taps[g, t], lo * channels, channels,
+                             image, i * dh * row_width + j * dw, padded_length,
+                             0.0 if t == 0 else 1.0, result, lo * wide_width, wide_width)
+                for f in range(lo, hi):
+                    for oh in range(grid_h):
+                        copy_into(out[n, g, f, oh * grid_w:(oh + 1) * grid_w],
+                                  result[f, oh * row_width:oh * row_width + grid_w])
+                _epilogue(scale, shift, g, relu, out[n, g], lo, hi)
 
 
 @pnjit
@@ -573,7 +654,7 @@ def _deconv_forward(x, weight, bias, out, geometry, pointwise, cols):
                 np.dot(weight[g].T, x[n, g], cols)
                 _col2im(cols, geometry, 0, out[n, g])
             if bias is not None:
-                _epilogue(bias[:0], bias, g, False, out[n, g])     # no scale
+                _epilogue(bias[:0], bias, g, False, out[n, g], 0, out.shape[2])     # no scale
 
 
 @njit
@@ -713,7 +794,10 @@ class Conv(FusesRelu, _ConvBase):
         self.sibling_relu = np.concatenate([np.full(k.out_shape[2], k.relu, np.uint8) for k in members])
         n_batch, _, channels, positions = self.x_shape
         flops = 2 * n_batch * int(self.sibling_rows[-1]) * channels * positions
-        self.sibling_workers = max(1, min(numba.get_num_threads() if parallel_gemm(flops) else 1, n_batch))
+        threads = numba.get_num_threads() if parallel_gemm(flops) else 1
+        self.sibling_workers = max(1, min(threads, n_batch))     # backward: whole samples per worker
+        # forward: blocks of columns per worker (_siblings_forward), enough for batch 1
+        self.sibling_forward_workers = max(1, min(threads, n_batch * -(-positions // SIBLING_COLUMNS)))
         return True
 
     def bind_siblings(self, operands):
@@ -726,7 +810,7 @@ class Conv(FusesRelu, _ConvBase):
         workers = self.sibling_workers
         return {
             "sibling_weight": ((features, channels), "float32"),         # the weights stacked
-            "sibling_staging": ((workers, features, SIBLING_COLUMNS), "float32"),
+            "sibling_staging": ((self.sibling_forward_workers, features, SIBLING_COLUMNS), "float32"),
             "sibling_gweight": ((features, channels), "float32"),
             "sibling_gbias": ((features,), "float32"),
             "gweight_partial": ((workers - 1, features, channels), "float32"),
@@ -759,7 +843,7 @@ class Conv(FusesRelu, _ConvBase):
         n_batch, _, channels, positions = self.x_shape
         outs = tuple(out.reshape(n_batch, hi - lo, positions) for _, _, out, _, _, lo, hi in members)
         _siblings_forward(x.reshape(n_batch, channels, positions), self._stack_weights(members, ws["sibling_weight"]),
-                          scale, shift, self.sibling_relu, outs, self.sibling_rows, self.sibling_workers,
+                          scale, shift, self.sibling_relu, outs, self.sibling_rows, self.sibling_forward_workers,
                           ws["sibling_staging"])
 
     def _sibling_backward(self, x, params, out, gout, gx, gparams, ws):
@@ -802,6 +886,10 @@ class Conv(FusesRelu, _ConvBase):
         # Small layers (LeNet-sized) stay on one worker: a wake-up would cost more than it saves.
         threads = numba.get_num_threads() if parallel_gemm(flops) else 1
         self.workers = max(1, min(threads, n_batch))
+        # A batch smaller than the threads (latency: batch 1): the forward pass shares each
+        # sample between all of them (_conv_forward_split and its kin; the unrolled lowering
+        # splits by features at any batch). The backward passes keep whole samples per worker.
+        self.split_workers = threads if n_batch < threads else 0
         image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = self.geometry
         # Stride 1: shifted windows (see above) where they pay.
         self.shifted = ((sh, sw) == (1, 1) and not self.pointwise
@@ -816,7 +904,7 @@ class Conv(FusesRelu, _ConvBase):
         # path chosen above.
         channels = self.x_shape[2]
         self.winograd = (groups == 1 and (kh, kw) == (3, 3) and (sh, sw) == (1, 1) and (dh, dw) == (1, 1)
-                         and max(ph, pw) <= 2 and winograd_pays(channels, rows, n_batch * grid_h * grid_w))
+                         and max(ph, pw) <= 2 and winograd_pays(channels, rows, n_batch * positions))
         # An input grid no bigger than the kernel window: unrolled weights (conv_unrolled.py), in
         # place of any of the above.
         self.unrolled = unrolled_pays(image_h * image_w, kh * kw, groups,
@@ -848,13 +936,14 @@ class Conv(FusesRelu, _ConvBase):
     def _winograd_workspace(self):
         rows = self.out_shape[2]
         plan, workers = self.winograd_plan, self.workers
+        threads = max(workers, self.split_workers)      # the transforms' scratch: one per thread
         return {
             "winograd_u": ((plan.u_size,), "float32"),                     # transformed weights
             "winograd_v": ((workers, plan.tiles_size), "float32"),
             "winograd_m": ((workers, plan.tiles_size), "float32"),
-            "winograd_windows": ((workers, plan.windows_size), "float32"),
-            "winograd_outputs": ((workers, plan.outputs_size), "float32"),
-            "winograd_weights": ((plan.weight_scratch_size,), "float32"),   # the weight transforms' scratch
+            "winograd_windows": ((threads, plan.windows_size), "float32"),
+            "winograd_outputs": ((threads, plan.outputs_size), "float32"),
+            "winograd_weights": ((threads, plan.weight_scratch_size), "float32"),   # the weight transforms' scratch
             "winograd_du": ((workers, plan.u_size), "float32"),            # per-worker weight gradients
             "gbias_partial": ((workers, rows), "float32"),
         }
@@ -896,12 +985,18 @@ class Conv(FusesRelu, _ConvBase):
             # one group: every operand as one matrix per sample (or per output feature)
             unrolled_forward(x.reshape(x.shape[0], -1), weight[0], scale.reshape(-1),
                              shift.reshape(-1), self.relu, out.reshape(out.shape[0], -1),
-                             self.taps, self.workers, ws["unrolled"])
+                             self.taps, max(self.workers, self.split_workers), ws["unrolled"])
         elif self.winograd:
             self._winograd(ws, weight, False, x, scale, shift, self.relu, out)
+        elif self.shifted and self.split_workers:
+            _shifted_forward_split(x, weight, scale, shift, self.relu, out, self.geometry, ws["taps"], ws["padded"],
+                                   ws["wide"], self.split_workers)
         elif self.shifted:
             _shifted_forward(x, weight, scale, shift, self.relu, out, self.geometry, ws["taps"], ws["padded"],
                              ws["wide"])
+        elif self.split_workers:
+            _conv_forward_split(x, weight, scale, shift, self.relu, out, self.geometry, self.offsets,
+                                self.pointwise, ws["cols"], self.split_workers)
         else:
             _conv_forward(x, weight, scale, shift, self.relu, out, self.geometry, self.offsets, self.pointwise,
                           self.chunk, ws["cols"], ws["staging"])
@@ -927,9 +1022,15 @@ class Conv(FusesRelu, _ConvBase):
         shift = zeros[:features] if shift.size == 0 else shift[0]
         # F(2x2)'s input gradient reads the forward's transformed weights (winograd_conv)
         planes = plan.flip_planes if input_gradient and plan.flip_planes is not None else self._no_planes
-        winograd_conv(source, grid.sources, grid.targets, bt, at, weight.reshape(self.out_shape[2], -1, 9), g,
-                      input_gradient, planes, ws["winograd_u"], ws["winograd_weights"], scale, shift, relu, target,
-                      grid.chunk, ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
+        weight = weight.reshape(self.out_shape[2], -1, 9)
+        if self.split_workers:
+            winograd_conv_split(source, grid.sources, grid.targets, bt, at, weight, g, input_gradient, planes,
+                                ws["winograd_u"], ws["winograd_weights"], scale, shift, relu, target, ws["winograd_v"],
+                                ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"], self.split_workers)
+        else:
+            winograd_conv(source, grid.sources, grid.targets, bt, at, weight, g, input_gradient, planes,
+                          ws["winograd_u"], ws["winograd_weights"][0], scale, shift, relu, target, grid.chunk,
+                          ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         if self.folded_batchnorm_eps is not None:
@@ -949,7 +1050,7 @@ class Conv(FusesRelu, _ConvBase):
             unrolled_backward(x.reshape(n_batch, -1), weight[0], gout.reshape(n_batch, -1),
                               None if gx is None else gx.reshape(n_batch, -1),
                               None if gweight is None else gweight[0], None if gbias is None else gbias[0],
-                              self.taps, self.workers, ws["unrolled"])
+                              self.taps, max(self.workers, self.split_workers), ws["unrolled"])
             return
         if self.winograd:
             if gx is not None:
@@ -961,7 +1062,7 @@ class Conv(FusesRelu, _ConvBase):
                 winograd_weight_grad(x.reshape(n_batch, x.shape[2], x.shape[3]), plan.forward.sources,
                                      plan.forward.targets, bt, a, gt, gout.reshape(n_batch, rows, positions),
                                      plan.forward.chunk, ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"],
-                                     ws["winograd_du"], ws["winograd_weights"], gweight.reshape(rows, -1, 9),
+                                     ws["winograd_du"], ws["winograd_weights"][0], gweight.reshape(rows, -1, 9),
                                      ws["gbias_partial"], None if gbias is None else gbias[0])
             elif gbias is not None:     # a frozen weight with a trained bias
                 np.sum(gout, axis=(0, 3), out=gbias)

@@ -29,7 +29,7 @@ gradient). Either way no two workers write one element and no worker waits for a
 import numpy as np
 from numba import uint64 as _u
 
-from dslc.runtime.cpu.arrays import fill, scale_shift
+from dslc.runtime.cpu.arrays import fill, part_bounds, scale_shift
 from dslc.runtime.cpu.blas import gemm
 from dslc.runtime.jit import njit, pnjit, prange
 
@@ -57,12 +57,6 @@ def tap_map(geometry) -> np.ndarray:
                     if 0 <= ih < image_h and 0 <= iw < image_w:
                         taps[ih * image_w + iw, oh * grid_w + ow] = i * kw + j
     return taps
-
-
-@njit
-def _split(total, parts, part):
-    """[lo, hi) of part `part` of `total` items cut into `parts` near-equal pieces."""
-    return total * part // parts, total * (part + 1) // parts
 
 
 @njit
@@ -117,7 +111,7 @@ def unrolled_forward(x, weight, scale, shift, relu, out, taps, workers, unrolled
     grid_positions = taps.shape[1]
     columns = unrolled.shape[0]
     for worker in prange(workers):
-        f_lo, f_hi = _split(features, workers, worker)
+        f_lo, f_hi = part_bounds(features, workers, worker)
         _build(weight, taps, f_lo, f_hi, 0, inputs // taps.shape[0], unrolled)
         lo, width = f_lo * grid_positions, (f_hi - f_lo) * grid_positions
         gemm(False, True, n_batch, width, inputs, x, 0, inputs, unrolled, lo * inputs, inputs,
@@ -140,7 +134,7 @@ def unrolled_backward(x, weight, gout, gx, gweight, gbias, taps, workers, unroll
     channels = inputs // image_positions
     columns = unrolled.shape[0]
     for worker in prange(workers):
-        c_lo, c_hi = _split(channels, workers, worker)
+        c_lo, c_hi = part_bounds(channels, workers, worker)
         lo, width = c_lo * image_positions, (c_hi - c_lo) * image_positions
         if gx is not None:
             _build(weight, taps, 0, features, c_lo, c_hi, unrolled)

@@ -52,7 +52,7 @@ Buffers are flat (1-d) with explicit offsets, like BLAS's view of them.
 import numpy as np
 from numba import uint64 as _u
 
-from dslc.runtime.cpu.arrays import add_into, fill, row_sum
+from dslc.runtime.cpu.arrays import add_into, fill, part_bounds, row_sum
 from dslc.runtime.cpu.blas import gemm
 from dslc.runtime.cpu.conv_geometry import window_offsets
 from dslc.runtime.jit import njit, pnjit, prange
@@ -213,8 +213,9 @@ def _gather(image, table, scratch, first, width):
 
 
 @njit
-def _input_transform(chunk, sources, bt, v, width, scratch):
-    """v[xi, c, s*T + t] = (B^T d B)[xi] for the a x a input window d of tile t of sample s:
+def _input_transform(chunk, sources, bt, v, width, scratch, lo, hi):
+    """v[xi, c, s*T + t] = (B^T d B)[xi] for channels c in [lo, hi) and the a x a input window d
+    of tile t of sample s:
     sources[k, t] is the flat index of the k-th input (row-major) of tile t's window in an
     image, -1 in the padding (zero). chunk (count, C, H*W); v (a^2, C, width) flat; scratch:
     2 a^2 rows of width, flat.
@@ -227,7 +228,7 @@ def _input_transform(chunk, sources, bt, v, width, scratch):
     alpha = bt.shape[0]
     columns = count * per_sample
     plane = n_chan * width
-    for c in range(n_chan):
+    for c in range(lo, hi):
         for s in range(count):
             _gather(chunk[s, c], sources, scratch, s * per_sample, width)
         _left_multiply(bt, scratch, 0, width, scratch, window * width, width, alpha, columns)
@@ -235,8 +236,9 @@ def _input_transform(chunk, sources, bt, v, width, scratch):
 
 
 @njit
-def _output_transform(m, at_matrix, n_out, width, count, targets, scale, shift, relu, out, scratch):
-    """out[s, f] at targets[a*m + b, t] = (A^T M A)[a, b] * scale[f] + shift[f], then relu where
+def _output_transform(m, at_matrix, n_out, width, count, targets, scale, shift, relu, out, scratch, lo, hi):
+    """out[s, f] at targets[a*m + b, t] = (A^T M A)[a, b] * scale[f] + shift[f] for features f in
+    [lo, hi), then relu where
     `relu` (conv.py's epilogue, done as the outputs are scattered), for every tile t of the
     chunk's `count` samples s, from m (a^2, F, width) flat, whose columns are the chunk's tiles
     (sample by sample); targets: the flat output index of each of a tile's m^2 outputs, -1
@@ -246,7 +248,7 @@ def _output_transform(m, at_matrix, n_out, width, count, targets, scale, shift, 
     columns = count * per_sample
     plane = n_out * width
     y = tile * alpha * width                    # A^T M first, then the outputs, in scratch
-    for f in range(n_out):
+    for f in range(lo, hi):
         _left_multiply(at_matrix, m, f * width, plane, scratch, 0, width, alpha, columns)
         _right_multiply(at_matrix, scratch, 0, width, scratch, y, width, tile, columns)
         factor, offset = scale[f], shift[f]
@@ -315,7 +317,7 @@ def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped,
         for chunk_index in range(worker, n_chunks, workers):
             first = chunk_index * chunk
             count = min(chunk, n_batch - first)
-            _input_transform(x[first:first + count], sources, bt, v[worker], width, windows[worker])
+            _input_transform(x[first:first + count], sources, bt, v[worker], width, windows[worker], 0, n_in)
             columns = count * per_sample
             for xi in range(alpha * alpha):
                 if reuse:       # the forward's plane, (n_in, n_out), read transposed
@@ -325,7 +327,47 @@ def winograd_conv(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped,
                     gemm(False, False, n_out, columns, n_in, u, xi * n_out * n_in, n_in,
                          v[worker], xi * n_in * width, width, 0.0, m[worker], xi * n_out * width, width)
             _output_transform(m[worker], at_matrix, n_out, width, count, targets, scale, shift, relu,
-                              out[first:first + count], outputs[worker])
+                              out[first:first + count], outputs[worker], 0, n_out)
+
+
+@pnjit
+def winograd_conv_split(x, sources, targets, bt, at_matrix, weight, g_matrix, flipped, planes, u, weight_scratch,
+                        scale, shift, relu, out, v, m, windows, outputs, workers):
+    """winograd_conv for a batch smaller than the workers (latency, batch 1): the workers share
+    each sample, as in conv.py's _conv_forward_split, instead of taking whole chunks. The
+    weight transform is shared by output features (by input channels when flipped), the input
+    transform by channels, the a^2 GEMMs by grid point and the output transform by features;
+    a parallel region each, ordered by their ends. weight_scratch: (workers, ...) flat, one
+    transform scratch per worker; v, m, windows, outputs as for winograd_conv at one sample a
+    chunk, all `workers` reading and writing the first worker's v and m (windows, outputs and
+    weight_scratch have a row per worker)."""
+    n_batch, n_in, n_out = x.shape[0], x.shape[1], out.shape[1]
+    tile, alpha = at_matrix.shape
+    per_sample, width, _, _ = _chunking(n_batch, sources, 1, v)
+    reuse = planes.shape[0] > 0
+    if not reuse:
+        outer = weight.shape[1] if flipped else weight.shape[0]
+        for worker in prange(workers):
+            lo, hi = part_bounds(outer, workers, worker)
+            _transform_weights(weight, g_matrix, flipped, u, weight_scratch[worker], lo, hi)
+    tiles, products = v[0], m[0]
+    for n in range(n_batch):
+        sample = x[n:n + 1]
+        for worker in prange(workers):
+            lo, hi = part_bounds(n_in, workers, worker)
+            _input_transform(sample, sources, bt, tiles, width, windows[worker], lo, hi)
+        for worker in prange(workers):
+            for xi in range(worker, alpha * alpha, workers):
+                if reuse:       # as in winograd_conv
+                    gemm(True, False, n_out, per_sample, n_in, u, planes[xi] * n_out * n_in, n_out,
+                         tiles, xi * n_in * width, width, 0.0, products, xi * n_out * width, width)
+                else:
+                    gemm(False, False, n_out, per_sample, n_in, u, xi * n_out * n_in, n_in,
+                         tiles, xi * n_in * width, width, 0.0, products, xi * n_out * width, width)
+        for worker in prange(workers):
+            lo, hi = part_bounds(n_out, workers, worker)
+            _output_transform(products, at_matrix, n_out, width, 1, targets, scale, shift, relu,
+                              out[n:n + 1], outputs[worker], lo, hi)
 
 
 @pnjit
@@ -353,7 +395,7 @@ def winograd_weight_grad(x, sources, targets, bt, a_matrix, gt_matrix, gout, chu
                 for s in range(count):
                     for f in range(n_out):
                         gbias_partial[worker, f] += row_sum(gout[first + s, f])
-            _input_transform(x[first:first + count], sources, bt, v[worker], width, windows[worker])
+            _input_transform(x[first:first + count], sources, bt, v[worker], width, windows[worker], 0, n_in)
             _output_gradient_transform(gout[first:first + count], a_matrix, n_out, width, count, targets,
                                        dm[worker], windows[worker])
             beta = 0.0 if chunk_index == worker else 1.0        # a worker's first chunk starts its sum

@@ -24,7 +24,11 @@ CASES = [c for c in rows("conv", "deconv") if c.vs_torch]
 FD_CASES = [c for c in rows("conv", "deconv") if c.fd]
 
 
-LOWERINGS = ["one-worker", "all-workers", "shifted-all-workers", "winograd-all-workers", "unrolled-all-workers"]
+LOWERINGS = ["one-worker", "all-workers", "shifted-all-workers", "winograd-all-workers", "unrolled-all-workers",
+             "split-samples", "shifted-split-samples", "winograd-split-samples"]
+# More threads than any case's batch: every sample is shared out between workers (the forward
+# passes' *_split functions), as at batch 1 on two cores, with uneven and empty shares.
+SPLIT_THREADS = 16
 
 
 @pytest.fixture(autouse=True, params=LOWERINGS)
@@ -38,13 +42,19 @@ def workers(request, monkeypatch):
     never unrolled weights, which would otherwise take every case whose input grid is no bigger
     than its kernel away from the chunked im2col path those cases are there to drive.
     im2col builds its columns by the loops over grid rows in the first run and by the table of
-    offsets in every other (gather_pays would give nearly all these small grids the table)."""
-    if request.param != "one-worker":
+    offsets in every other (gather_pays would give nearly all these small grids the table).
+    The split-samples runs ask for more threads than any case has samples (SPLIT_THREADS), so
+    that the forward pass shares every sample between workers, in the same three lowerings
+    (Numba's prange runs the extra workers' shares on the threads it has)."""
+    lowering = request.param
+    if lowering != "one-worker":
         monkeypatch.setattr(dslc.runtime.cpu.conv, "parallel_gemm", lambda flops: True)
-    monkeypatch.setattr(dslc.runtime.cpu.conv, "gather_pays", lambda grid_w: request.param != "one-worker")
-    if request.param == "shifted-all-workers":
+    if lowering.endswith("split-samples"):
+        monkeypatch.setattr(dslc.runtime.cpu.conv.numba, "get_num_threads", lambda: SPLIT_THREADS)
+    monkeypatch.setattr(dslc.runtime.cpu.conv, "gather_pays", lambda grid_w: lowering != "one-worker")
+    if lowering.startswith("shifted-"):
         monkeypatch.setattr(dslc.runtime.cpu.conv, "shifted_pays", lambda columns, channels, features: True)
-    if request.param == "winograd-all-workers":
+    if lowering.startswith("winograd-"):
         monkeypatch.setattr(dslc.runtime.cpu.conv, "winograd_pays", lambda channels, rows, positions: True)
     monkeypatch.setattr(dslc.runtime.cpu.conv, "unrolled_pays",
                         lambda positions, taps, groups, elements: request.param == "unrolled-all-workers"
@@ -57,9 +67,13 @@ def test_against_torch(case):
 
 
 # float64 finite differences take a second or two per case: the inner loop (-m "not slow") runs
-# them under the first lowering only.
-@pytest.mark.parametrize("workers", [LOWERINGS[0], *(pytest.param(w, marks=pytest.mark.slow) for w in LOWERINGS[1:])],
-                         indirect=True)
+# them under the first lowering only. The split-samples runs change the forward pass only
+# (and Winograd's input gradient, which test_against_torch checks): no finite differences.
+FD_LOWERINGS = [w for w in LOWERINGS if not w.endswith("split-samples")]
+
+
+@pytest.mark.parametrize("workers", [FD_LOWERINGS[0], *(pytest.param(w, marks=pytest.mark.slow)
+                                                        for w in FD_LOWERINGS[1:])], indirect=True)
 @pytest.mark.parametrize("case", FD_CASES, ids=str)
 def test_finite_differences(case, workers):
     check_finite_differences(case)
@@ -70,7 +84,7 @@ def test_fused_relu_keeps_nan(case, request):
     """relu(NaN) is NaN in every lowering's epilogue (torch's too). Winograd may spread it over
     a tile, and the unrolled weights to every output of the sample (their zeros multiply it)."""
     lowering = request.node.callspec.params["workers"]
-    check_nan_propagates(case, may_spread=lowering in ("winograd-all-workers", "unrolled-all-workers"))
+    check_nan_propagates(case, may_spread=lowering.startswith(("winograd-", "unrolled-")))
 
 
 @pytest.mark.parametrize("x_shape,channels,kernel,pad,path", [
@@ -105,6 +119,20 @@ def test_path_choice(x_shape, channels, kernel, pad, path, monkeypatch):
     kernel = dslc.runtime.cpu.conv.Conv(spec)
     assert ("unrolled" if kernel.unrolled else "winograd" if kernel.winograd else "shifted" if kernel.shifted
             else "im2col") == path
+
+
+@pytest.mark.parametrize("batch,threads,split", [(1, 2, 2), (3, 4, 4), (2, 2, 0), (64, 2, 0), (1, 1, 0)])
+def test_batches_smaller_than_the_threads_share_samples(batch, threads, split, monkeypatch):
+    """Where a batch has fewer samples than there are threads, the forward pass shares each
+    sample between all of them (split_workers), and the backward pass keeps one worker per
+    sample (workers)."""
+    monkeypatch.setattr(dslc.runtime.cpu.conv.numba, "get_num_threads", lambda: threads)
+    spec = NodeSpec(name="conv", op="conv", attrs=conv_attrs(256, (3, 3), pad=(1, 1)), in_shapes=((batch, 256, 8, 8),),
+                    in_dtypes=("float32",), out_shape=(batch, 256, 8, 8),
+                    param_shapes={"weight": (256, 256, 3, 3), "bias": (256,)})
+    kernel = dslc.runtime.cpu.conv.Conv(spec)
+    assert kernel.split_workers == split
+    assert kernel.workers == min(batch, threads)
 
 
 @pytest.mark.parametrize("grid_w,gathers", [(4, True), (8, True), (16, False), (32, False)])

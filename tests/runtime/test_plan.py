@@ -267,21 +267,26 @@ def _sibling_groups(plan):
     return {s.node: [f.node for f in s.followers] for s in plan.steps if s.followers}
 
 
-@pytest.mark.parametrize("workers", ["one-worker", "all-workers"])
+@pytest.mark.parametrize("workers", ["one-worker", "all-workers", "batch-of-one"])
 @pytest.mark.parametrize("frozen", [(), ("branch2.b.weight",)], ids=["all-trained", "one-weight-frozen"])
 def test_sibling_pointwise_convs_share_one_gemm(workers, frozen, monkeypatch):
     """The three 1x1 convs that read the stem's output run as one call of the first (the
     plan's _fuse_siblings), in training and inference, and give what three calls give: the
-    same outputs, loss and gradients, a frozen member's weight left without one."""
+    same outputs, loss and gradients, a frozen member's weight left without one. At batch 1
+    the forward's workers share the sample's blocks of columns (made short here, with a short
+    last block)."""
     import dslc.runtime.cpu.conv
-    if workers == "all-workers":
+    batch = 1 if workers == "batch-of-one" else 4
+    if workers != "one-worker":
         monkeypatch.setattr(dslc.runtime.cpu.conv, "parallel_gemm", lambda flops: True)
+    if workers == "batch-of-one":
+        monkeypatch.setattr(dslc.runtime.cpu.conv, "SIBLING_COLUMNS", 96)
     model = Model(_compiled(INCEPTION), seed=1)
-    feeds = _inception_feeds()
+    feeds = _inception_feeds(batch)
     trainable = set(model.trainable_names()) - set(frozen)
 
     def run(training):
-        plan = Plan(model.net, model._dev, model.device, 4, {}, training, trainable if training else None)
+        plan = Plan(model.net, model._dev, model.device, batch, {}, training, trainable if training else None)
         plan.set_inputs(feeds)
         plan.forward(Context(training=training))
         if training:
