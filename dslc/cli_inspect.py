@@ -88,11 +88,6 @@ def _layer(net, name: str | None, kind: str, usage: str):
     return net.node(node_name)
 
 
-def layer_outputs(model, feeds: dict, layers: list[str]) -> dict:
-    """{layer: its output (host array)} for the inputs `feeds`, in eval mode (Model.layer_outputs)."""
-    return model.layer_outputs(layers, **feeds)
-
-
 def _grid(n: int) -> tuple[int, int]:
     cols = int(np.ceil(np.sqrt(n)))
     return int(np.ceil(n / cols)), cols
@@ -124,7 +119,7 @@ def activations_command(args, model, plt) -> int:
                          "maps to draw as a grid",
                          f"layers with maps: {', '.join(maps) or 'none'}; `dslc inspect ... tsne --layer "
                          f"{node.name}` shows such features over a dataset")
-    a = layer_outputs(model, feeds, [node.name])[node.name][0]
+    a = model.layer_outputs([node.name], **feeds)[node.name][0]
     rows, cols = _grid(a.shape[0] + 1)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9 + 0.4, rows * 0.9 + 0.5), squeeze=False)
     flat = axes.ravel()
@@ -221,7 +216,7 @@ def tsne_command(args, model, plt) -> int:
     x = ds.arrays.get(name, ds.x)
     labels = ds.arrays.get(spec.label) if spec.label is not None else None
     labels = ds.y if labels is None else labels
-    feats = np.concatenate([layer_outputs(model, {name: x[i:i + 256]}, [node.name])[node.name]
+    feats = np.concatenate([model.layer_outputs([node.name], **{name: x[i:i + 256]})[node.name]
                             for i in range(0, len(x), 256)])
     feats = feats.reshape(len(feats), -1).astype(np.float64)
     n = len(feats)
@@ -244,11 +239,6 @@ def tsne_command(args, model, plt) -> int:
 
 
 # ---- patches, class, dream ----------------------------------------------------------------------
-def exposing(model, layers: list[str]):
-    """The model with `layers` made outputs too (Model.with_outputs)."""
-    return model.with_outputs(layers)
-
-
 def receptive_fields(net, input_name: str) -> dict:
     """{node: (start, size, jump) per spatial axis (rows, columns)}: the input pixels position p of
     the node's output sees are start + p * jump ... start + p * jump + size - 1 (before clipping
@@ -285,7 +275,7 @@ def top_patches(model, x: np.ndarray, layer: str, channel: int, k: int) -> list[
     whole image for a layer behind a resizing op)."""
     net = model.net
     name = data_inputs(net)[0]
-    acts = np.concatenate([layer_outputs(model, {name: x[i:i + 256]}, [layer])[layer][:, channel]
+    acts = np.concatenate([model.layer_outputs([layer], **{name: x[i:i + 256]})[layer][:, channel]
                            for i in range(0, len(x), 256)])
     flat = acts.reshape(len(acts), -1)
     best = flat.argmax(axis=1)
@@ -421,7 +411,7 @@ def dream(model, x: np.ndarray, layer: str, steps: int, lr: float) -> tuple[np.n
     and keeps the image in the data's [0, 1]. Returns the image and the norm before each step
     and after the last."""
     name = data_inputs(model.net)[0]
-    m = exposing(model, [layer])
+    m = model.with_outputs([layer])
     norms = []
     for step in range(steps + 1):
         a = m.forward(**{name: x})[layer]

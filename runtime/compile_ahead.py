@@ -110,7 +110,7 @@ class HelperProgress:
         self.compiling = None       # the digest of the kernel the helper compiles now
         self._unread = b""
         _listening.append(self)
-        jit.before_compile = _before_compile
+        jit.set_before_compile(_before_compile)
 
     def read(self) -> None:
         """Take in what the helper has said so far; at its end (the pipe closed) it compiles
@@ -238,7 +238,7 @@ def start(plan) -> Helper | None:
                 for progress in _listening:     # an earlier plan's helper: the parent's to wait for
                     progress.fd = None
                 _listening.clear()
-                jit.before_compile = None
+                jit.set_before_compile(None)
                 _die_with(parent)
                 _run_helper(plan, read_end, mask, progress_write)
             finally:

@@ -108,8 +108,15 @@ def compile_key(dispatcher, signature: tuple) -> str:
 
 # Called as before_compile(dispatcher, signature) ahead of each compile this process is about
 # to start (a signature not compiled here yet), so that runtime/compile_ahead.py can wait for
-# its helper process to finish that very kernel rather than compile it a second time.
+# its helper process to finish that very kernel rather than compile it a second time. Set
+# through set_before_compile only.
 before_compile = None
+
+
+def set_before_compile(hook) -> None:
+    """Have hook(dispatcher, signature) called ahead of each compile from now on (None: none)."""
+    global before_compile
+    before_compile = hook
 
 
 class KernelDispatcher(CPUDispatcher):

@@ -79,6 +79,7 @@ class Model:
         self._dev = self.device.params_from_host(self._host)
         self._plans: dict = {}
         self._last = None
+        self._exposed: dict = {}        # layer_outputs' with_outputs copies, per list of layers
         self.ctx = Context(training=False, rng=np.random.default_rng(seed))
 
     # ---- construction -------------------------------------------------------------------------
@@ -253,23 +254,22 @@ class Model:
         import dataclasses
         m = copy.copy(self)
         m.net = dataclasses.replace(self.net, outputs=list(dict.fromkeys(list(self.net.outputs) + list(layers))))
-        m._plans, m._last = {}, None
+        m._plans, m._last, m._exposed = {}, None, {}
         return m
 
     def layer_outputs(self, layers, **inputs) -> dict:
         """{layer: its output (host array)} for the named inputs, in eval mode. The layers are made
-        outputs of a copy of the network for this plan: an output is stored unfused and kept to the
-        end of the pass, whereas an inference plan fuses conv -> batchnorm -> relu into one call
-        (the conv's own output is never stored) and reuses dead activations' memory."""
-        import dataclasses
-        net = dataclasses.replace(self.net, outputs=list(dict.fromkeys(list(self.net.outputs) + list(layers))))
-        feeds = self._feeds(inputs)
-        batch, symbols = self._bindings(feeds)
-        plan = Plan(net, self._dev, self.device, batch, symbols, False, None, with_loss=False)
-        plan.set_inputs(feeds)
-        self.ctx.training = False
-        plan.forward(self.ctx)
-        return {n: self.device.to_host(plan.out[n]).copy() for n in layers}
+        outputs (with_outputs): an output is stored unfused and kept to the end of the pass,
+        whereas an inference plan fuses conv -> batchnorm -> relu into one call (the conv's own
+        output is never stored) and reuses dead activations' memory. The copy, and so its plans,
+        is kept per list of layers: a caller that goes through a dataset in chunks builds one
+        plan per chunk size, not one per chunk."""
+        key = tuple(layers)
+        if key not in self._exposed:
+            self._exposed[key] = self.with_outputs(layers)
+        exposed = self._exposed[key]
+        out = exposed.forward(training=False, **inputs)
+        return {n: out[exposed.net.tensor_name(n)] for n in layers}
 
     def _needed(self, input_name, with_loss):
         if with_loss:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from dslc.cli import main
-from dslc.cli_inspect import layer_outputs, occlusion_map
+from dslc.cli_inspect import occlusion_map
 from dslc.runtime.data import _resize_bilinear
 from dslc.runtime.model import Model
 
@@ -65,7 +65,7 @@ def test_activations_draws_the_layers_maps(trained, tmp_path, capsys):
     assert line.startswith(f"wrote {out}: the 16 maps of conv1 (16x16)")
     assert _png_size(out)[0] > 100
     # the values drawn: conv1's own output (before batchnorm and relu, which inference fuses into it)
-    a = layer_outputs(model, {"image": x}, ["conv1", "relu1"])
+    a = model.layer_outputs(["conv1", "relu1"], image=x)
     w, b = model.params["conv1.weight"], model.params["conv1.bias"]
     padded = np.pad(x[0, 0], 1)
     ref = np.stack([sum(w[c, 0, i, j] * padded[i:i + 16, j:j + 16] for i in range(3) for j in range(3)) + b[c]
@@ -134,7 +134,7 @@ def test_tsne_embeds_a_layers_features(trained, tmp_path, capsys):
     assert _png_size(out)[0] > 100
     # the features embedded: fc1's output, the dense layer applied to the pooled maps
     x = np.random.default_rng(0).random((5, 1, 16, 16), dtype=np.float32)
-    f = layer_outputs(model, {"image": x}, ["maxpool2", "fc1"])
+    f = model.layer_outputs(["maxpool2", "fc1"], image=x)
     ref = f["maxpool2"].reshape(5, -1) @ model.params["fc1.weight"].T + model.params["fc1.bias"]
     np.testing.assert_allclose(f["fc1"], ref, rtol=1e-4, atol=1e-5)
     assert _inspect(ckpt, "tsne", "--data", "digits", "--layer", "relu2", "--limit", "40", "-o", str(out)) == 0

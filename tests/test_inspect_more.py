@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from dslc.cli import main
-from dslc.cli_inspect import class_model, dream, exposing, layer_outputs, receptive_fields, top_patches
+from dslc.cli_inspect import class_model, dream, receptive_fields, top_patches
 from dslc.runtime.data import _resize_bilinear
 from dslc.runtime.model import Model
 
@@ -48,7 +48,7 @@ def test_receptive_fields_follow_the_convolutions_and_pools(trained):
 
 def test_a_units_input_gradient_stays_inside_its_receptive_field(trained):
     _, model, _, x = trained
-    m = exposing(model, ["conv2"])
+    m = model.with_outputs(["conv2"])
     out = m.forward(image=x[:1])["conv2"]
     seed = np.zeros_like(out)
     seed[0, 5, 3, 2] = 1.0
@@ -65,7 +65,7 @@ def test_a_units_input_gradient_stays_inside_its_receptive_field(trained):
 def test_top_patches_are_the_layers_strongest_units(trained):
     _, model, _, x = trained
     found = top_patches(model, x, "conv2", 5, 6)
-    acts = layer_outputs(model, {"image": x}, ["conv2"])["conv2"][:, 5]
+    acts = model.layer_outputs(["conv2"], image=x)["conv2"][:, 5]
     per_sample = acts.reshape(len(acts), -1).max(axis=1)
     assert [s for s, *_ in found] == list(np.argsort(-per_sample, kind="stable")[:6])
     values = [v for *_, v, _ in found]
@@ -98,7 +98,7 @@ def test_dream_raises_the_layers_norm_and_its_gradient_is_the_norms(trained):
     assert not np.allclose(out, start)
     # the gradient the ascent follows is that of 0.5 ||layer||^2; conv1's output is linear in the
     # image (no kinks before it), so a central difference of the quadratic is exact
-    m = exposing(model, ["conv1"])
+    m = model.with_outputs(["conv1"])
     a = m.forward(image=start)["conv1"]
     g = m.backward(wrt=["image"], output="conv1", grad=a)["image"].astype(np.float64)
     d = np.random.default_rng(0).standard_normal(start.shape).astype(np.float32)

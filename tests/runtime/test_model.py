@@ -1,0 +1,48 @@
+"""Model's ways of reading a network's inside: with_outputs and layer_outputs."""
+import numpy as np
+
+from dslc.compiler import compile_source
+from dslc.diagnostics import Source
+from dslc.runtime.model import Model
+
+NET = """network small
+input image: [1, 8, 8]
+input label: int
+logits = image
+  -> conv1: conv(4, 3x3, pad = 1) -> bn1: batchnorm -> relu1: relu
+  -> pool1: maxpool(2) -> flatten -> fc: dense(3)
+loss cross_entropy(logits, label)
+"""
+
+
+def _model():
+    net, _ = compile_source(Source("small.net", NET))
+    return Model(net, seed=0)
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 1, 8, 8)).astype(np.float32)
+
+
+def test_layer_outputs_match_an_exposed_forward_and_keep_one_plan_per_batch():
+    """layer_outputs gives what with_outputs' forward gives, and a caller going through data in
+    chunks of one size builds one plan, not one per chunk (dslc inspect's tsne and patches)."""
+    model = _model()
+    x = _images(10)
+    chunks = [model.layer_outputs(["conv1", "pool1"], image=x[i:i + 4]) for i in range(0, 10, 4)]
+    exposed = model.with_outputs(["conv1", "pool1"]).forward(image=x)
+    for layer in ("conv1", "pool1"):
+        np.testing.assert_allclose(np.concatenate([c[layer] for c in chunks]), exposed[layer], rtol=1e-6)
+    (copy,) = model._exposed.values()
+    assert len(copy._plans) == 2        # batches of 4 and the last 2
+    assert model._plans == {}           # the model's own plans are untouched
+
+
+def test_layer_outputs_follow_parameter_changes():
+    """The kept copy shares the model's parameters: a weight set after a first call shows."""
+    model = _model()
+    x = _images(2)
+    before = model.layer_outputs(["conv1"], image=x)["conv1"]
+    model.set_param("conv1.bias", model.params["conv1.bias"] + 1.0)
+    after = model.layer_outputs(["conv1"], image=x)["conv1"]
+    np.testing.assert_allclose(after, before + 1.0, rtol=1e-5, atol=1e-5)
