@@ -1,4 +1,5 @@
-"""Copies between array slices in jitted kernels, as explicit loops (and one row update).
+"""Copies between array slices in jitted kernels, as explicit loops (and the row updates of
+the conv family's kernels: their epilogue, their bias gradient).
 
 Numba compiles `dst[a:b] = src[c:d]` (an array assigned to a slice) with a shape check whose
 error message is built by f-strings, and compiling that message machinery costs seconds on the
@@ -11,6 +12,8 @@ becomes a parallel loop of its own, compiled as a separate function, a large sha
 kernel's compile time (docs/CPU-BACKEND.md, "Measurements behind the kernels' choices"). Parallel
 kernels call these helpers (compiled once, serially) instead.
 """
+import numpy as np
+
 from dslc.runtime.jit import njit
 
 
@@ -70,3 +73,25 @@ def scale_shift(dst, src, factor, offset, relu):
     else:
         for i in range(dst.shape[0]):
             dst[i] = src[i] * factor + offset
+
+
+@njit
+def epilogue_rows(scale, shift, g, relu, out, lo, hi):
+    """Rows [lo, hi) of out (F, P) = out * scale[g] (F) + shift[g] (F) along rows, then relu
+    where `relu`; scale and shift, (G, F) each, may be empty (left out: see
+    conv.py's Conv._epilogue_operands). A conv's epilogue on one (sample, group g) block, or a
+    worker's rows of it, right after its GEMM wrote them, while they are still in cache: a
+    bias, a batchnorm folded in (inference, Conv.fuse_batchnorm) and a fused relu cost no
+    pass of their own."""
+    if scale.size == 0 and shift.size == 0 and not relu:
+        return
+    for f in range(lo, hi):
+        scale_shift(out[f], out[f], scale[g, f] if scale.size else np.float32(1),
+                    shift[g, f] if shift.size else np.float32(0), relu)
+
+
+@njit
+def accumulate_row_sums(src, dst):
+    """dst (F) += src (F, P) summed along rows: a conv's bias gradient from its output gradient."""
+    for f in range(src.shape[0]):
+        dst[f] += np.sum(src[f])

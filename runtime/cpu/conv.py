@@ -7,7 +7,7 @@ measured cost functions unrolled_pays, winograd_pays and shifted_pays; docs/CPU-
   * Winograd F(4x4, 3x3) or F(2x2, 3x3) for 3x3 stride-1 layers with many channels
     (conv_winograd.py);
   * shifted windows for other stride-1 layers on wide enough grids: one strided GEMM per
-    kernel tap over a padded image (see "shifted windows" below);
+    kernel tap over a padded image (conv_shifted.py);
   * im2col + GEMM for the rest (strided, 1x1, small grids with big weights), described here.
 
 Layouts: every array is viewed (never copied) with the groups made explicit and the spatial
@@ -30,10 +30,10 @@ ever write the same element. GEMMs go through runtime/cpu/blas.py, which takes l
 dimensions, so one (rows, chunk columns) buffer per worker also serves a short last chunk.
 
 A batch with fewer samples than threads (latency, batch 1) would leave cores idle that way:
-there the forward pass shares each sample instead (_conv_forward_split, _shifted_forward_split,
-conv_winograd.winograd_conv_split), the columns or padded image by input channels, the GEMMs
-and epilogue by output features, with a parallel region per phase. The backward passes keep
-whole samples per worker.
+there the forward pass shares each sample instead (_conv_forward_split,
+conv_shifted.shifted_forward_split, conv_winograd.winograd_conv_split), the columns or padded
+image by input channels, the GEMMs and epilogue by output features, with a parallel region
+per phase. The backward passes keep whole samples per worker.
 
 A 1x1 kernel with stride 1 and no padding makes a sample's column matrix equal to its
 image, so such "pointwise" layers GEMM straight from the input when a chunk is one sample.
@@ -53,9 +53,20 @@ import numpy as np
 from numba import uint64 as _u
 
 from dslc.runtime.cpu.activation import relu_backward, relu_grad
-from dslc.runtime.cpu.arrays import add_into, copy_into, copy_rows, fill, part_bounds, row_sum, scale_shift
+from dslc.runtime.cpu.arrays import (
+    accumulate_row_sums,
+    add_into,
+    copy_into,
+    copy_rows,
+    epilogue_rows,
+    fill,
+    part_bounds,
+    row_sum,
+    scale_shift,
+)
 from dslc.runtime.cpu.blas import gemm
 from dslc.runtime.cpu.conv_geometry import window_offsets
+from dslc.runtime.cpu.conv_shifted import shifted_backward, shifted_forward, shifted_forward_split, shifted_pays
 from dslc.runtime.cpu.conv_unrolled import tap_map, unrolled_backward, unrolled_forward, unrolled_pays
 from dslc.runtime.cpu.conv_winograd import (
     WinogradPlan,
@@ -196,27 +207,6 @@ def _absent(dtype):
 
 
 @njit
-def _epilogue(scale, shift, g, relu, out, lo, hi):
-    """Rows [lo, hi) of out (F, P) = out * scale[g] (F) + shift[g] (F) along rows, then relu
-    where `relu`; scale and shift, (G, F) each, may be empty (left out: see
-    Conv._epilogue_operands). One (sample, group g) block, or a worker's rows of it, right
-    after its GEMM wrote them, while they are still in cache: a bias, a batchnorm folded in
-    (inference, see Conv.fuse_batchnorm) and a fused relu cost no pass of their own."""
-    if scale.size == 0 and shift.size == 0 and not relu:
-        return
-    for f in range(lo, hi):
-        scale_shift(out[f], out[f], scale[g, f] if scale.size else np.float32(1),
-                    shift[g, f] if shift.size else np.float32(0), relu)
-
-
-@njit
-def _accumulate_bias_grad(gout, gbias):
-    """gbias (F) += gout (F, P) summed along rows."""
-    for f in range(gout.shape[0]):
-        gbias[f] += np.sum(gout[f])
-
-
-@njit
 def _chunk_bounds(chunk_index, chunk, n_batch):
     first = chunk_index * chunk
     return first, min(chunk, n_batch - first)
@@ -224,7 +214,7 @@ def _chunk_bounds(chunk_index, chunk, n_batch):
 
 @pnjit
 def _conv_forward(x, weight, scale, shift, relu, out, geometry, offsets, pointwise, chunk, cols, staging):
-    """The epilogue (scale, shift, relu) as in _epilogue, per group. cols / staging: (workers, rows,
+    """The epilogue (scale, shift, relu) as in arrays.epilogue_rows, per group. cols / staging: (workers, rows,
     chunk * positions) per-worker buffers for a chunk's
     column matrix and GEMM result (F/G, samples * positions), scattered to `out` afterwards; a
     short last chunk uses their first columns (the GEMMs take the buffers' row length as
@@ -248,7 +238,7 @@ def _conv_forward(x, weight, scale, shift, relu, out, geometry, offsets, pointwi
                         _to_columns(x[first, g], geometry, offsets, chunk_cols, 0)
                         gemm(False, False, rows, positions, depth, weight[g], 0, depth,
                              chunk_cols, 0, stride, 0.0, out[first, g], 0, positions)
-                    _epilogue(scale, shift, g, relu, out[first, g], 0, rows)
+                    epilogue_rows(scale, shift, g, relu, out[first, g], 0, rows)
                     continue
                 for s in range(count):
                     _to_columns(x[first + s, g], geometry, offsets, chunk_cols, s * positions)
@@ -257,7 +247,7 @@ def _conv_forward(x, weight, scale, shift, relu, out, geometry, offsets, pointwi
                      0.0, result, 0, stride)
                 for s in range(count):
                     copy_rows(out[first + s, g], result[:, s * positions:(s + 1) * positions])
-                    _epilogue(scale, shift, g, relu, out[first + s, g], 0, rows)
+                    epilogue_rows(scale, shift, g, relu, out[first + s, g], 0, rows)
 
 
 @pnjit
@@ -284,7 +274,7 @@ def _conv_forward_split(x, weight, scale, shift, relu, out, geometry, offsets, p
                 source = x[n, g] if pointwise else columns
                 gemm(False, False, hi - lo, positions, depth, weight[g], lo * depth, depth,
                      source, 0, positions, 0.0, out[n, g], lo * positions, positions)
-                _epilogue(scale, shift, g, relu, out[n, g], lo, hi)
+                epilogue_rows(scale, shift, g, relu, out[n, g], lo, hi)
 
 
 @pnjit
@@ -319,7 +309,7 @@ def _conv_backward(x, weight, gout, gx, want_gx, gweight, gbias, geometry, offse
                     for s in range(count):
                         copy_rows(gout_chunk[:, s * positions:(s + 1) * positions], gout[first + s, g])
                 if gbias is not None:
-                    _accumulate_bias_grad(gout_chunk[:, :width], gbias_partial[worker, g])
+                    accumulate_row_sums(gout_chunk[:, :width], gbias_partial[worker, g])
                 if gweight is not None:
                     if pointwise and count == 1:
                         inputs, inputs_stride = x[first, g], positions
@@ -434,214 +424,6 @@ def _siblings_backward(x, weight, outs, gouts, relu, rows, gx, gweight, gbias, w
         add_into(gbias, gbias_partial[worker])
 
 
-# ---- shifted windows: stride-1 convolution without a column matrix ---------------------------
-#
-# With stride 1, every kernel tap (i, j) multiplies the whole image shifted by (i*dh, j*dw).
-# Pad the image once into rows of width Wp = W + 2*pw ("padded", one row per channel, H + 2*ph
-# rows of Wp each) and compute the output on a grid as wide as the padded rows ("wide", Ho rows
-# of Wp): then tap (i, j) reads the padded image as one matrix, starting at element
-# i*dh*Wp + j*dw of each channel's row, so the convolution is kh*kw GEMMs accumulating into
-# `wide`, each reading the image in place (BLAS takes the row stride), and the kw - 1 columns
-# past Wo on each wide row (which wrap into the next image row) are computed and dropped.
-# That replaces im2col's kh*kw-fold copy of the image with a copy of about 1x, at the cost of
-# (Wp - Wo)/Wo extra columns. The backward is the same GEMMs transposed: the output gradient is
-# laid out wide (zeros in the dropped columns), the weight gradient of tap (i, j) is
-# gwide @ shifted-padded-image^T, and the input gradient adds W_ij^T @ gwide into a padded
-# gradient at the tap's shift, whose interior is the input gradient. No col2im.
-#
-# One sample at a time, each tap's GEMM has Ho*Wp columns: on small grids with many channels
-# that is too few to amortise streaming the tap's (F/G, C/G) weights, and im2col, which puts
-# several samples side by side, wins (see shifted_pays).
-#
-# Weights are used tap by tap, as (F/G, C/G) matrices: `taps` (G, kh*kw, F/G, C/G) is the
-# weight rearranged, written by forward and read by backward.
-
-def shifted_pays(wide_columns: int, channels: int, features: int) -> bool:
-    """Whether a stride-1 layer runs faster on shifted windows than on im2col, from the columns
-    of each tap's GEMM (Ho*Wp) and the channels C/G and features F/G of a group.
-
-    Two costs decide it. A tap's GEMM is C/G deep, so shifted windows update the (F/G, Ho*Wp)
-    output kh*kw times, which costs most when C/G is small next to F/G; im2col copies C/G*kh*kw
-    rows per sample, a cost spread over F/G outputs, so it costs most when F/G is small.
-    Measured forward + backward, 2 workers (ms, shifted vs im2col): 16->32 5x5 at 32x32 18 vs
-    33; 32->96 5x5 at 32x32 128-152 vs 113-120; 3->192 3x3 at 32x32 13.7 vs 11.4-11.7; 3->24
-    3x3 at 32x32 3.2 vs 2.8; 1->6 5x5 at 32x32 (LeNet) 1.7-2.0 vs 1.2-1.9; 48->12 3x3 at 32x32
-    20 vs 66; 6->16 5x5 at 14x14 1.2-1.5 vs 1.5-1.9. Hence im2col from three features per
-    channel on. On small grids, a tap's weights are reused over few columns, and im2col, which
-    puts several samples side by side, wins (one core, batch 64: 128->128 at 8x8 56 vs 86 but
-    256->512 at 4x4 246 vs 137, 512->512 at 2x2 403 vs 97): shifted windows only while a tap's
-    weights have at most 1024 times fewer elements than its GEMM has columns."""
-    return features < 3 * channels and wide_columns * 1024 >= channels * features
-
-
-@njit
-def _pad_image(image, geometry, padded):
-    """padded (C, L): each channel's image with ph zero rows above and below, pw zeros left and
-    right of every row, and zeros in the slack past the last row."""
-    image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
-    row_width = image_w + 2 * pw
-    for c in range(image.shape[0]):
-        written = 0
-        for ih in range(image_h):
-            start = (ih + ph) * row_width + pw
-            padded[c, written:start] = 0
-            copy_into(padded[c, start:start + image_w], image[c, ih * image_w:(ih + 1) * image_w])
-            written = start + image_w
-        padded[c, written:] = 0
-
-
-@njit
-def _weight_taps(weight, taps, lo, hi):
-    """taps[g, t, f, c] = weight[g, f, c*kk + t] for features f in [lo, hi), kk = kh*kw taps
-    per channel. Each tap's row is written in one run, reading the feature's weight row (in
-    L1) with stride kk: 3.6x faster than writing kk rows a value at a time (256 -> 256 3x3:
-    0.26 against 0.96 ms, one core), which an inference plan pays on every call."""
-    groups, kk, rows, channels = taps.shape
-    for g in range(groups):
-        for f in range(lo, hi):
-            source = weight[g, f]
-            for t in range(kk):
-                row = taps[g, t, f]
-                for c in range(channels):
-                    row[_u(c)] = source[_u(c) * _u(kk) + _u(t)]
-
-
-@njit
-def _shifted_geometry(geometry):
-    image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = geometry
-    row_width = image_w + 2 * pw
-    padded_length = (image_h + 2 * ph) * row_width + (kw - 1) * dw
-    return row_width, padded_length, grid_h * row_width
-
-
-@pnjit
-def _shifted_forward(x, weight, scale, shift, relu, out, geometry, taps, padded, wide):
-    """padded (workers, C/G, L) / wide (workers, F/G, Ho*Wp): per-worker buffers for one
-    (sample, group)."""
-    n_batch, groups, rows, positions = out.shape
-    channels = x.shape[2]
-    _, _, kh, kw, _, _, _, _, dh, dw, grid_h, grid_w = geometry
-    row_width, padded_length, wide_width = _shifted_geometry(geometry)
-    _weight_taps(weight, taps, 0, rows)
-    workers = padded.shape[0]
-    for worker in prange(workers):
-        image = padded[worker]
-        result = wide[worker]
-        for n in range(worker, n_batch, workers):
-            for g in range(groups):
-                _pad_image(x[n, g], geometry, image)
-                for i in range(kh):
-                    for j in range(kw):
-                        t = i * kw + j
-                        gemm(False, False, rows, wide_width, channels, taps[g, t], 0, channels,
-                             image, i * dh * row_width + j * dw, padded_length,
-                             0.0 if t == 0 else 1.0, result, 0, wide_width)
-                for f in range(rows):
-                    for oh in range(grid_h):
-                        copy_into(out[n, g, f, oh * grid_w:(oh + 1) * grid_w],
-                                  result[f, oh * row_width:oh * row_width + grid_w])
-                _epilogue(scale, shift, g, relu, out[n, g], 0, rows)
-
-
-@pnjit
-def _shifted_forward_split(x, weight, scale, shift, relu, out, geometry, taps, padded, wide, workers):
-    """_shifted_forward for a batch smaller than the workers (latency, batch 1), shared as in
-    _conv_forward_split: the weights' taps and each tap's GEMM by output features, the padded
-    image by input channels. padded, wide: as for _shifted_forward; all `workers` share the
-    first worker's."""
-    n_batch, groups, rows, positions = out.shape
-    channels = x.shape[2]
-    _, _, kh, kw, _, _, _, _, dh, dw, grid_h, grid_w = geometry
-    row_width, padded_length, wide_width = _shifted_geometry(geometry)
-    image = padded[0]
-    result = wide[0]
-    for worker in prange(workers):
-        lo, hi = part_bounds(rows, workers, worker)
-        _weight_taps(weight, taps, lo, hi)
-    for n in range(n_batch):
-        for g in range(groups):
-            for worker in prange(workers):
-                lo, hi = part_bounds(channels, workers, worker)
-                _pad_image(x[n, g, lo:hi], geometry, image[lo:hi])
-            for worker in prange(workers):
-                lo, hi = part_bounds(rows, workers, worker)
-                for i in range(kh):
-                    for j in range(kw):
-                        t = i * kw + j
-                        gemm(False, False, hi - lo, wide_width, channels, taps[g, t], lo * channels, channels,
-                             image, i * dh * row_width + j * dw, padded_length,
-                             0.0 if t == 0 else 1.0, result, lo * wide_width, wide_width)
-                for f in range(lo, hi):
-                    for oh in range(grid_h):
-                        copy_into(out[n, g, f, oh * grid_w:(oh + 1) * grid_w],
-                                  result[f, oh * row_width:oh * row_width + grid_w])
-                _epilogue(scale, shift, g, relu, out[n, g], lo, hi)
-
-
-@pnjit
-def _shifted_backward(x, gout, gx, gweight, gbias, geometry, taps, padded, wide, gpadded,
-                      gtaps_partial, gbias_partial):
-    """Per worker: its samples' weight gradient summed tap by tap in gtaps_partial[worker]
-    (G, kh*kw, F/G, C/G), its bias gradient in gbias_partial[worker]; both summed over workers
-    at the end. taps is what forward wrote."""
-    n_batch, groups, rows, positions = gout.shape
-    channels = x.shape[2]
-    image_h, image_w, kh, kw, _, _, ph, pw, dh, dw, grid_h, grid_w = geometry
-    row_width, padded_length, wide_width = _shifted_geometry(geometry)
-    workers = padded.shape[0]
-    for worker in prange(workers):
-        if gbias is not None:
-            for g in range(groups):
-                fill(gbias_partial[worker, g], 0)
-        image = padded[worker]
-        gimage = gpadded[worker]
-        gresult = wide[worker]
-        for n in range(worker, n_batch, workers):
-            first_sample = n == worker
-            for g in range(groups):
-                if gbias is not None:
-                    _accumulate_bias_grad(gout[n, g], gbias_partial[worker, g])
-                for f in range(rows):
-                    for oh in range(grid_h):
-                        copy_into(gresult[f, oh * row_width:oh * row_width + grid_w],
-                                  gout[n, g, f, oh * grid_w:(oh + 1) * grid_w])
-                        fill(gresult[f, oh * row_width + grid_w:(oh + 1) * row_width], 0)
-                if gweight is not None:
-                    _pad_image(x[n, g], geometry, image)
-                    for t in range(kh * kw):
-                        i, j = t // kw, t % kw
-                        gemm(False, True, rows, channels, wide_width, gresult, 0, wide_width,
-                             image, i * dh * row_width + j * dw, padded_length,
-                             0.0 if first_sample else 1.0, gtaps_partial[worker, g, t], 0, channels)
-                if gx is not None:
-                    for c in range(channels):
-                        fill(gimage[c], 0)
-                    for t in range(kh * kw):
-                        i, j = t // kw, t % kw
-                        gemm(True, False, channels, wide_width, rows, taps[g, t], 0, channels,
-                             gresult, 0, wide_width, 1.0, gimage, i * dh * row_width + j * dw, padded_length)
-                    for c in range(channels):
-                        for ih in range(image_h):
-                            start = (ih + ph) * row_width + pw
-                            copy_into(gx[n, g, c, ih * image_w:(ih + 1) * image_w], gimage[c, start:start + image_w])
-    busy_workers = min(workers, n_batch)
-    if gweight is not None:
-        kk = kh * kw
-        for g in range(groups):
-            for f in range(rows):
-                for c in range(channels):
-                    for t in range(kk):
-                        total = gtaps_partial[0, g, t, f, c]
-                        for worker in range(1, busy_workers):
-                            total += gtaps_partial[worker, g, t, f, c]
-                        gweight[g, f, c * kk + t] = total
-    if gbias is not None:   # loops, not array expressions: see runtime/cpu/arrays.py
-        for g in range(groups):
-            fill(gbias[g], 0)
-            for worker in range(busy_workers):
-                add_into(gbias[g], gbias_partial[worker, g])
-
-
 @njit
 def _deconv_forward(x, weight, bias, out, geometry, pointwise, cols):
     """out[n, g] = col2im(weight[g]^T @ x[n, g]): a conv's input-gradient pass, where the
@@ -654,7 +436,7 @@ def _deconv_forward(x, weight, bias, out, geometry, pointwise, cols):
                 np.dot(weight[g].T, x[n, g], cols)
                 _col2im(cols, geometry, 0, out[n, g])
             if bias is not None:
-                _epilogue(bias[:0], bias, g, False, out[n, g], 0, out.shape[2])     # no scale
+                epilogue_rows(bias[:0], bias, g, False, out[n, g], 0, out.shape[2])     # no scale
 
 
 @njit
@@ -667,7 +449,7 @@ def _deconv_backward(x, weight, gout, gx, gweight, gbias, geometry, pointwise, c
     for n in range(x.shape[0]):
         for g in range(x.shape[1]):
             if gbias is not None:
-                _accumulate_bias_grad(gout[n, g], gbias[g])
+                accumulate_row_sums(gout[n, g], gbias[g])
             if gweight is None and gx is None:
                 continue            # only the bias gradient is wanted: no column matrix
             if pointwise:
@@ -744,7 +526,7 @@ class _ConvBase(Kernel):
 @register("cpu", "conv")
 class Conv(FusesRelu, _ConvBase):
     """Every lowering ends in one epilogue per output block, done while the block is in cache
-    (_epilogue; Winograd's as it scatters its outputs): the bias, and what the plan fused in,
+    (arrays.epilogue_rows; Winograd's as it scatters its outputs): the bias, and what the plan fused in,
     a following relu (`fuse_activation`, training or inference) and, in inference plans, a
     batchnorm before it (`fuse_batchnorm`). In eval mode a batchnorm is a per-channel affine
     map, so conv -> batchnorm -> relu becomes one conv with a scale and a shift and no pass
@@ -891,7 +673,7 @@ class Conv(FusesRelu, _ConvBase):
         # splits by features at any batch). The backward passes keep whole samples per worker.
         self.split_workers = threads if n_batch < threads else 0
         image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = self.geometry
-        # Stride 1: shifted windows (see above) where they pay.
+        # Stride 1: shifted windows (conv_shifted.py) where they pay.
         self.shifted = ((sh, sw) == (1, 1) and not self.pointwise
                         and shifted_pays(grid_h * (image_w + 2 * pw), self.x_shape[2], rows))
         per_worker = -(-n_batch // self.workers)
@@ -989,10 +771,10 @@ class Conv(FusesRelu, _ConvBase):
         elif self.winograd:
             self._winograd(ws, weight, False, x, scale, shift, self.relu, out)
         elif self.shifted and self.split_workers:
-            _shifted_forward_split(x, weight, scale, shift, self.relu, out, self.geometry, ws["taps"], ws["padded"],
+            shifted_forward_split(x, weight, scale, shift, self.relu, out, self.geometry, ws["taps"], ws["padded"],
                                    ws["wide"], self.split_workers)
         elif self.shifted:
-            _shifted_forward(x, weight, scale, shift, self.relu, out, self.geometry, ws["taps"], ws["padded"],
+            shifted_forward(x, weight, scale, shift, self.relu, out, self.geometry, ws["taps"], ws["padded"],
                              ws["wide"])
         elif self.split_workers:
             _conv_forward_split(x, weight, scale, shift, self.relu, out, self.geometry, self.offsets,
@@ -1068,7 +850,7 @@ class Conv(FusesRelu, _ConvBase):
                 np.sum(gout, axis=(0, 3), out=gbias)
             return
         if self.shifted:
-            _shifted_backward(x, gout, gx, gweight, gbias, self.geometry, ws["taps"], ws["padded"], ws["wide"],
+            shifted_backward(x, gout, gx, gweight, gbias, self.geometry, ws["taps"], ws["padded"], ws["wide"],
                               ws["gpadded"], ws["gtaps_partial"], ws["gbias_partial"])
         else:
             _conv_backward(x, weight, gout, x if gx is None else gx, gx is not None, gweight, gbias, self.geometry,

@@ -104,7 +104,7 @@ def _fold(unrolled_grad, taps, c_lo, c_hi, gweight):
 @pnjit
 def unrolled_forward(x, weight, scale, shift, relu, out, taps, workers, unrolled):
     """out (N, F*P) = x (N, C*Q) @ D, then the epilogue per feature: * scale, + shift (each
-    (F), or empty: left out), relu where `relu` (conv.py's _epilogue); weight (F, C*kh*kw); unrolled
+    (F), or empty: left out), relu where `relu` (arrays.epilogue_rows); weight (F, C*kh*kw); unrolled
     (F*P, C*Q), scratch for D^T."""
     n_batch, inputs = x.shape
     features = weight.shape[0]
