@@ -79,7 +79,7 @@ class Model:
         self._dev = self.device.params_from_host(self._host)
         self._plans: dict = {}
         self._last = None
-        self._exposed: dict = {}        # layer_outputs' with_outputs copies, per list of layers
+        self._exposed = None            # layer_outputs' with_outputs copy: (layers, Model)
         self.ctx = Context(training=False, rng=np.random.default_rng(seed))
 
     # ---- construction -------------------------------------------------------------------------
@@ -254,7 +254,7 @@ class Model:
         import dataclasses
         m = copy.copy(self)
         m.net = dataclasses.replace(self.net, outputs=list(dict.fromkeys(list(self.net.outputs) + list(layers))))
-        m._plans, m._last, m._exposed = {}, None, {}
+        m._plans, m._last, m._exposed = {}, None, None
         return m
 
     def layer_outputs(self, layers, **inputs) -> dict:
@@ -262,12 +262,13 @@ class Model:
         outputs (with_outputs): an output is stored unfused and kept to the end of the pass,
         whereas an inference plan fuses conv -> batchnorm -> relu into one call (the conv's own
         output is never stored) and reuses dead activations' memory. The copy, and so its plans,
-        is kept per list of layers: a caller that goes through a dataset in chunks builds one
-        plan per chunk size, not one per chunk."""
+        is kept for the last list of layers asked for: a caller that goes through a dataset in
+        chunks builds one plan per chunk size, not one per chunk, and a caller that walks
+        through many layers holds one copy's workspaces at a time, not one per layer."""
         key = tuple(layers)
-        if key not in self._exposed:
-            self._exposed[key] = self.with_outputs(layers)
-        exposed = self._exposed[key]
+        if self._exposed is None or self._exposed[0] != key:
+            self._exposed = (key, self.with_outputs(layers))
+        exposed = self._exposed[1]
         out = exposed.forward(training=False, **inputs)
         return {n: out[exposed.net.tensor_name(n)] for n in layers}
 

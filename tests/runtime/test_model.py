@@ -33,9 +33,13 @@ def test_layer_outputs_match_an_exposed_forward_and_keep_one_plan_per_batch():
     exposed = model.with_outputs(["conv1", "pool1"]).forward(image=x)
     for layer in ("conv1", "pool1"):
         np.testing.assert_allclose(np.concatenate([c[layer] for c in chunks]), exposed[layer], rtol=1e-6)
-    (copy,) = model._exposed.values()
+    _, copy = model._exposed
     assert len(copy._plans) == 2        # batches of 4 and the last 2
     assert model._plans == {}           # the model's own plans are untouched
+    # another list of layers replaces the kept copy: one copy's workspaces are held at a time
+    model.layer_outputs(["fc"], image=x[:4])
+    layers, other = model._exposed
+    assert layers == ("fc",) and other is not copy
 
 
 def test_layer_outputs_follow_parameter_changes():
