@@ -149,8 +149,10 @@ prange = numba.prange
 # Elementwise loops stream memory: one thread nearly saturates what two cores can draw until
 # the arrays leave the caches, so only large arrays are split (4 MiB of float32).
 PARALLEL_MIN_ELEMENTS = 1 << 20
-# A GEMM this large runs long enough on one core to be worth one worker wake-up.
-PARALLEL_MIN_FLOPS = 1 << 24
+# A GEMM this large runs long enough on one core (~0.1 ms, more for a conv, whose column copies
+# come on top) to be worth a worker wake-up (~6 us): LeNet's first conv (15 MFLOP at batch 64)
+# went from 0.75 ms on one worker to 0.40 ms on two when this fell from 2^24.
+PARALLEL_MIN_FLOPS = 1 << 22
 
 _serial_blas = None
 

@@ -101,6 +101,12 @@ class Kernel:
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """How this kernel computes its node, in a few words, for per-kernel profiles
+        (python -m bench.profile): the op, and what the kernel chose or fused where it has a
+        choice (a conv's lowering, a relu it took over). Default: the op."""
+        return self.spec.op
+
     # ---- fusion: one call doing the work of several nodes -------------------------------------
     def fuse_activation(self, op: str, attrs: dict) -> bool:
         """Take over the parameter-free activation `op` that follows this node; True when
@@ -154,6 +160,9 @@ class FusesRelu:
 
     def can_fuse_relu(self) -> bool:
         return True
+
+    def describe(self) -> str:
+        return super().describe() + (" +relu" if self.relu else "")
 
     def fuse_activation(self, op, attrs) -> bool:
         """Take over a following relu (Kernel.fuse_activation); True when this kernel can."""

@@ -216,6 +216,12 @@ class Model:
                                     wrt=tuple(wrt), target=target)
         return self._plans[key]
 
+    @property
+    def last_plan(self) -> Plan | None:
+        """The plan the last forward call ran (None before any): its parameter gradients after
+        backward(), and its kernel calls for a per-kernel profile (Plan.kernel_calls)."""
+        return self._last
+
     def _feeds(self, kw):
         out = {}
         for k, v in kw.items():

@@ -46,6 +46,7 @@ the seed (d scalar / d output) before calling backward: a gradient without label
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -624,6 +625,26 @@ class Plan:
                     accumulate(gradient, aside)
                 observer.after_call(final)
         self._stop_compile_helper()
+
+    def kernel_calls(self, ctx: Context, backward: bool = True):
+        """Every kernel call of a step, in the order forward() and backward() make them, as
+        (pass, step, run): pass "forward" or "backward", step the _Step making the call (its
+        node, the nodes it absorbed, its kernel), run() the call on the plan's bound buffers (a
+        backward call adds its shared-parameter asides too). For per-kernel profiles
+        (bench/profile.py); forward() and backward() make the same calls without it."""
+        self._ctx = ctx
+        calls = [("forward", s, functools.partial(call, ctx, *args))
+                 for s, (call, args) in zip([s for s in self.steps if s.runs], self._forward_calls)]
+        if backward:
+            accumulate = self.device.accumulate
+
+            def run(call, args, accumulations):
+                call(ctx, *args)
+                for gradient, aside in accumulations:
+                    accumulate(gradient, aside)
+            calls += [("backward", s, functools.partial(run, *call))
+                      for s, call in zip([s for s in self.backward_steps if s.leader is None], self._backward_calls)]
+        return calls
 
     def _stop_compile_helper(self):
         """After a complete first step every kernel is compiled here: the helper has no more to do."""

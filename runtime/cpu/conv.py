@@ -667,11 +667,12 @@ class Conv(FusesRelu, _ConvBase):
         flops = 2 * n_batch * groups * rows * positions * self.window_depth
         # Small layers (LeNet-sized) stay on one worker: a wake-up would cost more than it saves.
         threads = numba.get_num_threads() if parallel_gemm(flops) else 1
+        self.threads = threads
         self.workers = max(1, min(threads, n_batch))
         # A batch smaller than the threads (latency: batch 1): the forward pass shares each
         # sample between all of them (_conv_forward_split and its kin; the unrolled lowering
         # splits by features at any batch). The backward passes keep whole samples per worker.
-        self.split_workers = threads if n_batch < threads else 0
+        self.split_samples = n_batch < threads
         image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = self.geometry
         # Stride 1: shifted windows (conv_shifted.py) where they pay.
         self.shifted = ((sh, sw) == (1, 1) and not self.pointwise
@@ -703,6 +704,24 @@ class Conv(FusesRelu, _ConvBase):
                 # the input gradient reads the forward's transformed weights: they live until then
                 self.scratch_workspace = tuple(n for n in Conv.scratch_workspace if n != "winograd_u")
 
+    @property
+    def lowering(self) -> str:
+        """The lowering __init__ chose: unrolled, winograd, shifted or im2col."""
+        return ("unrolled" if self.unrolled else "winograd" if self.winograd else "shifted" if self.shifted
+                else "im2col")
+
+    def describe(self) -> str:
+        words = [f"conv {self.lowering}"]
+        if self.siblings:
+            words.append(f"leading {len(self.siblings)} siblings")
+        elif self.split_samples and not self.unrolled:
+            words.append("samples shared")
+        if self.folded_batchnorm_eps is not None:
+            words.append("+batchnorm")
+        if self.relu:
+            words.append("+relu")
+        return " ".join(words)
+
     def workspace(self):
         if self.siblings:
             return self._sibling_workspace()
@@ -717,8 +736,7 @@ class Conv(FusesRelu, _ConvBase):
 
     def _winograd_workspace(self):
         rows = self.out_shape[2]
-        plan, workers = self.winograd_plan, self.workers
-        threads = max(workers, self.split_workers)      # the transforms' scratch: one per thread
+        plan, workers, threads = self.winograd_plan, self.workers, self.threads   # the transforms' scratch: per thread
         return {
             "winograd_u": ((plan.u_size,), "float32"),                     # transformed weights
             "winograd_v": ((workers, plan.tiles_size), "float32"),
@@ -767,18 +785,18 @@ class Conv(FusesRelu, _ConvBase):
             # one group: every operand as one matrix per sample (or per output feature)
             unrolled_forward(x.reshape(x.shape[0], -1), weight[0], scale.reshape(-1),
                              shift.reshape(-1), self.relu, out.reshape(out.shape[0], -1),
-                             self.taps, max(self.workers, self.split_workers), ws["unrolled"])
+                             self.taps, self.threads, ws["unrolled"])
         elif self.winograd:
             self._winograd(ws, weight, False, x, scale, shift, self.relu, out)
-        elif self.shifted and self.split_workers:
+        elif self.shifted and self.split_samples:
             shifted_forward_split(x, weight, scale, shift, self.relu, out, self.geometry, ws["taps"], ws["padded"],
-                                   ws["wide"], self.split_workers)
+                                   ws["wide"], self.threads)
         elif self.shifted:
             shifted_forward(x, weight, scale, shift, self.relu, out, self.geometry, ws["taps"], ws["padded"],
                              ws["wide"])
-        elif self.split_workers:
+        elif self.split_samples:
             _conv_forward_split(x, weight, scale, shift, self.relu, out, self.geometry, self.offsets,
-                                self.pointwise, ws["cols"], self.split_workers)
+                                self.pointwise, ws["cols"], self.threads)
         else:
             _conv_forward(x, weight, scale, shift, self.relu, out, self.geometry, self.offsets, self.pointwise,
                           self.chunk, ws["cols"], ws["staging"])
@@ -805,10 +823,10 @@ class Conv(FusesRelu, _ConvBase):
         # F(2x2)'s input gradient reads the forward's transformed weights (winograd_conv)
         planes = plan.flip_planes if input_gradient and plan.flip_planes is not None else self._no_planes
         weight = weight.reshape(self.out_shape[2], -1, 9)
-        if self.split_workers:
+        if self.split_samples:
             winograd_conv_split(source, grid.sources, grid.targets, bt, at, weight, g, input_gradient, planes,
                                 ws["winograd_u"], ws["winograd_weights"], scale, shift, relu, target, ws["winograd_v"],
-                                ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"], self.split_workers)
+                                ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"], self.threads)
         else:
             winograd_conv(source, grid.sources, grid.targets, bt, at, weight, g, input_gradient, planes,
                           ws["winograd_u"], ws["winograd_weights"][0], scale, shift, relu, target, grid.chunk,
@@ -832,7 +850,7 @@ class Conv(FusesRelu, _ConvBase):
             unrolled_backward(x.reshape(n_batch, -1), weight[0], gout.reshape(n_batch, -1),
                               None if gx is None else gx.reshape(n_batch, -1),
                               None if gweight is None else gweight[0], None if gbias is None else gbias[0],
-                              self.taps, max(self.workers, self.split_workers), ws["unrolled"])
+                              self.taps, self.threads, ws["unrolled"])
             return
         if self.winograd:
             if gx is not None:

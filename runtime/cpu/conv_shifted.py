@@ -37,15 +37,15 @@ def shifted_pays(wide_columns: int, channels: int, features: int) -> bool:
     Two costs decide it. A tap's GEMM is C/G deep, so shifted windows update the (F/G, Ho*Wp)
     output kh*kw times, which costs most when C/G is small next to F/G; im2col copies C/G*kh*kw
     rows per sample, a cost spread over F/G outputs, so it costs most when F/G is small.
-    Measured forward + backward, 2 workers (ms, shifted vs im2col): 16->32 5x5 at 32x32 18 vs
-    33; 32->96 5x5 at 32x32 128-152 vs 113-120; 3->192 3x3 at 32x32 13.7 vs 11.4-11.7; 3->24
-    3x3 at 32x32 3.2 vs 2.8; 1->6 5x5 at 32x32 (LeNet) 1.7-2.0 vs 1.2-1.9; 48->12 3x3 at 32x32
-    20 vs 66; 6->16 5x5 at 14x14 1.2-1.5 vs 1.5-1.9. Hence im2col from three features per
-    channel on. On small grids, a tap's weights are reused over few columns, and im2col, which
+    Measured in the benchmark's training steps, forward + backward, 2 workers (python -m
+    bench.profile --train, each layer forced either way; ms, shifted vs im2col): DenseNet-style's
+    48->12 3x3 at 32x32 20.2 vs 24.0; GoogLeNet-style's 16->32 5x5 at 32x32 22.3 vs 18.5; LeNet's
+    6->16 5x5 at 14x14 4.0 vs 1.3. Hence im2col once a group has more features than channels.
+    On small grids, a tap's weights are reused over few columns, and im2col, which
     puts several samples side by side, wins (one core, batch 64: 128->128 at 8x8 56 vs 86 but
     256->512 at 4x4 246 vs 137, 512->512 at 2x2 403 vs 97): shifted windows only while a tap's
     weights have at most 1024 times fewer elements than its GEMM has columns."""
-    return features < 3 * channels and wide_columns * 1024 >= channels * features
+    return features <= channels and wide_columns * 1024 >= channels * features
 
 
 @njit

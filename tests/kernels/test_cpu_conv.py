@@ -96,9 +96,9 @@ def test_fused_relu_keeps_nan(case, request):
     ((64, 64, 32, 32), 64, (3, 3), (1, 1), "winograd"),     # ... on wide grids too (4x4 tiles)
     ((64, 32, 16, 16), 32, (3, 3), (1, 1), "shifted"),      # too few channels for Winograd
     ((64, 48, 32, 32), 12, (3, 3), (1, 1), "shifted"),      # few channels, wide grid: shifted windows
-    ((64, 6, 14, 14), 16, (5, 5), (0, 0), "shifted"),       # LeNet's second conv
-    ((32, 16, 32, 32), 32, (5, 5), (2, 2), "shifted"),      # GoogLeNet's 5x5 in 3a
-    ((32, 32, 32, 32), 96, (5, 5), (2, 2), "im2col"),       # ... in 3b: three features per channel
+    ((64, 6, 14, 14), 16, (5, 5), (0, 0), "im2col"),        # LeNet's second conv: more features than channels
+    ((32, 16, 32, 32), 32, (5, 5), (2, 2), "im2col"),       # GoogLeNet's 5x5 in 3a
+    ((32, 32, 32, 32), 32, (5, 5), (2, 2), "shifted"),      # as many features as channels
     ((32, 3, 32, 32), 192, (3, 3), (1, 1), "im2col"),       # a stem on RGB
     ((64, 128, 4, 4), 128, (5, 5), (2, 2), "unrolled"),     # the kernel window covers the grid
     ((64, 512, 2, 2), 512, (3, 3), (1, 1), "unrolled"),     # ... (VGG's last layers on CIFAR)
@@ -117,21 +117,23 @@ def test_path_choice(x_shape, channels, kernel, pad, path, monkeypatch):
                     in_dtypes=("float32",), out_shape=(n, channels, out_h, out_w),
                     param_shapes={"weight": (channels, c, *kernel), "bias": (channels,)})
     kernel = dslc.runtime.cpu.conv.Conv(spec)
-    assert ("unrolled" if kernel.unrolled else "winograd" if kernel.winograd else "shifted" if kernel.shifted
-            else "im2col") == path
+    assert kernel.lowering == path
+    assert kernel.describe().startswith(f"conv {path}")
 
 
-@pytest.mark.parametrize("batch,threads,split", [(1, 2, 2), (3, 4, 4), (2, 2, 0), (64, 2, 0), (1, 1, 0)])
+@pytest.mark.parametrize("batch,threads,split", [(1, 2, True), (3, 4, True), (2, 2, False), (64, 2, False),
+                                                  (1, 1, False)])
 def test_batches_smaller_than_the_threads_share_samples(batch, threads, split, monkeypatch):
     """Where a batch has fewer samples than there are threads, the forward pass shares each
-    sample between all of them (split_workers), and the backward pass keeps one worker per
+    sample between all of them (split_samples), and the backward pass keeps one worker per
     sample (workers)."""
     monkeypatch.setattr(dslc.runtime.cpu.conv.numba, "get_num_threads", lambda: threads)
     spec = NodeSpec(name="conv", op="conv", attrs=conv_attrs(256, (3, 3), pad=(1, 1)), in_shapes=((batch, 256, 8, 8),),
                     in_dtypes=("float32",), out_shape=(batch, 256, 8, 8),
                     param_shapes={"weight": (256, 256, 3, 3), "bias": (256,)})
     kernel = dslc.runtime.cpu.conv.Conv(spec)
-    assert kernel.split_workers == split
+    assert kernel.split_samples == split
+    assert kernel.threads == threads
     assert kernel.workers == min(batch, threads)
 
 

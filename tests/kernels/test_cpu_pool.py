@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dslc.runtime import jit
+from dslc.runtime.cpu import pool
 from dslc.runtime.kernel_api import Context
 from tests.kernels.harness import make_kernel, run_kernel
 from tests.ops_cases import avgpool_case, global_avgpool_case, maxpool_case, maxunpool_case, window
@@ -80,9 +81,12 @@ def test_serial_and_parallel_loops_agree(case):
     np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
-def test_pools_go_parallel_from_the_elementwise_threshold():
+def test_window_pools_go_parallel_from_their_threshold():
+    """Window pools split sooner than elementwise loops (pool.WINDOW_POOL_MIN_ELEMENTS)."""
+    assert pool.WINDOW_POOL_MIN_ELEMENTS < jit.PARALLEL_MIN_ELEMENTS
     attrs = window((2, 2), (2, 2))
-    for width, parallel in ((jit.PARALLEL_MIN_ELEMENTS // 2 - 2, False), (jit.PARALLEL_MIN_ELEMENTS // 2, True)):
+    threshold = pool.WINDOW_POOL_MIN_ELEMENTS
+    for width, parallel in ((threshold // 2 - 2, False), (threshold // 2, True)):
         x = np.empty((1, 1, 2, width), np.float32)
         for case in (maxpool_case(x.shape, attrs), avgpool_case(x.shape, attrs)):
             assert make_kernel(case, [x], {}, (1, 1, 1, width // 2), "float32").parallel == parallel

@@ -50,3 +50,35 @@ def test_layer_outputs_follow_parameter_changes():
     model.set_param("conv1.bias", model.params["conv1.bias"] + 1.0)
     after = model.layer_outputs(["conv1"], image=x)["conv1"]
     np.testing.assert_allclose(after, before + 1.0, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_calls_make_the_plan_s_calls():
+    """Plan.kernel_calls (per-kernel profiles) runs the calls forward() and backward() make:
+    the same logits and the same parameter gradients, and it names each call's step."""
+    model = _model()
+    x, y = _images(4), np.array([0, 1, 2, 1])
+    assert model.last_plan is None
+    logits = model.forward(training=False, image=x)["logits"]
+    plan = model.last_plan
+    calls = plan.kernel_calls(model.ctx, backward=False)
+    assert {p for p, _, _ in calls} == {"forward"}
+    # conv1 absorbs bn1 and relu1 in an inference plan
+    assert [s.node for _, s, _ in calls][0] == "conv1" and calls[0][1].kernel.describe().endswith("+batchnorm +relu")
+    (output,) = model.net.outputs
+    plan.out[output].fill(0.0)
+    for _, _, run in calls:
+        run()
+    np.testing.assert_array_equal(plan.out[output], logits)
+
+    model.forward(training=True, image=x, label=y)
+    train_plan = model.last_plan
+    train_plan.backward(model.ctx)
+    grads = {k: v.copy() for k, v in train_plan.param_grads.items()}
+    calls = train_plan.kernel_calls(model.ctx)
+    assert [p for p, _, _ in calls].count("backward") > 0
+    for g in train_plan.param_grads.values():
+        g.fill(0.0)
+    for _, _, run in calls:
+        run()
+    for name, g in train_plan.param_grads.items():
+        np.testing.assert_allclose(g, grads[name], rtol=1e-6, atol=1e-7)
