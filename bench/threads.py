@@ -29,8 +29,11 @@ def limit_after_import(threads: int = THREADS, with_torch: bool = False) -> list
     """Apply the cap to the libraries now loaded; returns one line per thread pool, for the report."""
     import numba
 
-    # load SciPy's BLAS now (Numba's np.dot calls it) so that threadpoolctl sees and caps it too
+    # load SciPy's BLAS now (Numba's np.dot calls it) and the kernels' own (dslc's gemm), so
+    # that threadpoolctl sees, caps and reports them too
     import scipy.linalg.cython_blas  # noqa: F401
+
+    import dslc.runtime.cpu.blas  # noqa: F401
     numba.set_num_threads(threads)
     pools = [f"numba parallel loops: {numba.get_num_threads()} threads"]
     if with_torch:
@@ -43,7 +46,11 @@ def limit_after_import(threads: int = THREADS, with_torch: bool = False) -> list
     from threadpoolctl import threadpool_info, threadpool_limits
     threadpool_limits(threads)
     for pool in threadpool_info():
-        pools.append(f"{pool['internal_api']} {os.path.basename(pool['filepath'])}: {pool['num_threads']} threads "
-                     "(threadpoolctl)")
+        kernels = f", {pool['architecture']} kernels" if pool.get("architecture") else ""
+        pools.append(f"{pool['internal_api']} {os.path.basename(pool['filepath'])}: {pool['num_threads']} threads"
+                     f"{kernels} (threadpoolctl)")
+    if "OPENBLAS_CORETYPE" in os.environ:
+        pools.append(f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} in the environment (OpenBLAS's kernel "
+                     "choice)")
     return pools
 

@@ -1,0 +1,44 @@
+"""runtime/cpu/blas.py: which OpenBLAS kernels the GEMMs ask for, and gemm against numpy."""
+import numpy as np
+import pytest
+
+from dslc.runtime.cpu import blas
+
+ZEN5 = {"vendor_id": "AuthenticAMD", "cpu family": "26",
+        "flags": "fpu sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_bf16"}
+
+
+@pytest.mark.parametrize("fields,environ,core", [
+    (ZEN5, {}, "SkylakeX"),                                             # AVX-512 that OpenBLAS misses
+    (ZEN5, {"OPENBLAS_CORETYPE": "Haswell"}, None),                     # the user's choice stands
+    ({**ZEN5, "cpu family": "25"}, {}, None),                           # Zen 4: OpenBLAS knows it
+    ({**ZEN5, "flags": "fpu sse2 avx avx2 fma"}, {}, None),             # no AVX-512
+    ({**ZEN5, "vendor_id": "GenuineIntel", "cpu family": "6"}, {}, None),
+    ({}, {}, None),                                                     # no /proc/cpuinfo
+    ({**ZEN5, "cpu family": "?"}, {}, None),
+])
+def test_avx512_kernels_only_where_openblas_misses_the_model(fields, environ, core):
+    assert blas.avx512_core_override(fields, environ) == core
+
+
+def test_the_kernels_openblas_is_named():
+    assert blas.openblas_core()
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_inside_arrays_matches_numpy(trans_a, trans_b, dtype):
+    """C = op(A) @ op(B) + beta C on matrices at an offset inside wider buffers."""
+    rng = np.random.default_rng(0)
+    m, n, k = 5, 7, 3
+    a_rows, a_cols = (k, m) if trans_a else (m, k)
+    b_rows, b_cols = (n, k) if trans_b else (k, n)
+    a = rng.standard_normal((a_rows, a_cols + 2)).astype(dtype)
+    b = rng.standard_normal((b_rows, b_cols + 1)).astype(dtype)
+    c = rng.standard_normal((m + 1, n + 3)).astype(dtype)
+    want = c.copy()
+    op_a = a[:, 1:1 + a_cols].T if trans_a else a[:, 1:1 + a_cols]
+    op_b = b[:, :b_cols].T if trans_b else b[:, :b_cols]
+    want[1:, 2:2 + n] = op_a @ op_b + 0.5 * c[1:, 2:2 + n]
+    blas.gemm(trans_a, trans_b, m, n, k, a, 1, a.shape[1], b, 0, b.shape[1], 0.5, c, c.shape[1] + 2, c.shape[1])
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
