@@ -35,49 +35,6 @@ def _library_path() -> str:
                       "reinstall it (pip install --force-reinstall scipy-openblas32)")
 
 
-def _cpu_fields() -> dict:
-    """The first processor's fields of /proc/cpuinfo (Linux; empty elsewhere)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return fields
-
-
-def avx512_core_override(fields: dict, environ=os.environ) -> str | None:
-    """The OPENBLAS_CORETYPE to set before the library loads, or None to leave OpenBLAS's own
-    choice (and any value the user set) alone.
-
-    OpenBLAS picks its kernels by CPU model when it loads, and on a model it does not know
-    falls back to Haswell's AVX2 kernels: 0.3.34 knows no AMD family 26 (Zen 5), whose cores
-    have AVX-512. There this asks for SkylakeX's AVX-512 kernels. Measured on an EPYC of family
-    26 (2026-12-08, one core, through gemm, GFLOP/s Haswell vs SkylakeX): 1024x256 @ 256x256 120
-    vs 234, 256x2304 @ 2304x256 115 vs 218, 12x48 @ 48x1088 92 vs 239, 6x25 @ 25x3136 67 vs 188,
-    but 12x432 @ 432x1024 89 vs 63; whole plans (python -m bench.profile): the LSTM's inference
-    pass 20.0 -> 10.4 ms and training step 63 -> 34 ms, DenseNet-style's 55 -> 40 and 205 -> 140 ms,
-    LeNet-5's 0.85 -> 0.71 and 2.7 -> 1.9 ms."""
-    if "OPENBLAS_CORETYPE" in environ:
-        return None
-    flags = set(fields.get("flags", "").split())
-    try:
-        family = int(fields.get("cpu family", "0"))
-    except ValueError:
-        return None
-    if (fields.get("vendor_id") == "AuthenticAMD" and family >= 26
-            and {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags):
-        return "SkylakeX"
-    return None
-
-
-_core = avx512_core_override(_cpu_fields())
-if _core is not None:
-    os.environ["OPENBLAS_CORETYPE"] = _core
 _OPENBLAS = ctypes.CDLL(_library_path())
 _OPENBLAS.scipy_openblas_get_corename.restype = ctypes.c_char_p
 
