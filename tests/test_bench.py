@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from bench import cli, measure, onnx_runner, torch_models
+from bench import cli, measure, onnx_runner, profile, torch_models
 from bench.report import (
     COLUMNS,
     FAST_PATH_COLUMNS,
@@ -100,14 +100,21 @@ def test_a_selection_runs_just_what_it_names():
     assert (args.models, args.scaling) == (["lenet5_relu"], ["length"])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--scaling", "lenght"], "unknown scaling series 'lenght'; did you mean length? known series: batch, length"),
-    (["--models", " , "], "--models names no model"),
-    (["--steps", "0"], "--steps must be at least 1"),
+@pytest.mark.parametrize("parse, argv, message", [
+    (cli.parse_args, ["--scaling", "lenght"],
+     "unknown scaling series 'lenght'; did you mean length? known series: batch, length"),
+    (cli.parse_args, ["--models", " , "], "--models names no model"),
+    (cli.parse_args, ["--steps", "0"], "--steps must be at least 1"),
+    # python -m bench.profile
+    (profile.parse_args, ["lenet5"], "unknown model 'lenet5'; did you mean lenet5_relu?"),
+    (profile.parse_args, ["lenet5_relu", "--batch", "0"], "--batch must be at least 1, got 0"),
+    (profile.parse_args, ["lenet5_relu", "--reps", "0"], "--reps must be at least 1, got 0"),
+    (profile.parse_args, ["lenet5_relu", "--top", "-1"], "--top must be 0 (all) or more, got -1"),
+    (profile.parse_args, ["lenet5_relu", "--by", "layer"], "invalid choice: 'layer'"),
 ])
-def test_bad_options_are_usage_errors(argv, message, capsys):
+def test_bad_options_are_usage_errors(parse, argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
-        cli.parse_args(argv)
+        parse(argv)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
 

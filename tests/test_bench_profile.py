@@ -1,4 +1,5 @@
-"""python -m bench.profile: per-kernel timing of one benchmark network (bench/profile.py)."""
+"""python -m bench.profile: per-kernel timing of one benchmark network (bench/profile.py); its usage
+errors are among tests/test_bench.py's."""
 import subprocess
 import sys
 
@@ -28,20 +29,6 @@ def test_profile_names_every_call_and_sums_them():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "training step (forward and backward)" in done.stdout
     assert " backward " in done.stdout and "(with the optimizer's update)" in done.stdout
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["lenet5"], "unknown model 'lenet5'; did you mean lenet5_relu?"),
-    (["lenet5_relu", "--batch", "0"], "--batch must be at least 1, got 0"),
-    (["lenet5_relu", "--reps", "0"], "--reps must be at least 1, got 0"),
-    (["lenet5_relu", "--top", "-1"], "--top must be 0 (all) or more, got -1"),
-    (["lenet5_relu", "--by", "layer"], "invalid choice: 'layer'"),
-])
-def test_bad_options_are_usage_errors(argv, message, capsys):
-    with pytest.raises(SystemExit) as stop:
-        profile.parse_args(argv)
-    assert stop.value.code == 2
-    assert message in capsys.readouterr().err
 
 
 def test_rows_sum_per_kind_and_render_longest_first():
