@@ -11,10 +11,11 @@ def test_the_kernels_openblas_is_named():
 
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_inside_arrays_matches_numpy(trans_a, trans_b, dtype):
-    """C = op(A) @ op(B) + beta C on matrices at an offset inside wider buffers."""
+@pytest.mark.parametrize("m,n,k", [(5, 7, 3), (5, 1, 3), (1, 7, 3), (1, 1, 3)])   # GEMM, and GEMV both ways
+def test_gemm_inside_arrays_matches_numpy(trans_a, trans_b, dtype, m, n, k):
+    """C = op(A) @ op(B) + beta C on matrices at an offset inside wider buffers (a single
+    output column or row goes to GEMV, with the vectors' strides)."""
     rng = np.random.default_rng(0)
-    m, n, k = 5, 7, 3
     a_rows, a_cols = (k, m) if trans_a else (m, k)
     b_rows, b_cols = (n, k) if trans_b else (k, n)
     a = rng.standard_normal((a_rows, a_cols + 2)).astype(dtype)
