@@ -28,6 +28,7 @@ BY = ("call", "kernel")
 
 
 def parse_args(argv):
+    from .cli import _names
     from .suite import MODELS
     parser = argparse.ArgumentParser(
         prog="python -m bench.profile",
@@ -43,11 +44,10 @@ def parse_args(argv):
                         help="call: one row per kernel call; kernel: calls summed per pass and kind of kernel "
                              "(Kernel.describe)")
     args = parser.parse_args(argv)
-    if args.model not in MODELS:
-        import difflib
-        close = difflib.get_close_matches(args.model, list(MODELS), n=1)
-        parser.error(f"unknown model {args.model!r}; {'did you mean ' + close[0] + '? ' if close else ''}"
-                     f"known models: {', '.join(MODELS)}")
+    names = _names(args.model, list(MODELS), "model", "model", parser)     # python -m bench's check
+    if len(names) != 1:
+        parser.error(f"one model at a time, got {', '.join(names)}")
+    args.model = names[0]
     if args.batch is not None and args.batch < 1:
         parser.error(f"--batch must be at least 1, got {args.batch}")
     if args.reps < 1:
@@ -111,6 +111,8 @@ def render(rows, top: int) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from dslc.runtime.errors import RuntimeUserError
+
     from .cli import WARMUP
     from .dslc_runner import DslcRunner
     from .measure import warm_up
@@ -120,9 +122,17 @@ def main(argv=None) -> int:
     spec = MODELS[args.model]
     batch = args.batch or spec.batch
     pools = limit_after_import()
-    runner = DslcRunner(spec, batch)
-    step = runner.train_step if args.train else runner.infer_step
-    warm = warm_up(step, WARMUP, runner.busy)
+    try:
+        runner = DslcRunner(spec, batch)
+        step = runner.train_step if args.train else runner.infer_step
+        warm = warm_up(step, WARMUP, runner.busy)       # builds the plan
+    except RuntimeUserError as e:           # e.g. a plan larger than the memory, with the figure
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:                     # the batch of random data itself
+        print(f"error: {spec.name}'s batch of {batch} does not fit in memory\n  = help: use a smaller --batch",
+              file=sys.stderr)
+        return 1
     rows, untimed = profile(runner, args.train, args.reps)
     if args.by == "kernel":
         rows = by_kernel(rows)

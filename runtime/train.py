@@ -289,7 +289,7 @@ class Trainer:
 
     def _term_values(self):
         """The loss terms' values of the last forward pass (read before backward)."""
-        plan = self.model._last
+        plan = self.model.last_plan
         return [self.model.device.scalar(plan.out[t]) for t in self.terms]
 
     # ---- one step ----------------------------------------------------------------------------
@@ -306,9 +306,9 @@ class Trainer:
         out = m.forward(training=True, **feeds)
         loss = out["loss"]
         if not math.isfinite(loss):
-            raise divergence(self.epoch, self.step_in_epoch, f"the loss is {loss}", m._last, self.net)
+            raise divergence(self.epoch, self.step_in_epoch, f"the loss is {loss}", m.last_plan, self.net)
         terms = self._term_values()
-        plan = m._last
+        plan = m.last_plan
         grads = plan.param_grads
         # each rank's mean over its equal share: the mean of the means, bucket by bucket as
         # the backward pass finishes them (None in one process)

@@ -111,6 +111,7 @@ def test_a_selection_runs_just_what_it_names():
     (profile.parse_args, ["lenet5_relu", "--reps", "0"], "--reps must be at least 1, got 0"),
     (profile.parse_args, ["lenet5_relu", "--top", "-1"], "--top must be 0 (all) or more, got -1"),
     (profile.parse_args, ["lenet5_relu", "--by", "layer"], "invalid choice: 'layer'"),
+    (profile.parse_args, ["lenet5_relu,lstm_lm"], "one model at a time, got lenet5_relu, lstm_lm"),
 ])
 def test_bad_options_are_usage_errors(parse, argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:

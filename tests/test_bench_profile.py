@@ -41,3 +41,10 @@ def test_rows_sum_per_kind_and_render_longest_first():
     assert text[1].split()[:3] == ["4.000", "53.3%", "backward"]
     assert text[2].split()[:3] == ["2.000", "26.7%", "forward"]
     assert text[3].split()[:3] == ["1.500", "20.0%", "2"]        # the rest: "2 more"
+
+
+def test_a_batch_too_large_is_an_error_not_a_traceback():
+    done = _profile("lenet5_relu", "--batch", "1000000000", "--reps", "1", timeout=120)
+    assert done.returncode == 1
+    assert "error: lenet5_relu's batch of 1000000000 does not fit in memory" in done.stderr
+    assert "use a smaller --batch" in done.stderr and "Traceback" not in done.stderr

@@ -6,7 +6,11 @@ from dslc.runtime.cpu import blas
 
 
 def test_the_kernels_openblas_is_named():
-    assert blas.openblas_core()
+    """openblas_core() names the kernels of the library gemm calls, as threadpoolctl reads them."""
+    from threadpoolctl import threadpool_info
+    ours = [p for p in threadpool_info() if p["filepath"] == blas._library_path()]
+    assert len(ours) == 1
+    assert blas.openblas_core() == ours[0]["architecture"]
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
