@@ -603,9 +603,13 @@ POOL = [
     maxpool_case((2, 2, 4, 3), window((3, 3), (1, 1), (1, 1))),              # 3x3 same: one interior output
     maxpool_case((1, 2, 2, 5), window((3, 3), (1, 1), (1, 1))),              # too small for it: any-window loop
     maxpool_case((2, 3, 9, 11), window((3, 3), (1, 1), (1, 1))),
+    maxpool_case((2, 2, 4, 4), window((3, 3), (2, 2), (1, 1))),              # 3x3 stride 2: one interior output
+    maxpool_case((2, 2, 3, 5), window((3, 3), (2, 2), (1, 1))),              # 3x3 stride 2: no interior row
     _maxpool_ties_case((2, 3, 8, 6), window((2, 2), (2, 2))),
     _maxpool_ties_case((2, 3, 7, 9), window((3, 3), (1, 1), (1, 1))),
     _maxpool_ties_case((2, 3, 7, 9), window((3, 3), (2, 2), (1, 1), ceil=True)),
+    _maxpool_ties_case((2, 3, 12, 11), window((3, 3), (2, 2), (1, 1))),     # 3x3 stride 2, rows of interior windows
+    _maxpool_ties_case((2, 3, 11, 12), window((3, 3), (2, 2), ceil=True)),
     avgpool_case((2, 3, 7, 6), window((2, 2), (2, 2))),
     avgpool_case((2, 2, 9, 8), window((3, 3), (2, 2), (1, 1))),              # padding counts as zeros
     avgpool_case((2, 2, 6, 5), window((3, 3), (1, 1), (1, 1))),
