@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from bench import cli, measure, onnx_runner, profile, torch_models
+from bench import cli, gemm, measure, onnx_runner, profile, torch_models
 from bench.report import (
     COLUMNS,
     FAST_PATH_COLUMNS,
@@ -112,6 +112,11 @@ def test_a_selection_runs_just_what_it_names():
     (profile.parse_args, ["lenet5_relu", "--top", "-1"], "--top must be 0 (all) or more, got -1"),
     (profile.parse_args, ["lenet5_relu", "--by", "layer"], "invalid choice: 'layer'"),
     (profile.parse_args, ["lenet5_relu,lstm_lm"], "one model at a time, got lenet5_relu, lstm_lm"),
+    # python -m bench.gemm
+    (gemm.parse_args, ["--shapes", "64x64"], "--shapes: expected MxNxK with three positive integers"),
+    (gemm.parse_args, ["--shapes", "64x0x64"], "got '64x0x64'"),
+    (gemm.parse_args, ["--shapes", "8x8x8,,"], "got ''"),
+    (gemm.parse_args, ["--reps", "0"], "--reps must be at least 1, got 0"),
 ])
 def test_bad_options_are_usage_errors(parse, argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
