@@ -19,6 +19,10 @@ THREADS = 2
 _ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
+def _threads(count: int) -> str:
+    return f"{count} thread{'s' * (count != 1)}"
+
+
 def set_env_before_import(threads: int = THREADS) -> None:
     """Cap every pool through the environment; call before numpy, numba or torch is imported."""
     for var in _ENV_VARS:
@@ -35,11 +39,11 @@ def limit_after_import(threads: int = THREADS, with_torch: bool = False) -> list
 
     import dslc.runtime.cpu.blas  # noqa: F401
     numba.set_num_threads(threads)
-    pools = [f"numba parallel loops: {numba.get_num_threads()} threads"]
+    pools = [f"numba parallel loops: {_threads(numba.get_num_threads())}"]
     if with_torch:
         import torch
         torch.set_num_threads(threads)
-        pools.append(f"torch intra-op: {torch.get_num_threads()} threads")
+        pools.append(f"torch intra-op: {_threads(torch.get_num_threads())}")
     if importlib.util.find_spec("threadpoolctl") is None:
         pools.append("BLAS/OpenMP: capped by environment variables only (threadpoolctl not installed)")
         return pools
@@ -47,7 +51,7 @@ def limit_after_import(threads: int = THREADS, with_torch: bool = False) -> list
     threadpool_limits(threads)
     for pool in threadpool_info():
         kernels = f", {pool['architecture']} kernels" if pool.get("architecture") else ""
-        pools.append(f"{pool['internal_api']} {os.path.basename(pool['filepath'])}: {pool['num_threads']} threads"
+        pools.append(f"{pool['internal_api']} {os.path.basename(pool['filepath'])}: {_threads(pool['num_threads'])}"
                      f"{kernels} (threadpoolctl)")
     if "OPENBLAS_CORETYPE" in os.environ:
         pools.append(f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} in the environment (OpenBLAS's kernel "

@@ -16,8 +16,8 @@ def test_times_every_product_on_both_sides():
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("float32 products, one thread each (numba parallel loops: 1 threads; "
-                               "torch intra-op: 1 threads)")
+    assert lines[0].startswith("float32 products, one thread each (numba parallel loops: 1 thread; "
+                               "torch intra-op: 1 thread)")
     assert lines[1].startswith("dslc: OpenBLAS ") and "torch 2.13.0" in lines[1]
     rows = [line.split() for line in lines[4:]]
     assert [r[0] for r in rows] == ["8x8x8", "16x1x8", "1x16x8"]      # GEMM, and GEMV both ways
