@@ -123,16 +123,57 @@ def winograd_pays(channels: int, rows: int, positions: int) -> bool:
 @njit
 def _combine_rows(mat, row, src, first, step, dst, out, columns):
     """dst row at `out` = sum over r of mat[row, r] * src row at first + r*step (`columns`
-    values each). Unsigned indices (_u): with signed ones Numba wraps negative indices, a check
-    in the inner loop that kept LLVM from vectorising it."""
-    for col in range(columns):
-        dst[_u(out) + _u(col)] = 0
+    values each), in one pass over the row: the nonzero coefficients (at most 6: a <= 6) are
+    picked first, then one loop per count of them reads every source row once and writes the
+    destination once, where a pass per coefficient read and wrote it each time (the input
+    transform of ResNet-18's 64 -> 64 layer took 1.5x as long so). The sum runs in the order of
+    r, as that did. Unsigned indices (_u): with signed ones Numba wraps negative indices, a
+    check in the inner loop that kept LLVM from vectorising it."""
+    count = 0
+    c0 = c1 = c2 = c3 = c4 = c5 = mat[row, 0]
+    a0 = a1 = a2 = a3 = a4 = a5 = _u(0)
     for r in range(mat.shape[1]):
         coef = mat[row, r]
         if coef != 0:
             at = _u(first + r * step)
-            for col in range(columns):
-                dst[_u(out) + _u(col)] += coef * src[at + _u(col)]
+            if count == 0:
+                c0, a0 = coef, at
+            elif count == 1:
+                c1, a1 = coef, at
+            elif count == 2:
+                c2, a2 = coef, at
+            elif count == 3:
+                c3, a3 = coef, at
+            elif count == 4:
+                c4, a4 = coef, at
+            else:
+                c5, a5 = coef, at
+            count += 1
+    o = _u(out)
+    if count == 0:
+        for col in range(columns):
+            dst[o + _u(col)] = 0
+    elif count == 1:
+        for col in range(columns):
+            dst[o + _u(col)] = c0 * src[a0 + _u(col)]
+    elif count == 2:
+        for col in range(columns):
+            dst[o + _u(col)] = c0 * src[a0 + _u(col)] + c1 * src[a1 + _u(col)]
+    elif count == 3:
+        for col in range(columns):
+            dst[o + _u(col)] = c0 * src[a0 + _u(col)] + c1 * src[a1 + _u(col)] + c2 * src[a2 + _u(col)]
+    elif count == 4:
+        for col in range(columns):
+            dst[o + _u(col)] = (c0 * src[a0 + _u(col)] + c1 * src[a1 + _u(col)] + c2 * src[a2 + _u(col)]
+                                + c3 * src[a3 + _u(col)])
+    elif count == 5:
+        for col in range(columns):
+            dst[o + _u(col)] = (c0 * src[a0 + _u(col)] + c1 * src[a1 + _u(col)] + c2 * src[a2 + _u(col)]
+                                + c3 * src[a3 + _u(col)] + c4 * src[a4 + _u(col)])
+    else:
+        for col in range(columns):
+            dst[o + _u(col)] = (c0 * src[a0 + _u(col)] + c1 * src[a1 + _u(col)] + c2 * src[a2 + _u(col)]
+                                + c3 * src[a3 + _u(col)] + c4 * src[a4 + _u(col)] + c5 * src[a5 + _u(col)])
 
 
 @njit
