@@ -80,6 +80,7 @@ class Model:
         self._plans: dict = {}
         self._last = None
         self._exposed = None            # layer_outputs' with_outputs copy: (layers, Model)
+        self._inputs_needed = None      # the inputs a forward without the loss needs (_needed)
         self.ctx = Context(training=False, rng=np.random.default_rng(seed))
 
     # ---- construction -------------------------------------------------------------------------
@@ -260,7 +261,7 @@ class Model:
         import dataclasses
         m = copy.copy(self)
         m.net = dataclasses.replace(self.net, outputs=list(dict.fromkeys(list(self.net.outputs) + list(layers))))
-        m._plans, m._last, m._exposed = {}, None, None
+        m._plans, m._last, m._exposed, m._inputs_needed = {}, None, None, None
         return m
 
     def layer_outputs(self, layers, **inputs) -> dict:
@@ -281,8 +282,13 @@ class Model:
     def _needed(self, input_name, with_loss):
         if with_loss:
             return True
-        g = self.net.graph
-        return any(input_name in nx.ancestors(g, o) or input_name == o for o in self.net.outputs)
+        # Asked on every forward without the labels; the graph search took ~20% of a batch-1
+        # LeNet-5 inference call, so its answer is kept (the network of a Model never changes).
+        if self._inputs_needed is None:
+            g = self.net.graph
+            self._inputs_needed = {i for i in self.net.inputs
+                                   if any(i == o or i in nx.ancestors(g, o) for o in self.net.outputs)}
+        return input_name in self._inputs_needed
 
     def backward(self, wrt=None, output: str | None = None, index: int | None = None, grad=None) -> dict:
         """Gradients after a forward pass.
