@@ -58,8 +58,10 @@ def parse_args(argv):
 
 
 def _label(step) -> str:
-    """The nodes a call computes: its own, or the first and last of those it absorbed."""
-    nodes = [step.node, *step.absorbed]
+    """The nodes a call computes: its own, or the first and last of those it absorbed (the
+    nodes feeding it first, then those after it)."""
+    nodes = [*([step.absorbed_input] if step.absorbed_input else []), *step.absorbed_input_chain, step.node,
+             *step.absorbed]
     return nodes[0] if len(nodes) == 1 else f"{nodes[0]} .. {nodes[-1]}"
 
 

@@ -124,10 +124,18 @@ class Kernel:
     def fuse_input(self, op: str, attrs: dict) -> bool:
         """(Inference plans only.) Take over the node `op` that produces this node's first
         input, when that node has no other reader; True when taken. Forward then receives
-        that node's inputs in place of its output, and its parameters as "<op>.<name>" (e.g.
-        lstm: the embed before it, whose lookup it folds into its input projection).
-        Default: never."""
+        that node's inputs in place of its output, and its parameters as
+        "input.<op>.<name>" (e.g. lstm: the embed before it, whose lookup it folds into its
+        input projection). Default: never."""
         return False
+
+    def fuse_input_chain(self, nodes: list) -> bool:
+        """(Inference plans only.) Take over the call that produces this node's first input
+        when that call computes several nodes: `nodes` is [(op, attrs), ...] in order, a node
+        and what it absorbed (e.g. batchnorm, relu). As fuse_input otherwise; the parameters
+        of each arrive as "input.<op>.<name>". Default: a lone node goes to fuse_input, a
+        chain is refused."""
+        return len(nodes) == 1 and self.fuse_input(*nodes[0])
 
     # ---- horizontal fusion: siblings reading one tensor ----------------------------------------
     def sibling_key(self):

@@ -6,7 +6,8 @@ The plan holds
     e.g. dense + relu) makes one step of the pair: it writes the activation's output and the
     pre-activation is never stored. In inference plans a conv also absorbs the eval-mode
     batchnorm after it (`fuse_inference`), then that one's activation: conv -> batchnorm ->
-    relu is one call, and a recurrent layer absorbs the embed that feeds it (`fuse_input`).
+    relu is one call, a recurrent layer absorbs the embed that feeds it (`fuse_input`), and a
+    pointwise conv the batchnorm -> relu before it (`fuse_input_chain`).
     Steps that read one tensor with kernels that say they can share their work
     (`sibling_key`, an inception module's 1x1 convs) run as one call of the first of them
     ("horizontal fusion", see _fuse_siblings);
@@ -132,6 +133,7 @@ class _Step:
     is_view: bool = False           # output is a view of the input: forward has nothing to do
     absorbed: tuple = ()            # the nodes fused into this call, in order (output: the last)
     absorbed_input: str | None = None   # the node feeding this one that its call computes too
+    absorbed_input_chain: tuple = ()    # and the nodes that one absorbed (e.g. its relu)
     leader: _Step | None = None     # the step whose call computes this one's output (siblings)
     followers: list = field(default_factory=list)       # steps whose outputs this call computes too
     args: tuple = ()                # (xs, params, out, ws), bound once
@@ -259,18 +261,23 @@ class Plan:
             fuse = None if d.params else self.kernels[n].fuse_activation
         return c if fuse is not None and fuse(d.op, dict(d.attrs)) else None
 
-    def _fusable_input(self, n, consumers, fused):
-        """The producer of n's first input that n's kernel absorbs (`fuse_input`), or None: in
-        inference plans only, a node of the schedule that takes no part in another fusion
-        (`fused`), has n as its only consumer and is no output of the network."""
+    def _fusable_input(self, n, consumers, absorbs, taken):
+        """The call feeding n's first input that n's kernel absorbs (`fuse_input_chain`), as
+        (its node, the nodes that node absorbed), or None: in inference plans only, a call of
+        the schedule that takes no part in another input fusion and is absorbed by no other
+        node (`taken`), whose output has n as its only consumer and is no output of the
+        network."""
         inputs = self.net.node(n).inputs
         if self.training or not inputs:
             return None
         p = inputs[0]
-        if p not in self.kernels or p in fused or consumers[p] != [n] or self._kept(p):
+        # the call that writes p: p's own, or the node whose absorbed chain ends at p
+        q = next((h for h, chain in absorbs.items() if chain[-1] == p), p)
+        chain = absorbs.get(q, [])
+        if q not in self.kernels or q in taken or consumers[p] != [n] or self._kept(p):
             return None
-        d = self.net.node(p)
-        return p if self.kernels[n].fuse_input(d.op, dict(d.attrs)) else None
+        nodes = [(self.net.node(c).op, dict(self.net.node(c).attrs)) for c in [q, *chain]]
+        return (q, chain) if self.kernels[n].fuse_input_chain(nodes) else None
 
     def _kept(self, tensor) -> bool:
         """Whether `tensor` must be stored whatever reads it: an output of the network, or its loss."""
@@ -301,14 +308,17 @@ class Plan:
             if chain:
                 absorbs[n] = chain
                 absorbed.update(chain)
-        # consumer -> the producer of its first input that it absorbs (fuse_input)
+        # consumer -> the call feeding its first input that it absorbs, (node, its chain)
+        # (fuse_input_chain)
         absorbs_input = {}
         for n in self.schedule:
             if n not in absorbed:
-                p = self._fusable_input(n, consumers, absorbed | absorbs.keys() | absorbs_input.keys())
-                if p is not None:
-                    absorbs_input[n] = p
-                    absorbed.add(p)
+                taken = absorbed | absorbs_input.keys() | {q for q, _ in absorbs_input.values()}
+                fused_input = self._fusable_input(n, consumers, absorbs, taken)
+                if fused_input is not None:
+                    absorbs_input[n] = fused_input
+                    absorbed.add(fused_input[0])
+                    absorbed.update(fused_input[1])
         self.steps: list[_Step] = []
         for n in self.schedule:
             if n in absorbed:
@@ -317,15 +327,19 @@ class Plan:
             output = chain[-1] if chain else n
             kernel = self.kernels[n]
             inputs = list(self.net.node(n).inputs)
-            producer = absorbs_input.get(n)
+            producer, producer_chain = absorbs_input.get(n, (None, []))
             if producer is not None:        # n reads what its absorbed producer reads
                 inputs = list(self.net.node(producer).inputs) + inputs[1:]
             is_view = self.reuse_memory and bool(kernel.output_is_input_view) and len(inputs) == 1
             self.steps.append(_Step(n, kernel, inputs, output, len(self.steps), is_view=is_view,
-                                    absorbed=tuple(chain), absorbed_input=producer))
-            # an absorbed node's parameters go with n's, as "<op>.<name>" (fuse_inference, fuse_input)
-            for c in chain + ([producer] if producer is not None else []):
-                self.node_params[n].update({f"{self.net.node(c).op}.{k}": p for k, p in self.node_params[c].items()})
+                                    absorbed=tuple(chain), absorbed_input=producer,
+                                    absorbed_input_chain=tuple(producer_chain)))
+            # an absorbed node's parameters go with n's: "<op>.<name>" for what follows n
+            # (fuse_inference), "input.<op>.<name>" for what feeds it (fuse_input_chain)
+            for prefix, nodes in (("", chain), ("input.", [producer, *producer_chain] if producer else [])):
+                for c in nodes:
+                    self.node_params[n].update({f"{prefix}{self.net.node(c).op}.{k}": p
+                                                for k, p in self.node_params[c].items()})
         self._fuse_siblings()
         self.step_of = {s.output: s for s in self.steps}
         self.backward_steps = [s for s in reversed(self.steps) if s.node in self.grad_nodes]

@@ -212,18 +212,39 @@ def _chunk_bounds(chunk_index, chunk, n_batch):
     return first, min(chunk, n_batch - first)
 
 
+@njit
+def _normalised_columns(image, affine, relu, cols, first_col):
+    """cols[c, first_col + p] = (image[c, p] - affine[0, c]) * affine[1, c] + affine[2, c],
+    then relu where `relu`: an eval-mode batchnorm (and relu) fused before a pointwise conv
+    (Conv.fuse_input_chain), computed exactly as batchnorm's own kernel computes it, into
+    the column buffer the GEMM reads while it is in cache."""
+    for c in range(image.shape[0]):
+        centre, scale, shift = affine[0, c], affine[1, c], affine[2, c]
+        source = image[c]
+        row = cols[c]
+        for p in range(image.shape[1]):
+            v = (source[p] - centre) * scale + shift
+            if relu and v < 0:
+                v = 0
+            row[_u(first_col + p)] = v
+
+
 @pnjit
-def _conv_forward(x, weight, scale, shift, relu, out, geometry, offsets, pointwise, chunk, cols, staging):
+def _conv_forward(x, weight, scale, shift, relu, out, geometry, offsets, pointwise, chunk, cols, staging,
+                  in_affine, in_relu):
     """The epilogue (scale, shift, relu) as in arrays.epilogue_rows, per group. cols / staging: (workers, rows,
     chunk * positions) per-worker buffers for a chunk's
     column matrix and GEMM result (F/G, samples * positions), scattered to `out` afterwards; a
     short last chunk uses their first columns (the GEMMs take the buffers' row length as
-    their leading dimension)."""
+    their leading dimension). in_affine: (3, C) centre, scale and shift of a batchnorm fused
+    before a pointwise conv, then relu where in_relu (_normalised_columns), written into the
+    columns; (3, 0) for none."""
     n_batch, groups, rows, positions = out.shape
     depth = weight.shape[2]
     workers = cols.shape[0]
     stride = cols.shape[2]
     n_chunks = (n_batch + chunk - 1) // chunk
+    prologue = in_affine.shape[1] > 0
     for worker in prange(workers):
         chunk_cols = cols[worker]
         for chunk_index in range(worker, n_chunks, workers):
@@ -231,17 +252,23 @@ def _conv_forward(x, weight, scale, shift, relu, out, geometry, offsets, pointwi
             width = count * positions
             for g in range(groups):
                 if count == 1:
-                    if pointwise:
+                    if pointwise and not prologue:
                         gemm(False, False, rows, positions, depth, weight[g], 0, depth,
                              x[first, g], 0, positions, 0.0, out[first, g], 0, positions)
                     else:
-                        _to_columns(x[first, g], geometry, offsets, chunk_cols, 0)
+                        if prologue:
+                            _normalised_columns(x[first, g], in_affine, in_relu, chunk_cols, 0)
+                        else:
+                            _to_columns(x[first, g], geometry, offsets, chunk_cols, 0)
                         gemm(False, False, rows, positions, depth, weight[g], 0, depth,
                              chunk_cols, 0, stride, 0.0, out[first, g], 0, positions)
                     epilogue_rows(scale, shift, g, relu, out[first, g], 0, rows)
                     continue
                 for s in range(count):
-                    _to_columns(x[first + s, g], geometry, offsets, chunk_cols, s * positions)
+                    if prologue:
+                        _normalised_columns(x[first + s, g], in_affine, in_relu, chunk_cols, s * positions)
+                    else:
+                        _to_columns(x[first + s, g], geometry, offsets, chunk_cols, s * positions)
                 result = staging[worker]
                 gemm(False, False, rows, width, depth, weight[g], 0, depth, chunk_cols, 0, stride,
                      0.0, result, 0, stride)
@@ -541,6 +568,8 @@ class Conv(FusesRelu, _ConvBase):
                          "winograd_du", "winograd_weights", "unrolled", "masked_grad",
                          "sibling_weight", "sibling_staging", "sibling_gweight", "sibling_gbias")
     folded_batchnorm_eps = None     # set by fuse_batchnorm
+    input_batchnorm_eps = None      # set by fuse_input_chain: a batchnorm (and relu) before the conv
+    input_relu = False
     siblings = ()                   # set by lead_siblings: the other layers this one's calls compute
 
     def fuse_inference(self, op, attrs) -> bool:
@@ -559,11 +588,39 @@ class Conv(FusesRelu, _ConvBase):
         self.folded_batchnorm_eps = float(attrs.get("eps", 1e-5))
         return True
 
+    def fuse_input_chain(self, nodes) -> bool:
+        """The plan's hook for the call feeding this layer in an inference plan: an eval-mode
+        batchnorm, or batchnorm -> relu (DenseNet's pre-activation before each 1x1 conv), in
+        front of a pointwise conv of one group that takes whole samples. Forward then
+        normalises each sample into the column buffer its GEMM reads (_normalised_columns)
+        instead of reading a normalised tensor that a call of its own wrote to memory and
+        this one read back; the batchnorm's parameters arrive as "input.batchnorm.<name>"."""
+        ops = [op for op, _ in nodes]
+        if (ops not in (["batchnorm"], ["batchnorm", "relu"]) or self.input_batchnorm_eps is not None
+                or not self.pointwise or self.weight_shape[0] != 1 or self.unrolled or self.split_samples
+                or self.siblings):
+            return False
+        self.input_batchnorm_eps = float(nodes[0][1].get("eps", 1e-5))
+        self.input_relu = len(ops) == 2
+        return True
+
+    def _input_affine(self, params):
+        """(3, C) float32: the fused input batchnorm's centre, scale and shift as batchnorm's
+        own kernel computes them in eval mode (1/std in float64, rounded to float32, times the
+        weight in float32), so the fused pass gives the separate calls' values; (3, 0) for none."""
+        if self.input_batchnorm_eps is None:
+            return np.empty((3, 0), np.float32)
+        invstd = (1.0 / np.sqrt(params["input.batchnorm.running_var"].astype(np.float64)
+                                + self.input_batchnorm_eps)).astype(np.float32)
+        return np.stack([params["input.batchnorm.running_mean"], params["input.batchnorm.weight"] * invstd,
+                         params["input.batchnorm.bias"]]).astype(np.float32, copy=False)
+
     def sibling_key(self):
         """Layers with equal keys that read one tensor may share their GEMMs (the plan's
         _fuse_siblings; "sibling pointwise layers" above): pointwise, one group, on the path
         that GEMMs each sample straight from its image."""
-        if not (self.pointwise and self.weight_shape[0] == 1 and self.chunk == 1 and not self.unrolled):
+        if not (self.pointwise and self.weight_shape[0] == 1 and self.chunk == 1 and not self.unrolled
+                and self.input_batchnorm_eps is None):
             return None
         return ("pointwise", self.x_shape)
 
@@ -712,6 +769,8 @@ class Conv(FusesRelu, _ConvBase):
 
     def describe(self) -> str:
         words = [f"conv {self.lowering}"]
+        if self.input_batchnorm_eps is not None:
+            words.insert(0, "batchnorm +relu ->" if self.input_relu else "batchnorm ->")
         if self.siblings:
             words.append(f"leading {len(self.siblings)} siblings")
         elif self.split_samples and not self.unrolled:
@@ -751,8 +810,9 @@ class Conv(FusesRelu, _ConvBase):
     def _im2col_workspace(self):
         groups, rows, depth = self.weight_shape
         width = self.chunk * self.grid_positions
-        # A pointwise layer whose chunks are single samples GEMMs from the image: no columns.
-        no_cols = self.pointwise and self.chunk == 1
+        # A pointwise layer whose chunks are single samples GEMMs from the image: no columns,
+        # unless a batchnorm fused before it normalises the sample into them.
+        no_cols = self.pointwise and self.chunk == 1 and self.input_batchnorm_eps is None
         return {
             "cols": ((self.workers, 0 if no_cols else depth, width), "float32"),   # a chunk's column matrix
             "staging": ((self.workers, rows if self.chunk > 1 else 0, width), "float32"),
@@ -799,7 +859,7 @@ class Conv(FusesRelu, _ConvBase):
                                 self.pointwise, ws["cols"], self.threads)
         else:
             _conv_forward(x, weight, scale, shift, self.relu, out, self.geometry, self.offsets, self.pointwise,
-                          self.chunk, ws["cols"], ws["staging"])
+                          self.chunk, ws["cols"], ws["staging"], self._input_affine(params), self.input_relu)
 
     def _winograd(self, ws, weight, input_gradient, source, scale, shift, relu, target):
         """target = the 3x3 convolution of source by Winograd, then the epilogue: the layer's
@@ -833,7 +893,7 @@ class Conv(FusesRelu, _ConvBase):
                           ws["winograd_v"], ws["winograd_m"], ws["winograd_windows"], ws["winograd_outputs"])
 
     def backward(self, ctx, xs, params, out, gout, gxs, gparams, ws):
-        if self.folded_batchnorm_eps is not None:
+        if self.folded_batchnorm_eps is not None or self.input_batchnorm_eps is not None:
             raise RuntimeError(f"{self.spec.name}: a conv with a batchnorm folded in runs in inference plans only")
         if self.siblings:
             self._sibling_backward(xs[0], params, out, gout, gxs[0], gparams, ws)

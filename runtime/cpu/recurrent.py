@@ -951,7 +951,7 @@ class _RecurrentKernel(Kernel):
             if self.init:
                 self.write_initial_state(layer, states, ws)
             if layer == 0 and self.vocab:
-                np.dot(grouped_w_ih, params["embed.weight"].T, out=ws["table"])
+                np.dot(grouped_w_ih, params["input.embed.weight"].T, out=ws["table"])
                 self.forward_layer(layer, inputs, ids, ws["table"], params, ws)
             else:
                 self.forward_layer(layer, inputs, self._no_ids, grouped_w_ih, params, ws)

@@ -91,7 +91,7 @@ def test_absorbed_embed_matches_torch(op, sequence, parts):
     rng = np.random.default_rng(5)
     ids = rng.integers(0, vocab, (batch, steps)).astype(np.int64)
     _, ps = random_inputs_and_params(case, rng)
-    ps["embed.weight"] = rng.standard_normal((vocab, dim)).astype(np.float32)
+    ps["input.embed.weight"] = rng.standard_normal((vocab, dim)).astype(np.float32)
     out_shape = (batch, steps, hidden) if sequence else (batch, hidden)
 
     kernel = make_kernel(case, [np.empty((batch, steps, dim), np.float32)], ps, out_shape, "float32")
@@ -103,8 +103,8 @@ def test_absorbed_embed_matches_torch(op, sequence, parts):
     out = np.full(out_shape, np.nan, np.float32)
     kernel.forward(Context(training=False), [ids], ps, out, ws)
 
-    embedded = F.embedding(torch.tensor(ids), torch.tensor(ps["embed.weight"]))
-    layer_params = {n: torch.tensor(p) for n, p in ps.items() if not n.startswith("embed.")}
+    embedded = F.embedding(torch.tensor(ids), torch.tensor(ps["input.embed.weight"]))
+    layer_params = {n: torch.tensor(p) for n, p in ps.items() if not n.startswith("input.embed.")}
     expected = case.torch_fn([embedded], layer_params, case.attrs).detach().numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 

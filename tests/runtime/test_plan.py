@@ -193,6 +193,78 @@ def test_inference_folds_batchnorm_into_conv(source, batch, monkeypatch):
         np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+# DenseNet's pre-activation: batchnorm -> relu before a 1x1 conv (absorbed in inference plans),
+# a batchnorm alone before one (absorbed too), and three that stay apart: before a 3x3 conv,
+# before a 1x1 conv whose input another layer reads too, and one reading a network output.
+PRE_ACTIVATION = """
+network pre_activation
+input image: [3, 6, 6]
+input label: int
+stem = image -> stem: conv(8, 3x3, pad = 1, bias = false)
+a = stem -> n1: batchnorm -> relu -> c1: conv(16, 1x1, bias = false) -> n2: batchnorm -> relu
+    -> c2: conv(4, 3x3, pad = 1, bias = false)
+b = concat(stem, a) -> n3: batchnorm -> c3: conv(6, 1x1)
+shared = b -> n4: batchnorm -> relu
+c = shared -> c4: conv(6, 1x1)
+d = add(c, shared)
+logits = d -> avgpool(global) -> flatten -> dense(5)
+loss cross_entropy(logits, label)
+"""
+
+
+def test_inference_folds_batchnorm_into_the_pointwise_conv_after_it(monkeypatch):
+    """In inference plans a 1x1 conv absorbs the batchnorm (-> relu) call that feeds it alone:
+    it normalises each sample into its columns, exactly as batchnorm's kernel would (the
+    outputs equal the separate calls' bit for bit); training plans, 3x3 convs, a batchnorm
+    whose output another layer reads, and convs that share each sample between the threads
+    keep the calls apart."""
+    import dslc.runtime.cpu.conv
+    model = Model(_compiled(PRE_ACTIVATION), seed=0)
+    rng = np.random.default_rng(5)
+    feeds = {"image": rng.standard_normal((8, 3, 6, 6)).astype(np.float32),
+             "label": rng.integers(0, 5, 8).astype(np.int64)}
+    for _ in range(3):      # the running statistics move off zeros and ones
+        model.forward(training=True, **feeds)
+    for n in ("n1", "n3", "n4"):
+        c = model.params[f"{n}.weight"].shape
+        model.set_param(f"{n}.weight", rng.uniform(0.5, 1.5, c).astype(np.float32))
+        model.set_param(f"{n}.bias", rng.standard_normal(c).astype(np.float32))
+
+    def plan(batch, training=False):
+        return Plan(model.net, model._dev, model.device, batch, {}, training,
+                    set(model.trainable_names()) if training else None, with_loss=training)
+
+    def absorbed(p):
+        return {s.node: (s.absorbed_input, s.absorbed_input_chain) for s in p.steps if s.absorbed_input}
+
+    def outputs(p, batch):
+        p.set_inputs({"image": feeds["image"][:batch]})
+        p.forward(Context(training=False))
+        return {o: p.out[o].copy() for o in model.net.outputs}
+
+    fused = plan(8)
+    (relu,) = model.net.graph.successors("n1")
+    assert absorbed(fused) == {"c1": ("n1", (relu,)), "c3": ("n3", ())}
+    c1 = next(s for s in fused.steps if s.node == "c1")
+    assert c1.inputs == ["stem"]                # n1's input
+    assert c1.kernel.describe() == "batchnorm +relu -> conv im2col +batchnorm +relu"
+    assert not absorbed(plan(8, training=True))
+    pre_activation = [("batchnorm", {}), ("relu", {})]
+    fresh = type(c1.kernel)(c1.kernel.spec)
+    assert fresh.fuse_input_chain(pre_activation) and not fresh.fuse_input_chain(pre_activation)   # once
+    sharing = type(c1.kernel)(c1.kernel.spec)
+    sharing.split_samples = True                # a batch smaller than the threads: no such path
+    assert not sharing.fuse_input_chain(pre_activation)
+    c2 = next(s for s in fused.steps if s.node == "c2")
+    assert not type(c2.kernel)(c2.kernel.spec).fuse_input_chain(pre_activation)      # 3x3
+    monkeypatch.setattr(dslc.runtime.cpu.conv.Conv, "fuse_input_chain", lambda self, nodes: False)
+    separate = plan(8)
+    assert not absorbed(separate)
+    expected = outputs(separate, 8)
+    for name, value in outputs(fused, 8).items():
+        np.testing.assert_array_equal(value, expected[name], err_msg=name)
+
+
 # A language model whose LSTM reads an embed (absorbed in inference plans), and a GRU that
 # reads an embed whose output a second head reads too (never absorbed: it must be stored).
 EMBEDDED = """
