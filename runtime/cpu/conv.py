@@ -748,7 +748,7 @@ class Conv(FusesRelu, _ConvBase):
         # An input grid no bigger than the kernel window: unrolled weights (conv_unrolled.py), in
         # place of any of the above.
         self.unrolled = unrolled_pays(image_h * image_w, kh * kw, groups,
-                                      channels * image_h * image_w * rows * positions)
+                                      channels * image_h * image_w * rows * positions, n_batch)
         if self.unrolled:
             self.winograd = self.shifted = False
             self.taps = tap_map(self.geometry)

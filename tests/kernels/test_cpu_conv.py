@@ -57,7 +57,7 @@ def workers(request, monkeypatch):
     if lowering.startswith("winograd-"):
         monkeypatch.setattr(dslc.runtime.cpu.conv, "winograd_pays", lambda channels, rows, positions: True)
     monkeypatch.setattr(dslc.runtime.cpu.conv, "unrolled_pays",
-                        lambda positions, taps, groups, elements: request.param == "unrolled-all-workers"
+                        lambda positions, taps, groups, elements, samples: request.param == "unrolled-all-workers"
                         and groups == 1)
 
 
@@ -105,6 +105,7 @@ def test_fused_relu_keeps_nan(case, request):
     ((64, 256, 3, 3), 256, (3, 3), (1, 1), "unrolled"),
     ((64, 512, 4, 4), 512, (5, 5), (2, 2), "im2col"),       # ... but D would pass UNROLLED_MAX_ELEMENTS
     ((64, 512, 4, 4), 512, (3, 5), (1, 2), "im2col"),       # small grid, big taps: im2col chunks samples
+    ((8, 512, 2, 2), 512, (3, 3), (1, 1), "im2col"),        # too few samples to spread D's build over
 ])
 def test_path_choice(x_shape, channels, kernel, pad, path, monkeypatch):
     """Which lowering a stride-1 layer gets by default (see winograd_pays and shifted_pays)."""
