@@ -733,7 +733,7 @@ class Conv(FusesRelu, _ConvBase):
         image_h, image_w, kh, kw, sh, sw, ph, pw, dh, dw, grid_h, grid_w = self.geometry
         # Stride 1: shifted windows (conv_shifted.py) where they pay.
         self.shifted = ((sh, sw) == (1, 1) and not self.pointwise
-                        and shifted_pays(grid_h * (image_w + 2 * pw), self.x_shape[2], rows))
+                        and shifted_pays(grid_h * (image_w + 2 * pw), self.x_shape[2], rows, n_batch))
         per_worker = -(-n_batch // self.workers)
         self.chunk = max(1, min(per_worker, -(-MIN_GEMM_COLUMNS // self.grid_positions)))
         # im2col's columns by a table of offsets on short grid rows (gather_pays); an empty

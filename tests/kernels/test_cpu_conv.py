@@ -53,7 +53,7 @@ def workers(request, monkeypatch):
         monkeypatch.setattr(dslc.runtime.cpu.conv.numba, "get_num_threads", lambda: SPLIT_THREADS)
     monkeypatch.setattr(dslc.runtime.cpu.conv, "gather_pays", lambda grid_w: lowering != "one-worker")
     if lowering.startswith("shifted-"):
-        monkeypatch.setattr(dslc.runtime.cpu.conv, "shifted_pays", lambda columns, channels, features: True)
+        monkeypatch.setattr(dslc.runtime.cpu.conv, "shifted_pays", lambda columns, channels, features, samples: True)
     if lowering.startswith("winograd-"):
         monkeypatch.setattr(dslc.runtime.cpu.conv, "winograd_pays", lambda channels, rows, positions: True)
     monkeypatch.setattr(dslc.runtime.cpu.conv, "unrolled_pays",
@@ -92,7 +92,9 @@ def test_fused_relu_keeps_nan(case, request):
     ((64, 512, 4, 4), 512, (3, 3), (1, 1), "winograd"),
     ((16, 512, 4, 4), 512, (3, 3), (1, 1), "im2col"),       # ... too few positions for its weight transform
     ((1, 128, 16, 16), 128, (3, 3), (1, 1), "winograd"),    # batch 1: only on grids wide enough
-    ((1, 256, 8, 8), 256, (3, 3), (1, 1), "shifted"),
+    ((1, 256, 8, 8), 256, (3, 3), (1, 1), "im2col"),        # ... nor shifted windows, whose taps cost as much
+    ((4, 256, 8, 8), 256, (5, 5), (2, 2), "shifted"),       # ... but from enough samples
+    ((1, 48, 32, 32), 12, (3, 3), (1, 1), "shifted"),
     ((64, 64, 32, 32), 64, (3, 3), (1, 1), "winograd"),     # ... on wide grids too (4x4 tiles)
     ((64, 32, 16, 16), 32, (3, 3), (1, 1), "shifted"),      # too few channels for Winograd
     ((64, 48, 32, 32), 12, (3, 3), (1, 1), "shifted"),      # few channels, wide grid: shifted windows
