@@ -161,16 +161,24 @@ def measure(products, reps: int, warmup) -> list[tuple[Product, float, float]]:
     return rows
 
 
-def torch_call_cost(warmup) -> float:
-    """Seconds torch.mm costs per call on a 1x1x1 product: its call overhead from Python."""
+def torch_call_cost(warmup, calls: int = 20_000) -> float:
+    """Seconds torch.mm costs per call on a 1x1x1 product: its call overhead from Python (the
+    median of 5 timed batches of `calls`, after warm-up)."""
     import torch
+
+    from .measure import warm_up
     a, c = torch.ones((1, 1)), torch.zeros((1, 1))
 
-    def calls(count):
-        for _ in range(count):
+    def batch():
+        for _ in range(calls):
             torch.mm(a, a, out=c)
-    rate = _rate(calls, 1e9, 5, warmup)         # "GFLOP/s" of a 1 GFLOP product = calls per second
-    return 1.0 / rate
+    warm_up(batch, warmup)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        batch()
+        times.append((time.perf_counter() - t0) / calls)
+    return statistics.median(times)
 
 
 def render(rows, markdown: bool) -> str:
@@ -180,8 +188,7 @@ def render(rows, markdown: bool) -> str:
         lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|---|"]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table])
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(4)]
-    fmt = lambda r: "  ".join(f"{c:>{w}}" for c, w in zip(r[:4], widths)) + f"  {r[4]}"   # noqa: E731
-    return "\n".join(fmt(r) for r in [header, *table])
+    return "\n".join("  ".join(f"{c:>{w}}" for c, w in zip(r[:4], widths)) + f"  {r[4]}" for r in [header, *table])
 
 
 def kernels_line() -> str:
