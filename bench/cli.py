@@ -36,7 +36,7 @@ WARMUP = WarmupRule(min_steps=2, max_steps=20, tolerance=0.10)
 QUICK_WARMUP = WarmupRule(min_steps=2, max_steps=5, tolerance=0.10)
 
 
-def _names(text: str, known: list, what: str, option: str, parser, plural: str = "") -> list[str]:
+def parse_names(text: str, known: list, what: str, option: str, parser, plural: str = "") -> list[str]:
     """The comma-separated names of `text`, each one of `known` (a usage error with a did-you-mean if not)."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     for name in names:
@@ -77,7 +77,7 @@ def parse_args(argv):
     parser.add_argument("--out", default=DEFAULT_OUT, help="markdown file to write (default: bench/RESULTS.md)")
     args = parser.parse_args(argv)
     selected = args.models is not None or args.imagenet or args.scaling is not None
-    names = _names(args.models, list(MODELS), "model", "--models", parser) if args.models is not None else []
+    names = parse_names(args.models, list(MODELS), "model", "--models", parser) if args.models is not None else []
     if args.imagenet:
         names += [n for n in IMAGENET_MODELS if n not in names]
     if not selected:
@@ -88,7 +88,7 @@ def parse_args(argv):
     elif args.scaling == "all":
         args.scaling = list(SCALING)
     else:
-        args.scaling = _names(args.scaling, list(SCALING), "scaling series", "--scaling", parser, "series")
+        args.scaling = parse_names(args.scaling, list(SCALING), "scaling series", "--scaling", parser, "series")
     args.steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else 20)
     if args.steps < 1:
         parser.error("--steps must be at least 1")

@@ -209,6 +209,10 @@ def main(argv=None) -> int:
     pools = limit_after_import(threads=1, with_torch=True)
     try:
         rows = measure(args.products, args.reps, WARMUP)
+    except MemoryError:
+        print("error: the products' matrices do not fit in memory\n  = help: ask for smaller --shapes",
+              file=sys.stderr)
+        return 1
     except ValueError as e:
         print(f"error: {e}\n  = help: this is a bug in the BLAS binding or the library; report it with the "
               f"line below\n  {kernels_line()}", file=sys.stderr)

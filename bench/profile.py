@@ -28,7 +28,7 @@ BY = ("call", "kernel")
 
 
 def parse_args(argv):
-    from .cli import _names
+    from .cli import parse_names
     from .suite import MODELS
     parser = argparse.ArgumentParser(
         prog="python -m bench.profile",
@@ -44,7 +44,7 @@ def parse_args(argv):
                         help="call: one row per kernel call; kernel: calls summed per pass and kind of kernel "
                              "(Kernel.describe)")
     args = parser.parse_args(argv)
-    names = _names(args.model, list(MODELS), "model", "model", parser)     # python -m bench's check
+    names = parse_names(args.model, list(MODELS), "model", "model", parser)     # python -m bench's check
     if len(names) != 1:
         parser.error(f"one model at a time, got {', '.join(names)}")
     args.model = names[0]

@@ -261,18 +261,17 @@ class Plan:
             fuse = None if d.params else self.kernels[n].fuse_activation
         return c if fuse is not None and fuse(d.op, dict(d.attrs)) else None
 
-    def _fusable_input(self, n, consumers, absorbs, taken):
+    def _fusable_input(self, n, consumers, absorbs, chain_head, taken):
         """The call feeding n's first input that n's kernel absorbs (`fuse_input_chain`), as
         (its node, the nodes that node absorbed), or None: in inference plans only, a call of
         the schedule that takes no part in another input fusion and is absorbed by no other
         node (`taken`), whose output has n as its only consumer and is no output of the
-        network."""
+        network. chain_head: the last node of each absorbed chain -> the node that absorbed it."""
         inputs = self.net.node(n).inputs
         if self.training or not inputs:
             return None
         p = inputs[0]
-        # the call that writes p: p's own, or the node whose absorbed chain ends at p
-        q = next((h for h, chain in absorbs.items() if chain[-1] == p), p)
+        q = chain_head.get(p, p)        # the call that writes p
         chain = absorbs.get(q, [])
         if q not in self.kernels or q in taken or consumers[p] != [n] or self._kept(p):
             return None
@@ -311,14 +310,15 @@ class Plan:
         # consumer -> the call feeding its first input that it absorbs, (node, its chain)
         # (fuse_input_chain)
         absorbs_input = {}
+        chain_head = {chain[-1]: n for n, chain in absorbs.items()}
+        taken = set(absorbed)           # absorbed nodes, and the consumers that absorbed an input
         for n in self.schedule:
             if n not in absorbed:
-                taken = absorbed | absorbs_input.keys() | {q for q, _ in absorbs_input.values()}
-                fused_input = self._fusable_input(n, consumers, absorbs, taken)
+                fused_input = self._fusable_input(n, consumers, absorbs, chain_head, taken)
                 if fused_input is not None:
                     absorbs_input[n] = fused_input
-                    absorbed.add(fused_input[0])
-                    absorbed.update(fused_input[1])
+                    absorbed.update([fused_input[0], *fused_input[1]])
+                    taken.update([n, fused_input[0], *fused_input[1]])
         self.steps: list[_Step] = []
         for n in self.schedule:
             if n in absorbed:

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from bench import cli, gemm, measure, onnx_runner, profile, torch_models
+from bench import cli, gemm, measure, onednn, onnx_runner, profile, torch_models
 from bench.report import (
     COLUMNS,
     FAST_PATH_COLUMNS,
@@ -117,6 +117,9 @@ def test_a_selection_runs_just_what_it_names():
     (gemm.parse_args, ["--shapes", "64x0x64"], "got '64x0x64'"),
     (gemm.parse_args, ["--shapes", "8x8x8,,"], "got ''"),
     (gemm.parse_args, ["--reps", "0"], "--reps must be at least 1, got 0"),
+    # python -m bench.onednn
+    (onednn.parse_args, ["--models", "lstm"], "unknown model 'lstm'; did you mean lstm_lm?"),
+    (onednn.parse_args, ["--steps", "0"], "--steps must be at least 1, got 0"),
 ])
 def test_bad_options_are_usage_errors(parse, argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:

@@ -25,6 +25,22 @@ def test_times_every_product_on_both_sides():
         assert float(row[1]) > 0 and float(row[2]) > 0 and row[3].endswith("x")
 
 
+def test_products_too_large_for_memory_are_an_error_not_a_traceback():
+    done = subprocess.run([sys.executable, "-m", "bench.gemm", "--shapes", "400000x400000x400000", "--reps", "1"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    assert "error: the products' matrices do not fit in memory" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_onednn_times_torch_with_and_without_it():
+    """python -m bench.onednn (bench/onednn.py): the figure behind RESULTS-GEMM.md's LSTM sentence."""
+    done = subprocess.run([sys.executable, "-m", "bench.onednn", "--steps", "2"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1].startswith("lstm_lm (batch 32): oneDNN on ")
+    assert "off" in done.stdout and "Warning" not in done.stderr
+
+
 def test_default_products_name_where_they_run():
     args = gemm.parse_args([])
     assert args.products == gemm.NETWORK_PRODUCTS

@@ -128,6 +128,19 @@ def _plane_argmax_3x3_same(src, p, h, w, argmax, maxima):
 
 
 @njit
+def _clipped_3x3_stride2(src, p, image_h, image_w, ph, pw, out_w, oh, ow_first, ow_last, argmax, maxima):
+    """Outputs [ow_first, ow_last) of row oh of _plane_argmax_3x3_stride2, each window clipped
+    to the image (the per-window loop)."""
+    h_lo = max(oh * 2 - ph, 0)
+    h_hi = min(oh * 2 - ph + 3, image_h)
+    for ow in range(ow_first, ow_last):
+        w_lo = max(ow * 2 - pw, 0)
+        w_hi = min(ow * 2 - pw + 3, image_w)
+        maxima[p, oh * out_w + ow], argmax[p, oh * out_w + ow] = _window_first_max(
+            src, p, image_w, h_lo, h_hi, w_lo, w_hi)
+
+
+@njit
 def _plane_argmax_3x3_stride2(src, p, image_h, image_w, ph, pw, out_h, out_w, argmax, maxima, column_max,
                               column_at):
     """3x3 windows at stride 2, any padding (ImageNet stems: ResNet, DenseNet; GoogLeNet's
@@ -150,16 +163,11 @@ def _plane_argmax_3x3_stride2(src, p, image_h, image_w, ph, pw, out_h, out_w, ar
     ow_lo = min((pw + 1) // 2, out_w)
     ow_hi = max(min((image_w - 3 + pw) // 2 + 1, out_w), ow_lo)
     for oh in range(out_h):
-        h_lo = max(oh * 2 - ph, 0)
-        h_hi = min(oh * 2 - ph + 3, image_h)
-        interior_row = oh_lo <= oh < oh_hi
-        for ow in range(out_w):
-            if interior_row and ow_lo <= ow < ow_hi:
-                continue
-            w_lo = max(ow * 2 - pw, 0)
-            w_hi = min(ow * 2 - pw + 3, image_w)
-            maxima[p, oh * out_w + ow], argmax[p, oh * out_w + ow] = _window_first_max(
-                src, p, image_w, h_lo, h_hi, w_lo, w_hi)
+        if oh_lo <= oh < oh_hi:     # an interior row: only its first and last columns are clipped
+            _clipped_3x3_stride2(src, p, image_h, image_w, ph, pw, out_w, oh, 0, ow_lo, argmax, maxima)
+            _clipped_3x3_stride2(src, p, image_h, image_w, ph, pw, out_w, oh, ow_hi, out_w, argmax, maxima)
+        else:
+            _clipped_3x3_stride2(src, p, image_h, image_w, ph, pw, out_w, oh, 0, out_w, argmax, maxima)
     width = ow_hi - ow_lo
     columns = 2 * width + 1 if width > 0 else 0
     for oh in range(oh_lo, oh_hi):
